@@ -1,0 +1,1 @@
+"""Versus services: the shared runtime (``common``) and one package per model service."""

@@ -1,0 +1,167 @@
+"""Typed service configuration read from the environment and command-line flags.
+
+A service declares one frozen dataclass that subclasses :class:`ServerConfig`. Every field is
+settable as ``<PREFIX>_<FIELD>`` in the environment and ``--field-name`` on the command line; flags
+win over the environment, which wins over the defaults. Nothing is read at import time: call
+:meth:`ServerConfig.from_env` or :meth:`ServerConfig.from_args`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar, TypeVar
+
+from services.common.errors import ConfigError
+
+C = TypeVar("C", bound="ServerConfig")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
+    """Declare a config field with its help text (shown by ``--help`` and the docs)."""
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+
+
+def _parse(raw: str, kind: Any, name: str) -> Any:
+    """Convert one raw string (env or flag) into the field's declared type."""
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(f"expected one of {sorted(_TRUE | _FALSE)}")
+        if kind is int:
+            return int(raw)
+        if kind is float:
+            return float(raw)
+        if kind == tuple[str, ...]:
+            return tuple(part.strip() for part in raw.split(",") if part.strip())
+        return raw
+    except ValueError as exc:
+        raise ConfigError(f"{name}: cannot parse {raw!r}: {exc}") from exc
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """Settings every gRPC service shares. Subclasses add their own and set ``ENV_PREFIX``."""
+
+    ENV_PREFIX: ClassVar[str] = "VERSUS"
+
+    host: str = setting("[::]", "Address to bind the gRPC server to.")
+    port: int = setting(50050, "gRPC port; 0 picks a free port.")
+    metrics_port: int = setting(9100, "Prometheus /metrics HTTP port; 0 picks a free port, -1 disables.")
+    metrics_host: str = setting("0.0.0.0", "Address to bind the metrics HTTP server to.")
+    grace_s: float = setting(20.0, "On SIGTERM, seconds in-flight RPCs get to finish before cancel.")
+    drain_delay_s: float = setting(
+        2.0, "On SIGTERM, seconds to keep serving while health says NOT_SERVING (lets load balancers drain)."
+    )
+    max_message_bytes: int = setting(64 * 1024 * 1024, "Largest request or response message, in bytes.")
+    max_concurrent_rpcs: int = setting(1024, "RPCs handled at once; beyond it the server answers RESOURCE_EXHAUSTED.")
+    keepalive_time_s: float = setting(30.0, "Seconds between server keepalive pings.")
+    keepalive_timeout_s: float = setting(10.0, "Seconds to wait for a keepalive ack before closing.")
+    max_connection_age_s: float = setting(300.0, "Close connections after this age so clients rebalance; 0 = never.")
+    max_connection_age_grace_s: float = setting(30.0, "Grace for RPCs on an aged connection.")
+    tls_cert: str = setting("", "PEM server certificate chain; enables TLS.")
+    tls_key: str = setting("", "PEM private key for tls_cert.")
+    tls_client_ca: str = setting("", "PEM CA bundle; when set, clients must present a certificate it signed (mTLS).")
+    token: str = setting("", "Bearer token required in 'authorization' metadata; empty disables auth.")
+    token_file: str = setting("", "File holding the bearer token (e.g. a mounted Kubernetes Secret).")
+    reflection: bool = setting(True, "Serve gRPC server reflection.")
+    log_level: str = setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    log_format: str = setting("json", "Log format.", choices=("json", "text"))
+    port_file: str = setting("", "Once serving, write the bound ports as JSON here (for scripts using port 0).")
+    torch_threads: int = setting(0, "torch intra-op threads; 0 keeps torch's default. Set it when pods share cores.")
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{self.env_name(f.name)}: {getattr(self, f.name)!r} is not one of {choices}")
+        for name in ("port", "max_message_bytes", "max_concurrent_rpcs"):
+            if getattr(self, name) < (0 if name == "port" else 1):
+                raise ConfigError(f"{self.env_name(name)} must be positive, got {getattr(self, name)}")
+        if not -1 <= self.metrics_port <= 65535 or self.port > 65535:
+            raise ConfigError(f"{self.env_name('metrics_port')}: ports are 0..65535 (-1 disables metrics)")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError(f"{self.env_name('tls_cert')} and {self.env_name('tls_key')} must be set together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ConfigError(f"{self.env_name('tls_client_ca')} (mTLS) needs {self.env_name('tls_cert')}")
+        if self.token and self.token_file:
+            raise ConfigError(f"set {self.env_name('token')} or {self.env_name('token_file')}, not both")
+        for name in ("grace_s", "drain_delay_s", "keepalive_time_s", "max_connection_age_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{self.env_name(name)} must be >= 0")
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        """The environment variable for one field, e.g. ``VIT_MAX_BATCH_SIZE``."""
+        return f"{cls.ENV_PREFIX}_{field_name.upper()}"
+
+    @classmethod
+    def _types(cls) -> dict[str, Any]:
+        return typing.get_type_hints(cls)
+
+    @classmethod
+    def from_env(cls: type[C], environ: Mapping[str, str] | None = None, **overrides: Any) -> C:
+        """Build from ``environ`` (default: ``os.environ``); keyword overrides win."""
+        environ = os.environ if environ is None else environ
+        types = cls._types()
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            env = cls.env_name(f.name)
+            if env in environ:
+                values[f.name] = _parse(environ[env], types[f.name], env)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """Add one ``--flag`` per field (default None, so unset flags fall back to the env)."""
+        types = cls._types()
+        group = parser.add_argument_group(f"{cls.__name__} (env {cls.ENV_PREFIX}_*)")
+        for f in dataclasses.fields(cls):
+            flag = "--" + f.name.replace("_", "-")
+            kind = types[f.name]
+            help_text = f"{f.metadata.get('help', '')} [env {cls.env_name(f.name)}; default {f.default!r}]"
+            if kind is bool:
+                group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+            else:
+                group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+    @classmethod
+    def from_args(cls: type[C], args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> C:
+        """Environment first, then every flag the user actually gave."""
+        types = cls._types()
+        overrides = {}
+        for f in dataclasses.fields(cls):
+            raw = getattr(args, f.name, None)
+            if raw is None:
+                continue
+            overrides[f.name] = raw if isinstance(raw, bool) else _parse(str(raw), types[f.name], "--" + f.name)
+        return cls.from_env(environ, **overrides)
+
+    def resolved_token(self) -> str:
+        """The bearer token from ``token`` or ``token_file`` (read when the server is built)."""
+        if self.token_file:
+            try:
+                with open(self.token_file, encoding="utf-8") as fh:
+                    return fh.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"{self.env_name('token_file')}: {exc}") from exc
+        return self.token
+
+    def describe(self) -> dict[str, Any]:
+        """Settings as a dict for logs, with secrets masked."""
+        out = dataclasses.asdict(self)
+        if out.get("token"):
+            out["token"] = "***"
+        return out

@@ -1,0 +1,166 @@
+"""One server interceptor for every service: auth, request ids, RPC metrics and error mapping.
+
+Servicers raise domain errors (``services.common.errors``); this is the only place that turns them
+into gRPC statuses. Anything else becomes INTERNAL with a generic message; the traceback is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from services.common import errors
+from services.common.logs import request_id_var
+from services.common.metrics import Metrics
+from services.common.status import GENERIC_INTERNAL_MESSAGE, status_for
+
+log = logging.getLogger(__name__)
+
+#: Services that stay open without a token and are not wrapped (Kubernetes probes, grpcurl).
+OPEN_SERVICES = frozenset(
+    {
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+        "grpc.reflection.v1.ServerReflection",
+    }
+)
+
+REQUEST_ID_KEY = "x-request-id"
+RETRY_AFTER_KEY = "retry-after-ms"
+
+
+def _split(method: str) -> tuple[str, str]:
+    _, service, name = method.split("/", 2)
+    return service, name
+
+
+class _Call:
+    """Bookkeeping for one RPC: metrics, request id, and the status it ended with."""
+
+    def __init__(self, metrics: Metrics, grpc_type: str, service: str, method: str, request_id: str) -> None:
+        self.metrics = metrics
+        self.labels = (grpc_type, service, method)
+        self.request_id = request_id
+        self.start = time.perf_counter()
+        self.code = grpc.StatusCode.OK
+        metrics.started.labels(*self.labels).inc()
+        metrics.in_flight.labels(service, method).inc()
+
+    def finish(self) -> None:
+        m = self.metrics
+        m.handled.labels(*self.labels, self.code.name).inc()
+        m.handling_seconds.labels(*self.labels).observe(time.perf_counter() - self.start)
+        m.in_flight.labels(*self.labels[1:]).dec()
+
+    async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
+        """Abort the RPC with the status mapped from ``exc`` (raises grpc's AbortError)."""
+        self.code = status_for(exc)
+        trailing: list[tuple[str, str]] = [(REQUEST_ID_KEY, self.request_id)]
+        if isinstance(exc, errors.VersusError):
+            message = exc.message
+            if exc.retry_after_s is not None:
+                trailing.append((RETRY_AFTER_KEY, str(int(exc.retry_after_s * 1000))))
+            level = logging.ERROR if self.code == grpc.StatusCode.INTERNAL else logging.INFO
+            log.log(level, "rpc failed", extra={"rpc": self.labels[2], "code": self.code.name, "error": message})
+        else:
+            message = f"{GENERIC_INTERNAL_MESSAGE} (request id {self.request_id})"
+            log.error("unhandled exception", exc_info=exc, extra={"rpc": self.labels[2]})
+        await context.abort(self.code, message, trailing_metadata=tuple(trailing))
+
+    def cancelled(self, context: grpc.aio.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        self.code = grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every handler of the Versus services (not health/reflection)."""
+
+    def __init__(self, metrics: Metrics, token: str = "") -> None:
+        self._metrics = metrics
+        self._token = token.encode()
+
+    def _authorized(self, metadata: tuple[tuple[str, Any], ...]) -> bool:
+        if not self._token:
+            return True
+        for key, value in metadata:
+            if key == "authorization":
+                raw = value if isinstance(value, bytes) else str(value).encode()
+                scheme, _, presented = raw.partition(b" ")
+                return scheme.lower() == b"bearer" and hmac.compare_digest(presented.strip(), self._token)
+        return False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        service, method = _split(details.method)
+        if service in OPEN_SERVICES:
+            return handler
+        metadata = tuple(details.invocation_metadata or ())
+        authorized = self._authorized(metadata)
+        request_id = next((str(v) for k, v in metadata if k == REQUEST_ID_KEY), "") or uuid.uuid4().hex[:16]
+        if handler.response_streaming:
+            kind = "bidi_stream" if handler.request_streaming else "server_stream"
+            behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
+            wrapped = self._wrap_stream(behavior, kind, service, method, request_id, authorized)
+            factory = grpc.stream_stream_rpc_method_handler if handler.request_streaming else grpc.unary_stream_rpc_method_handler
+        else:
+            kind = "client_stream" if handler.request_streaming else "unary"
+            behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
+            wrapped = self._wrap_unary(behavior, kind, service, method, request_id, authorized)
+            factory = grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+        return factory(
+            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+        )
+
+    @contextlib.asynccontextmanager
+    async def _guard(
+        self, context: grpc.aio.ServicerContext, kind: str, service: str, method: str, request_id: str, authorized: bool
+    ) -> AsyncIterator[None]:
+        """Everything around one RPC: metrics, request id, auth and the error mapping."""
+        call = _Call(self._metrics, kind, service, method, request_id)
+        token = request_id_var.set(request_id)
+        try:
+            if not authorized:
+                raise errors.Unauthenticated("missing or invalid bearer token in 'authorization' metadata")
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id),))
+            yield
+        except asyncio.CancelledError:
+            call.cancelled(context)
+            raise
+        except grpc.aio.AbortError:
+            call.code = context.code() or grpc.StatusCode.UNKNOWN
+            raise
+        except Exception as exc:  # noqa: BLE001 - the one place every error is mapped
+            await call.fail(context, exc)
+        finally:
+            call.finish()
+            request_id_var.reset(token)
+
+    def _wrap_unary(self, behavior: Any, *labels: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with self._guard(context, *labels):
+                return await behavior(request, context)
+
+        return wrapper
+
+    def _wrap_stream(self, behavior: Any, *labels: Any) -> Any:
+        async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            async with self._guard(context, *labels):
+                async for response in behavior(request, context):
+                    yield response
+
+        return wrapper

@@ -1,0 +1,1 @@
+"""The ViT service: image classification and embeddings for google/vit-base-patch16-224 and kin."""

@@ -1,0 +1,50 @@
+"""Decode and validate client images before they join a batch (no gRPC, no torch)."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from services.vit.errors import InvalidImage
+
+#: PIL format names the service accepts. GIFs contribute their first frame.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never a half-grey image
+
+
+def decode_image(data: bytes, field: str, *, max_pixels: int, min_side: int) -> Image.Image:
+    """Return ``data`` as an RGB image, or raise InvalidImage naming ``field``.
+
+    The header is checked (format, declared size) before any pixel is decoded, so a
+    decompression bomb costs nothing.
+    """
+    if not data:
+        raise InvalidImage(field, "empty image bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise InvalidImage(field, f"not a decodable image ({_reason(exc)}); send JPEG, PNG, WebP, BMP or GIF") from None
+    if image.format not in ALLOWED_FORMATS:
+        raise InvalidImage(field, f"unsupported format {image.format}; send JPEG, PNG, WebP, BMP or GIF")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InvalidImage(field, f"{width}x{height} declares {width * height} pixels, over the limit of {max_pixels}")
+    if min(width, height) < min_side:
+        raise InvalidImage(field, f"{width}x{height} is smaller than the minimum side of {min_side} px")
+    try:
+        if getattr(image, "n_frames", 1) > 1:
+            image.seek(0)
+        image.load()
+        return image.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise InvalidImage(field, f"truncated or corrupt {image.format} data ({_reason(exc)})") from None
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text if len(text) < 120 else text[:117] + "..."

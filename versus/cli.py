@@ -1,0 +1,194 @@
+"""The ``versus`` command line: serve, call, build models, run the demo.
+
+Every subcommand parses its own flags; nothing heavy is imported until a subcommand runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from services.common.errors import VersusError
+
+SERVICES = ("vit",)
+
+
+# -- serve --------------------------------------------------------------------------------------
+def _service_parts(name: str) -> tuple[type, Callable]:
+    if name == "vit":
+        from services.vit.config import VitConfig
+        from services.vit.server import create_server
+
+        return VitConfig, create_server
+    raise SystemExit(f"unknown service {name!r}; choose from {SERVICES}")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from services.common.logs import configure_logging
+
+    config_cls, create_server = _service_parts(args.service)
+    config = config_cls.from_args(args)
+    configure_logging(config.log_level, config.log_format)
+
+    async def run() -> None:
+        server, _ = create_server(config)
+        await server.serve()
+
+    asyncio.run(run())
+    return 0
+
+
+# -- client commands ----------------------------------------------------------------------------
+def _client_settings(args: argparse.Namespace):  # noqa: ANN202
+    from services.common.client import ClientSettings
+
+    return ClientSettings(args.target, token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                          tls_key=args.tls_key, server_name=args.tls_server_name)
+
+
+def _images(paths: Sequence[str]) -> list:
+    from versus.common.v1 import common_pb2
+
+    return [common_pb2.Image(data=Path(p).read_bytes()) for p in paths]
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+    settings = _client_settings(args)
+    with settings.channel() as channel:
+        stub = vit_pb2_grpc.VitServiceStub(channel)
+        reply = stub.Classify(vit_pb2.ClassifyRequest(images=_images(args.files), top_k=args.top_k, head=args.head),
+                              timeout=args.timeout, metadata=settings.metadata())
+    if args.json:
+        doc = {"model_id": reply.model_id,
+               "timings": {"queue_ms": reply.timings.queue_ms, "compute_ms": reply.timings.compute_ms,
+                           "preprocess_ms": reply.timings.preprocess_ms, "total_ms": reply.timings.total_ms},
+               "results": [{"file": f, "labels": [{"index": l.index, "label": l.label, "score": l.score} for l in r.labels]}
+                           for f, r in zip(args.files, reply.results)]}
+        print(json.dumps(doc, indent=2))
+        return 0
+    for f, r in zip(args.files, reply.results):
+        print(f)
+        for l in r.labels:
+            print(f"  {l.score:7.4f}  {l.label}")
+    t = reply.timings
+    print(f"[{reply.model_id}] queue {t.queue_ms:.1f} ms, compute {t.compute_ms:.1f} ms, total {t.total_ms:.1f} ms")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+    settings = _client_settings(args)
+    pooling = vit_pb2.POOLING_MEAN if args.pooling == "mean" else vit_pb2.POOLING_CLS
+    with settings.channel() as channel:
+        stub = vit_pb2_grpc.VitServiceStub(channel)
+        reply = stub.Embed(vit_pb2.EmbedRequest(images=_images(args.files), pooling=pooling, layers=args.layer or [],
+                                                normalize=args.normalize), timeout=args.timeout, metadata=settings.metadata())
+    results = [{"file": f, "embeddings": [{"layer": e.layer, "values": list(e.values)} for e in r.embeddings]}
+               for f, r in zip(args.files, reply.results)]
+    if args.json:
+        print(json.dumps({"model_id": reply.model_id, "dimension": reply.dimension, "results": results}))
+        return 0
+    for item in results:
+        for e in item["embeddings"]:
+            head = ", ".join(f"{v:.4f}" for v in e["values"][:6])
+            print(f"{item['file']} layer {e['layer']}: dim {len(e['values'])} [{head}, ...]")
+    return 0
+
+
+# -- models -------------------------------------------------------------------------------------
+def cmd_models_build(args: argparse.Namespace) -> int:
+    from services.vit.builders import BUILDERS
+
+    if args.name not in BUILDERS:
+        raise SystemExit(f"unknown model {args.name!r}; choose from {', '.join(sorted(BUILDERS))}")
+    out = BUILDERS[args.name](Path(args.out))
+    print(f"built {args.name} in {out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from versus.demo import run_demo
+
+    return run_demo(Path(args.models_dir), json_out=args.json)
+
+
+# -- parser -------------------------------------------------------------------------------------
+def _add_client_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="localhost:50051", help="HOST:PORT of the service")
+    p.add_argument("--token", default="", help="bearer token")
+    p.add_argument("--tls-ca", default="", help="PEM CA that signed the server certificate (enables TLS)")
+    p.add_argument("--tls-cert", default="", help="client certificate (mTLS)")
+    p.add_argument("--tls-key", default="", help="client key (mTLS)")
+    p.add_argument("--tls-server-name", default="", help="expected server name in its certificate")
+    p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="versus", description="Versus model services and comparisons.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run a service until SIGTERM")
+    serve_sub = serve.add_subparsers(dest="service", required=True)
+    for name in SERVICES:
+        config_cls, _ = _service_parts(name)
+        sp = serve_sub.add_parser(name, help=f"the {name} service")
+        config_cls.add_arguments(sp)
+        sp.set_defaults(func=cmd_serve)
+
+    classify = sub.add_parser("classify", help="classify image files with the vit service")
+    _add_client_flags(classify)
+    classify.add_argument("files", nargs="+")
+    classify.add_argument("--top-k", type=int, default=0, help="labels per image (default: server's, 5)")
+    classify.add_argument("--head", default="", help="custom head name")
+    classify.set_defaults(func=cmd_classify)
+
+    embed = sub.add_parser("embed", help="embed image files with the vit service")
+    _add_client_flags(embed)
+    embed.add_argument("files", nargs="+")
+    embed.add_argument("--layer", type=int, action="append", help="hidden layer (repeatable; default final)")
+    embed.add_argument("--pooling", choices=("cls", "mean"), default="cls")
+    embed.add_argument("--normalize", action="store_true", help="L2-normalise vectors")
+    embed.set_defaults(func=cmd_embed)
+
+    models = sub.add_parser("models", help="build the project's own models")
+    models_sub = models.add_subparsers(dest="models_command", required=True)
+    build = models_sub.add_parser("build", help="build NAME into --out DIR")
+    build.add_argument("name")
+    build.add_argument("--out", required=True)
+    build.set_defaults(func=cmd_models_build)
+
+    demo = sub.add_parser("demo", help="build models, start services and run the demo")
+    demo.add_argument("--models-dir", default=".models", help="where built models are cached")
+    demo.add_argument("--json", default="", help="also write the demo's figures to this JSON file")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VersusError as exc:
+        print(f"versus: {exc.message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # grpc.RpcError and friends: one clear line, no traceback
+        import grpc
+
+        if isinstance(exc, grpc.RpcError):
+            print(f"versus: {exc.code().name}: {exc.details()}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

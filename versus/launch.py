@@ -1,0 +1,101 @@
+"""Start a Versus service as a real process and wait until it is SERVING (demo, e2e tests, bench)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+#: glibc malloc settings that remove slow first calls and two-thread preprocessing stalls.
+SERVICE_ENV = {"MALLOC_MMAP_THRESHOLD_": "1000000000", "MALLOC_TRIM_THRESHOLD_": "1000000000"}
+
+
+def wait_serving(target: str, timeout_s: float, credentials: grpc.ChannelCredentials | None = None,
+                 proc: subprocess.Popen | None = None) -> None:
+    """Poll grpc.health.v1 until SERVING; raise TimeoutError (or RuntimeError if ``proc`` died)."""
+    deadline = time.monotonic() + timeout_s
+    channel = grpc.secure_channel(target, credentials) if credentials else grpc.insecure_channel(target)
+    with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"service exited with code {proc.returncode} before serving")
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{target} not SERVING after {timeout_s:.0f}s")
+
+
+class ServiceProcess:
+    """``versus serve NAME ...`` in a child process on free ports."""
+
+    def __init__(self, service: str, args: Sequence[str], *, env: dict[str, str] | None = None,
+                 log_path: Path | None = None) -> None:
+        self.service = service
+        self.args = list(args)
+        self.env = {**os.environ, **SERVICE_ENV, **(env or {})}
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.metrics_port = 0
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"versus-{service}-")
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 120.0, credentials: grpc.ChannelCredentials | None = None) -> ServiceProcess:
+        port_file = Path(self._tmp.name) / "ports.json"
+        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        cmd = [sys.executable, "-m", "versus.cli", "serve", self.service, "--host", "127.0.0.1", "--port", "0",
+               "--metrics-port", "0", "--metrics-host", "127.0.0.1", "--port-file", str(port_file), *self.args]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
+        deadline = time.monotonic() + timeout_s
+        while not port_file.exists() or not port_file.read_text():
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.service} exited with code {self.proc.returncode}; see {self.log_path}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError(f"{self.service} did not start within {timeout_s:.0f}s")
+            time.sleep(0.1)
+        ports = json.loads(port_file.read_text())
+        self.port, self.metrics_port = ports["port"], ports["metrics_port"]
+        wait_serving(self.target, max(1.0, deadline - time.monotonic()), credentials, self.proc)
+        return self
+
+    def terminate(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM and wait for exit; returns the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.terminate()
+        self._tmp.cleanup()
