@@ -62,7 +62,10 @@ def cmd_classify(args: argparse.Namespace) -> int:
     settings = _client_settings(args)
     with settings.channel() as channel:
         stub = vit_pb2_grpc.VitServiceStub(channel)
-        reply = stub.Classify(vit_pb2.ClassifyRequest(images=_images(args.files), top_k=args.top_k, head=args.head),
+        request = vit_pb2.ClassifyRequest(images=_images(args.files), head=args.head)
+        if args.top_k is not None:
+            request.top_k = args.top_k
+        reply = stub.Classify(request,
                               timeout=args.timeout, metadata=settings.metadata())
     if args.json:
         doc = {"model_id": reply.model_id,
@@ -146,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     classify = sub.add_parser("classify", help="classify image files with the vit service")
     _add_client_flags(classify)
     classify.add_argument("files", nargs="+")
-    classify.add_argument("--top-k", type=int, default=0, help="labels per image (default: server's, 5)")
+    classify.add_argument("--top-k", type=int, default=None, help="labels per image (default: the server's, 5)")
     classify.add_argument("--head", default="", help="custom head name")
     classify.set_defaults(func=cmd_classify)
 

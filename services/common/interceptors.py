@@ -84,9 +84,10 @@ class _Call:
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Wraps every handler of the Versus services (not health/reflection)."""
 
-    def __init__(self, metrics: Metrics, token: str = "") -> None:
+    def __init__(self, metrics: Metrics, token: str = "", max_message_bytes: int = 0) -> None:
         self._metrics = metrics
         self._token = token.encode()
+        self._max_bytes = max_message_bytes
 
     def _authorized(self, metadata: tuple[tuple[str, Any], ...]) -> bool:
         if not self._token:
@@ -150,9 +151,18 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             call.finish()
             request_id_var.reset(token)
 
+    def _check_size(self, request: Any) -> None:
+        # The transport accepts up to twice the limit so that an oversize request gets a clear
+        # INVALID_ARGUMENT here instead of the transport's bare RESOURCE_EXHAUSTED.
+        size = request.ByteSize() if self._max_bytes and hasattr(request, "ByteSize") else 0
+        if size > self._max_bytes:
+            raise errors.InvalidArgument(
+                "request", f"message of {size} bytes exceeds the limit of {self._max_bytes} bytes; split it")
+
     def _wrap_unary(self, behavior: Any, *labels: Any) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
             async with self._guard(context, *labels):
+                self._check_size(request)
                 return await behavior(request, context)
 
         return wrapper

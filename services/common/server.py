@@ -75,7 +75,8 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     """Channel arguments: message limits, keepalive, connection age (so clients rebalance)."""
     options = [
         ("grpc.max_send_message_length", config.max_message_bytes),
-        ("grpc.max_receive_message_length", config.max_message_bytes),
+        # Twice the limit: the interceptor answers INVALID_ARGUMENT up to there (see ServiceInterceptor).
+        ("grpc.max_receive_message_length", min(2 * config.max_message_bytes, 2**31 - 1)),
         ("grpc.keepalive_time_ms", int(config.keepalive_time_s * 1000)),
         ("grpc.keepalive_timeout_ms", int(config.keepalive_timeout_s * 1000)),
         ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
@@ -188,7 +189,7 @@ def build_server(
     Must be called with an event loop running (grpc.aio binds to it).
     """
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(metrics, config.resolved_token())],
+        interceptors=[ServiceInterceptor(metrics, config.resolved_token(), config.max_message_bytes)],
         options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )

@@ -30,9 +30,23 @@ POOLINGS = ("cls", "mean")
 
 
 @dataclass(frozen=True)
+class LabelScore:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
 class ClassifyTask:
     top_k: int
     head: Head | None = None
+    logits: bool = False
+
+
+@dataclass(frozen=True)
+class Classification:
+    labels: list[LabelScore]
+    logits: np.ndarray | None  # [num_labels] float32 when asked for
 
 
 @dataclass(frozen=True)
@@ -46,13 +60,6 @@ class EmbedTask:
 class WorkItem:
     pixels: torch.Tensor  # [3, H, W]
     task: ClassifyTask | EmbedTask
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    index: int
-    label: str
-    score: float
 
 
 @dataclass(frozen=True)
@@ -143,13 +150,14 @@ class VitBackend:
         if n > self.config.max_images_per_request:
             raise InvalidArgument(field, f"{n} images exceed the limit of {self.config.max_images_per_request} per request")
 
-    def classify_task(self, top_k: int, head_name: str, field: str = "top_k") -> ClassifyTask:
+    def classify_task(self, top_k: int | None, head_name: str, logits: bool = False) -> ClassifyTask:
+        """``top_k`` None means the server default; anything outside 1..num_labels is refused."""
         head = self.heads.get(head_name) if head_name else None
         num_labels = len(head.labels) if head else len(self.model.id2label)
-        k = top_k or min(self.config.default_top_k, num_labels)
+        k = min(self.config.default_top_k, num_labels) if top_k is None else top_k
         if not 1 <= k <= num_labels:
-            raise InvalidArgument(field, f"must be 1..{num_labels} (number of labels), got {top_k}")
-        return ClassifyTask(k, head)
+            raise InvalidArgument("top_k", f"must be 1..{num_labels} (number of labels), got {top_k}")
+        return ClassifyTask(k, head, logits)
 
     def embed_task(self, layers: Sequence[int], pooling: str, normalize: bool) -> EmbedTask:
         n = self.model.num_layers
@@ -182,12 +190,13 @@ class VitBackend:
         return [r for r, _ in results], _timings(started, preprocess_s, [s for _, s in results])
 
     # -- public API ------------------------------------------------------------------------------
-    async def classify(self, images: Sequence[bytes], top_k: int = 0, head: str = "", timeout_s: float | None = None,
-                       field: str = "images") -> tuple[list[list[LabelScore]], Timings]:
+    async def classify(self, images: Sequence[bytes], top_k: int | None = None, head: str = "",
+                       timeout_s: float | None = None, field: str = "images",
+                       logits: bool = False) -> tuple[list[Classification], Timings]:
         """Top-k labels per image (softmax scores), in request order."""
         self._require_ready()
         self._check_count(len(images), field)
-        task = self.classify_task(top_k, head)
+        task = self.classify_task(top_k, head, logits)
         outputs, timings = await self._submit(images, task, timeout_s, field)
         return outputs, timings  # type: ignore[return-value]
 
@@ -239,10 +248,11 @@ class VitBackend:
                                              task.pooling, task.normalize)) for layer in task.layers])
         return results
 
-    def _labels(self, logits: torch.Tensor, final: torch.Tensor, task: ClassifyTask) -> list[LabelScore]:
+    def _labels(self, logits: torch.Tensor, final: torch.Tensor, task: ClassifyTask) -> Classification:
         if task.head is None:
             names = self.model.id2label
         else:
             names = list(task.head.labels)
             logits = task.head.logits(torch.nn.functional.normalize(final[0].float(), dim=0))
-        return [LabelScore(i, names[i], s) for i, s in softmax_top_k(logits, task.top_k)]
+        labels = [LabelScore(i, names[i], s) for i, s in softmax_top_k(logits, task.top_k)]
+        return Classification(labels, logits.numpy().astype(np.float32) if task.logits else None)

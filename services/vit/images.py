@@ -27,7 +27,9 @@ def decode_image(data: bytes, field: str, *, max_pixels: int, min_side: int) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InvalidImage(field, f"declares too many pixels ({_reason(exc)})") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise InvalidImage(field, f"not a decodable image ({_reason(exc)}); send JPEG, PNG, WebP, BMP or GIF") from None
     if image.format not in ALLOWED_FORMATS:
         raise InvalidImage(field, f"unsupported format {image.format}; send JPEG, PNG, WebP, BMP or GIF")

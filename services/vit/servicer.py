@@ -9,7 +9,7 @@ import grpc
 
 from services.common.errors import InvalidArgument, VersusError
 from services.common.status import status_for
-from services.vit.backend import LabelScore, Timings, VitBackend
+from services.vit.backend import Classification, Timings, VitBackend
 from versus.common.v1 import common_pb2
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
@@ -35,8 +35,13 @@ def _timings(t: Timings) -> common_pb2.Timings:
     return common_pb2.Timings(queue_ms=t.queue_ms, compute_ms=t.compute_ms, preprocess_ms=t.preprocess_ms, total_ms=t.total_ms)
 
 
-def _classification(labels: list[LabelScore]) -> vit_pb2.Classification:
-    return vit_pb2.Classification(labels=[vit_pb2.Label(index=l.index, label=l.label, score=l.score) for l in labels])
+def _classification(c: Classification) -> vit_pb2.Classification:
+    return vit_pb2.Classification(labels=[vit_pb2.Label(index=l.index, label=l.label, score=l.score) for l in c.labels],
+                                  logits=c.logits if c.logits is not None else ())
+
+
+def _top_k(request: vit_pb2.ClassifyRequest | vit_pb2.ClassifyStreamRequest) -> int | None:
+    return request.top_k if request.HasField("top_k") else None
 
 
 class VitServicer(vit_pb2_grpc.VitServiceServicer):
@@ -47,7 +52,8 @@ class VitServicer(vit_pb2_grpc.VitServiceServicer):
 
     async def Classify(self, request: vit_pb2.ClassifyRequest, context: grpc.aio.ServicerContext) -> vit_pb2.ClassifyResponse:
         results, timings = await self.backend.classify(
-            [img.data for img in request.images], request.top_k, request.head, _timeout(context))
+            [img.data for img in request.images], _top_k(request), request.head, _timeout(context),
+            logits=request.return_logits)
         return vit_pb2.ClassifyResponse(results=[_classification(r) for r in results], timings=_timings(timings),
                                         model_id=self.backend.model_id)
 
@@ -64,7 +70,7 @@ class VitServicer(vit_pb2_grpc.VitServiceServicer):
 
     async def _stream_item(self, item: vit_pb2.ClassifyStreamRequest, timeout: float | None) -> vit_pb2.ClassifyStreamResponse:
         try:
-            results, timings = await self.backend.classify([item.image.data], item.top_k, item.head, timeout, field="image")
+            results, timings = await self.backend.classify([item.image.data], _top_k(item), item.head, timeout, field="image")
         except VersusError as exc:
             return vit_pb2.ClassifyStreamResponse(id=item.id, error=common_pb2.ItemError(
                 code=status_for(exc).value[0], message=exc.message))

@@ -50,10 +50,15 @@ class ClassifyRequest(_message.Message):
     IMAGES_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
+    RETURN_LOGITS_FIELD_NUMBER: _builtins.int
     top_k: _builtins.int
-    """Labels to return per image, 1..num_labels. 0 means the server default (5, capped at num_labels)."""
+    """Labels to return per image, 1..num_labels (0 or more than num_labels is INVALID_ARGUMENT).
+    Unset: the server default (5, capped at num_labels).
+    """
     head: _builtins.str
     """Optional custom head (from CreateHead) to classify with instead of the model's own classifier."""
+    return_logits: _builtins.bool
+    """Also return the raw logits over all labels (for parity checks and client-side ensembling)."""
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Image]:
         """1..max_images_per_request images."""
@@ -62,14 +67,17 @@ class ClassifyRequest(_message.Message):
         self,
         *,
         images: _abc.Iterable[_common_pb2.Image] | None = ...,
-        top_k: _builtins.int = ...,
+        top_k: _builtins.int | None = ...,
         head: _builtins.str = ...,
+        return_logits: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "images", b"images", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "head", b"head", "images", b"images", "return_logits", b"return_logits", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
+    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
 
 Global___ClassifyRequest: _TypeAlias = ClassifyRequest  # noqa: Y015
 
@@ -106,18 +114,24 @@ class Classification(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     LABELS_FIELD_NUMBER: _builtins.int
+    LOGITS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def labels(self) -> _containers.RepeatedCompositeFieldContainer[Global___Label]:
         """Labels sorted by score, highest first."""
+
+    @_builtins.property
+    def logits(self) -> _containers.RepeatedScalarFieldContainer[_builtins.float]:
+        """Raw float32 logits over all labels, in label-index order; only when return_logits was set."""
 
     def __init__(
         self,
         *,
         labels: _abc.Iterable[Global___Label] | None = ...,
+        logits: _abc.Iterable[_builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["labels", b"labels", "logits", b"logits"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -292,14 +306,16 @@ class ClassifyStreamRequest(_message.Message):
         *,
         id: _builtins.str = ...,
         image: _common_pb2.Image | None = ...,
-        top_k: _builtins.int = ...,
+        top_k: _builtins.int | None = ...,
         head: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "image", b"image", "top_k", b"top_k"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["head", b"head", "id", b"id", "image", b"image", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_top_k", b"_top_k", "head", b"head", "id", b"id", "image", b"image", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__top_k: _TypeAlias = _typing.Literal["top_k"]  # noqa: Y015
+    _WhichOneofArgType__top_k: _TypeAlias = _typing.Literal["_top_k", b"_top_k"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__top_k) -> _WhichOneofReturnType__top_k | None: ...
 
 Global___ClassifyStreamRequest: _TypeAlias = ClassifyStreamRequest  # noqa: Y015
 

@@ -1,0 +1,131 @@
+"""Shared fixtures: the project's own models (built once, cached under .models/) and an
+in-process server harness that runs a grpc.aio server on its own event-loop thread."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = Path(os.environ.get("VERSUS_MODELS_DIR", ROOT / ".models"))
+
+
+def built_model(name: str) -> Path:
+    """Build ``name`` with the project's builder unless a cached copy exists."""
+    from services.vit.builders import BUILDERS
+
+    out = MODELS / name
+    if not (out / "model.safetensors").exists():
+        BUILDERS[name](out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def vit_tiny_dir() -> Path:
+    return built_model("vit-tiny")
+
+
+@pytest.fixture(scope="session")
+def vit_digits_dir() -> Path:
+    return built_model("vit-digits")
+
+
+@pytest.fixture(scope="session")
+def vit_base_dir() -> Path:
+    return built_model("vit-base-random")
+
+
+class InProcessServer:
+    """Start ``create_server(config)`` on a private event loop thread; use real channels to call it."""
+
+    def __init__(self, create_server: Callable, config: object) -> None:
+        self._create = create_server
+        self.config = config
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.server = None
+        self.port = 0
+
+    def run(self, coro, timeout: float = 120):  # noqa: ANN001, ANN201
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def __enter__(self) -> InProcessServer:
+        self._thread.start()
+
+        async def start():  # noqa: ANN202
+            server, port = self._create(self.config)
+            await server.start()
+            return server, port
+
+        try:
+            self.server, self.port = self.run(start())
+        except BaseException:
+            self._shutdown_loop()
+            raise
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def channel(self) -> grpc.Channel:
+        return grpc.insecure_channel(self.target)
+
+    def stop(self, grace: float = 1.0) -> None:
+        if self.server is not None:
+            self.run(self.server.stop(grace=grace, drain_delay=0))
+
+    def _shutdown_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.stop()
+        finally:
+            self._shutdown_loop()
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def sample_image(seed: int = 0, size: tuple[int, int] = (64, 48), mode: str = "RGB") -> Image.Image:
+    """A deterministic image with structure (gradient + noise) so different images differ."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    grad = np.linspace(0, 255, w)[None, :, None] * np.ones((h, 1, 3))
+    arr = np.clip(grad * rng.uniform(0.3, 1.0, 3) + rng.normal(0, 40, (h, w, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(arr, "RGB").convert(mode)
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A CA, a server certificate for localhost and a client certificate, made with openssl."""
+    import subprocess
+
+    d = tmp_path_factory.mktemp("tls")
+
+    def ssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True)
+
+    ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=versus-test-ca")
+    for name, ext in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
+        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+        (d / f"{name}.ext").write_text(ext + "\n")
+        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    return {p.name: p for p in d.iterdir()}

@@ -1,0 +1,108 @@
+"""End-to-end: real `versus` processes (SIGTERM drain, the CLI, the demo)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from conftest import ROOT, encode, sample_image
+from versus.common.v1 import common_pb2
+from versus.launch import ServiceProcess
+from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigterm_drains_in_flight_requests(vit_base_dir: Path, tmp_path: Path) -> None:
+    data = encode(sample_image(0, (224, 224)))
+    args = ["--model", str(vit_base_dir), "--max-batch-size", "1", "--torch-threads", "1", "--drain-delay-s", "1.0",
+            "--grace-s", "60"]
+    svc = ServiceProcess("vit", args, log_path=tmp_path / "vit.log").start()
+    try:
+        with grpc.insecure_channel(svc.target) as ch:
+            stub = vit_pb2_grpc.VitServiceStub(ch)
+            health = health_pb2_grpc.HealthStub(ch)
+            request = vit_pb2.ClassifyRequest(images=[common_pb2.Image(data=data)] * 3, top_k=1)
+            with ThreadPoolExecutor(4) as pool:
+                calls = [pool.submit(stub.Classify, request, timeout=120) for _ in range(4)]
+                time.sleep(0.5)  # all four are in flight (12 forwards queued on one worker)
+                assert not any(c.done() for c in calls)
+                svc.proc.send_signal(15)
+                statuses = set()
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    try:
+                        statuses.add(health.Check(health_pb2.HealthCheckRequest(), timeout=1).status)
+                    except grpc.RpcError:
+                        break
+                    if health_pb2.HealthCheckResponse.NOT_SERVING in statuses:
+                        break
+                    time.sleep(0.05)
+                assert health_pb2.HealthCheckResponse.NOT_SERVING in statuses
+                replies = [c.result() for c in calls]  # every in-flight request finishes
+        assert all(len(r.results) == 3 for r in replies)
+        assert svc.proc.wait(90) == 0
+    finally:
+        svc.kill()
+    log = (tmp_path / "vit.log").read_text()
+    assert '"msg": "draining"' in log and '"msg": "stopped"' in log
+
+
+def test_cli_classify_and_embed_json(vit_digits_dir: Path, tmp_path: Path) -> None:
+    from services.vit.builders import digits_splits
+
+    _, held = digits_splits()
+    files = []
+    for i in range(3):
+        path = tmp_path / f"digit{i}.png"
+        held.images[i].save(path)
+        files.append(str(path))
+    with ServiceProcess("vit", ["--model", str(vit_digits_dir), "--token", "tok"], log_path=tmp_path / "log") as svc:
+        base = [sys.executable, "-m", "versus.cli"]
+        out = subprocess.run([*base, "classify", "--target", svc.target, "--token", "tok", *files, "--top-k", "2",
+                              "--json"], capture_output=True, text=True, check=True)
+        doc = json.loads(out.stdout)
+        assert [r["file"] for r in doc["results"]] == files
+        assert [r["labels"][0]["label"] for r in doc["results"]] == _in_process_top1(vit_digits_dir, held.images[:3])
+        emb = subprocess.run([*base, "embed", "--target", svc.target, "--token", "tok", files[0], "--layer", "2",
+                              "--normalize", "--json"], capture_output=True, text=True, check=True)
+        vec = json.loads(emb.stdout)["results"][0]["embeddings"][0]
+        assert vec["layer"] == 2 and len(vec["values"]) == 64
+        denied = subprocess.run([*base, "classify", "--target", svc.target, files[0]], capture_output=True, text=True)
+        assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+
+
+def _in_process_top1(model_dir: Path, images: list) -> list[str]:
+    import torch
+    from transformers import AutoImageProcessor, AutoModelForImageClassification
+
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    model = AutoModelForImageClassification.from_pretrained(model_dir).eval()
+    with torch.inference_mode():
+        logits = model(processor(images=images, return_tensors="pt")["pixel_values"]).logits
+    return [model.config.id2label[int(i)] for i in logits.argmax(1)]
+
+
+def test_demo_runs_end_to_end(tmp_path: Path, vit_digits_dir: Path) -> None:
+    figures = tmp_path / "demo.json"
+    out = subprocess.run([sys.executable, "-m", "versus.cli", "demo", "--models-dir", str(vit_digits_dir.parent),
+                          "--json", str(figures)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(figures.read_text())
+    assert doc["accuracy"] >= 0.95 and doc["held_out_images"] == 360
+    assert "grpc_server_handled_total" in out.stdout and "exited with code 0" in out.stdout
+
+
+def test_bad_config_exits_nonzero_with_a_clear_message() -> None:
+    out = subprocess.run([sys.executable, "-m", "versus.cli", "serve", "vit", "--max-batch-size", "0", "--model", "x"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "VIT_MAX_BATCH_SIZE must be >= 1" in out.stderr
