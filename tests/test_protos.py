@@ -69,3 +69,8 @@ def test_design_rpcs_exist() -> None:
     vit_stream = pool.FindMethodByName("versus.vit.v1.VitService.ClassifyStream")
     assert vit_stream.client_streaming and vit_stream.server_streaming
     assert pool.FindMethodByName("versus.sd35.v1.Sd35Service.Generate").server_streaming
+
+
+def test_configuration_doc_is_current() -> None:
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"], capture_output=True)
+    assert out.returncode == 0, "docs/CONFIGURATION.md is stale: run `python scripts/config_docs.py`"

@@ -1,0 +1,71 @@
+"""deploy/k8s: every overlay renders with kubectl kustomize and validates against the Kubernetes schema."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+OVERLAYS = sorted(p.name for p in (ROOT / "deploy" / "k8s" / "overlays").iterdir() if p.is_dir())
+
+pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
+
+
+def render(overlay: str) -> list[dict]:
+    out = subprocess.run(["kubectl", "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
+                         capture_output=True, text=True, check=True).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
+    return {d["metadata"]["name"]: d for d in docs if d["kind"] == kind}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_overlay_validates_against_schema(overlay: str) -> None:
+    import kubernetes_validate
+
+    for doc in render(overlay):
+        if doc["apiVersion"].startswith("monitoring.coreos.com"):
+            continue  # CRD: no schema in the validator
+        kubernetes_validate.validate(doc, "1.33", strict=True)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_model_services_have_probes_drain_and_isolation(overlay: str) -> None:
+    docs = render(overlay)
+    deployments = by_kind(docs, "Deployment")
+    services = by_kind(docs, "Service")
+    policies = by_kind(docs, "NetworkPolicy")
+    for name, dep in deployments.items():
+        pod = dep["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert "grpc" in container[probe], f"{name}: {probe} must be a native gRPC probe"
+        assert pod["terminationGracePeriodSeconds"] >= 30
+        assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"]), f"{name}: /dev/shm"
+        assert services[f"{name}-headless"]["spec"]["clusterIP"] == "None"
+        assert name in by_kind(docs, "PodDisruptionBudget") and name in by_kind(docs, "HorizontalPodAutoscaler")
+        ingress = policies[name]["spec"]["ingress"]
+        assert ingress[0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gateway"}
+        annotations = dep["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true"
+    assert by_kind(docs, "ServiceMonitor")
+
+
+def test_gpu_overlay_requests_gpus() -> None:
+    dep = by_kind(render("gpu"), "Deployment")["vit"]
+    pod = dep["spec"]["template"]["spec"]
+    assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+def test_cpu_overlay_builds_its_own_model() -> None:
+    docs = render("cpu")
+    pod = by_kind(docs, "Deployment")["vit"]["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["args"][:3] == ["models", "build", "vit-digits"]
+    assert by_kind(docs, "ConfigMap")["vit-config"]["data"]["VIT_MODEL"] == "/models/vit-digits"
