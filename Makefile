@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast protos bench-vit clean help
+.PHONY: setup system-deps demo test test-fast protos bench-vit bench-ranker clean help
 
 help:
 	@echo "make demo      build models, start the services, run the demo"
@@ -13,7 +13,13 @@ help:
 	@echo "make protos    regenerate versus/**/*_pb2*.py(i) from protos/"
 	@echo "make bench-vit ViT benchmark -> docs/BENCHMARKS.md"
 
-setup: $(STAMP)
+setup: $(STAMP) system-deps
+
+# PostgreSQL server binaries for the ranker's PostgreSQL store tests (Debian package; root only).
+system-deps:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
+	  || echo "warning: no PostgreSQL server; the PostgreSQL store tests will be skipped"
 
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +41,9 @@ protos: setup
 
 bench-vit: setup
 	$(PY) bench/vit.py
+
+bench-ranker: setup
+	$(PY) bench/ranker.py
 
 clean:
 	rm -rf $(VENV) .models .pytest_cache

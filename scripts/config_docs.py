@@ -16,9 +16,10 @@ DOC = ROOT / "docs" / "CONFIGURATION.md"
 
 
 def config_classes() -> list[tuple[str, type]]:
+    from services.ranker.config import RankerConfig
     from services.vit.config import VitConfig
 
-    return [("vit", VitConfig)]
+    return [("vit", VitConfig), ("ranker", RankerConfig)]
 
 
 def render() -> str:

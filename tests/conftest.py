@@ -129,3 +129,39 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
     return {p.name: p for p in d.iterdir()}
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server (Debian's binaries) on a free port, for the session."""
+    import glob
+    import pwd
+    import shutil
+    import socket
+    import subprocess
+    import tempfile
+
+    bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    if not bins:
+        pytest.skip("PostgreSQL server binaries not installed (make setup installs them as root)")
+    bindir = Path(bins[-1]).parent
+    data = Path(tempfile.mkdtemp(prefix="versus-pg-", dir="/tmp"))
+    run_as: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        user = pwd.getpwnam("postgres")
+        os.chown(data, user.pw_uid, user.pw_gid)
+        run_as = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "versus"],
+                   check=True, capture_output=True)
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=on"
+    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(data / "log"),
+                    "-w", "start"], check=True, capture_output=True)
+    try:
+        yield f"postgresql://versus@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)

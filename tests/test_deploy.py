@@ -46,10 +46,12 @@ def test_model_services_have_probes_drain_and_isolation(overlay: str) -> None:
         container = pod["containers"][0]
         for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert "grpc" in container[probe], f"{name}: {probe} must be a native gRPC probe"
-        assert pod["terminationGracePeriodSeconds"] >= 30
+        assert pod["terminationGracePeriodSeconds"] >= 30 and pod["securityContext"]["runAsNonRoot"]
         assert any(v.get("emptyDir", {}).get("medium") == "Memory" for v in pod["volumes"]), f"{name}: /dev/shm"
         assert services[f"{name}-headless"]["spec"]["clusterIP"] == "None"
-        assert name in by_kind(docs, "PodDisruptionBudget") and name in by_kind(docs, "HorizontalPodAutoscaler")
+        assert name in by_kind(docs, "PodDisruptionBudget")
+        if dep["metadata"]["labels"]["app.kubernetes.io/component"] == "model-server":
+            assert name in by_kind(docs, "HorizontalPodAutoscaler")
         ingress = policies[name]["spec"]["ingress"]
         assert ingress[0]["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "gateway"}
         annotations = dep["spec"]["template"]["metadata"]["annotations"]

@@ -14,17 +14,22 @@ from pathlib import Path
 
 from services.common.errors import VersusError
 
-SERVICES = ("vit",)
+#: service name → (config module:class, server module); imported only when used.
+SERVICES = {
+    "vit": ("services.vit.config:VitConfig", "services.vit.server"),
+    "ranker": ("services.ranker.config:RankerConfig", "services.ranker.server"),
+}
 
 
 # -- serve --------------------------------------------------------------------------------------
 def _service_parts(name: str) -> tuple[type, Callable]:
-    if name == "vit":
-        from services.vit.config import VitConfig
-        from services.vit.server import create_server
+    import importlib
 
-        return VitConfig, create_server
-    raise SystemExit(f"unknown service {name!r}; choose from {SERVICES}")
+    if name not in SERVICES:
+        raise SystemExit(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+    config_ref, server_module = SERVICES[name]
+    module, cls = config_ref.split(":")
+    return getattr(importlib.import_module(module), cls), importlib.import_module(server_module).create_server
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -105,6 +110,57 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ranker_call(args: argparse.Namespace, method: str, request):  # noqa: ANN001, ANN202
+    """Call one RankerService method; with --json print the reply and return None."""
+    from google.protobuf.json_format import MessageToDict
+
+    from versus.ranker.v1 import ranker_pb2_grpc
+
+    settings = _client_settings(args)
+    with settings.channel() as channel:
+        stub = ranker_pb2_grpc.RankerServiceStub(channel)
+        reply = getattr(stub, method)(request, timeout=args.timeout, metadata=settings.metadata())
+    if args.json:
+        print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=2))
+        return None
+    return reply
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from versus.ranker.v1 import ranker_pb2
+
+    reply = _ranker_call(args, "Score", ranker_pb2.ScoreRequest(model_ids=args.models))
+    if reply is None:
+        return 0
+    for s in reply.scores:
+        name = s.display_name if s.display_name == s.model_id else f"{s.display_name} ({s.model_id})"
+        print(f"{name}: {s.composite:.1f}/100, confidence {s.confidence:.0%}, "
+              f"matched {s.times_matched} times")
+        for sub in s.sub_scores:
+            value = "missing" if sub.missing else f"{sub.score:5.1f}"
+            print(f"  {sub.dimension:<12} {value:>7}  (weight {sub.weight:.2f})  {sub.explanation}")
+    print("leaders: " + ", ".join(f"{l.dimension} → {l.model_id}" for l in reply.leaders))
+    print(reply.verdict)
+    return 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from versus.ranker.v1 import ranker_pb2
+
+    reply = _ranker_call(args, "GetLeaderboard", ranker_pb2.GetLeaderboardRequest(task=args.task))
+    if reply is None:
+        return 0
+    print(f"task {reply.task or '(all)'}: {reply.matches} matches, {reply.bootstrap_rounds} bootstrap rounds, "
+          f"anchor {reply.anchor_model or '(mean)'}")
+    print(f"{'rank':>4}  {'model':<36} {'rating':>8}  {'95% CI':>17}  {'matches':>7}  W/L/T")
+    for r in reply.ratings:
+        print(f"{r.rank:>4}  {r.model_id:<36} {r.rating:8.1f}  [{r.ci_low:7.1f}, {r.ci_high:7.1f}]  "
+              f"{r.times_matched:>7}  {r.wins}/{r.losses}/{r.ties}")
+    for note in reply.notes:
+        print(f"note: {note}")
+    return 0
+
+
 # -- models -------------------------------------------------------------------------------------
 def cmd_models_build(args: argparse.Namespace) -> int:
     from services.vit.builders import BUILDERS
@@ -160,6 +216,18 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--pooling", choices=("cls", "mean"), default="cls")
     embed.add_argument("--normalize", action="store_true", help="L2-normalise vectors")
     embed.set_defaults(func=cmd_embed)
+
+    rank = sub.add_parser("rank", help="0-100 scores of catalog models from the ranker")
+    _add_client_flags(rank)
+    rank.set_defaults(target="localhost:50053")
+    rank.add_argument("models", nargs="+", help="catalog model ids")
+    rank.set_defaults(func=cmd_rank)
+
+    board = sub.add_parser("leaderboard", help="Bradley-Terry ratings from the ranker")
+    _add_client_flags(board)
+    board.set_defaults(target="localhost:50053")
+    board.add_argument("--task", default="", help="only this task's matches")
+    board.set_defaults(func=cmd_leaderboard)
 
     models = sub.add_parser("models", help="build the project's own models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

@@ -210,3 +210,18 @@ def build_server(
         raise errors.ConfigError(f"cannot bind {address}")
     metrics.watch_gpu_memory()
     return VersusServer(config, server, port, health, metrics, backend, names), port
+
+
+def build_service_server(
+    config: ServerConfig,
+    backend_cls: Callable[[ServerConfig, Metrics], Backend],
+    servicer_cls: Callable[[Backend], object],
+    add_to_server: Callable[[object, grpc.aio.Server], None],
+    service_name: str,
+) -> tuple[VersusServer, int]:
+    """The usual shape of a service: one backend, one servicer, one gRPC service."""
+    metrics = Metrics()
+    backend = backend_cls(config, metrics)
+    servicer = servicer_cls(backend)
+    binding = ServiceBinding(service_name, lambda server: add_to_server(servicer, server))
+    return build_server(config, [binding], backend, metrics)

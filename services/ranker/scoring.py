@@ -1,0 +1,190 @@
+"""Composite 0-100 rank scores from catalog signals and the match graph (pure; no gRPC).
+
+Formula (documented in docs/RANKING.md):
+
+- Each signal maps to 0..100 by its catalog scale (linear, or log10 for counts).
+- adoption / quality / ecosystem sub-score = mean of that dimension's normalised signals.
+- match_graph sub-score = 0.7 * 100 * P(model beats an average opponent in its component, Bradley-Terry
+  over all recorded matches) + 0.3 * 100 * (distinct opponents / (models in the graph - 1)).
+- composite = sum(weight_d * sub_d) / sum(weight_d) over the dimensions that have data; a dimension
+  without data is shown as missing and left out (never counted as zero); confidence = share of the
+  total weight that had data.
+
+Same inputs, same scores: nothing here is random or time-dependent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.ranker import bt
+from services.ranker.catalog import DIMENSIONS, CatalogEntry
+from services.ranker.store import MatchTable
+
+DEFAULT_WEIGHTS = {"adoption": 0.30, "quality": 0.35, "ecosystem": 0.20, "match_graph": 0.15}
+ALL_DIMENSIONS = (*DIMENSIONS, "match_graph")
+_LABEL = {"adoption": "adoption", "quality": "quality", "ecosystem": "ecosystem", "match_graph": "match graph"}
+
+
+@dataclass(frozen=True)
+class SubScore:
+    dimension: str
+    score: float
+    weight: float
+    explanation: str
+    missing: bool
+
+
+@dataclass(frozen=True)
+class ModelScore:
+    model_id: str
+    display_name: str
+    composite: float
+    sub_scores: tuple[SubScore, ...]
+    confidence: float
+    times_matched: int
+
+    def sub(self, dimension: str) -> SubScore:
+        return next(s for s in self.sub_scores if s.dimension == dimension)
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    scores: tuple[ModelScore, ...]
+    leaders: dict[str, str]
+    verdict: str
+
+
+@dataclass(frozen=True)
+class GraphStats:
+    """Per model: win probability against an average opponent and number of distinct opponents."""
+
+    strength: dict[str, float]
+    opponents: dict[str, int]
+    models_in_graph: int
+    matches: int
+
+
+def parse_weights(text: str) -> dict[str, float]:
+    """``adoption=0.3,quality=0.35,...`` → weights (every dimension, each >= 0, sum > 0)."""
+    weights = dict(DEFAULT_WEIGHTS)
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, value = part.partition("=")
+        if name not in weights:
+            raise ValueError(f"unknown dimension {name!r}; use {', '.join(ALL_DIMENSIONS)}")
+        weights[name] = float(value)
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError("weights must be >= 0 and not all zero")
+    return weights
+
+
+def graph_stats(table: MatchTable, ridge: float = 1e-4) -> GraphStats:
+    """Bradley-Terry strengths over all matches (all tasks) and distinct opponents per model."""
+    ids = sorted(set(table.model_a) | set(table.model_b))
+    if not ids:
+        return GraphStats({}, {}, 0, 0)
+    index = {m: i for i, m in enumerate(ids)}
+    a = np.array([index[m] for m in table.model_a])
+    b = np.array([index[m] for m in table.model_b])
+    w = bt.win_matrix(a, b, table.outcome, len(ids))
+    beta = bt.fit(w, ridge)
+    strength: dict[str, float] = {}
+    for comp in bt.components(w):
+        centre = beta[comp].mean()
+        for i in comp:
+            strength[ids[i]] = float(1.0 / (1.0 + np.exp(-(beta[i] - centre))))
+    played = (w + w.T) > 0
+    opponents = {ids[i]: int(played[i].sum()) for i in range(len(ids))}
+    return GraphStats(strength, opponents, len(ids), len(table.outcome))
+
+
+def _signal_sub(entry: CatalogEntry, dimension: str, weight: float) -> SubScore:
+    signals = [s for s in entry.signals if s.dimension == dimension]
+    if not signals:
+        return SubScore(dimension, 0.0, weight, f"no {_LABEL[dimension]} signal in the catalog", True)
+    parts, values = [], []
+    for s in signals:
+        norm = s.scale.normalise(s.value)
+        values.append(norm)
+        kind = "measured" if s.measured else "claimed"
+        parts.append(f"{s.name} = {s.value:,.6g} {s.unit} ({s.scale.describe()} → {norm:.1f}; {kind}; {s.source}, {s.as_of})")
+    score = float(np.mean(values))
+    return SubScore(dimension, score, weight, f"mean of {len(values)}: " + "; ".join(parts), False)
+
+
+def _graph_sub(model_id: str, stats: GraphStats, weight: float) -> SubScore:
+    if model_id not in stats.strength:
+        return SubScore("match_graph", 0.0, weight, "no recorded matches", True)
+    p = stats.strength[model_id]
+    opp = stats.opponents[model_id]
+    centrality = opp / max(1, stats.models_in_graph - 1)
+    score = 70.0 * p + 30.0 * centrality
+    text = (f"0.7 × 100 × P(beats an average opponent) = 0.7 × {100 * p:.1f} (Bradley-Terry over {stats.matches} "
+            f"matches) + 0.3 × 100 × centrality = 0.3 × {100 * centrality:.1f} ({opp} of {stats.models_in_graph - 1} "
+            "possible opponents)")
+    return SubScore("match_graph", score, weight, text, False)
+
+
+def score_model(entry: CatalogEntry, weights: Mapping[str, float], stats: GraphStats, times_matched: int) -> ModelScore:
+    subs = [_signal_sub(entry, d, weights[d]) for d in DIMENSIONS] + [_graph_sub(entry.id, stats, weights["match_graph"])]
+    present = [s for s in subs if not s.missing and s.weight > 0]
+    total = sum(weights.values())
+    used = sum(s.weight for s in present)
+    composite = sum(s.weight * s.score for s in present) / used if used else 0.0
+    return ModelScore(entry.id, entry.display_name, round(composite, 1), tuple(subs), round(used / total, 3),
+                      times_matched)
+
+
+def leaders(scores: Sequence[ModelScore]) -> dict[str, str]:
+    """Per dimension, the model with the highest sub-score among those with data (ties: first id)."""
+    out = {}
+    for dim in ALL_DIMENSIONS:
+        have = [s for s in scores if not s.sub(dim).missing]
+        if have:
+            out[dim] = max(sorted(have, key=lambda s: s.model_id), key=lambda s: s.sub(dim).score).model_id
+    return out
+
+
+def _join(items: Sequence[str]) -> str:
+    items = list(items)
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def verdict(scores: Sequence[ModelScore]) -> str:
+    """One or two sentences in the seed's form, from the sorted scores."""
+    if len(scores) == 1:
+        s = scores[0]
+        return f"{s.display_name} scores {s.composite:.0f}/100 (confidence {s.confidence:.0%})."
+    first, second = scores[0], scores[1]
+    if round(first.composite) == round(second.composite):
+        head = f"{first.display_name} and {second.display_name} tie at {first.composite:.0f}/100."
+    elif len(scores) == 2:
+        head = (f"{first.display_name} scores higher at {first.composite:.0f}/100 vs {second.display_name} at "
+                f"{second.composite:.0f}/100.")
+    else:
+        rest = ", ".join(f"{s.display_name} ({s.composite:.0f})" for s in scores[1:])
+        head = f"{first.display_name} ranks first at {first.composite:.0f}/100, ahead of {rest}."
+    both = [d for d in ALL_DIMENSIONS if not first.sub(d).missing and not second.sub(d).missing]
+    second_leads = [_LABEL[d] for d in both if second.sub(d).score > first.sub(d).score]
+    first_leads = [_LABEL[d] for d in both if first.sub(d).score > second.sub(d).score]
+    if second_leads and first_leads:
+        tail = f" {second.display_name} leads on {_join(second_leads)}, while {first.display_name} is stronger on {_join(first_leads)}."
+    elif first_leads:
+        tail = f" {first.display_name} leads on {_join(first_leads)}."
+    elif second_leads:
+        tail = f" {second.display_name} leads on {_join(second_leads)}."
+    else:
+        tail = ""
+    gaps = [f"{s.display_name} has no {_join([_LABEL[x.dimension] for x in s.sub_scores if x.missing])} data"
+            for s in scores[:2] if any(x.missing for x in s.sub_scores)]
+    return head + tail + (" " + "; ".join(gaps) + "." if gaps else "")
+
+
+def score_report(entries: Sequence[CatalogEntry], weights: Mapping[str, float], stats: GraphStats,
+                 times: Mapping[str, int]) -> ScoreReport:
+    scores = sorted((score_model(e, weights, stats, times.get(e.id, 0)) for e in entries),
+                    key=lambda s: (-s.composite, s.model_id))
+    return ScoreReport(tuple(scores), leaders(scores), verdict(scores))

@@ -1,0 +1,65 @@
+"""RankerService over gRPC: protobuf ↔ backend calls, nothing more."""
+
+from __future__ import annotations
+
+import grpc
+
+from services.ranker.backend import Leaderboard, RankerBackend
+from services.ranker.catalog import CatalogEntry
+from services.ranker.scoring import ScoreReport
+from versus.common.v1 import common_pb2
+from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+
+
+def score_response(report: ScoreReport) -> ranker_pb2.ScoreResponse:
+    """ScoreReport → ScoreResponse (also used by the gateway)."""
+    return ranker_pb2.ScoreResponse(
+        scores=[ranker_pb2.ModelScore(
+            model_id=s.model_id, display_name=s.display_name, composite=s.composite, confidence=s.confidence,
+            times_matched=s.times_matched,
+            sub_scores=[ranker_pb2.SubScore(dimension=x.dimension, score=x.score, weight=x.weight,
+                                            explanation=x.explanation, missing=x.missing) for x in s.sub_scores])
+            for s in report.scores],
+        leaders=[ranker_pb2.DimensionLeader(dimension=d, model_id=m) for d, m in report.leaders.items()],
+        verdict=report.verdict)
+
+
+def _entry(e: CatalogEntry) -> ranker_pb2.CatalogEntry:
+    return ranker_pb2.CatalogEntry(
+        id=e.id, display_name=e.display_name, type=e.type, family=e.family, parameters=e.parameters, license=e.license,
+        pricing=e.pricing,
+        capabilities=[common_pb2.Capability(id=c.id, title=c.title, description=c.description) for c in e.capabilities],
+        signals=[ranker_pb2.Signal(dimension=s.dimension, name=s.name, value=s.value, unit=s.unit, source=s.source,
+                                   as_of=s.as_of, measured=s.measured) for s in e.signals])
+
+
+def _leaderboard(board: Leaderboard) -> ranker_pb2.GetLeaderboardResponse:
+    return ranker_pb2.GetLeaderboardResponse(
+        task=board.task, bootstrap_rounds=board.rounds, matches=board.matches, anchor_model=board.anchor,
+        notes=list(board.notes),
+        ratings=[ranker_pb2.Rating(model_id=r.model_id, rating=r.rating, ci_low=r.ci_low, ci_high=r.ci_high,
+                                   times_matched=r.times_matched, rank=r.rank, wins=r.wins, losses=r.losses, ties=r.ties)
+                 for r in board.rows])
+
+
+class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
+    def __init__(self, backend: RankerBackend) -> None:
+        self.backend = backend
+
+    async def Score(self, request: ranker_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> ranker_pb2.ScoreResponse:
+        return score_response(await self.backend.score(list(request.model_ids)))
+
+    async def RecordMatch(self, request: ranker_pb2.RecordMatchRequest,
+                          context: grpc.aio.ServicerContext) -> ranker_pb2.RecordMatchResponse:
+        match_id, duplicate = await self.backend.record_match(
+            request.model_a, request.model_b, request.outcome, request.task, request.evidence, request.idempotency_key)
+        return ranker_pb2.RecordMatchResponse(match_id=match_id, duplicate=duplicate)
+
+    async def GetLeaderboard(self, request: ranker_pb2.GetLeaderboardRequest,
+                             context: grpc.aio.ServicerContext) -> ranker_pb2.GetLeaderboardResponse:
+        return _leaderboard(await self.backend.leaderboard(request.task))
+
+    async def GetModel(self, request: ranker_pb2.GetModelRequest,
+                       context: grpc.aio.ServicerContext) -> ranker_pb2.GetModelResponse:
+        entry = self.backend.entry(request.model_id)
+        return ranker_pb2.GetModelResponse(model=_entry(entry), times_matched=await self.backend.times_matched(entry.id))

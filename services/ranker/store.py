@@ -1,0 +1,202 @@
+"""Match storage behind one interface: SQLite (embedded default, WAL) and PostgreSQL (shared by
+several ranker replicas). Both commit durably before ``record`` returns. No gRPC here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from typing import Protocol
+from urllib.parse import urlparse
+
+import numpy as np
+
+from services.common.errors import ConfigError, Unavailable
+from services.ranker.errors import IdempotencyConflict
+
+OUTCOMES = (1, 2, 3)  # A_WINS, B_WINS, TIE (the proto's values)
+
+
+@dataclass(frozen=True)
+class Match:
+    model_a: str
+    model_b: str
+    outcome: int
+    task: str
+    evidence: str
+    idempotency_key: str
+
+    def fingerprint(self) -> str:
+        """Hash of everything but the key: a retry must carry the same match."""
+        doc = json.dumps([self.model_a, self.model_b, self.outcome, self.task, self.evidence])
+        return hashlib.sha256(doc.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class MatchTable:
+    """All matches of a task as parallel arrays (model ids as strings)."""
+
+    model_a: list[str]
+    model_b: list[str]
+    outcome: np.ndarray
+    last_id: int
+
+
+class MatchStore(Protocol):
+    def record(self, match: Match) -> tuple[int, bool]:
+        """Durably store ``match``; returns (match id, duplicate). Raises IdempotencyConflict."""
+
+    def table(self, task: str = "") -> MatchTable:
+        """Matches of ``task`` ('' = all tasks)."""
+
+    def times_matched(self) -> dict[str, int]:
+        """Matches per model id, over all tasks."""
+
+    def close(self) -> None: ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS matches (
+    id {id_type},
+    idempotency_key TEXT NOT NULL UNIQUE,
+    fingerprint TEXT NOT NULL,
+    model_a TEXT NOT NULL,
+    model_b TEXT NOT NULL,
+    outcome INTEGER NOT NULL CHECK (outcome IN (1, 2, 3)),
+    task TEXT NOT NULL,
+    evidence TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+)
+"""
+_INDEX = "CREATE INDEX IF NOT EXISTS matches_task ON matches (task)"
+_COLUMNS = "idempotency_key, fingerprint, model_a, model_b, outcome, task, evidence, created_at"
+
+
+def _row(match: Match) -> tuple:
+    return (match.idempotency_key, match.fingerprint(), match.model_a, match.model_b, match.outcome, match.task,
+            match.evidence, time.time())
+
+
+def _resolve_duplicate(match: Match, existing: tuple[int, str] | None) -> tuple[int, bool]:
+    if existing is None:
+        raise Unavailable("match store lost a row it just reported as present; retry")
+    match_id, fingerprint = existing
+    if fingerprint != match.fingerprint():
+        raise IdempotencyConflict(f"idempotency key {match.idempotency_key!r} was already used for a different match")
+    return int(match_id), True
+
+
+def _table(rows: list[tuple], last_id: int) -> MatchTable:
+    return MatchTable([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], dtype=int), last_id)
+
+
+class _SqlStore:
+    """The SQL shared by both stores; subclasses supply the connection, the placeholder and errors."""
+
+    placeholder = "?"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def _execute(self, sql: str, args: tuple = ()):  # noqa: ANN202
+        raise NotImplementedError
+
+    def _sql(self, sql: str) -> str:
+        return sql.replace("?", self.placeholder)
+
+    def record(self, match: Match) -> tuple[int, bool]:
+        with self._lock:
+            row = self._execute(self._sql(
+                f"INSERT INTO matches ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"), _row(match)).fetchone()
+            if row is not None:
+                return int(row[0]), False
+            existing = self._execute(self._sql("SELECT id, fingerprint FROM matches WHERE idempotency_key = ?"),
+                                     (match.idempotency_key,)).fetchone()
+        return _resolve_duplicate(match, existing)
+
+    def table(self, task: str = "") -> MatchTable:
+        with self._lock:
+            where, args = ("WHERE task = ?", (task,)) if task else ("", ())
+            rows = self._execute(self._sql(f"SELECT model_a, model_b, outcome FROM matches {where} ORDER BY id"),
+                                 args).fetchall()
+            last = self._execute("SELECT COALESCE(MAX(id), 0) FROM matches").fetchone()[0]
+        return _table(rows, int(last))
+
+    def times_matched(self) -> dict[str, int]:
+        with self._lock:
+            rows = self._execute(
+                "SELECT m, COUNT(*) FROM (SELECT model_a AS m FROM matches UNION ALL SELECT model_b FROM matches) t "
+                "GROUP BY m").fetchall()
+        return {m: int(c) for m, c in rows}
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class SqliteStore(_SqlStore):
+    """One SQLite file in WAL mode with synchronous=FULL: a commit survives a process kill and a
+    power cut. One connection, guarded by a lock (calls come from the service's worker thread)."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.execute(_SCHEMA.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT"))
+            self._db.execute(_INDEX)
+        except sqlite3.Error as exc:
+            raise ConfigError(f"cannot open SQLite database {path}: {exc}") from exc
+
+    def _execute(self, sql: str, args: tuple = ()):  # noqa: ANN202
+        try:
+            return self._db.execute(sql, args)
+        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
+            raise Unavailable(f"SQLite store failed: {exc}") from exc
+
+
+class PostgresStore(_SqlStore):
+    """PostgreSQL (psycopg 3): several ranker replicas share one match graph. Each record is its own
+    committed transaction; the unique key makes concurrent retries from different replicas safe."""
+
+    placeholder = "%s"
+
+    def __init__(self, url: str) -> None:
+        import psycopg
+
+        super().__init__()
+        self._psycopg = psycopg
+        self.url = url
+        try:
+            self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
+            self._db.execute(_SCHEMA.format(id_type="BIGSERIAL PRIMARY KEY"))
+            self._db.execute(_INDEX)
+        except psycopg.Error as exc:
+            raise ConfigError(f"cannot open PostgreSQL database: {exc}") from exc
+
+    def _execute(self, sql: str, args: tuple = ()):  # noqa: ANN202
+        try:
+            return self._db.execute(sql, args)
+        except self._psycopg.OperationalError as exc:
+            raise Unavailable(f"PostgreSQL is unreachable: {exc}") from exc
+
+
+def open_store(url: str) -> MatchStore:
+    """``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``postgresql://user@host:port/db``."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else ""
+        if not path:
+            raise ConfigError(f"bad SQLite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute.db")
+        return SqliteStore(path)
+    if parsed.scheme in ("postgresql", "postgres"):
+        return PostgresStore(url)
+    raise ConfigError(f"unsupported database URL {url!r}: use sqlite:///PATH or postgresql://...")

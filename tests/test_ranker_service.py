@@ -1,0 +1,196 @@
+"""The ranker on real channels: scores, durable idempotent matches, leaderboards, replicas on PostgreSQL,
+and no acknowledged match lost to kill -9."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import InProcessServer
+from services.common.errors import ConfigError
+from services.ranker.config import RankerConfig
+from services.ranker.server import create_server
+from versus.launch import ServiceProcess
+from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+
+VIT, LARGE, TURBO, MEDIUM = ("vit-base-patch16-224", "stable-diffusion-3.5-large", "stable-diffusion-3.5-large-turbo",
+                             "stable-diffusion-3.5-medium")
+
+
+def ranker_config(db: str, **kw: object) -> RankerConfig:
+    base = {"db": db, "port": 0, "metrics_port": 0, "host": "127.0.0.1", "metrics_host": "127.0.0.1",
+            "drain_delay_s": 0.0, "log_format": "text", "bootstrap_rounds": 200}
+    return RankerConfig.from_env({}, **(base | kw))
+
+
+@pytest.fixture()
+def ranker(tmp_path: Path):  # noqa: ANN201
+    with InProcessServer(create_server, ranker_config(f"sqlite:///{tmp_path / 'r.db'}")) as srv, srv.channel() as ch:
+        yield ranker_pb2_grpc.RankerServiceStub(ch)
+
+
+def record(stub, a: str, b: str, outcome: int, task: str = "", key: str = "") -> ranker_pb2.RecordMatchResponse:  # noqa: ANN001
+    return stub.RecordMatch(ranker_pb2.RecordMatchRequest(model_a=a, model_b=b, outcome=outcome, task=task,
+                                                          evidence="test", idempotency_key=key or uuid.uuid4().hex),
+                            timeout=10)
+
+
+def code_of(fn, *args) -> grpc.StatusCode:  # noqa: ANN001
+    with pytest.raises(grpc.RpcError) as info:
+        fn(*args, timeout=10)
+    return info.value.code()
+
+
+def test_score_vit_vs_sd35_large(ranker) -> None:  # noqa: ANN001
+    reply = ranker.Score(ranker_pb2.ScoreRequest(model_ids=[VIT, LARGE]), timeout=10)
+    assert [s.model_id for s in reply.scores] == sorted([VIT, LARGE], key=lambda m: -{
+        s.model_id: s.composite for s in reply.scores}[m])
+    for s in reply.scores:
+        assert 0 <= s.composite <= 100 and {x.dimension for x in s.sub_scores} == {"adoption", "quality", "ecosystem",
+                                                                                  "match_graph"}
+        assert all(x.explanation for x in s.sub_scores)
+    assert "/100 vs " in reply.verdict and reply.leaders
+
+
+def test_score_errors(ranker) -> None:  # noqa: ANN001
+    assert code_of(ranker.Score, ranker_pb2.ScoreRequest()) == grpc.StatusCode.INVALID_ARGUMENT
+    assert code_of(ranker.Score, ranker_pb2.ScoreRequest(model_ids=["gpt-99"])) == grpc.StatusCode.NOT_FOUND
+    assert code_of(ranker.Score, ranker_pb2.ScoreRequest(model_ids=[VIT, VIT])) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_record_match_validation_and_idempotency(ranker) -> None:  # noqa: ANN001
+    first = record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_B_WINS, key="k1")
+    again = record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_B_WINS, key="k1")
+    assert not first.duplicate and again.duplicate and again.match_id == first.match_id
+    req = ranker_pb2.RecordMatchRequest
+    cases = {
+        grpc.StatusCode.INVALID_ARGUMENT: [
+            req(model_a=VIT, model_b=VIT, outcome=1, idempotency_key="x"),
+            req(model_a=VIT, model_b=LARGE, outcome=0, idempotency_key="x"),
+            req(model_a=VIT, model_b=LARGE, outcome=1, idempotency_key=""),
+            req(model_a=VIT, model_b=LARGE, outcome=1, idempotency_key="k" * 129),
+            req(model_a=VIT, model_b=LARGE, outcome=1, idempotency_key="x", task="Bad Task!"),
+        ],
+        grpc.StatusCode.NOT_FOUND: [req(model_a="nope", model_b=LARGE, outcome=1, idempotency_key="x")],
+        grpc.StatusCode.ALREADY_EXISTS: [req(model_a=VIT, model_b=LARGE, outcome=1, idempotency_key="k1")],
+    }
+    for code, requests in cases.items():
+        for r in requests:
+            assert code_of(ranker.RecordMatch, r) == code, r
+    model = ranker.GetModel(ranker_pb2.GetModelRequest(model_id=VIT), timeout=10)
+    assert model.times_matched == 1 and len(model.model.capabilities) == 6
+    assert code_of(ranker.GetModel, ranker_pb2.GetModelRequest(model_id="nope")) == grpc.StatusCode.NOT_FOUND
+
+
+def test_leaderboard_ratings_intervals_and_tasks(ranker) -> None:  # noqa: ANN001
+    rng = np.random.default_rng(0)
+    strength = {VIT: 0.0, LARGE: 1.0, TURBO: 0.5, MEDIUM: -0.5}
+    models = list(strength)
+    for _ in range(300):
+        a, b = rng.choice(models, 2, replace=False)
+        p = 1 / (1 + np.exp(strength[b] - strength[a]))
+        record(ranker, a, b, 1 if rng.random() < p else 2, task="synthetic")
+    record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_TIE, task="other")
+    board = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(task="synthetic"), timeout=60)
+    assert board.matches == 300 and board.bootstrap_rounds == 200 and board.anchor_model == VIT
+    by_id = {r.model_id: r for r in board.ratings}
+    assert by_id[VIT].rating == 1000.0
+    assert [r.model_id for r in sorted(board.ratings, key=lambda r: -r.rating)] == [LARGE, TURBO, VIT, MEDIUM]
+    assert all(r.ci_low <= r.rating <= r.ci_high for r in board.ratings)
+    assert sum(r.times_matched for r in board.ratings) == 600 and board.ratings[0].rank == 1
+    everything = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(), timeout=60)
+    assert everything.matches == 301 and by_id[VIT].ties == 0
+    empty = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(task="nothing-here"), timeout=10)
+    assert not empty.ratings and "no matches" in empty.notes[0]
+    scores = ranker.Score(ranker_pb2.ScoreRequest(model_ids=[VIT, LARGE]), timeout=10)
+    assert all(not next(x for x in s.sub_scores if x.dimension == "match_graph").missing for s in scores.scores)
+
+
+def test_bad_catalog_stops_startup(tmp_path: Path) -> None:
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "x.json").write_text(json.dumps({"id": "x"}))
+    with pytest.raises(ConfigError, match="x.json: field 'capabilities' is required"):
+        with InProcessServer(create_server, ranker_config(f"sqlite:///{tmp_path / 'r.db'}", catalog=str(tmp_path / "cat"))):
+            pass
+
+
+def test_two_replicas_share_postgres_state(postgres_url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as db:
+        db.execute("DROP TABLE IF EXISTS matches")
+    cfg = ranker_config(postgres_url)
+    with InProcessServer(create_server, cfg) as one, InProcessServer(create_server, cfg) as two, \
+            one.channel() as c1, two.channel() as c2:
+        s1, s2 = ranker_pb2_grpc.RankerServiceStub(c1), ranker_pb2_grpc.RankerServiceStub(c2)
+        first = record(s1, VIT, LARGE, 2, key="shared-key")
+        assert record(s2, VIT, LARGE, 2, key="shared-key").match_id == first.match_id  # retry via another replica
+        record(s2, TURBO, MEDIUM, 1)
+        assert s1.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(), timeout=30).matches == 2
+        assert s2.GetModel(ranker_pb2.GetModelRequest(model_id=VIT), timeout=10).times_matched == 1
+
+
+@pytest.mark.slow
+def test_kill_9_loses_no_acknowledged_match(tmp_path: Path) -> None:
+    db = tmp_path / "ranker.db"
+    acked: list[str] = []
+    lock = threading.Lock()
+    stop = threading.Event()
+    svc = ServiceProcess("ranker", ["--db", f"sqlite:///{db}"], log_path=tmp_path / "log").start()
+
+    def writer(worker: int) -> None:
+        with grpc.insecure_channel(svc.target) as ch:
+            stub = ranker_pb2_grpc.RankerServiceStub(ch)
+            i = 0
+            while not stop.is_set():
+                key = f"w{worker}-{i}"
+                try:
+                    record(stub, VIT, LARGE, 1 + i % 3, key=key)
+                except grpc.RpcError:
+                    return  # the server died mid-call: not acknowledged
+                with lock:
+                    acked.append(key)
+                i += 1
+
+    threads = [threading.Thread(target=writer, args=(w,)) for w in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    svc.proc.send_signal(signal.SIGKILL)
+    svc.proc.wait(10)
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert len(acked) > 20
+    stored = {row[0] for row in sqlite3.connect(db).execute("SELECT idempotency_key FROM matches")}
+    missing = set(acked) - stored
+    assert not missing, f"{len(missing)} acknowledged matches lost"
+    # and the restarted service sees them (a retry of an acknowledged key is a duplicate, not a new match)
+    with ServiceProcess("ranker", ["--db", f"sqlite:///{db}"], log_path=tmp_path / "log2") as again, \
+            grpc.insecure_channel(again.target) as ch:
+        stub = ranker_pb2_grpc.RankerServiceStub(ch)
+        assert record(stub, VIT, LARGE, 1 + int(acked[0].split("-")[1]) % 3, key=acked[0]).duplicate
+
+
+def test_cli_rank_prints_explanations(tmp_path: Path) -> None:
+    with ServiceProcess("ranker", ["--db", f"sqlite:///{tmp_path / 'r.db'}"], log_path=tmp_path / "log") as svc:
+        out = subprocess.run([sys.executable, "-m", "versus.cli", "rank", "--target", svc.target, VIT, LARGE],
+                             capture_output=True, text=True, check=True).stdout
+        assert "adoption" in out and "explanation" not in out and "/100 vs " in out
+        doc = json.loads(subprocess.run([sys.executable, "-m", "versus.cli", "rank", "--target", svc.target, VIT,
+                                         "--json"], capture_output=True, text=True, check=True).stdout)
+        assert doc["scores"][0]["modelId"] == VIT
+        board = subprocess.run([sys.executable, "-m", "versus.cli", "leaderboard", "--target", svc.target],
+                               capture_output=True, text=True, check=True).stdout
+        assert "no matches recorded" in board
