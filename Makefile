@@ -25,6 +25,8 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	# open-clip-torch only for the CLIP BPE vocabulary it ships; its own deps (torchvision) are not wanted.
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
 
 demo: setup

@@ -17,9 +17,10 @@ DOC = ROOT / "docs" / "CONFIGURATION.md"
 
 def config_classes() -> list[tuple[str, type]]:
     from services.ranker.config import RankerConfig
+    from services.sd35.config import Sd35Config
     from services.vit.config import VitConfig
 
-    return [("vit", VitConfig), ("ranker", RankerConfig)]
+    return [("vit", VitConfig), ("sd35", Sd35Config), ("ranker", RankerConfig)]
 
 
 def render() -> str:
@@ -34,7 +35,7 @@ def render() -> str:
         for f in dataclasses.fields(cls):
             choices = f.metadata.get("choices")
             meaning = f.metadata.get("help", "") + (f" One of: {', '.join(choices)}." if choices else "")
-            out.append(f"| `{cls.env_name(f.name)}` | `--{f.name.replace('_', '-')}` | `{f.default!r}` | {meaning} |")
+            out.append(f"| `{cls.env_name(f.name)}` | `{cls.flag_name(f)}` | `{f.default!r}` | {meaning} |")
         out.append("")
     return "\n".join(out)
 

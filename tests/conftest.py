@@ -165,3 +165,30 @@ def postgres_url() -> Iterator[str]:
         subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
                        capture_output=True)
         shutil.rmtree(data, ignore_errors=True)
+
+
+def built_sd35(name: str) -> Path:
+    from versus.models import build_model
+
+    out = MODELS / name
+    if not (out / "model_index.json").exists():
+        build_model(name, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def sd35_dirs() -> dict[str, Path]:
+    """variant → tiny pipeline directory."""
+    return {"large": built_sd35("sd35-large-tiny"), "large-turbo": built_sd35("sd35-large-turbo-tiny"),
+            "medium": built_sd35("sd35-medium-tiny")}
+
+
+@pytest.fixture(scope="session")
+def adapter_root(sd35_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An adapter root holding the example LoRA (loras/example.safetensors) for the tiny Large."""
+    from versus.models import build_model
+
+    root = tmp_path_factory.mktemp("adapters")
+    build_model("sd35-lora-example", root / "loras", base=sd35_dirs["large"])
+    (root / "loras" / "pytorch_lora_weights.safetensors").rename(root / "loras" / "example.safetensors")
+    return root

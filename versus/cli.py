@@ -18,6 +18,7 @@ from services.common.errors import VersusError
 SERVICES = {
     "vit": ("services.vit.config:VitConfig", "services.vit.server"),
     "ranker": ("services.ranker.config:RankerConfig", "services.ranker.server"),
+    "sd35": ("services.sd35.config:Sd35Config", "services.sd35.server"),
 }
 
 
@@ -163,11 +164,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 # -- models -------------------------------------------------------------------------------------
 def cmd_models_build(args: argparse.Namespace) -> int:
-    from services.vit.builders import BUILDERS
+    from versus.models import build_model
 
-    if args.name not in BUILDERS:
-        raise SystemExit(f"unknown model {args.name!r}; choose from {', '.join(sorted(BUILDERS))}")
-    out = BUILDERS[args.name](Path(args.out))
+    out = build_model(args.name, Path(args.out), base=Path(args.base) if args.base else None)
     print(f"built {args.name} in {out}")
     return 0
 
@@ -232,8 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="build the project's own models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     build = models_sub.add_parser("build", help="build NAME into --out DIR")
-    build.add_argument("name")
+    build.add_argument("name", help="vit-base-random, vit-tiny, vit-digits, sd35-large-tiny, sd35-large-turbo-tiny, "
+                                      "sd35-medium-tiny, sd35-lora-example")
     build.add_argument("--out", required=True)
+    build.add_argument("--base", default="", help="base pipeline directory (sd35-lora-example)")
     build.set_defaults(func=cmd_models_build)
 
     demo = sub.add_parser("demo", help="build models, start services and run the demo")

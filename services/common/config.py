@@ -23,9 +23,13 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None) -> Any:
-    """Declare a config field with its help text (shown by ``--help`` and the docs)."""
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices})
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str = "") -> Any:
+    """Declare a config field with its help text (shown by ``--help`` and the docs).
+
+    ``flag`` overrides the flag name; tuple fields are comma-separated in the environment and
+    repeatable on the command line (``--model a=1 --model b=2``).
+    """
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
 
 
 def _parse(raw: str, kind: Any, name: str) -> Any:
@@ -129,13 +133,21 @@ class ServerConfig:
         types = cls._types()
         group = parser.add_argument_group(f"{cls.__name__} (env {cls.ENV_PREFIX}_*)")
         for f in dataclasses.fields(cls):
-            flag = "--" + f.name.replace("_", "-")
+            flag = cls.flag_name(f)
             kind = types[f.name]
             help_text = f"{f.metadata.get('help', '')} [env {cls.env_name(f.name)}; default {f.default!r}]"
             if kind is bool:
                 group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+            elif kind == tuple[str, ...]:
+                group.add_argument(flag, dest=f.name, default=None, action="append", metavar=f.name.upper(),
+                                   help=help_text + " (repeatable)")
             else:
                 group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+    @classmethod
+    def flag_name(cls, f: dataclasses.Field) -> str:
+        """The command-line flag of one field."""
+        return "--" + (f.metadata.get("flag") or f.name.replace("_", "-"))
 
     @classmethod
     def from_args(cls: type[C], args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> C:
@@ -146,7 +158,9 @@ class ServerConfig:
             raw = getattr(args, f.name, None)
             if raw is None:
                 continue
-            overrides[f.name] = raw if isinstance(raw, bool) else _parse(str(raw), types[f.name], "--" + f.name)
+            if isinstance(raw, list):
+                raw = ",".join(raw)
+            overrides[f.name] = raw if isinstance(raw, bool) else _parse(str(raw), types[f.name], cls.flag_name(f))
         return cls.from_env(environ, **overrides)
 
     def resolved_token(self) -> str:

@@ -218,9 +218,10 @@ def build_service_server(
     servicer_cls: Callable[[Backend], object],
     add_to_server: Callable[[object, grpc.aio.Server], None],
     service_name: str,
+    metrics: Metrics | None = None,
 ) -> tuple[VersusServer, int]:
     """The usual shape of a service: one backend, one servicer, one gRPC service."""
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     backend = backend_cls(config, metrics)
     servicer = servicer_cls(backend)
     binding = ServiceBinding(service_name, lambda server: add_to_server(servicer, server))

@@ -1,0 +1,63 @@
+"""Configuration of the SD3.5 service (env ``SD35_*`` or flags of ``versus serve sd35``)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from services.common.config import ServerConfig, setting
+from services.common.errors import ConfigError
+
+VARIANTS = ("large", "large-turbo", "medium")
+
+
+@dataclasses.dataclass(frozen=True)
+class Sd35Config(ServerConfig):
+    """Everything ``versus serve sd35`` can be told."""
+
+    ENV_PREFIX = "SD35"
+
+    port: int = setting(50052, "gRPC port; 0 picks a free port.")
+    metrics_port: int = setting(9102, "Prometheus /metrics HTTP port; 0 picks a free port, -1 disables.")
+    models: tuple[str, ...] = setting((), "Hosted variants as VARIANT=DIR (variants: large, large-turbo, medium).",
+                                      flag="model")
+    default_variant: str = setting("", "Variant used when a request leaves it unset; default: the first hosted.")
+    dtype: str = setting("auto", "Weights dtype; auto = bf16 on CUDA, fp32 on CPU.", choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+    cpu_offload: bool = setting(False, "enable_model_cpu_offload: keep only the running component on the GPU.")
+    drop_t5: bool = setting(False, "Load without the T5 text encoder (saves ~9 GB in bf16; weaker prompt following).")
+    compile: bool = setting(False, "torch.compile the transformer (slow first call, faster steps).")
+    adapter_root: str = setting("", "Directory LoadAdapter may read LoRA .safetensors files from; empty disables it.")
+    max_adapters: int = setting(16, "Adapters loaded per variant.")
+    max_queue: int = setting(8, "Requests waiting per variant; beyond it RESOURCE_EXHAUSTED.")
+    max_prompt_chars: int = setting(2000, "Longest prompt or negative prompt, in characters.")
+    default_size: int = setting(1024, "Width and height when a request leaves them 0.")
+    max_pixels_large: int = setting(1_048_576, "Pixel budget of Large and Large Turbo (width x height).")
+    min_pixels_medium: int = setting(65_536, "Smallest image of Medium (width x height).")
+    max_pixels_medium: int = setting(2_097_152, "Pixel budget of Medium (width x height).")
+    license: str = setting("stabilityai-ai-community", "License reported in GetModelInfo.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.models:
+            raise ConfigError(f"{self.env_name('models')} (--model VARIANT=DIR, repeatable) is required")
+        seen = set()
+        for item in self.models:
+            variant, sep, path = item.partition("=")
+            if not sep or not path:
+                raise ConfigError(f"{self.env_name('models')}: {item!r} is not VARIANT=DIR")
+            if variant not in VARIANTS:
+                raise ConfigError(f"{self.env_name('models')}: unknown variant {variant!r}; use {', '.join(VARIANTS)}")
+            if variant in seen:
+                raise ConfigError(f"{self.env_name('models')}: variant {variant!r} given twice")
+            seen.add(variant)
+        if self.default_variant and self.default_variant not in seen:
+            raise ConfigError(f"{self.env_name('default_variant')}: {self.default_variant!r} is not hosted")
+        for name in ("max_adapters", "max_queue", "max_prompt_chars", "default_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{self.env_name(name)} must be >= 1")
+        if self.default_size % 16:
+            raise ConfigError(f"{self.env_name('default_size')} must be a multiple of 16")
+
+    def model_dirs(self) -> dict[str, str]:
+        """variant → directory, in the order given."""
+        return dict(item.split("=", 1) for item in self.models)
