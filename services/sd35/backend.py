@@ -232,15 +232,15 @@ class Sd35Backend:
         loop = asyncio.get_running_loop()
         for name, runner in self.runners.items():
             queue = VariantQueue(runner, self.config.max_queue, self.metrics)
-            await loop.run_in_executor(queue.executor, self._load, runner)
+            await loop.run_in_executor(queue.executor, self._load, runner, self.config.default_size)
             self.queues[name] = queue
             self.metrics.model_ready.labels(name).set(1)
         self.ready = True
 
     @staticmethod
-    def _load(runner: Sd35Runner) -> None:
+    def _load(runner: Sd35Runner, side: int) -> None:
         runner.load()
-        runner.warmup()
+        runner.warmup(side)
 
     async def close(self) -> None:
         self.ready = False

@@ -249,7 +249,10 @@ class Sd35Runner:
         out.timings_ms = timings
         return out
 
-    def warmup(self) -> None:
-        """One real 2-step generation at the smallest valid size, before SERVING."""
-        side = max(64, int(np.ceil(np.sqrt(self.spec.min_pixels) / 16) * 16))
+    def warmup(self, side: int) -> None:
+        """One real 2-step generation before SERVING, at the size the service defaults to (a compiled
+        transformer would otherwise recompile on the first real request)."""
+        lo = int(np.ceil(np.sqrt(self.spec.min_pixels) / 16) * 16)
+        hi = int(np.sqrt(self.spec.max_pixels) // 16 * 16)
+        side = min(max(side, lo, 16), hi, self.max_side)
         self.generate(GenerationParams("warm up", "", side, side, 2, self.spec.default_guidance, 0, 1, 77, (), "png", 0))

@@ -1,0 +1,62 @@
+"""SD3.5 service overhead on CPU: the tiny Large pipeline at 128x128 and 28 steps, raw
+``pipeline(...)`` vs the same request through the service, interleaved in one run → docs/BENCHMARKS.md.
+
+    python bench/sd35.py [--repeats 15]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import git_rev, machine, reexec_with, write_section  # noqa: E402
+from versus.launch import SERVICE_ENV  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--models-dir", default=str(ROOT / ".models"))
+    args = parser.parse_args()
+    reexec_with(SERVICE_ENV)
+    import torch
+    from diffusers import StableDiffusion3Pipeline
+
+    from bench.sd35_common import Case, ServiceHarness, interleaved
+    from versus.models import build_model
+
+    torch.set_num_threads(2)
+    model = Path(args.models_dir) / "sd35-large-tiny"
+    if not (model / "model_index.json").exists():
+        build_model("sd35-large-tiny", model)
+    pipe = StableDiffusion3Pipeline.from_pretrained(model, use_safetensors=True, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    harness = ServiceHarness({"large": pipe}, 128, "cpu")
+    case = Case("large-tiny 128x128, 28 steps, cfg 3.5", "large", 128, 28, 3.5)
+    row = interleaved(pipe, harness, case, torch.device("cpu"), args.repeats)
+    harness.close()
+    t = row["timings_ms"]
+    lines = [
+        "## SD3.5 service vs raw pipeline (CPU, tiny Large)",
+        "",
+        f"Command: `python bench/sd35.py --repeats {args.repeats}` (commit {git_rev()}). Machine: {machine()}.",
+        "Same request (seed, size, steps, guidance) as a raw `StableDiffusion3Pipeline(...)` call returning PIL images "
+        "and through the service (gRPC stream with a Progress event per step, PNG encoding), alternated; medians.",
+        "",
+        "| case | raw s | service s | service / raw |",
+        "|---|---:|---:|---:|",
+        f"| {row['case']} | {row['raw_s']:.3f} | {row['service_s']:.3f} | **{row['ratio']:.3f}** (target ≤ 1.03) |",
+        "",
+        f"Service-side breakdown of the last run: text encoding {t['text_encoding']:.1f} ms, denoising "
+        f"{t['denoising']:.1f} ms, VAE decode {t['decode']:.1f} ms, PNG encode {t['encode']:.1f} ms.",
+    ]
+    write_section("sd35", "\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
