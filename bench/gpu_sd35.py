@@ -68,6 +68,7 @@ def main() -> None:  # noqa: C901 - a linear script with a time budget
     parser.add_argument("--budget-s", type=float, default=480, help="skip remaining phases past this")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on CPU (dry run of the script)")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--only", choices=("large", "medium"), default=None, help="one transformer family only")
     args = parser.parse_args()
     import torch
 
@@ -94,6 +95,7 @@ def main() -> None:  # noqa: C901 - a linear script with a time budget
         ("medium", medium_cfg, [Case("Medium 40 steps cfg 4.5 + SLG 7-9", "medium", max(size, 256), 40, 4.5,
                                      (7, 8, 9))]),
     ]
+    plans = [p for p in plans if args.only in (None, p[0])]
     pipes = {}
     for family, cfg, _ in plans:  # both stay in GPU memory (~21 GiB in bf16), so eager runs come first
         t0 = time.perf_counter()

@@ -48,8 +48,39 @@ def time_raw(pipe, case: Case, device: torch.device) -> float:  # noqa: ANN001
     return time.perf_counter() - t0
 
 
-class ServiceHarness:
-    """The SD3.5 service in this process, serving the given in-memory pipelines."""
+class _Timed:
+    stub: sd35_pb2_grpc.Sd35ServiceStub
+
+    def time(self, case: Case) -> tuple[float, sd35_pb2.Result]:
+        request = sd35_pb2.GenerateRequest(prompt=case.prompt, variant=VARIANT_ENUM[case.variant], width=case.size,
+                                           height=case.size, steps=case.steps, guidance_scale=case.guidance,
+                                           seed=case.seed)
+        t0 = time.perf_counter()
+        result = None
+        for event in self.stub.Generate(request, timeout=1800):
+            if event.WhichOneof("event") == "result":
+                result = event.result
+        return time.perf_counter() - t0, result
+
+
+class ProcessHarness(_Timed):
+    """``versus serve sd35`` as its own process (how clients meet it), on the given model directories."""
+
+    def __init__(self, model_args: list[str], extra: list[str]) -> None:
+        from versus.launch import ServiceProcess
+
+        self.process = ServiceProcess("sd35", [*model_args, *extra]).start(timeout_s=600)
+        self.channel = grpc.insecure_channel(self.process.target)
+        self.stub = sd35_pb2_grpc.Sd35ServiceStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+        self.process.terminate()
+
+
+class ServiceHarness(_Timed):
+    """The SD3.5 service in this process, serving the given in-memory pipelines (GPU bench: no copy of
+    8B parameters through the disk)."""
 
     def __init__(self, pipelines: dict, default_size: int, device: str) -> None:
         self.loop = asyncio.new_event_loop()
@@ -69,24 +100,13 @@ class ServiceHarness:
                                              options=[("grpc.max_receive_message_length", 256 << 20)])
         self.stub = sd35_pb2_grpc.Sd35ServiceStub(self.channel)
 
-    def time(self, case: Case) -> tuple[float, sd35_pb2.Result]:
-        request = sd35_pb2.GenerateRequest(prompt=case.prompt, variant=VARIANT_ENUM[case.variant], width=case.size,
-                                           height=case.size, steps=case.steps, guidance_scale=case.guidance,
-                                           seed=case.seed)
-        t0 = time.perf_counter()
-        result = None
-        for event in self.stub.Generate(request, timeout=1800):
-            if event.WhichOneof("event") == "result":
-                result = event.result
-        return time.perf_counter() - t0, result
-
     def close(self) -> None:
         self.channel.close()
         asyncio.run_coroutine_threadsafe(self.server.stop(grace=5, drain_delay=0), self.loop).result(120)
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def interleaved(pipe, harness: ServiceHarness, case: Case, device: torch.device, repeats: int) -> dict:  # noqa: ANN001
+def interleaved(pipe, harness: _Timed, case: Case, device: torch.device, repeats: int) -> dict:  # noqa: ANN001
     """Alternate raw and service runs (after one warm-up of each); medians and their ratio."""
     time_raw(pipe, case, device)
     harness.time(case)
@@ -98,6 +118,8 @@ def interleaved(pipe, harness: ServiceHarness, case: Case, device: torch.device,
         svc.append(elapsed)
         breakdown = result.timings
     r, s = statistics.median(raw), statistics.median(svc)
-    return {"case": case.name, "raw_s": r, "service_s": s, "ratio": s / r, "repeats": repeats,
+    # The median of per-pair ratios resists drift in machine speed better than a ratio of medians.
+    ratio = statistics.median(b / a for a, b in zip(raw, svc))
+    return {"case": case.name, "raw_s": r, "service_s": s, "ratio": ratio, "repeats": repeats,
             "timings_ms": {"text_encoding": breakdown.text_encoding_ms, "denoising": breakdown.denoising_ms,
                            "decode": breakdown.decode_ms, "encode": breakdown.encode_ms}}

@@ -24,7 +24,8 @@ from pathlib import Path, PurePosixPath
 from services.common.errors import (AlreadyExists, FailedPrecondition, InvalidArgument, ResourceExhausted,
                                     Unavailable)
 from services.sd35.config import Sd35Config
-from services.sd35.engine import FORMATS, GenerationOutput, GenerationParams, Sd35Runner, StepHooks, VariantSpec
+from services.sd35.engine import (FORMATS, GenerationOutput, GenerationParams, Sd35Runner, StepHooks, VariantSpec,
+                                  encode_image)
 from services.sd35.errors import (AdapterNotFound, BadAdapterPath, GenerationCancelled, GenerationDeadline,
                                   VariantNotHosted)
 from services.sd35.metrics import Sd35Metrics
@@ -118,10 +119,13 @@ class Job:
 class VariantQueue:
     """Ordered, bounded wait queue in front of one variant's worker thread."""
 
-    def __init__(self, runner: Sd35Runner, max_queue: int, metrics: Sd35Metrics) -> None:
+    def __init__(self, runner: Sd35Runner, max_queue: int, metrics: Sd35Metrics, encode_pool: ThreadPoolExecutor,
+                 png_level: int = 1) -> None:
         self.runner = runner
         self.max_queue = max_queue
         self.metrics = metrics
+        self.encode_pool = encode_pool
+        self.png_level = png_level
         self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"sd35-{runner.spec.name}")
         self.waiting: collections.deque[Job] = collections.deque()
         self.running: Job | None = None
@@ -167,7 +171,8 @@ class VariantQueue:
         self._kick()
 
     def _run(self, job: Job) -> None:
-        """Worker thread: run the job, deliver Result or an exception as the last event."""
+        """Worker thread: run the job; hand the images to the encode pool (so the next job can start
+        denoising while they are encoded), which delivers the Result. Errors are the last event."""
         name = self.runner.spec.name
         queue_ms = (time.monotonic() - job.enqueued) * 1e3
         self.metrics.queue_seconds.labels(name).observe(queue_ms / 1e3)
@@ -201,14 +206,27 @@ class VariantQueue:
             log.error("generation failed", exc_info=exc, extra={"variant": name})
             job.emit(exc)
             return
+        self.encode_pool.submit(self._deliver, job, out, queue_ms, started)
+
+    def _deliver(self, job: Job, out: GenerationOutput, queue_ms: float, started: float) -> None:
+        """Encode pool: encode the images and emit the Result."""
+        name, p = self.runner.spec.name, job.params
+        try:
+            t0 = time.perf_counter()
+            images = [encode_image(im, p.output_format, self.png_level) for im in out.images]
+            encode_ms = (time.perf_counter() - t0) * 1e3
+        except Exception as exc:  # noqa: BLE001 - delivered to the caller
+            job.outcome = "failed"
+            log.error("encoding failed", exc_info=exc, extra={"variant": name})
+            job.emit(exc)
+            return
         total_ms = (time.perf_counter() - started) * 1e3
         self.metrics.generation_seconds.labels(name).observe(total_ms / 1e3)
-        self.metrics.images_generated.labels(name).inc(len(out.images))
+        self.metrics.images_generated.labels(name).inc(len(images))
         job.outcome = "ok"
-        p = job.params
-        timings = {"queue_ms": queue_ms, **out.timings_ms, "total_ms": queue_ms + total_ms}
-        job.emit(Result(out.images, out.mime_type, [p.seed + i for i in range(p.num_images)], job.variant, p.steps,
-                        p.guidance, p.width, p.height, timings))
+        timings = {"queue_ms": queue_ms, **out.timings_ms, "encode_ms": encode_ms, "total_ms": queue_ms + total_ms}
+        job.emit(Result(images, FORMATS[p.output_format][1], [p.seed + i for i in range(p.num_images)], job.variant,
+                        p.steps, p.guidance, p.width, p.height, timings))
 
 
 class Sd35Backend:
@@ -224,6 +242,7 @@ class Sd35Backend:
                                       pipeline=pipelines.get(v))
                         for v, path in config.model_dirs().items()}
         self.queues: dict[str, VariantQueue] = {}
+        self._encode_pool = ThreadPoolExecutor(config.encode_threads, thread_name_prefix="sd35-encode")
         self.default_variant = config.default_variant or next(iter(self.runners))
         self.ready = False
 
@@ -231,7 +250,8 @@ class Sd35Backend:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for name, runner in self.runners.items():
-            queue = VariantQueue(runner, self.config.max_queue, self.metrics)
+            queue = VariantQueue(runner, self.config.max_queue, self.metrics, self._encode_pool,
+                                 self.config.png_compress_level)
             await loop.run_in_executor(queue.executor, self._load, runner, self.config.default_size)
             self.queues[name] = queue
             self.metrics.model_ready.labels(name).set(1)
@@ -252,6 +272,7 @@ class Sd35Backend:
                 queue.running.cancel.set()
             queue.executor.shutdown(wait=True)
             self.metrics.model_ready.labels(name).set(0)
+        self._encode_pool.shutdown(wait=True)
 
     # -- validation -------------------------------------------------------------------------------
     def queue_for(self, variant: str) -> VariantQueue:

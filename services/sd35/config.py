@@ -34,6 +34,8 @@ class Sd35Config(ServerConfig):
     max_pixels_large: int = setting(1_048_576, "Pixel budget of Large and Large Turbo (width x height).")
     min_pixels_medium: int = setting(65_536, "Smallest image of Medium (width x height).")
     max_pixels_medium: int = setting(2_097_152, "Pixel budget of Medium (width x height).")
+    png_compress_level: int = setting(1, "PNG zlib level 0-9 (lossless at every level; 1 is fast, 6+ smaller and slower).")
+    encode_threads: int = setting(2, "Threads encoding result images (off the GPU worker, overlapping the next job).")
     license: str = setting("stabilityai-ai-community", "License reported in GetModelInfo.")
 
     def __post_init__(self) -> None:
@@ -52,7 +54,9 @@ class Sd35Config(ServerConfig):
             seen.add(variant)
         if self.default_variant and self.default_variant not in seen:
             raise ConfigError(f"{self.env_name('default_variant')}: {self.default_variant!r} is not hosted")
-        for name in ("max_adapters", "max_queue", "max_prompt_chars", "default_size"):
+        if not 0 <= self.png_compress_level <= 9:
+            raise ConfigError(f"{self.env_name('png_compress_level')} must be 0..9")
+        for name in ("max_adapters", "max_queue", "max_prompt_chars", "default_size", "encode_threads"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be >= 1")
         if self.default_size % 16:
