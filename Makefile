@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-fast protos bench-vit bench-ranker clean help
+.PHONY: setup system-deps demo test test-fast protos bench-vit bench-ranker bench-sd35 clean help
 
 help:
 	@echo "make demo      build models, start the services, run the demo"
@@ -46,6 +46,9 @@ bench-vit: setup
 
 bench-ranker: setup
 	$(PY) bench/ranker.py
+
+bench-sd35: setup
+	$(PY) bench/sd35.py
 
 clean:
 	rm -rf $(VENV) .models .pytest_cache

@@ -59,15 +59,21 @@ def test_model_services_have_probes_drain_and_isolation(overlay: str) -> None:
     assert by_kind(docs, "ServiceMonitor")
 
 
-def test_gpu_overlay_requests_gpus() -> None:
-    dep = by_kind(render("gpu"), "Deployment")["vit"]
+@pytest.mark.parametrize("service", ["vit", "sd35"])
+def test_gpu_overlay_requests_gpus(service: str) -> None:
+    dep = by_kind(render("gpu"), "Deployment")[service]
     pod = dep["spec"]["template"]["spec"]
     assert pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
 
 
-def test_cpu_overlay_builds_its_own_model() -> None:
+def test_cpu_overlay_builds_its_own_models() -> None:
     docs = render("cpu")
-    pod = by_kind(docs, "Deployment")["vit"]["spec"]["template"]["spec"]
+    deployments, configs = by_kind(docs, "Deployment"), by_kind(docs, "ConfigMap")
+    pod = deployments["vit"]["spec"]["template"]["spec"]
     assert pod["initContainers"][0]["args"][:3] == ["models", "build", "vit-digits"]
-    assert by_kind(docs, "ConfigMap")["vit-config"]["data"]["VIT_MODEL"] == "/models/vit-digits"
+    assert configs["vit-config"]["data"]["VIT_MODEL"] == "/models/vit-digits"
+    sd = deployments["sd35"]["spec"]["template"]["spec"]
+    assert sd["initContainers"][0]["args"][:3] == ["models", "build", "sd35-large-turbo-tiny"]
+    assert configs["sd35-config"]["data"]["SD35_MODELS"] == "large-turbo=/models/sd35-large-turbo-tiny"
+    assert all("persistentVolumeClaim" not in v for v in sd["volumes"] if v["name"] in ("models", "adapters"))

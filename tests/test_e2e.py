@@ -99,10 +99,39 @@ def test_demo_runs_end_to_end(tmp_path: Path, vit_digits_dir: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(figures.read_text())
     assert doc["accuracy"] >= 0.95 and doc["held_out_images"] == 360
-    assert "grpc_server_handled_total" in out.stdout and "exited with code 0" in out.stdout
+    assert "grpc_server_handled_total" in out.stdout
+    assert "exited with codes {'vit': 0, 'sd35': 0, 'ranker': 0}" in out.stdout
+    assert "step 28/28" in out.stdout and Path(doc["generation"]["file"]).stat().st_size > 0
+    assert "scores higher at" in out.stdout  # the ranker's verdict
 
 
 def test_bad_config_exits_nonzero_with_a_clear_message() -> None:
     out = subprocess.run([sys.executable, "-m", "versus.cli", "serve", "vit", "--max-batch-size", "0", "--model", "x"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "VIT_MAX_BATCH_SIZE must be >= 1" in out.stderr
+
+
+def test_cli_generate_with_progress_and_json(sd35_dirs: dict, tmp_path: Path) -> None:
+    args = ["--model", f"large={sd35_dirs['large']}", "--model", f"large-turbo={sd35_dirs['large-turbo']}",
+            "--default-size", "64"]
+    with ServiceProcess("sd35", args, log_path=tmp_path / "log") as svc:
+        base = [sys.executable, "-m", "versus.cli", "generate", "--target", svc.target, "a photo of a cat"]
+        out = subprocess.run([*base, "--variant", "large-turbo", "--seed", "5", "-n", "2", "-o", str(tmp_path / "cat.png"),
+                              "--json"], capture_output=True, text=True, check=True)
+        meta = json.loads(out.stdout)
+        assert meta["seeds"] == [5, 6] and meta["steps"] == 4 and meta["variant"] == "VARIANT_LARGE_TURBO"
+        assert [Path(f).name for f in meta["files"]] == ["cat-0.png", "cat-1.png"]
+        assert all(Path(f).stat().st_size > 0 for f in meta["files"])
+        assert "step 4/4" in out.stderr  # the live progress bar
+        again = subprocess.run([*base, "--variant", "large-turbo", "--seed", "5", "-o", str(tmp_path / "again.png"),
+                                "--quiet"], capture_output=True, text=True, check=True)
+        assert "wrote" in again.stdout
+        assert (tmp_path / "again.png").read_bytes() == (tmp_path / "cat-0.png").read_bytes()
+        bad = subprocess.run([*base, "--width", "70"], capture_output=True, text=True)
+        assert bad.returncode == 1 and "INVALID_ARGUMENT: width" in bad.stderr
+
+
+def test_sd35_bad_model_flag_is_a_clear_startup_error() -> None:
+    out = subprocess.run([sys.executable, "-m", "versus.cli", "serve", "sd35", "--model", "huge=/x"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unknown variant 'huge'" in out.stderr

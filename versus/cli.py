@@ -162,6 +162,78 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(step: int, total: int, elapsed_ms: float, width: int = 30) -> str:
+    done = int(width * step / max(1, total))
+    return f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{total}  {elapsed_ms / 1000:.1f}s"
+
+
+def generate_images(settings, request, *, timeout: float, on_event=None):  # noqa: ANN001, ANN201
+    """Stream one Generate call; ``on_event`` sees every event; returns the Result."""
+    from versus.sd35.v1 import sd35_pb2_grpc
+
+    with settings.channel() as channel:
+        stub = sd35_pb2_grpc.Sd35ServiceStub(channel)
+        for event in stub.Generate(request, timeout=timeout, metadata=settings.metadata()):
+            if on_event is not None:
+                on_event(event)
+            if event.WhichOneof("event") == "result":
+                return event.result
+    raise RuntimeError("the stream ended without a result")
+
+
+def output_paths(out: str, count: int) -> list[Path]:
+    """``out.png`` for one image, ``out-0.png``, ``out-1.png``... for several."""
+    path = Path(out)
+    return [path] if count == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from versus.sd35.v1 import sd35_pb2
+
+    variants = {"large": sd35_pb2.VARIANT_LARGE, "large-turbo": sd35_pb2.VARIANT_LARGE_TURBO,
+                "medium": sd35_pb2.VARIANT_MEDIUM}
+    formats = {"png": sd35_pb2.OUTPUT_FORMAT_PNG, "jpeg": sd35_pb2.OUTPUT_FORMAT_JPEG, "webp": sd35_pb2.OUTPUT_FORMAT_WEBP}
+    request = sd35_pb2.GenerateRequest(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
+                                       height=args.height, num_images=args.n, output_format=formats[args.format],
+                                       max_sequence_length=args.max_sequence_length, preview_every=args.preview_every)
+    if args.variant:
+        request.variant = variants[args.variant]
+    for name, value in (("steps", args.steps), ("guidance_scale", args.guidance), ("seed", args.seed)):
+        if value is not None:
+            setattr(request, name, value)
+    for spec in args.adapter or []:
+        name, _, weight = spec.partition("=")
+        request.adapters.add(name=name, weight=float(weight or 1.0))
+
+    def show(event) -> None:  # noqa: ANN001
+        kind = event.WhichOneof("event")
+        if kind == "queued":
+            print(f"\rqueued, {event.queued.position} ahead", end="", file=sys.stderr, flush=True)
+        elif kind == "progress":
+            p = event.progress
+            print(_progress_bar(p.step, p.total_steps, p.elapsed_ms), end="", file=sys.stderr, flush=True)
+
+    settings = _client_settings(args)
+    result = generate_images(settings, request, timeout=args.timeout, on_event=None if args.quiet else show)
+    if not args.quiet:
+        print(file=sys.stderr)
+    paths = output_paths(args.output, len(result.images))
+    for path, image in zip(paths, result.images):
+        path.write_bytes(image.data)
+    t = result.timings
+    meta = {"files": [str(p) for p in paths], "seeds": list(result.seeds), "variant": sd35_pb2.Variant.Name(result.variant),
+            "steps": result.steps, "guidance_scale": round(result.guidance_scale, 4),
+            "width": result.width, "height": result.height,
+            "timings_ms": {"queue": t.queue_ms, "text_encoding": t.text_encoding_ms, "denoising": t.denoising_ms,
+                           "decode": t.decode_ms, "encode": t.encode_ms, "total": t.total_ms}}
+    if args.json:
+        print(json.dumps(meta, indent=2))
+    else:
+        print(f"wrote {', '.join(meta['files'])} (seeds {meta['seeds']}, {meta['variant']}, {result.steps} steps, "
+              f"{result.width}x{result.height}, {t.total_ms / 1000:.2f}s)")
+    return 0
+
+
 # -- models -------------------------------------------------------------------------------------
 def cmd_models_build(args: argparse.Namespace) -> int:
     from versus.models import build_model
@@ -215,6 +287,27 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--pooling", choices=("cls", "mean"), default="cls")
     embed.add_argument("--normalize", action="store_true", help="L2-normalise vectors")
     embed.set_defaults(func=cmd_embed)
+
+    generate = sub.add_parser("generate", help="text-to-image with the sd35 service, with a live progress bar")
+    _add_client_flags(generate)
+    generate.set_defaults(target="localhost:50052", timeout=600.0)
+    generate.add_argument("prompt")
+    generate.add_argument("--negative", default="", help="negative prompt")
+    generate.add_argument("--variant", choices=("large", "large-turbo", "medium"), default="",
+                          help="default: the server's")
+    generate.add_argument("--seed", type=int, default=None, help="default: random (printed)")
+    generate.add_argument("--steps", type=int, default=None, help="default: the variant's")
+    generate.add_argument("--guidance", type=float, default=None, help="default: the variant's")
+    generate.add_argument("--width", type=int, default=0)
+    generate.add_argument("--height", type=int, default=0)
+    generate.add_argument("-n", type=int, default=1, help="images (1-4); image i uses seed + i")
+    generate.add_argument("--max-sequence-length", type=int, default=0)
+    generate.add_argument("--adapter", action="append", help="NAME=WEIGHT (repeatable)")
+    generate.add_argument("--format", choices=("png", "jpeg", "webp"), default="png")
+    generate.add_argument("--preview-every", type=int, default=0)
+    generate.add_argument("-o", "--output", default="out.png", help="file (several images: out-0.png, out-1.png...)")
+    generate.add_argument("--quiet", action="store_true", help="no progress bar")
+    generate.set_defaults(func=cmd_generate)
 
     rank = sub.add_parser("rank", help="0-100 scores of catalog models from the ranker")
     _add_client_flags(rank)
