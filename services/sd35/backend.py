@@ -119,14 +119,16 @@ class Job:
 class VariantQueue:
     """Ordered, bounded wait queue in front of one variant's worker thread."""
 
-    def __init__(self, runner: Sd35Runner, max_queue: int, metrics: Sd35Metrics, encode_pool: ThreadPoolExecutor,
-                 png_level: int = 1) -> None:
+    def __init__(self, runner: Sd35Runner, max_queue: int, metrics: Sd35Metrics, device_pool: ThreadPoolExecutor,
+                 encode_pool: ThreadPoolExecutor, png_level: int = 1) -> None:
         self.runner = runner
         self.max_queue = max_queue
         self.metrics = metrics
         self.encode_pool = encode_pool
         self.png_level = png_level
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix=f"sd35-{runner.spec.name}")
+        # One thread per device, shared by the variants on it: pipelines never run concurrently on one
+        # device (they would fight over its memory and, on CPUs, over cores and OpenMP thread teams).
+        self.executor = device_pool
         self.waiting: collections.deque[Job] = collections.deque()
         self.running: Job | None = None
         self.history: collections.deque[Job] = collections.deque(maxlen=256)
@@ -145,6 +147,7 @@ class VariantQueue:
         for job in [j for j in self.waiting if j.cancel.is_set()]:
             self.waiting.remove(job)
             job.outcome = "cancelled-in-queue"
+            self.metrics.cancellations.labels(self.runner.spec.name, "cancelled_in_queue").inc()
             self.history.append(job)
 
     def _update(self) -> None:
@@ -239,10 +242,11 @@ class Sd35Backend:
         pipelines = pipelines or {}
         self.runners = {v: Sd35Runner(specs[v], path, device=config.device, dtype=config.dtype,
                                       cpu_offload=config.cpu_offload, drop_t5=config.drop_t5, compile=config.compile,
-                                      pipeline=pipelines.get(v))
+                                      pipeline=pipelines.get(v), torch_threads=config.torch_threads)
                         for v, path in config.model_dirs().items()}
         self.queues: dict[str, VariantQueue] = {}
         self._encode_pool = ThreadPoolExecutor(config.encode_threads, thread_name_prefix="sd35-encode")
+        self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="sd35-device")
         self.default_variant = config.default_variant or next(iter(self.runners))
         self.ready = False
 
@@ -250,7 +254,7 @@ class Sd35Backend:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for name, runner in self.runners.items():
-            queue = VariantQueue(runner, self.config.max_queue, self.metrics, self._encode_pool,
+            queue = VariantQueue(runner, self.config.max_queue, self.metrics, self._device_pool, self._encode_pool,
                                  self.config.png_compress_level)
             await loop.run_in_executor(queue.executor, self._load, runner, self.config.default_size)
             self.queues[name] = queue
@@ -270,8 +274,8 @@ class Sd35Backend:
             queue.waiting.clear()
             if queue.running is not None:
                 queue.running.cancel.set()
-            queue.executor.shutdown(wait=True)
             self.metrics.model_ready.labels(name).set(0)
+        self._device_pool.shutdown(wait=True)
         self._encode_pool.shutdown(wait=True)
 
     # -- validation -------------------------------------------------------------------------------

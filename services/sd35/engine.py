@@ -94,8 +94,10 @@ class Sd35Runner:
     """A StableDiffusion3Pipeline loaded from a directory (or built in memory, for benchmarks)."""
 
     def __init__(self, spec: VariantSpec, source: str, *, device: str = "auto", dtype: str = "auto",
-                 cpu_offload: bool = False, drop_t5: bool = False, compile: bool = False, pipeline=None) -> None:  # noqa: ANN001
+                 cpu_offload: bool = False, drop_t5: bool = False, compile: bool = False, pipeline=None,  # noqa: ANN001
+                 torch_threads: int = 0) -> None:
         self.spec = spec
+        self.torch_threads = torch_threads
         self.source = source
         self.device = resolve_device(device)
         self.dtype_name = ("bf16" if self.device.type == "cuda" else "fp32") if dtype == "auto" else dtype
@@ -112,6 +114,8 @@ class Sd35Runner:
         from diffusers import StableDiffusion3Pipeline
 
         dtype = _DTYPES[self.dtype_name]
+        if self.torch_threads > 0:
+            torch.set_num_threads(self.torch_threads)
         if self.pipe is None:
             path = Path(self.source)
             if not path.is_dir():
