@@ -52,18 +52,19 @@ def load(model_dir: Path, precision: str = "fp32"):  # noqa: ANN201
 
 def time_raw(model, images: list, batch: int, reps: int, with_processor: bool) -> tuple[float, float]:  # noqa: ANN001
     """(median seconds per batch, images per second) for processor+forward or forward alone."""
+    import numpy as np
     import torch
     from PIL import Image
 
     decoded = [Image.open(io.BytesIO(images[i % len(images)])).convert("RGB") for i in range(batch)]
-    pixels = torch.stack([model.preprocess(im) for im in decoded])
+    pixels = torch.from_numpy(np.stack([model.preprocess(im) for im in decoded]))
     model.forward(pixels)  # warm this batch shape
     times = []
     for _ in range(reps):
         t0 = time.perf_counter()
         if with_processor:
             fresh = [Image.open(io.BytesIO(images[i % len(images)])).convert("RGB") for i in range(batch)]
-            pixels = torch.stack([model.preprocess(im) for im in fresh])
+            pixels = torch.from_numpy(np.stack([model.preprocess(im) for im in fresh]))
         model.forward(pixels)
         times.append(time.perf_counter() - t0)
     sec = median(times)
@@ -131,7 +132,7 @@ def agreement_on_digits(digits_dir: Path, precision: str) -> float:
     tops = {}
     for prec in ("fp32", precision):
         model = load(digits_dir, prec)
-        pixels = torch.stack([model.preprocess(im) for im in held.images])
+        pixels = torch.from_numpy(np.stack([model.preprocess(im) for im in held.images]))
         tops[prec] = model.forward(pixels).logits.argmax(1).numpy()
     return float(np.mean(tops["fp32"] == tops[precision]))
 

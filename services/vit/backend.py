@@ -58,7 +58,7 @@ class EmbedTask:
 
 @dataclass(frozen=True)
 class WorkItem:
-    pixels: torch.Tensor  # [3, H, W]
+    pixels: np.ndarray  # [3, H, W] float32
     task: ClassifyTask | EmbedTask
 
 
@@ -169,7 +169,7 @@ class VitBackend:
         return EmbedTask(tuple(layers) or (FINAL_LAYER,), pooling, normalize)
 
     # -- preprocessing (pool thread) -------------------------------------------------------------
-    def _prepare(self, images: Sequence[bytes], field: str) -> list[torch.Tensor]:
+    def _prepare(self, images: Sequence[bytes], field: str) -> list[np.ndarray]:
         cfg = self.config
         out = []
         for i, data in enumerate(images):
@@ -237,7 +237,7 @@ class VitBackend:
     # -- the batch function (device thread) ------------------------------------------------------
     def _run_batch(self, items: list[WorkItem]) -> list[object]:
         layers = frozenset(l for it in items if isinstance(it.task, EmbedTask) for l in it.task.layers if l != FINAL_LAYER)
-        out = self.model.forward(torch.stack([it.pixels for it in items]), layers)
+        out = self.model.forward(np.stack([it.pixels for it in items]), layers)
         results: list[object] = []
         for row, item in enumerate(items):
             task = item.task

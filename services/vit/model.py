@@ -128,17 +128,23 @@ class VitModel:
         return int(self.config.image_size)
 
     # -- compute --------------------------------------------------------------------------------
-    def preprocess(self, image: Image.Image) -> torch.Tensor:
-        """One RGB image → ``[3, H, W]`` float32 pixel values, via the checkpoint's processor."""
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """One RGB image → ``[3, H, W]`` float32 pixel values, via the checkpoint's processor.
+
+        NumPy, not torch: preprocessing runs on its own thread, and torch work there would start a
+        second OpenMP thread team that competes with the device thread's team for the cores.
+        """
         assert self.processor is not None, "load() first"
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return np.asarray(self.processor(images=image, return_tensors="np")["pixel_values"][0], dtype=np.float32)
 
     @torch.inference_mode()
-    def forward(self, pixel_values: torch.Tensor, layers: frozenset[int] = frozenset()) -> ForwardOutput:
+    def forward(self, pixel_values: torch.Tensor | np.ndarray, layers: frozenset[int] = frozenset()) -> ForwardOutput:
         """Run one batch. The math is ViTForImageClassification.forward's, keeping the final
         hidden state (for embeddings) and, when asked, the per-block hidden states."""
         assert self.model is not None, "load() first"
         dtype = torch.float32 if self.precision == "int8" else _DTYPES[self.precision]
+        if isinstance(pixel_values, np.ndarray):
+            pixel_values = torch.from_numpy(pixel_values)
         x = pixel_values.to(device=self.device, dtype=dtype)
         out = self.model.vit(x, output_hidden_states=bool(layers))
         final = out.last_hidden_state
