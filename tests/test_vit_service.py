@@ -403,3 +403,19 @@ async def _settle() -> None:
     import asyncio
 
     await asyncio.sleep(2.0)
+
+
+def test_pool_preprocessing_mode_gives_same_logits_and_errors(vit_tiny_dir: Path) -> None:
+    """preprocess=pool (the GPU default) decodes on its own threads; results equal device mode's."""
+    request = vit_pb2.ClassifyRequest(images=[img(png(1)), img(png(2, (300, 100)))], top_k=3, return_logits=True)
+    logits = {}
+    for mode in ("pool", "device"):
+        with InProcessServer(create_server, vit_config(vit_tiny_dir, preprocess=mode)) as srv, srv.channel() as ch:
+            stub = vit_pb2_grpc.VitServiceStub(ch)
+            logits[mode] = [list(r.logits) for r in stub.Classify(request, timeout=30).results]
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Classify(vit_pb2.ClassifyRequest(images=[img(png()), img(BAD_IMAGES["truncated-jpeg"][0])]),
+                              timeout=30)
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert info.value.details().startswith("images[1]")
+    assert np.array_equal(np.array(logits["pool"]), np.array(logits["device"]))

@@ -66,7 +66,8 @@ class BatcherStats:
 class MicroBatcher(Generic[In, Out]):
     """Batches items across concurrent requests and runs ``run_batch`` on ``executor``.
 
-    ``run_batch`` receives the payloads of one batch and must return exactly one output per input.
+    ``run_batch`` receives the payloads of one batch and must return exactly one output per input; an
+    output that is an exception fails only its own item (e.g. an image that turned out to be corrupt).
     """
 
     def __init__(
@@ -234,7 +235,11 @@ class MicroBatcher(Generic[In, Out]):
             queue_s = started - item.enqueued
             if self._metrics:
                 self._metrics.queue_seconds.labels(self._model).observe(queue_s)
-            if not item.future.done():
+            if item.future.done():
+                continue
+            if isinstance(output, BaseException):
+                item.future.set_exception(output)
+            else:
                 item.future.set_result((output, ItemStats(queue_s, compute_s, len(batch), batch_id)))
 
     def _set_depth(self) -> None:

@@ -114,6 +114,7 @@ class VersusServer:
         self.metrics_port = -1
         self._stopping: asyncio.Event | None = None
         self._stopped = False
+        self._shutdown_task: asyncio.Task[None] | None = None
 
     async def set_serving(self, serving: bool) -> None:
         """Flip overall and per-service health."""
@@ -155,27 +156,33 @@ class VersusServer:
             self._stopping.set()
         log.info("stopped")
 
-    async def serve(self) -> None:
-        """Start, then run until SIGTERM/SIGINT, then drain and stop."""
+    def request_stop(self) -> None:
+        """Begin the graceful stop (idempotent); call on the server's event loop."""
+        if self._shutdown_task is None:
+            self._shutdown_task = asyncio.get_running_loop().create_task(self.stop())
+
+    async def serve(self, install_signal_handlers: bool = True) -> None:
+        """Start, then run until SIGTERM/SIGINT (or :meth:`request_stop`), then drain and stop.
+
+        Without ``install_signal_handlers`` (the loop is not on the main thread), the caller forwards
+        signals with ``loop.call_soon_threadsafe(server.request_stop)``.
+        """
         loop = asyncio.get_running_loop()
         await self.start()
         assert self._stopping is not None
         if self.config.port_file:
             with open(self.config.port_file, "w", encoding="utf-8") as fh:
                 json.dump({"port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()}, fh)
-        shutdown: asyncio.Task[None] | None = None
-
         def on_signal(signum: int) -> None:
-            nonlocal shutdown
             log.info("signal received; shutting down", extra={"signal": signal.Signals(signum).name})
-            if shutdown is None:
-                shutdown = loop.create_task(self.stop())
+            self.request_stop()
 
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, on_signal, signum)
+        if install_signal_handlers:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, on_signal, signum)
         await self._stopping.wait()
-        if shutdown is not None:
-            await shutdown
+        if self._shutdown_task is not None:
+            await self._shutdown_task
 
 
 def build_server(

@@ -127,7 +127,7 @@ class VariantQueue:
         self.encode_pool = encode_pool
         self.png_level = png_level
         # One thread per device, shared by the variants on it: pipelines never run concurrently on one
-        # device (they would fight over its memory and, on CPUs, over cores and OpenMP thread teams).
+        # device (they would fight over its memory and, on CPUs, over the cores).
         self.executor = device_pool
         self.waiting: collections.deque[Job] = collections.deque()
         self.running: Job | None = None

@@ -21,7 +21,8 @@ from services.common.errors import InvalidArgument, Unavailable
 from services.common.metrics import Metrics
 from services.vit.config import VitConfig
 from services.vit.heads import Head, HeadRegistry, fit_linear_probe
-from services.vit.images import decode_image
+from services.vit.errors import InvalidImage
+from services.vit.images import check_header, decode_image, load_rgb
 from services.vit.model import FINAL_LAYER, VitModel, pool, softmax_top_k
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,10 @@ class EmbedTask:
 
 @dataclass(frozen=True)
 class WorkItem:
-    pixels: np.ndarray  # [3, H, W] float32
+    pixels: np.ndarray | None  # [3, H, W] float32, or None when the device thread preprocesses
     task: ClassifyTask | EmbedTask
+    image: object = None  # PIL image opened by check_header (preprocess=device)
+    field: str = ""
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class VitBackend:
         self._batcher: MicroBatcher[WorkItem, object] = MicroBatcher(
             self._run_batch, self._device_pool, model=self.model_id, max_batch_size=config.max_batch_size,
             max_queue=config.max_queue, max_wait_ms=config.max_wait_ms, metrics=metrics)
+        self.on_device = config.preprocess == "device"
         self.ready = False
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -169,24 +173,37 @@ class VitBackend:
         return EmbedTask(tuple(layers) or (FINAL_LAYER,), pooling, normalize)
 
     # -- preprocessing (pool thread) -------------------------------------------------------------
-    def _prepare(self, images: Sequence[bytes], field: str) -> list[np.ndarray]:
+    @staticmethod
+    def _field(field: str, i: int, n: int) -> str:
+        return f"{field}[{i}]" if n > 1 or field == "images" else field
+
+    def _prepare(self, images: Sequence[bytes], field: str, task: ClassifyTask | EmbedTask) -> list[WorkItem]:
+        """Decode and preprocess every image (pool mode), or only check the headers (device mode:
+        pixels are decoded on the device thread, per batch). Any bad header fails the whole request
+        here, before it joins a batch."""
         cfg = self.config
-        out = []
+        items = []
         for i, data in enumerate(images):
-            name = f"{field}[{i}]" if len(images) > 1 or field == "images" else field
-            image = decode_image(data, name, max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side)
-            out.append(self.model.preprocess(image))
-        return out
+            name = self._field(field, i, len(images))
+            if self.on_device:
+                opened = check_header(data, name, max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side)
+                items.append(WorkItem(None, task, opened, name))
+            else:
+                image = decode_image(data, name, max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side)
+                items.append(WorkItem(self.model.preprocess(image), task))
+        return items
 
     async def _submit(self, images: Sequence[bytes], task: ClassifyTask | EmbedTask, timeout_s: float | None,
                       field: str = "images") -> tuple[list[object], Timings]:
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        pixels = await loop.run_in_executor(self._pre_pool, self._prepare, images, field)
+        if self.on_device:  # header checks only: microseconds, fine on the event loop
+            items = self._prepare(images, field, task)
+        else:
+            items = await asyncio.get_running_loop().run_in_executor(self._pre_pool, self._prepare, images, field, task)
         preprocess_s = time.perf_counter() - started
         self.metrics.preprocess_seconds.labels(self.model_id).observe(preprocess_s)
         remaining = None if timeout_s is None else max(0.0, timeout_s - preprocess_s)
-        results = await self._batcher.submit([WorkItem(p, task) for p in pixels], timeout_s=remaining)
+        results = await self._batcher.submit(items, timeout_s=remaining)
         return [r for r, _ in results], _timings(started, preprocess_s, [s for _, s in results])
 
     # -- public API ------------------------------------------------------------------------------
@@ -235,9 +252,26 @@ class VitBackend:
         return head
 
     # -- the batch function (device thread) ------------------------------------------------------
-    def _run_batch(self, items: list[WorkItem]) -> list[object]:
+    def _pixels(self, item: WorkItem) -> np.ndarray | InvalidImage:
+        if item.pixels is not None:
+            return item.pixels
+        try:
+            return self.model.preprocess(load_rgb(item.image, item.field))  # type: ignore[arg-type]
+        except InvalidImage as exc:  # e.g. truncated data: fails only this item
+            return exc
+
+    def _run_batch(self, all_items: list[WorkItem]) -> list[object]:
+        pixels = [self._pixels(it) for it in all_items]
+        good = [i for i, p in enumerate(pixels) if not isinstance(p, InvalidImage)]
+        results: list[object] = list(pixels)  # errors stay in place
+        if good:
+            for i, out in zip(good, self._forward([all_items[i] for i in good], [pixels[i] for i in good])):
+                results[i] = out
+        return results
+
+    def _forward(self, items: list[WorkItem], pixels: list[np.ndarray]) -> list[object]:
         layers = frozenset(l for it in items if isinstance(it.task, EmbedTask) for l in it.task.layers if l != FINAL_LAYER)
-        out = self.model.forward(np.stack([it.pixels for it in items]), layers)
+        out = self.model.forward(np.stack(pixels), layers)
         results: list[object] = []
         for row, item in enumerate(items):
             task = item.task

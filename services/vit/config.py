@@ -29,7 +29,11 @@ class VitConfig(ServerConfig):
     max_image_pixels: int = setting(40_000_000, "Largest declared width x height (decompression-bomb guard).")
     min_image_side: int = setting(8, "Smallest accepted width or height, in pixels.")
     default_top_k: int = setting(5, "top_k used when a request leaves it 0.")
-    preprocess_threads: int = setting(1, "Threads decoding and preprocessing images.")
+    preprocess_threads: int = setting(1, "Threads decoding and preprocessing images (preprocess=pool).")
+    preprocess: str = setting("pool", "Where images are decoded and preprocessed: 'pool' (own threads, before the image "
+                              "joins a batch) or 'device' (headers checked first, pixels decoded on the device thread "
+                              "per batch: no CPU contention with torch on small CPU machines).",
+                              choices=("pool", "device"))
     stream_window: int = setting(64, "ClassifyStream items in flight per stream (back-pressure).")
     max_heads: int = setting(32, "Custom heads kept in memory.")
     max_head_examples: int = setting(4096, "Labelled images in one CreateHead request.")

@@ -21,6 +21,12 @@ def decode_image(data: bytes, field: str, *, max_pixels: int, min_side: int) -> 
     The header is checked (format, declared size) before any pixel is decoded, so a
     decompression bomb costs nothing.
     """
+    return load_rgb(check_header(data, field, max_pixels=max_pixels, min_side=min_side), field)
+
+
+def check_header(data: bytes, field: str, *, max_pixels: int, min_side: int) -> Image.Image:
+    """Open ``data`` lazily and check what the header declares (format, size): microseconds, no pixels
+    decoded. Returns the opened image for :func:`load_rgb`."""
     if not data:
         raise InvalidImage(field, "empty image bytes")
     try:
@@ -38,6 +44,11 @@ def decode_image(data: bytes, field: str, *, max_pixels: int, min_side: int) -> 
         raise InvalidImage(field, f"{width}x{height} declares {width * height} pixels, over the limit of {max_pixels}")
     if min(width, height) < min_side:
         raise InvalidImage(field, f"{width}x{height} is smaller than the minimum side of {min_side} px")
+    return image
+
+
+def load_rgb(image: Image.Image, field: str) -> Image.Image:
+    """Decode the pixels of an image opened by :func:`check_header` (truncated data is an error)."""
     try:
         if getattr(image, "n_frames", 1) > 1:
             image.seek(0)

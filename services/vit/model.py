@@ -131,8 +131,8 @@ class VitModel:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """One RGB image → ``[3, H, W]`` float32 pixel values, via the checkpoint's processor.
 
-        NumPy, not torch: preprocessing runs on its own thread, and torch work there would start a
-        second OpenMP thread team that competes with the device thread's team for the cores.
+        NumPy, not torch: preprocessing may run on its own thread, and the device thread stays the only
+        one doing torch work.
         """
         assert self.processor is not None, "load() first"
         return np.asarray(self.processor(images=image, return_tensors="np")["pixel_values"][0], dtype=np.float32)
