@@ -214,3 +214,4 @@ def test_store_records_idempotently(store) -> None:  # noqa: ANN001
     general = store.table("general")
     assert (general.model_a, general.model_b, general.outcome.tolist()) == (["a"], ["b"], [1])
     assert len(store.table().outcome) == 2
+    assert store.version() == (store.table().last_id, 2)

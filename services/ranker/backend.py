@@ -59,6 +59,7 @@ class RankerBackend:
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-db")  # one writer, ordered
         self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-fit")  # fits never block writes
         self._cache: dict[str, tuple[int, Leaderboard]] = {}
+        self._graph_cache: tuple | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -96,10 +97,18 @@ class RankerBackend:
         if len(set(model_ids)) != len(model_ids):
             raise InvalidArgument("model_ids", "lists a model twice")
         entries = [self.entry(m, f"model_ids[{i}]") for i, m in enumerate(model_ids)]
-        table = await self._db(self.store.table, "")
-        times = await self._db(self.store.times_matched)
-        stats = await asyncio.get_running_loop().run_in_executor(self._fit_pool, graph_stats, table, self.config.ridge)
+        stats, times = await self._graph()
         return score_report(entries, self.weights, stats, times)
+
+    async def _graph(self):  # noqa: ANN202 - (GraphStats, times matched)
+        """Match-graph statistics over all tasks, recomputed only when a match was recorded."""
+        version = await self._db(self.store.version)
+        if self._graph_cache is None or self._graph_cache[0] != version:
+            table = await self._db(self.store.table, "")
+            times = await self._db(self.store.times_matched)
+            stats = await asyncio.get_running_loop().run_in_executor(self._fit_pool, graph_stats, table, self.config.ridge)
+            self._graph_cache = (version, stats, times)
+        return self._graph_cache[1], self._graph_cache[2]
 
     # -- matches ------------------------------------------------------------------------------------
     def validate_match(self, a: str, b: str, outcome: int, task: str, evidence: str, key: str) -> Match:

@@ -56,6 +56,9 @@ class MatchStore(Protocol):
     def times_matched(self) -> dict[str, int]:
         """Matches per model id, over all tasks."""
 
+    def version(self) -> tuple[int, int]:
+        """(largest match id, number of matches): changes whenever a match is recorded."""
+
     def close(self) -> None: ...
 
 
@@ -126,6 +129,11 @@ class _SqlStore:
                                  args).fetchall()
             last = self._execute("SELECT COALESCE(MAX(id), 0) FROM matches").fetchone()[0]
         return _table(rows, int(last))
+
+    def version(self) -> tuple[int, int]:
+        with self._lock:
+            last, count = self._execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM matches").fetchone()
+        return int(last), int(count)
 
     def times_matched(self) -> dict[str, int]:
         with self._lock:
