@@ -52,6 +52,7 @@ class ServiceProcess:
         self.port = 0
         self.metrics_port = 0
         self._tmp = tempfile.TemporaryDirectory(prefix=f"versus-{service}-")
+        self._log = None
 
     @property
     def target(self) -> str:
@@ -59,7 +60,8 @@ class ServiceProcess:
 
     def start(self, timeout_s: float = 120.0, credentials: grpc.ChannelCredentials | None = None) -> ServiceProcess:
         port_file = Path(self._tmp.name) / "ports.json"
-        log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in _cleanup
+        log = self._log or subprocess.DEVNULL
         cmd = [sys.executable, "-m", "versus.cli", "serve", self.service, "--host", "127.0.0.1", "--port", "0",
                "--metrics-port", "0", "--metrics-host", "127.0.0.1", "--port-file", str(port_file), *self.args]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
@@ -86,11 +88,19 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.kill()
             raise
+        finally:
+            self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None and self.proc is not None and self.proc.poll() is not None:
+            self._log.close()
+            self._log = None
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+        self._close_log()
 
     def __enter__(self) -> ServiceProcess:
         return self.start()

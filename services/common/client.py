@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
@@ -35,7 +36,9 @@ class ClientSettings:
     def credentials(self) -> grpc.ChannelCredentials | None:
         if not self.tls_ca:
             return None
-        read = lambda p: open(p, "rb").read() if p else None  # noqa: E731
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
         return grpc.ssl_channel_credentials(read(self.tls_ca), read(self.tls_key), read(self.tls_cert))
 
     def channel(self) -> grpc.Channel:
