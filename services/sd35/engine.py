@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.common.errors import ConfigError, ModelLoadError
+from services.common.devices import resolve_device
+from services.common.errors import ModelLoadError
 from services.sd35.errors import AdapterNotFound
 
 log = logging.getLogger(__name__)
@@ -69,15 +70,6 @@ class GenerationOutput:
     images: list[Image.Image]
     timings_ms: dict[str, float] = field(default_factory=dict)
     steps_run: int = 0
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def encode_image(image: Image.Image, fmt: str, png_level: int = 1) -> bytes:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from services.vit.errors import NoClassifier, PickleCheckpointRefused
+from services.common.devices import resolve_device
 from services.common.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,6 @@ log = logging.getLogger(__name__)
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "int8": torch.float32}
 FINAL_LAYER = -1  # the LayerNorm-ed output the classifier sees
-
-
-def resolve_device(device: str) -> torch.device:
-    """'auto' → CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {device!r} requested but CUDA is not available")
-    return dev
 
 
 def check_safetensors_dir(path: Path) -> None:
