@@ -58,7 +58,7 @@ class RankerBackend:
         self.store: MatchStore | None = None
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-db")  # one writer, ordered
         self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-fit")  # fits never block writes
-        self._cache: dict[str, tuple[int, Leaderboard]] = {}
+        self._cache: dict[str, tuple[tuple[int, int], Leaderboard]] = {}
         self._graph_cache: tuple | None = None
 
     async def start(self) -> None:
@@ -140,12 +140,12 @@ class RankerBackend:
     async def leaderboard(self, task: str = "") -> Leaderboard:
         if task and not _TASK.match(task):
             raise InvalidArgument("task", "must be 1..64 characters of [a-z0-9._-]")
-        table = await self._db(self.store.table, task)
         key = task or "*"
+        version = await self._db(self.store.version)  # cheap; the table is read only on a miss
         cached = self._cache.get(key)
-        version = table.last_id * 1_000_003 + len(table.outcome)
         if cached and cached[0] == version:
             return cached[1]
+        table = await self._db(self.store.table, task)
         started = time.perf_counter()
         board = await asyncio.get_running_loop().run_in_executor(self._fit_pool, self._fit, task, table)
         self.metrics.compute_seconds.labels("ranker-bt").observe(time.perf_counter() - started)

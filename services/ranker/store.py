@@ -101,12 +101,19 @@ class _SqlStore:
     """The SQL shared by both stores; subclasses supply the connection, the placeholder and errors."""
 
     placeholder = "?"
+    #: Exceptions that mean the database is unreachable or failing (→ UNAVAILABLE), and its name.
+    _unavailable: tuple[type[BaseException], ...] = ()
+    _label = "database"
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._db = None  # set by the subclass: a DB-API connection with .execute()
 
     def _execute(self, sql: str, args: tuple = ()):  # noqa: ANN202
-        raise NotImplementedError
+        try:
+            return self._db.execute(sql, args)
+        except self._unavailable as exc:  # locked, disk full, I/O error, connection lost
+            raise Unavailable(f"{self._label} store failed: {exc}") from exc
 
     def _sql(self, sql: str) -> str:
         return sql.replace("?", self.placeholder)
@@ -151,6 +158,9 @@ class SqliteStore(_SqlStore):
     """One SQLite file in WAL mode with synchronous=FULL: a commit survives a process kill and a
     power cut. One connection, guarded by a lock (calls come from the service's worker thread)."""
 
+    _unavailable = (sqlite3.OperationalError,)
+    _label = "SQLite"
+
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
@@ -164,12 +174,6 @@ class SqliteStore(_SqlStore):
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open SQLite database {path}: {exc}") from exc
 
-    def _execute(self, sql: str, args: tuple = ()):  # noqa: ANN202
-        try:
-            return self._db.execute(sql, args)
-        except sqlite3.OperationalError as exc:  # locked, disk full, I/O error
-            raise Unavailable(f"SQLite store failed: {exc}") from exc
-
 
 class PostgresStore(_SqlStore):
     """PostgreSQL (psycopg 3): several ranker replicas share one match graph. Each record is its own
@@ -181,7 +185,8 @@ class PostgresStore(_SqlStore):
         import psycopg
 
         super().__init__()
-        self._psycopg = psycopg
+        self._unavailable = (psycopg.OperationalError,)
+        self._label = "PostgreSQL"
         self.url = url
         try:
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
@@ -189,12 +194,6 @@ class PostgresStore(_SqlStore):
             self._db.execute(_INDEX)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot open PostgreSQL database: {exc}") from exc
-
-    def _execute(self, sql: str, args: tuple = ()):  # noqa: ANN202
-        try:
-            return self._db.execute(sql, args)
-        except self._psycopg.OperationalError as exc:
-            raise Unavailable(f"PostgreSQL is unreachable: {exc}") from exc
 
 
 def open_store(url: str) -> MatchStore:

@@ -1,7 +1,8 @@
 """The SD3.5 data plane: validation, per-variant ordered bounded queues, streaming events,
 cancellation, LoRA adapter management (no gRPC).
 
-Each variant has one worker thread that owns its pipeline. Requests wait in an ordered deque
+One thread per device runs every pipeline on it (so a pipeline never runs two calls at once and
+variants never compete for one GPU). Each variant's requests wait in an ordered deque
 (bounded: RESOURCE_EXHAUSTED beyond it) and see ``Queued(position)`` whenever their position changes;
 a cancelled request still waiting never starts; a running one stops at the next step, because the
 step hook raises when the caller's cancel flag is set or its deadline has passed.
@@ -117,7 +118,7 @@ class Job:
 
 
 class VariantQueue:
-    """Ordered, bounded wait queue in front of one variant's worker thread."""
+    """Ordered, bounded wait queue of one variant, in front of the device thread."""
 
     def __init__(self, runner: Sd35Runner, max_queue: int, metrics: Sd35Metrics, device_pool: ThreadPoolExecutor,
                  encode_pool: ThreadPoolExecutor, png_level: int = 1) -> None:
