@@ -4,11 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo test test-fast protos bench-vit bench-ranker bench-sd35 clean help
+.PHONY: setup system-deps demo lint test test-fast protos bench-vit bench-ranker bench-sd35 clean help
 
 help:
 	@echo "make demo      build models, start the services, run the demo"
-	@echo "make test      the full test suite"
+	@echo "make test      linters (ruff, import-linter) + the full test suite"
+	@echo "make lint      ruff + the import-linter layer contracts"
 	@echo "make test-fast unit + in-process tests only (-m 'not slow')"
 	@echo "make protos    regenerate versus/**/*_pb2*.py(i) from protos/"
 	@echo "make bench-vit ViT benchmark -> docs/BENCHMARKS.md"
@@ -21,10 +22,11 @@ system-deps:
 	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
 	  || echo "warning: no PostgreSQL server; the PostgreSQL store tests will be skipped"
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock pyproject.toml protos/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e .
+	# The contracts are their own distribution (protos/); the services and tools stand on them.
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e ./protos -e .
 	# open-clip-torch only for the CLIP BPE vocabulary it ships; its own deps (torchvision) are not wanted.
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps open-clip-torch==3.3.0
 	touch $(STAMP)
@@ -32,7 +34,11 @@ $(STAMP): requirements.lock pyproject.toml
 demo: setup
 	$(VENV)/bin/versus demo
 
-test: setup
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: setup lint
 	$(PY) -m pytest
 
 test-fast: setup

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import git_rev, machine, reexec_with, write_section  # noqa: E402
-from versus.launch import SERVICE_ENV  # noqa: E402
+from versus_cli.launch import SERVICE_ENV  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     from diffusers import StableDiffusion3Pipeline
 
     from bench.sd35_common import Case, ProcessHarness, interleaved
-    from versus.models import build_model
+    from versus_cli.models import build_model
 
     torch.set_num_threads(2)
     model = Path(args.models_dir) / "sd35-large-tiny"

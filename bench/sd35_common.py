@@ -67,7 +67,7 @@ class ProcessHarness(_Timed):
     """``versus serve sd35`` as its own process (how clients meet it), on the given model directories."""
 
     def __init__(self, model_args: list[str], extra: list[str]) -> None:
-        from versus.launch import ServiceProcess
+        from versus_cli.launch import ServiceProcess
 
         self.process = ServiceProcess("sd35", [*model_args, *extra]).start(timeout_s=600)
         self.channel = grpc.insecure_channel(self.process.target)

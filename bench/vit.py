@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.report import git_rev, machine, median, reexec_with, write_section  # noqa: E402
-from versus.launch import SERVICE_ENV  # noqa: E402
+from versus_cli.launch import SERVICE_ENV  # noqa: E402
 
 THREADS = 2
 
@@ -76,7 +76,7 @@ def run_service(model_dir: Path, images: list, clients: int, requests: int) -> t
     import grpc
 
     from versus.common.v1 import common_pb2
-    from versus.launch import ServiceProcess
+    from versus_cli.launch import ServiceProcess
     from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
     args = ["--model", str(model_dir), "--torch-threads", str(THREADS), "--max-batch-size", "32",

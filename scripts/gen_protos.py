@@ -1,6 +1,7 @@
 """Generate Python code and .pyi stubs for every proto under protos/ — the one codegen script.
 
-Generated code is committed under ``versus/`` (so a clone runs without a build step, and gRPC
+Generated code is committed beside the .proto files, under ``protos/versus/`` (the contracts
+distribution, installable on its own) (so a clone runs without a build step, and gRPC
 reflection serves the same descriptors everywhere); ``tests/test_protos.py`` regenerates into a
 temporary folder and fails if the committed files differ.
 
@@ -58,11 +59,11 @@ def generate(out: Path) -> list[Path]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=ROOT, help="output root (default: repo root)")
+    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="output root (default: protos/)")
     args = parser.parse_args()
-    if args.out == ROOT:
+    if args.out == PROTO_ROOT:
         # Regenerate from scratch so deleted protos leave no stale modules.
-        for stale in (ROOT / "versus").rglob("*_pb2*"):
+        for stale in (PROTO_ROOT / "versus").rglob("*_pb2*"):
             stale.unlink()
     files = generate(args.out)
     print(f"generated {len(files)} files under {args.out}")

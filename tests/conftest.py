@@ -168,7 +168,7 @@ def postgres_url() -> Iterator[str]:
 
 
 def built_sd35(name: str) -> Path:
-    from versus.models import build_model
+    from versus_cli.models import build_model
 
     out = MODELS / name
     if not (out / "model_index.json").exists():
@@ -186,7 +186,7 @@ def sd35_dirs() -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def adapter_root(sd35_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An adapter root holding the example LoRA (loras/example.safetensors) for the tiny Large."""
-    from versus.models import build_model
+    from versus_cli.models import build_model
 
     root = tmp_path_factory.mktemp("adapters")
     build_model("sd35-lora-example", root / "loras", base=sd35_dirs["large"])

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from conftest import ROOT, encode, sample_image
 from versus.common.v1 import common_pb2
-from versus.launch import ServiceProcess
+from versus_cli.launch import ServiceProcess
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 pytestmark = pytest.mark.slow
@@ -66,7 +66,7 @@ def test_cli_classify_and_embed_json(vit_digits_dir: Path, tmp_path: Path) -> No
         held.images[i].save(path)
         files.append(str(path))
     with ServiceProcess("vit", ["--model", str(vit_digits_dir), "--token", "tok"], log_path=tmp_path / "log") as svc:
-        base = [sys.executable, "-m", "versus.cli"]
+        base = [sys.executable, "-m", "versus_cli"]
         out = subprocess.run([*base, "classify", "--target", svc.target, "--token", "tok", *files, "--top-k", "2",
                               "--json"], capture_output=True, text=True, check=True)
         doc = json.loads(out.stdout)
@@ -93,7 +93,7 @@ def _in_process_top1(model_dir: Path, images: list) -> list[str]:
 
 def test_demo_runs_end_to_end(tmp_path: Path, vit_digits_dir: Path) -> None:
     figures = tmp_path / "demo.json"
-    out = subprocess.run([sys.executable, "-m", "versus.cli", "demo", "--models-dir", str(vit_digits_dir.parent),
+    out = subprocess.run([sys.executable, "-m", "versus_cli", "demo", "--models-dir", str(vit_digits_dir.parent),
                           "--json", str(figures)], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     doc = json.loads(figures.read_text())
@@ -105,7 +105,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, vit_digits_dir: Path) -> None:
 
 
 def test_bad_config_exits_nonzero_with_a_clear_message() -> None:
-    out = subprocess.run([sys.executable, "-m", "versus.cli", "serve", "vit", "--max-batch-size", "0", "--model", "x"],
+    out = subprocess.run([sys.executable, "-m", "versus_cli", "serve", "vit", "--max-batch-size", "0", "--model", "x"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "VIT_MAX_BATCH_SIZE must be >= 1" in out.stderr
 
@@ -114,7 +114,7 @@ def test_cli_generate_with_progress_and_json(sd35_dirs: dict, tmp_path: Path) ->
     args = ["--model", f"large={sd35_dirs['large']}", "--model", f"large-turbo={sd35_dirs['large-turbo']}",
             "--default-size", "64"]
     with ServiceProcess("sd35", args, log_path=tmp_path / "log") as svc:
-        base = [sys.executable, "-m", "versus.cli", "generate", "--target", svc.target, "a photo of a cat"]
+        base = [sys.executable, "-m", "versus_cli", "generate", "--target", svc.target, "a photo of a cat"]
         out = subprocess.run([*base, "--variant", "large-turbo", "--seed", "5", "-n", "2", "-o", str(tmp_path / "cat.png"),
                               "--json"], capture_output=True, text=True, check=True)
         meta = json.loads(out.stdout)
@@ -131,6 +131,6 @@ def test_cli_generate_with_progress_and_json(sd35_dirs: dict, tmp_path: Path) ->
 
 
 def test_sd35_bad_model_flag_is_a_clear_startup_error() -> None:
-    out = subprocess.run([sys.executable, "-m", "versus.cli", "serve", "sd35", "--model", "huge=/x"],
+    out = subprocess.run([sys.executable, "-m", "versus_cli", "serve", "sd35", "--model", "huge=/x"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "unknown variant 'huge'" in out.stderr

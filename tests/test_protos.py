@@ -17,6 +17,7 @@ from versus.sd35.v1 import sd35_pb2
 from versus.vit.v1 import vit_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
+PROTOS = ROOT / "protos"
 FILES = [common_pb2, vit_pb2, sd35_pb2, ranker_pb2, gateway_pb2]
 
 
@@ -24,9 +25,9 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
     fresh = sorted(p.relative_to(tmp_path) for p in (tmp_path / "versus").rglob("*_pb2*"))
-    committed = sorted(p.relative_to(ROOT) for p in (ROOT / "versus").rglob("*_pb2*") if "__pycache__" not in p.parts)
+    committed = sorted(p.relative_to(PROTOS) for p in (PROTOS / "versus").rglob("*_pb2*") if "__pycache__" not in p.parts)
     assert fresh == committed, "run `make protos` and commit the result"
-    stale = [str(p) for p in fresh if not filecmp.cmp(tmp_path / p, ROOT / p, shallow=False)]
+    stale = [str(p) for p in fresh if not filecmp.cmp(tmp_path / p, PROTOS / p, shallow=False)]
     assert not stale, f"stale generated files (run `make protos`): {stale}"
 
 

@@ -21,7 +21,7 @@ from conftest import InProcessServer
 from services.common.errors import ConfigError
 from services.ranker.config import RankerConfig
 from services.ranker.server import create_server
-from versus.launch import ServiceProcess
+from versus_cli.launch import ServiceProcess
 from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
 VIT, LARGE, TURBO, MEDIUM = ("vit-base-patch16-224", "stable-diffusion-3.5-large", "stable-diffusion-3.5-large-turbo",
@@ -185,12 +185,12 @@ def test_kill_9_loses_no_acknowledged_match(tmp_path: Path) -> None:
 
 def test_cli_rank_prints_explanations(tmp_path: Path) -> None:
     with ServiceProcess("ranker", ["--db", f"sqlite:///{tmp_path / 'r.db'}"], log_path=tmp_path / "log") as svc:
-        out = subprocess.run([sys.executable, "-m", "versus.cli", "rank", "--target", svc.target, VIT, LARGE],
+        out = subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, VIT, LARGE],
                              capture_output=True, text=True, check=True).stdout
         assert "adoption" in out and "explanation" not in out and "/100 vs " in out
-        doc = json.loads(subprocess.run([sys.executable, "-m", "versus.cli", "rank", "--target", svc.target, VIT,
+        doc = json.loads(subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, VIT,
                                          "--json"], capture_output=True, text=True, check=True).stdout)
         assert doc["scores"][0]["modelId"] == VIT
-        board = subprocess.run([sys.executable, "-m", "versus.cli", "leaderboard", "--target", svc.target],
+        board = subprocess.run([sys.executable, "-m", "versus_cli", "leaderboard", "--target", svc.target],
                                capture_output=True, text=True, check=True).stdout
         assert "no matches recorded" in board

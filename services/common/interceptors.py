@@ -20,7 +20,7 @@ import grpc
 from services.common import errors
 from services.common.logs import request_id_var
 from services.common.metrics import Metrics
-from services.common.status import GENERIC_INTERNAL_MESSAGE, status_for
+from services.common.status import to_status
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ OPEN_SERVICES = frozenset(
 )
 
 REQUEST_ID_KEY = "x-request-id"
-RETRY_AFTER_KEY = "retry-after-ms"
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -61,19 +60,17 @@ class _Call:
         m.in_flight.labels(*self.labels[1:]).dec()
 
     async def fail(self, context: grpc.aio.ServicerContext, exc: BaseException) -> None:
-        """Abort the RPC with the status mapped from ``exc`` (raises grpc's AbortError)."""
-        self.code = status_for(exc)
-        trailing: list[tuple[str, str]] = [(REQUEST_ID_KEY, self.request_id)]
+        """Abort the RPC with the status and ``google.rpc`` details mapped from ``exc``."""
+        status = to_status(exc, self.request_id)
+        self.code = status.code
         if isinstance(exc, errors.VersusError):
-            message = exc.message
-            if exc.retry_after_s is not None:
-                trailing.append((RETRY_AFTER_KEY, str(int(exc.retry_after_s * 1000))))
             level = logging.ERROR if self.code == grpc.StatusCode.INTERNAL else logging.INFO
-            log.log(level, "rpc failed", extra={"rpc": self.labels[2], "code": self.code.name, "error": message})
+            log.log(level, "rpc failed", extra={"rpc": self.labels[2], "code": self.code.name, "error": exc.message,
+                                                "reason": exc.reason})
         else:
-            message = f"{GENERIC_INTERNAL_MESSAGE} (request id {self.request_id})"
             log.error("unhandled exception", exc_info=exc, extra={"rpc": self.labels[2]})
-        await context.abort(self.code, message, trailing_metadata=tuple(trailing))
+        trailing = (*status.trailing_metadata, (REQUEST_ID_KEY, self.request_id))
+        await context.abort(status.code, status.details, trailing_metadata=trailing)
 
     def cancelled(self, context: grpc.aio.ServicerContext) -> None:
         remaining = context.time_remaining()

@@ -46,22 +46,8 @@ class Metrics:
         self.rejected = Counter("versus_rejected", "Work refused or dropped, by reason.", ("model", "reason"), registry=r)
         self.items = Counter("versus_items_processed", "Work items (images) computed.", ("model",), registry=r)
         self.model_ready = Gauge("versus_model_ready", "1 when the model is loaded and warmed up.", ("model",), registry=r)
-        self.gpu_memory = Gauge("versus_gpu_memory_bytes", "GPU memory allocated by torch.", ("device", "kind"), registry=r)
         self._http: Any = None
         self._thread: threading.Thread | None = None
-
-    def watch_gpu_memory(self) -> None:
-        """Export torch's CUDA memory counters when a GPU is present (read at scrape time)."""
-        try:
-            import torch
-        except ImportError:  # pragma: no cover - torch is a dependency of every model service
-            return
-        if not torch.cuda.is_available():
-            return
-        for index in range(torch.cuda.device_count()):
-            device = f"cuda:{index}"
-            self.gpu_memory.labels(device, "allocated").set_function(lambda i=index: torch.cuda.memory_allocated(i))
-            self.gpu_memory.labels(device, "reserved").set_function(lambda i=index: torch.cuda.memory_reserved(i))
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP server; returns the bound port (-1 when disabled)."""

@@ -215,7 +215,6 @@ def build_server(
         raise errors.ConfigError(f"cannot bind {address}: {exc}") from exc
     if port == 0:
         raise errors.ConfigError(f"cannot bind {address}")
-    metrics.watch_gpu_memory()
     return VersusServer(config, server, port, health, metrics, backend, names), port
 
 

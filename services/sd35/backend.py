@@ -30,6 +30,7 @@ from services.sd35.engine import (FORMATS, GenerationOutput, GenerationParams, S
 from services.sd35.errors import (AdapterNotFound, BadAdapterPath, GenerationCancelled, GenerationDeadline,
                                   VariantNotHosted)
 from services.sd35.metrics import Sd35Metrics
+from services.torch_runtime import watch_gpu_memory
 
 log = logging.getLogger(__name__)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -237,6 +238,7 @@ class Sd35Backend:
     """All hosted variants, their queues and adapters."""
 
     def __init__(self, config: Sd35Config, metrics: Sd35Metrics, pipelines: dict | None = None) -> None:
+        watch_gpu_memory(metrics)
         self.config = config
         self.metrics = metrics
         specs = variant_specs(config)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.common.devices import resolve_device
+from services.torch_runtime import resolve_device, set_threads, watch_gpu_memory
 from services.common.errors import ModelLoadError
 from services.sd35.errors import AdapterNotFound
 
@@ -106,8 +106,7 @@ class Sd35Runner:
         from diffusers import StableDiffusion3Pipeline
 
         dtype = _DTYPES[self.dtype_name]
-        if self.torch_threads > 0:
-            torch.set_num_threads(self.torch_threads)
+        set_threads(self.torch_threads)
         if self.pipe is None:
             path = Path(self.source)
             if not path.is_dir():

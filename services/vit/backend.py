@@ -24,6 +24,7 @@ from services.vit.heads import Head, HeadRegistry, fit_linear_probe
 from services.vit.errors import InvalidImage
 from services.vit.images import check_header, decode_image, load_rgb
 from services.vit.model import FINAL_LAYER, VitModel, pool, softmax_top_k
+from services.torch_runtime import watch_gpu_memory
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class VitBackend:
         self.model = VitModel(config.model, precision=config.precision, device=config.device,
                               allow_download=config.allow_download, torch_threads=config.torch_threads)
         self.heads = HeadRegistry(config.max_heads)
+        watch_gpu_memory(metrics)
         # One thread owns the device; preprocessing has its own pool so it overlaps compute.
         self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="vit-model")
         self._pre_pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="vit-pre")

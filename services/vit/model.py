@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from services.vit.errors import NoClassifier, PickleCheckpointRefused
-from services.common.devices import resolve_device
+from services.torch_runtime import resolve_device, set_threads, watch_gpu_memory
 from services.common.errors import ConfigError, ModelLoadError
 
 log = logging.getLogger(__name__)
@@ -69,8 +69,7 @@ class VitModel:
         """Load processor and weights with the precision and device asked for."""
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        if self.torch_threads > 0:
-            torch.set_num_threads(self.torch_threads)
+        set_threads(self.torch_threads)
         if self.precision == "int8" and self.device.type != "cpu":
             raise ConfigError("int8 (dynamic quantization) runs on the CPU only; use bf16/fp16 on GPUs")
         path = Path(self.source)

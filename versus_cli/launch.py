@@ -62,7 +62,7 @@ class ServiceProcess:
         port_file = Path(self._tmp.name) / "ports.json"
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in _cleanup
         log = self._log or subprocess.DEVNULL
-        cmd = [sys.executable, "-m", "versus.cli", "serve", self.service, "--host", "127.0.0.1", "--port", "0",
+        cmd = [sys.executable, "-m", "versus_cli", "serve", self.service, "--host", "127.0.0.1", "--port", "0",
                "--metrics-port", "0", "--metrics-host", "127.0.0.1", "--port-file", str(port_file), *self.args]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s

@@ -16,7 +16,7 @@ import grpc
 
 
 def _ensure_model(name: str, models_dir: Path) -> Path:
-    from versus.models import build_model
+    from versus_cli.models import build_model
 
     out = models_dir / name
     if not (out / "model.safetensors").exists() and not (out / "model_index.json").exists():
@@ -42,7 +42,7 @@ def _metrics_excerpt(port: int) -> list[str]:
 
 
 def run_demo(models_dir: Path, json_out: str = "") -> int:
-    from versus.launch import ServiceProcess
+    from versus_cli.launch import ServiceProcess
 
     vit_model = _ensure_model("vit-digits", models_dir)
     sd_model = _ensure_model("sd35-large-tiny", models_dir)
@@ -70,9 +70,9 @@ def run_demo(models_dir: Path, json_out: str = "") -> int:
     return 0 if figures["accuracy"] >= 0.95 and not any(codes.values()) else 1
 
 
-def _sd35_part(svc, models_dir: Path) -> dict:  # noqa: ANN001 - versus.launch.ServiceProcess
+def _sd35_part(svc, models_dir: Path) -> dict:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
     from services.common.client import ClientSettings
-    from versus.cli import _progress_bar, generate_images
+    from versus_cli.cli import _progress_bar, generate_images
     from versus.sd35.v1 import sd35_pb2
 
     print("\n== sd35: text-to-image through the service (tiny Large pipeline, random weights) ==", flush=True)
@@ -94,16 +94,16 @@ def _sd35_part(svc, models_dir: Path) -> dict:  # noqa: ANN001 - versus.launch.S
     return {"file": str(out), "seed": result.seeds[0], "steps": result.steps, "total_ms": round(t.total_ms, 1)}
 
 
-def _ranker_part(svc) -> None:  # noqa: ANN001 - versus.launch.ServiceProcess
+def _ranker_part(svc) -> None:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
     import subprocess
     import sys
 
     print("\n== ranker: vit-base-patch16-224 vs stable-diffusion-3.5-large ==", flush=True)
-    subprocess.run([sys.executable, "-m", "versus.cli", "rank", "--target", svc.target, "vit-base-patch16-224",
+    subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, "vit-base-patch16-224",
                     "stable-diffusion-3.5-large"], check=True)
 
 
-def _vit_part(svc) -> dict:  # noqa: ANN001 - versus.launch.ServiceProcess
+def _vit_part(svc) -> dict:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
     from services.vit.builders import digits_splits
     from versus.common.v1 import common_pb2
     from versus.vit.v1 import vit_pb2, vit_pb2_grpc

@@ -236,7 +236,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 # -- models -------------------------------------------------------------------------------------
 def cmd_models_build(args: argparse.Namespace) -> int:
-    from versus.models import build_model
+    from versus_cli.models import build_model
 
     out = build_model(args.name, Path(args.out), base=Path(args.base) if args.base else None)
     print(f"built {args.name} in {out}")
@@ -244,7 +244,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from versus.demo import run_demo
+    from versus_cli.demo import run_demo
 
     return run_demo(Path(args.models_dir), json_out=args.json)
 

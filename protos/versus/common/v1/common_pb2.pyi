@@ -227,19 +227,27 @@ class ItemError(_message.Message):
 
     CODE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
     code: _builtins.int
     """A google.rpc.Code / grpc.StatusCode value (3 = INVALID_ARGUMENT, ...)."""
     message: _builtins.str
-    """Human-readable message naming the offending field."""
+    """Human-readable message naming the offending field (client input quoted in it is cut to 64 characters)."""
+    reason: _builtins.str
+    """Stable machine-readable reason, as in google.rpc.ErrorInfo.reason (e.g. "INVALID_IMAGE", "QUEUE_FULL")."""
+    field: _builtins.str
+    """Path of the offending field for INVALID_ARGUMENT (e.g. "image"), as in google.rpc.BadRequest."""
     def __init__(
         self,
         *,
         code: _builtins.int = ...,
         message: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        field: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "field", b"field", "message", b"message", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

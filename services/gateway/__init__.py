@@ -1,0 +1,1 @@
+"""The comparison gateway (see issue: the gateway)."""

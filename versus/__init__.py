@@ -1,1 +1,0 @@
-"""Versus: generated protobuf/gRPC code (``versus.<service>.v1``) and the ``versus`` command line."""

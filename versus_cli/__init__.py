@@ -1,0 +1,1 @@
+"""The tools on top of the stack: the ``versus`` command line, the demo, process launchers and model builders."""
