@@ -80,6 +80,10 @@ class InProcessServer:
     def channel(self) -> grpc.Channel:
         return grpc.insecure_channel(self.target)
 
+    def metrics(self) -> dict[str, float]:
+        """The server's /metrics as users see it: ``{'name{label="v",...}': value}`` (labels sorted)."""
+        return scrape_metrics(self.server.metrics_port)
+
     def stop(self, grace: float = 1.0) -> None:
         if self.server is not None:
             self.run(self.server.stop(grace=grace, drain_delay=0))
@@ -93,6 +97,28 @@ class InProcessServer:
             self.stop()
         finally:
             self._shutdown_loop()
+
+
+def scrape_metrics(port: int, host: str = "127.0.0.1") -> dict[str, float]:
+    """Read a Prometheus endpoint into ``{'name{label="v",...}': value}`` with labels sorted by name."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            out[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return out
+
+
+def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    return sum(v for key, v in metrics.items()
+               if (key == name or key.startswith(name + "{")) and all(w in key for w in want))
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:

@@ -14,7 +14,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from conftest import InProcessServer, encode, sample_image
+from conftest import InProcessServer, encode, metric_sum, sample_image
 from services.vit.config import VitConfig
 from services.vit.server import create_server
 from test_vit_units import BAD_IMAGES
@@ -393,9 +393,10 @@ def test_deadline_exceeded_and_cancelled_work_is_dropped(vit_base_dir: Path) -> 
             stub.Classify(many, timeout=0.3)
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         srv.run(_settle())
-        batcher = srv.server.backend.batcher
-        assert batcher.stats.items < 8  # the expired request's remaining images never ran
-        assert batcher.stats.dropped_cancelled + batcher.stats.dropped_deadline > 0
+        metrics = srv.metrics()
+        assert metric_sum(metrics, "versus_items_processed_total") < 8  # the expired request's rest never ran
+        assert metric_sum(metrics, "versus_rejected_total", reason="deadline") + metric_sum(
+            metrics, "versus_rejected_total", reason="cancelled") > 0
         assert stub.Classify(vit_pb2.ClassifyRequest(images=[img(png())]), timeout=60).results
 
 

@@ -22,10 +22,11 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from services.common import errors
+from services.common.admission import QueueFull, ServiceTime
 from services.common.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,6 @@ class BatcherStats:
     items: int = 0
     dropped_cancelled: int = 0
     dropped_deadline: int = 0
-    batch_sizes: collections.deque[int] = field(default_factory=lambda: collections.deque(maxlen=4096))
 
 
 class MicroBatcher(Generic[In, Out]):
@@ -80,6 +80,7 @@ class MicroBatcher(Generic[In, Out]):
         max_queue: int,
         max_wait_ms: float = 0.0,
         metrics: Metrics | None = None,
+        service_time: ServiceTime | None = None,
     ) -> None:
         if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
             raise errors.ConfigError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
@@ -94,7 +95,8 @@ class MicroBatcher(Generic[In, Out]):
         self._wakeup: asyncio.Event | None = None
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
-        self._ema_item_s = 0.05  # running estimate of compute time per item, for retry hints
+        #: Running estimate of compute time per item, behind the retry hints.
+        self.service_time = service_time or ServiceTime(initial_s=0.05)
         self.stats = BatcherStats()
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -139,8 +141,8 @@ class MicroBatcher(Generic[In, Out]):
         if len(self._queue) + len(payloads) > self.max_queue:
             if self._metrics:
                 self._metrics.rejected.labels(self._model, "queue_full").inc(len(payloads))
-            retry = max(0.01, self._ema_item_s * len(self._queue))
-            raise errors.ResourceExhausted(
+            retry = self.service_time.retry_after(len(self._queue))
+            raise QueueFull(
                 f"queue full ({len(self._queue)}/{self.max_queue} items waiting); retry after {retry:.2f}s",
                 retry_after_s=retry,
             )
@@ -222,10 +224,9 @@ class MicroBatcher(Generic[In, Out]):
                     item.future.set_exception(exc)
             return
         compute_s = time.monotonic() - started
-        self._ema_item_s = 0.8 * self._ema_item_s + 0.2 * compute_s / len(batch)
+        self.service_time.observe(compute_s, len(batch))
         self.stats.batches += 1
         self.stats.items += len(batch)
-        self.stats.batch_sizes.append(len(batch))
         if self._metrics:
             m = self._metrics
             m.compute_seconds.labels(self._model).observe(compute_s)

@@ -16,19 +16,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from services.common.admission import Admission, ServiceTime
+from services.common.backend import Capability, ModelInfo, ServiceBackend
 from services.common.batcher import ItemStats, MicroBatcher
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.common.metrics import Metrics
+from services.torch_runtime import watch_gpu_memory
 from services.vit.config import VitConfig
-from services.vit.heads import Head, HeadRegistry, fit_linear_probe
 from services.vit.errors import InvalidImage
+from services.vit.heads import Head, HeadRegistry, fit_linear_probe
 from services.vit.images import check_header, decode_image, load_rgb
 from services.vit.model import FINAL_LAYER, VitModel, pool, softmax_top_k
-from services.torch_runtime import watch_gpu_memory
 
 log = logging.getLogger(__name__)
 
 POOLINGS = ("cls", "mean")
+#: Field-path template of the images of a Classify/Embed request (errors name ``images[3].data``).
+IMAGES = "images[{}].data"
+
+CAPABILITIES = (
+    Capability("image-classification", "Image classification", "Top-k labels with softmax scores over the model's id2label."),
+    Capability("image-embeddings", "Image embeddings",
+               "CLS or mean-pooled vectors from any hidden layer, optionally L2-normalised."),
+    Capability("batch-inference", "Batch inference",
+               "Dynamic micro-batching across concurrent requests, plus a bidirectional bulk stream."),
+    Capability("custom-heads", "Custom heads", "Linear probes trained on the model's embeddings from labelled examples."),
+    Capability("safetensors-loading", "Safetensors loading",
+               "from_pretrained on a directory or hub id; pickle checkpoints refused."),
+    Capability("quantization", "Reduced precision", "fp32, bf16/fp16 and dynamic int8 quantization of Linear layers."),
+)
 
 
 @dataclass(frozen=True)
@@ -75,12 +91,10 @@ class Timings:
 
 
 @dataclass(frozen=True)
-class ModelDescription:
-    model_id: str
-    parameters: int
-    precision: str
-    device: str
-    license: str
+class VitDescription:
+    """What GetModelInfo reports: the shared model info plus the ViT's own facts and limits."""
+
+    info: ModelInfo
     image_size: int
     num_labels: int
     num_hidden_layers: int
@@ -89,68 +103,79 @@ class ModelDescription:
     max_batch_size: int
 
 
+async def _within(future: asyncio.Future, timeout_s: float):  # noqa: ANN202 - the future's result
+    try:
+        return await asyncio.wait_for(future, timeout_s)
+    except TimeoutError:
+        raise DeadlineExceeded("deadline passed while the images waited for decoding") from None
+
+
 def _timings(started: float, preprocess_s: float, stats: Sequence[ItemStats]) -> Timings:
     queue = max((s.queue_s for s in stats), default=0.0)
     compute = sum({s.batch_id: s.compute_s for s in stats}.values())
     return Timings(queue * 1e3, compute * 1e3, preprocess_s * 1e3, (time.perf_counter() - started) * 1e3)
 
 
-class VitBackend:
-    """Owns the model, its worker thread, the batcher and the custom heads."""
+class VitBackend(ServiceBackend):
+    """Owns the model, its device thread, admission, the batcher and the custom heads.
+
+    Request path: validate (cheap) → admit or refuse at once (:class:`Admission`, counted in images,
+    before any pixel is decoded) → decode + preprocess on the preprocess pool → micro-batch on the
+    device thread. The admitted count bounds the decode stage and the batch queue together.
+    """
 
     def __init__(self, config: VitConfig, metrics: Metrics) -> None:
         self.config = config
-        self.metrics = metrics
         self.model_id = config.model_id or Path(config.model.rstrip("/")).name or config.model
+        super().__init__(self.model_id, metrics)
         self.model = VitModel(config.model, precision=config.precision, device=config.device,
                               allow_download=config.allow_download, torch_threads=config.torch_threads)
         self.heads = HeadRegistry(config.max_heads)
         watch_gpu_memory(metrics)
-        # One thread owns the device; preprocessing has its own pool so it overlaps compute.
-        self._device_pool = ThreadPoolExecutor(1, thread_name_prefix="vit-model")
         self._pre_pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="vit-pre")
+        self.service_time = ServiceTime(initial_s=0.05)
+        self.admission = Admission(config.max_queue, model=self.model_id, service_time=self.service_time,
+                                   metrics=metrics, what="images")
         self._batcher: MicroBatcher[WorkItem, object] = MicroBatcher(
-            self._run_batch, self._device_pool, model=self.model_id, max_batch_size=config.max_batch_size,
-            max_queue=config.max_queue, max_wait_ms=config.max_wait_ms, metrics=metrics)
+            self._run_batch, self.executor, model=self.model_id, max_batch_size=config.max_batch_size,
+            max_queue=config.max_queue, max_wait_ms=config.max_wait_ms, metrics=metrics,
+            service_time=self.service_time)
         self.on_device = config.preprocess == "device"
-        self.ready = False
 
     # -- lifecycle ------------------------------------------------------------------------------
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._device_pool, self._load_and_warm)
-        self._batcher.start()
-        self.ready = True
-        self.metrics.model_ready.labels(self.model_id).set(1)
-
-    def _load_and_warm(self) -> None:
+    def load(self) -> None:
         self.model.load()
         self.model.warmup()
 
-    async def close(self) -> None:
-        self.ready = False
-        self.metrics.model_ready.labels(self.model_id).set(0)
+    async def started(self) -> None:
+        self._batcher.start()
+
+    async def stopping(self) -> None:
         await self._batcher.close()
-        self._device_pool.shutdown(wait=True)
         self._pre_pool.shutdown(wait=True)
 
-    @property
-    def batcher(self) -> MicroBatcher[WorkItem, object]:
-        return self._batcher
+    def describe(self) -> list[ModelInfo]:
+        return [self.description().info]
 
-    def describe(self) -> ModelDescription:
-        self._require_ready()
+    @property
+    def embedding_dimension(self) -> int:
+        return self.model.hidden_size
+
+    def description(self) -> VitDescription:
+        self.require_ready()
         m = self.model
-        return ModelDescription(self.model_id, m.parameters, self.config.precision, str(m.device), self.config.license,
-                                m.image_size, len(m.id2label), m.num_layers, m.hidden_size,
-                                self.config.max_images_per_request, self.config.max_batch_size)
+        info = ModelInfo(
+            id=self.model_id, family="vit", variant=f"patch{m.patch_size}-{m.image_size}", parameters=m.parameters,
+            precision=self.config.precision, device=str(m.device), backend="torch", license=self.config.license,
+            capabilities=CAPABILITIES,
+            properties={"image_size": str(m.image_size), "num_labels": str(len(m.id2label)),
+                        "hidden_size": str(m.hidden_size), "num_hidden_layers": str(m.num_layers)})
+        return VitDescription(info, m.image_size, len(m.id2label), m.num_layers, m.hidden_size,
+                              self.config.max_images_per_request, self.config.max_batch_size)
 
     # -- validation ----------------------------------------------------------------------------
-    def _require_ready(self) -> None:
-        if not self.ready:
-            raise Unavailable("model is not loaded yet (or is shutting down)")
-
-    def _check_count(self, n: int, field: str = "images") -> None:
+    def _check_count(self, n: int, field: str = IMAGES) -> None:
+        field = field.split("[")[0].split(".")[0]
         if n == 0:
             raise InvalidArgument(field, "at least one image is required")
         if n > self.config.max_images_per_request:
@@ -176,17 +201,19 @@ class VitBackend:
 
     # -- preprocessing (pool thread) -------------------------------------------------------------
     @staticmethod
-    def _field(field: str, i: int, n: int) -> str:
-        return f"{field}[{i}]" if n > 1 or field == "images" else field
+    def _field(field: str, i: int) -> str:
+        """The client's path to image ``i`` from a template: ``images[{}].data`` → ``images[1].data``."""
+        return field.format(i)
 
-    def _prepare(self, images: Sequence[bytes], field: str, task: ClassifyTask | EmbedTask) -> list[WorkItem]:
+    def _prepare(self, images: Sequence[bytes], field: str, task: ClassifyTask | EmbedTask,
+                 offset: int = 0) -> list[WorkItem]:
         """Decode and preprocess every image (pool mode), or only check the headers (device mode:
         pixels are decoded on the device thread, per batch). Any bad header fails the whole request
         here, before it joins a batch."""
         cfg = self.config
         items = []
         for i, data in enumerate(images):
-            name = self._field(field, i, len(images))
+            name = self._field(field, offset + i)
             if self.on_device:
                 opened = check_header(data, name, max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side)
                 items.append(WorkItem(None, task, opened, name))
@@ -196,44 +223,50 @@ class VitBackend:
         return items
 
     async def _submit(self, images: Sequence[bytes], task: ClassifyTask | EmbedTask, timeout_s: float | None,
-                      field: str = "images") -> tuple[list[object], Timings]:
+                      field: str = IMAGES, offset: int = 0) -> tuple[list[object], Timings]:
         started = time.perf_counter()
-        if self.on_device:  # header checks only: microseconds, fine on the event loop
-            items = self._prepare(images, field, task)
-        else:
-            items = await asyncio.get_running_loop().run_in_executor(self._pre_pool, self._prepare, images, field, task)
-        preprocess_s = time.perf_counter() - started
-        self.metrics.preprocess_seconds.labels(self.model_id).observe(preprocess_s)
-        remaining = None if timeout_s is None else max(0.0, timeout_s - preprocess_s)
-        results = await self._batcher.submit(items, timeout_s=remaining)
+        with self.admission.hold(len(images)):  # refuse before any decoding when full
+            if self.on_device:  # header checks only: microseconds, fine on the event loop
+                items = self._prepare(images, field, task, offset)
+            else:
+                future = asyncio.get_running_loop().run_in_executor(self._pre_pool, self._prepare, images, field, task,
+                                                                     offset)
+                items = await (future if timeout_s is None else _within(future, timeout_s))
+            preprocess_s = time.perf_counter() - started
+            self.metrics.preprocess_seconds.labels(self.model_id).observe(preprocess_s)
+            remaining = None if timeout_s is None else max(0.0, timeout_s - preprocess_s)
+            results = await self._batcher.submit(items, timeout_s=remaining)
         return [r for r, _ in results], _timings(started, preprocess_s, [s for _, s in results])
 
     # -- public API ------------------------------------------------------------------------------
     async def classify(self, images: Sequence[bytes], top_k: int | None = None, head: str = "",
-                       timeout_s: float | None = None, field: str = "images",
+                       timeout_s: float | None = None, field: str = IMAGES,
                        logits: bool = False) -> tuple[list[Classification], Timings]:
         """Top-k labels per image (softmax scores), in request order."""
-        self._require_ready()
+        self.require_ready()
         self._check_count(len(images), field)
         task = self.classify_task(top_k, head, logits)
         outputs, timings = await self._submit(images, task, timeout_s, field)
         return outputs, timings  # type: ignore[return-value]
 
     async def embed(self, images: Sequence[bytes], layers: Sequence[int] = (), pooling: str = "cls",
-                    normalize: bool = False, timeout_s: float | None = None) -> tuple[list[list[tuple[int, np.ndarray]]], Timings]:
+                    normalize: bool = False, timeout_s: float | None = None, field: str = IMAGES,
+                    offset: int = 0) -> tuple[list[list[tuple[int, np.ndarray]]], Timings]:
         """Per image, one (layer, float32 vector) per requested layer."""
-        self._require_ready()
-        self._check_count(len(images))
+        self.require_ready()
+        self._check_count(len(images), field)
         task = self.embed_task(layers, pooling, normalize)
-        outputs, timings = await self._submit(images, task, timeout_s)
+        outputs, timings = await self._submit(images, task, timeout_s, field, offset)
         return outputs, timings  # type: ignore[return-value]
 
     async def create_head(self, name: str, images: Sequence[bytes], labels: Sequence[str], epochs: int = 0,
                           timeout_s: float | None = None) -> Head:
         """Fit a linear probe on normalised final CLS embeddings of labelled examples."""
-        self._require_ready()
+        self.require_ready()
         HeadRegistry.validate_new(name, list(labels))
         self.heads.check_free(name)
+        if not images:
+            raise InvalidArgument("examples", "at least two labelled examples are required")
         if len(images) > self.config.max_head_examples:
             raise InvalidArgument("examples", f"{len(images)} examples exceed the limit of {self.config.max_head_examples}")
         if not 0 <= epochs <= 1000:
@@ -241,7 +274,8 @@ class VitBackend:
         vectors: list[np.ndarray] = []
         step = self.config.max_images_per_request
         for start in range(0, len(images), step):  # bounded chunks keep the queue fair to others
-            chunk, _ = await self.embed(images[start:start + step], (), "cls", True, timeout_s)
+            chunk, _ = await self.embed(images[start:start + step], (), "cls", True, timeout_s,
+                                        field="examples[{}].image.data", offset=start)
             vectors.extend(v[0][1] for v in chunk)
         classes = sorted(set(labels))
         targets = np.array([classes.index(label) for label in labels])
@@ -252,6 +286,12 @@ class VitBackend:
         self.heads.add(head)
         log.info("head created", extra={"head": name, "labels": len(classes), "examples": len(images)})
         return head
+
+    def list_heads(self) -> list[Head]:
+        return self.heads.list()
+
+    def delete_head(self, name: str) -> None:
+        self.heads.delete(name)
 
     # -- the batch function (device thread) ------------------------------------------------------
     def _pixels(self, item: WorkItem) -> np.ndarray | InvalidImage:

@@ -8,10 +8,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from services.common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from services.common.errors import AlreadyExists, InvalidArgument, ResourceExhausted, quote
 from services.vit.errors import HeadNotFound
 
-_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+#: Head names: 1..64 characters of [A-Za-z0-9_.-] (documented in vit.proto).
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+NAME_RULE = "must be 1..64 characters of [A-Za-z0-9_.-]"
+#: Longest label of a custom head, in characters.
+MAX_LABEL_CHARS = 128
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,10 @@ def fit_linear_probe(features: np.ndarray, targets: np.ndarray, num_classes: int
     return linear.weight.detach().clone(), linear.bias.detach().clone(), accuracy
 
 
+class HeadLimit(ResourceExhausted):
+    """All head slots are taken (retrying will not help until one is deleted)."""
+
+
 class HeadRegistry:
     """Named heads held in memory (bounded)."""
 
@@ -65,33 +73,41 @@ class HeadRegistry:
         self._max = max_heads
 
     @staticmethod
+    def check_name(name: str, field: str = "name") -> None:
+        """Refuse a malformed head name up front (before any lookup or message quotes it)."""
+        if not _NAME.fullmatch(name):
+            raise InvalidArgument(field, f"{NAME_RULE}, got {quote(name)}")
+
+    @staticmethod
     def validate_new(name: str, labels: list[str]) -> None:
-        if not _NAME.match(name):
-            raise InvalidArgument("name", "must be 1..64 characters of [A-Za-z0-9_.-]")
-        if any(not label for label in labels):
-            raise InvalidArgument("examples.label", "every example needs a non-empty label")
+        HeadRegistry.check_name(name)
+        for i, label in enumerate(labels):
+            if not label or len(label) > MAX_LABEL_CHARS or "\x00" in label:
+                raise InvalidArgument(f"examples[{i}].label",
+                                      f"must be 1..{MAX_LABEL_CHARS} characters without NUL, got {quote(label)}")
         distinct = len(set(labels))
         if not 2 <= distinct <= 1000:
             raise InvalidArgument("examples", f"need 2..1000 distinct labels, got {distinct}")
 
     def check_free(self, name: str) -> None:
         if name in self._heads:
-            raise AlreadyExists(f"head {name!r} already exists")
+            raise AlreadyExists(f"head {quote(name)} already exists")
         if len(self._heads) >= self._max:
-            raise ResourceExhausted(f"{self._max} heads exist; delete one first")
+            raise HeadLimit(f"{self._max} heads exist; delete one first")
 
     def add(self, head: Head) -> None:
         self.check_free(head.name)
         self._heads[head.name] = head
 
-    def get(self, name: str) -> Head:
+    def get(self, name: str, field: str = "head") -> Head:
+        self.check_name(name, field)
         try:
             return self._heads[name]
         except KeyError:
-            raise HeadNotFound(f"no head named {name!r}") from None
+            raise HeadNotFound(f"no head named {quote(name)}", resource_type="head", resource_name=name) from None
 
     def delete(self, name: str) -> None:
-        self.get(name)
+        self.get(name, "name")
         del self._heads[name]
 
     def list(self) -> list[Head]:

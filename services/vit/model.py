@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.vit.errors import NoClassifier, PickleCheckpointRefused
-from services.torch_runtime import resolve_device, set_threads, watch_gpu_memory
 from services.common.errors import ConfigError, ModelLoadError
+from services.torch_runtime import resolve_device, set_threads
+from services.vit.errors import NoClassifier, PickleCheckpointRefused
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,10 @@ class VitModel:
     @property
     def image_size(self) -> int:
         return int(self.config.image_size)
+
+    @property
+    def patch_size(self) -> int:
+        return int(self.config.patch_size)
 
     # -- compute --------------------------------------------------------------------------------
     def preprocess(self, image: Image.Image) -> np.ndarray:

@@ -7,26 +7,14 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from services.common.convert import item_error, model_info_to_proto
 from services.common.errors import InvalidArgument, VersusError
-from services.common.status import status_for
 from services.vit.backend import Classification, Timings, VitBackend
+from services.vit.heads import Head
 from versus.common.v1 import common_pb2
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 _POOLING = {vit_pb2.POOLING_UNSPECIFIED: "cls", vit_pb2.POOLING_CLS: "cls", vit_pb2.POOLING_MEAN: "mean"}
-_PRECISION = {"fp32": common_pb2.PRECISION_FP32, "bf16": common_pb2.PRECISION_BF16,
-              "fp16": common_pb2.PRECISION_FP16, "int8": common_pb2.PRECISION_INT8}
-
-CAPABILITIES = (
-    ("image-classification", "Image classification", "Top-k labels with softmax scores over the model's id2label."),
-    ("image-embeddings", "Image embeddings", "CLS or mean-pooled vectors from any hidden layer, optionally L2-normalised."),
-    ("batch-inference", "Batch inference", "Dynamic micro-batching across concurrent requests, plus a bidirectional bulk stream."),
-    ("custom-heads", "Custom heads", "Linear probes trained on the model's embeddings from labelled examples."),
-    ("safetensors-loading", "Safetensors loading", "from_pretrained on a directory or hub id; pickle checkpoints refused."),
-    ("quantization", "Reduced precision", "fp32, bf16/fp16 and dynamic int8 quantization of Linear layers."),
-)
-
-
 def _timeout(context: grpc.aio.ServicerContext) -> float | None:
     return context.time_remaining()
 
@@ -66,14 +54,14 @@ class VitServicer(vit_pb2_grpc.VitServiceServicer):
         return vit_pb2.EmbedResponse(
             results=[vit_pb2.ImageEmbeddings(embeddings=[vit_pb2.Embedding(layer=layer, values=vec) for layer, vec in per])
                      for per in results],
-            timings=_timings(timings), model_id=self.backend.model_id, dimension=self.backend.model.hidden_size)
+            timings=_timings(timings), model_id=self.backend.model_id, dimension=self.backend.embedding_dimension)
 
     async def _stream_item(self, item: vit_pb2.ClassifyStreamRequest, timeout: float | None) -> vit_pb2.ClassifyStreamResponse:
         try:
-            results, timings = await self.backend.classify([item.image.data], _top_k(item), item.head, timeout, field="image")
+            results, timings = await self.backend.classify([item.image.data], _top_k(item), item.head, timeout,
+                                                            field="image.data")
         except VersusError as exc:
-            return vit_pb2.ClassifyStreamResponse(id=item.id, error=common_pb2.ItemError(
-                code=status_for(exc).value[0], message=exc.message))
+            return vit_pb2.ClassifyStreamResponse(id=item.id, error=item_error(exc))
         return vit_pb2.ClassifyStreamResponse(id=item.id, result=_classification(results[0]), timings=_timings(timings))
 
     async def ClassifyStream(self, request_iterator: AsyncIterator[vit_pb2.ClassifyStreamRequest],
@@ -102,17 +90,11 @@ class VitServicer(vit_pb2_grpc.VitServiceServicer):
                     task.cancel()
 
     async def GetModelInfo(self, request: vit_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> vit_pb2.GetModelInfoResponse:
-        d = self.backend.describe()
-        info = common_pb2.ModelInfo(
-            id=d.model_id, family="vit", variant=f"patch{self.backend.model.config.patch_size}-{d.image_size}",
-            parameters=d.parameters, precision=_PRECISION[d.precision], device=d.device, backend="torch",
-            license=d.license,
-            capabilities=[common_pb2.Capability(id=i, title=t, description=s) for i, t, s in CAPABILITIES],
-            properties={"image_size": str(d.image_size), "num_labels": str(d.num_labels),
-                        "hidden_size": str(d.hidden_size), "num_hidden_layers": str(d.num_hidden_layers)})
+        d = self.backend.description()
         return vit_pb2.GetModelInfoResponse(
-            model=info, image_size=d.image_size, num_labels=d.num_labels, num_hidden_layers=d.num_hidden_layers,
-            hidden_size=d.hidden_size, max_images_per_request=d.max_images_per_request, max_batch_size=d.max_batch_size)
+            model=model_info_to_proto(d.info), image_size=d.image_size, num_labels=d.num_labels,
+            num_hidden_layers=d.num_hidden_layers, hidden_size=d.hidden_size,
+            max_images_per_request=d.max_images_per_request, max_batch_size=d.max_batch_size)
 
     async def CreateHead(self, request: vit_pb2.CreateHeadRequest, context: grpc.aio.ServicerContext) -> vit_pb2.CreateHeadResponse:
         head = await self.backend.create_head(request.name, [e.image.data for e in request.examples],
@@ -120,13 +102,13 @@ class VitServicer(vit_pb2_grpc.VitServiceServicer):
         return vit_pb2.CreateHeadResponse(head=_head_info(head))
 
     async def ListHeads(self, request: vit_pb2.ListHeadsRequest, context: grpc.aio.ServicerContext) -> vit_pb2.ListHeadsResponse:
-        return vit_pb2.ListHeadsResponse(heads=[_head_info(h) for h in self.backend.heads.list()])
+        return vit_pb2.ListHeadsResponse(heads=[_head_info(h) for h in self.backend.list_heads()])
 
     async def DeleteHead(self, request: vit_pb2.DeleteHeadRequest, context: grpc.aio.ServicerContext) -> vit_pb2.DeleteHeadResponse:
-        self.backend.heads.delete(request.name)
+        self.backend.delete_head(request.name)
         return vit_pb2.DeleteHeadResponse()
 
 
-def _head_info(head) -> vit_pb2.HeadInfo:  # noqa: ANN001 - services.vit.heads.Head
+def _head_info(head: Head) -> vit_pb2.HeadInfo:
     return vit_pb2.HeadInfo(name=head.name, labels=list(head.labels), examples=head.examples,
                             training_accuracy=head.training_accuracy)
