@@ -8,11 +8,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services.common.errors import VersusError
+
+
+class CliError(Exception):
+    """A mistake in how the command was called (a missing file, a bad flag value): one line, exit 1."""
 
 #: service name → (config module:class, server module); imported only when used.
 SERVICES = {
@@ -23,21 +28,28 @@ SERVICES = {
 
 
 # -- serve --------------------------------------------------------------------------------------
-def _service_parts(name: str) -> tuple[type, Callable]:
+def _config_class(name: str) -> type:
+    """The service's config class (light: imports no model code, so ``--help`` and the ranker stay torch-free)."""
     import importlib
 
     if name not in SERVICES:
-        raise SystemExit(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
-    config_ref, server_module = SERVICES[name]
-    module, cls = config_ref.split(":")
-    return getattr(importlib.import_module(module), cls), importlib.import_module(server_module).create_server
+        raise CliError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
+    module, cls = SERVICES[name][0].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def _create_server(name: str) -> Callable:
+    """The service's ``create_server`` — imported only for the service being started."""
+    import importlib
+
+    return importlib.import_module(SERVICES[name][1]).create_server
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from services.common.logs import configure_logging
 
-    config_cls, create_server = _service_parts(args.service)
-    config = config_cls.from_args(args)
+    config = _config_class(args.service).from_args(args)
+    create_server = _create_server(args.service)
     configure_logging(config.log_level, config.log_format)
 
     async def run() -> None:
@@ -59,7 +71,14 @@ def _client_settings(args: argparse.Namespace):  # noqa: ANN202
 def _images(paths: Sequence[str]) -> list:
     from versus.common.v1 import common_pb2
 
-    return [common_pb2.Image(data=Path(p).read_bytes()) for p in paths]
+    return [common_pb2.Image(data=_read(p)) for p in paths]
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -122,7 +141,8 @@ def _ranker_call(args: argparse.Namespace, method: str, request):  # noqa: ANN00
         stub = ranker_pb2_grpc.RankerServiceStub(channel)
         reply = getattr(stub, method)(request, timeout=args.timeout, metadata=settings.metadata())
     if args.json:
-        print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True), indent=2))
+        print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True,
+                                       preserving_proto_field_name=True), indent=2))
         return None
     return reply
 
@@ -162,42 +182,16 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress_bar(step: int, total: int, elapsed_ms: float, width: int = 30) -> str:
-    done = int(width * step / max(1, total))
-    return f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{total}  {elapsed_ms / 1000:.1f}s"
-
-
-def generate_images(settings, request, *, timeout: float, on_event=None):  # noqa: ANN001, ANN201
-    """Stream one Generate call; ``on_event`` sees every event; returns the Result."""
-    from versus.sd35.v1 import sd35_pb2_grpc
-
-    with settings.channel() as channel:
-        stub = sd35_pb2_grpc.Sd35ServiceStub(channel)
-        for event in stub.Generate(request, timeout=timeout, metadata=settings.metadata()):
-            if on_event is not None:
-                on_event(event)
-            if event.WhichOneof("event") == "result":
-                return event.result
-    raise RuntimeError("the stream ended without a result")
-
-
-def output_paths(out: str, count: int) -> list[Path]:
-    """``out.png`` for one image, ``out-0.png``, ``out-1.png``... for several."""
-    path = Path(out)
-    return [path] if count == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
-
-
 def cmd_generate(args: argparse.Namespace) -> int:
     from versus.sd35.v1 import sd35_pb2
+    from versus_cli.calls import enum_value, generate_images, output_paths, progress_bar
 
-    variants = {"large": sd35_pb2.VARIANT_LARGE, "large-turbo": sd35_pb2.VARIANT_LARGE_TURBO,
-                "medium": sd35_pb2.VARIANT_MEDIUM}
-    formats = {"png": sd35_pb2.OUTPUT_FORMAT_PNG, "jpeg": sd35_pb2.OUTPUT_FORMAT_JPEG, "webp": sd35_pb2.OUTPUT_FORMAT_WEBP}
     request = sd35_pb2.GenerateRequest(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
-                                       height=args.height, num_images=args.n, output_format=formats[args.format],
+                                       height=args.height, num_images=args.n,
+                                       output_format=enum_value(sd35_pb2.OutputFormat, "OUTPUT_FORMAT", args.format),
                                        max_sequence_length=args.max_sequence_length, preview_every=args.preview_every)
     if args.variant:
-        request.variant = variants[args.variant]
+        request.variant = enum_value(sd35_pb2.Variant, "VARIANT", args.variant)
     for name, value in (("steps", args.steps), ("guidance_scale", args.guidance), ("seed", args.seed)):
         if value is not None:
             setattr(request, name, value)
@@ -211,7 +205,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(f"\rqueued, {event.queued.position} ahead", end="", file=sys.stderr, flush=True)
         elif kind == "progress":
             p = event.progress
-            print(_progress_bar(p.step, p.total_steps, p.elapsed_ms), end="", file=sys.stderr, flush=True)
+            print(progress_bar(p.step, p.total_steps, p.elapsed_ms), end="", file=sys.stderr, flush=True)
 
     settings = _client_settings(args)
     result = generate_images(settings, request, timeout=args.timeout, on_event=None if args.quiet else show)
@@ -268,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run a service until SIGTERM")
     serve_sub = serve.add_subparsers(dest="service", required=True)
     for name in SERVICES:
-        config_cls, _ = _service_parts(name)
+        config_cls = _config_class(name)
         sp = serve_sub.add_parser(name, help=f"the {name} service")
         config_cls.add_arguments(sp)
         sp.set_defaults(func=cmd_serve)
@@ -338,21 +332,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand. Every failure is one line on stderr, ``versus: …``, and exit status 1."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except VersusError as exc:
-        print(f"versus: {exc.message}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
-    except Exception as exc:  # grpc.RpcError and friends: one clear line, no traceback
-        import grpc
+    except Exception as exc:  # noqa: BLE001 - the one place a failure becomes the user's line
+        print(f"versus: {describe_failure(exc)}", file=sys.stderr)
+        if os.environ.get("VERSUS_DEBUG"):
+            raise
+        return 1
 
-        if isinstance(exc, grpc.RpcError):
-            print(f"versus: {exc.code().name}: {exc.details()}", file=sys.stderr)
-            return 1
-        raise
+
+def describe_failure(exc: BaseException) -> str:
+    """One line for a failed command: gRPC status and structured details, our errors, OS errors."""
+    import grpc
+
+    if isinstance(exc, grpc.RpcError):
+        from services.common.client import error_details
+
+        return error_details(exc).describe()
+    if isinstance(exc, CliError | VersusError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+    return f"unexpected {type(exc).__name__}: {exc} (set VERSUS_DEBUG=1 for the traceback)"
 
 
 if __name__ == "__main__":

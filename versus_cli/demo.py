@@ -56,14 +56,13 @@ def run_demo(models_dir: Path, json_out: str = "") -> int:
     }
     try:
         for name, svc in services.items():
-            svc.start()
+            svc.start()  # a start-up failure raises ServiceStartError with the service's own error and log
             print(f"{name} SERVING on {svc.target} (metrics on :{svc.metrics_port}; log {svc.log_path})", flush=True)
         figures = _vit_part(services["vit"])
         figures["generation"] = _sd35_part(services["sd35"], models_dir)
         _ranker_part(services["ranker"])
     finally:
-        codes = {name: svc.terminate() if svc.proc and svc.proc.poll() is None else svc.proc.returncode
-                 for name, svc in services.items()}
+        codes = {name: svc.stop() for name, svc in services.items() if svc.started}
     print(f"\nservices drained and exited with codes {codes}", flush=True)
     if json_out:
         Path(json_out).write_text(json.dumps(figures, indent=2))
@@ -72,7 +71,7 @@ def run_demo(models_dir: Path, json_out: str = "") -> int:
 
 def _sd35_part(svc, models_dir: Path) -> dict:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
     from services.common.client import ClientSettings
-    from versus_cli.cli import _progress_bar, generate_images
+    from versus_cli.calls import generate_images, progress_bar
     from versus.sd35.v1 import sd35_pb2
 
     print("\n== sd35: text-to-image through the service (tiny Large pipeline, random weights) ==", flush=True)
@@ -82,7 +81,7 @@ def _sd35_part(svc, models_dir: Path) -> dict:  # noqa: ANN001 - versus_cli.laun
     def show(event) -> None:  # noqa: ANN001
         if event.WhichOneof("event") == "progress":
             p = event.progress
-            print(_progress_bar(p.step, p.total_steps, p.elapsed_ms), end="", flush=True)
+            print(progress_bar(p.step, p.total_steps, p.elapsed_ms), end="", flush=True)
 
     result = generate_images(ClientSettings(svc.target), request, timeout=120, on_event=show)
     out = models_dir / "demo-tench.png"

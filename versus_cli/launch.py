@@ -39,6 +39,26 @@ def wait_serving(target: str, timeout_s: float, credentials: grpc.ChannelCredent
     raise TimeoutError(f"{target} not SERVING after {timeout_s:.0f}s")
 
 
+class ServiceStartError(RuntimeError):
+    """A service process exited or hung before serving; the message carries its own last words and log."""
+
+
+def log_tail(path: Path | None, lines: int = 6) -> str:
+    """The last lines of a service log, JSON log records reduced to their level and message."""
+    if path is None or not path.exists():
+        return ""
+    out = []
+    for raw in path.read_text(errors="replace").splitlines()[-lines:]:
+        try:
+            record = json.loads(raw)
+            extra = record.get("error") or (record.get("exc") or "").strip().splitlines()[-1:] or ""
+            extra = extra[0] if isinstance(extra, list) else extra
+            out.append(f"{record.get('level', '')} {record.get('msg', '')} {extra}".strip())
+        except (ValueError, AttributeError):
+            out.append(raw)
+    return "\n".join("    " + line[:400] for line in out)
+
+
 class ServiceProcess:
     """``versus serve NAME ...`` in a child process on free ports."""
 
@@ -66,17 +86,33 @@ class ServiceProcess:
                "--metrics-port", "0", "--metrics-host", "127.0.0.1", "--port-file", str(port_file), *self.args]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout_s
-        while not port_file.exists() or not port_file.read_text():
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.service} exited with code {self.proc.returncode}; see {self.log_path}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"{self.service} did not start within {timeout_s:.0f}s")
-            time.sleep(0.1)
-        ports = json.loads(port_file.read_text())
-        self.port, self.metrics_port = ports["port"], ports["metrics_port"]
-        wait_serving(self.target, max(1.0, deadline - time.monotonic()), credentials, self.proc)
+        try:
+            while not port_file.exists() or not port_file.read_text():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"exited with code {self.proc.returncode} before serving")
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"did not start within {timeout_s:.0f}s")
+                time.sleep(0.1)
+            ports = json.loads(port_file.read_text())
+            self.port, self.metrics_port = ports["port"], ports["metrics_port"]
+            wait_serving(self.target, max(1.0, deadline - time.monotonic()), credentials, self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            self.kill()
+            tail = log_tail(self.log_path)
+            where = f"log: {self.log_path}" if self.log_path else "no log file (pass log_path)"
+            raise ServiceStartError(f"{self.service} service failed to start: {exc}; {where}"
+                                    + (f"\n  its last log lines:\n{tail}" if tail else "")) from None
         return self
+
+    @property
+    def started(self) -> bool:
+        """A process was launched (it may have exited since)."""
+        return self.proc is not None
+
+    def stop(self) -> int:
+        """Drain a running process (SIGTERM); the exit code, also of one that already exited."""
+        assert self.proc is not None
+        return self.terminate() if self.proc.poll() is None else int(self.proc.returncode)
 
     def terminate(self, timeout_s: float = 60.0) -> int:
         """SIGTERM and wait for exit; returns the exit code."""

@@ -1,0 +1,43 @@
+"""Client-side helpers shared by the CLI and the demo (no service code: contracts and the runtime's
+client settings only)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from services.common.client import ClientSettings
+
+
+def enum_value(enum: Any, prefix: str, name: str) -> int:
+    """A contract enum's value from its CLI spelling: ``("VARIANT", "large-turbo")`` → VARIANT_LARGE_TURBO.
+
+    The names come from the generated contract, so the CLI keeps no table of its own."""
+    return int(enum.Value(f"{prefix}_{name.upper().replace('-', '_')}"))
+
+
+def progress_bar(step: int, total: int, elapsed_ms: float, width: int = 30) -> str:
+    done = int(width * step / max(1, total))
+    return f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{total}  {elapsed_ms / 1000:.1f}s"
+
+
+def generate_images(settings: ClientSettings, request: Any, *, timeout: float,
+                    on_event: Callable[[Any], None] | None = None) -> Any:
+    """Stream one Generate call; ``on_event`` sees every event; returns the Result."""
+    from versus.sd35.v1 import sd35_pb2_grpc
+
+    with settings.channel() as channel:
+        stub = sd35_pb2_grpc.Sd35ServiceStub(channel)
+        for event in stub.Generate(request, timeout=timeout, metadata=settings.metadata()):
+            if on_event is not None:
+                on_event(event)
+            if event.WhichOneof("event") == "result":
+                return event.result
+    raise ConnectionError("the Generate stream ended without a result")
+
+
+def output_paths(out: str, count: int) -> list[Path]:
+    """``out.png`` for one image, ``out-0.png``, ``out-1.png``... for several."""
+    path = Path(out)
+    return [path] if count == 1 else [path.with_name(f"{path.stem}-{i}{path.suffix}") for i in range(count)]
