@@ -77,3 +77,39 @@ def test_cpu_overlay_builds_its_own_models() -> None:
     assert sd["initContainers"][0]["args"][:3] == ["models", "build", "sd35-large-turbo-tiny"]
     assert configs["sd35-config"]["data"]["SD35_MODELS"] == "large-turbo=/models/sd35-large-turbo-tiny"
     assert all("persistentVolumeClaim" not in v for v in sd["volumes"] if v["name"] in ("models", "adapters"))
+
+
+#: Process environment the images read besides the service settings (documented in docs/DEPLOY.md).
+PROCESS_ENV = {"HF_HUB_OFFLINE", "HF_HOME", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "PYTHONUNBUFFERED",
+               "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF"}
+
+
+def _container_env(docs: list[dict], container: dict) -> set[str]:
+    config_maps = by_kind(docs, "ConfigMap")
+    names = {e["name"] for e in container.get("env", [])}
+    for source in container.get("envFrom", []):
+        ref = source.get("configMapRef", {}).get("name")
+        if ref:
+            names |= set(config_maps[ref].get("data", {}))
+    return names
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_env_var_is_a_setting_of_its_service(overlay: str) -> None:
+    """A variable a container sets must be a setting of THAT service (e.g. VIT_TOKEN in the sd35 pod would
+    leave SD3.5 without auth) or a documented process variable."""
+    from versus_cli.cli import SERVICES, _config_class
+
+    docs = render(overlay)
+    checked = 0
+    for name, dep in by_kind(docs, "Deployment").items():
+        for container in dep["spec"]["template"]["spec"]["containers"]:
+            args = container.get("args", [])
+            if args[:1] != ["serve"] or args[1] not in SERVICES:
+                continue
+            config = _config_class(args[1])
+            settings = {config.env_name(f) for f in config.__dataclass_fields__}
+            unknown = _container_env(docs, container) - settings - PROCESS_ENV
+            assert not unknown, f"{overlay}/{name}: {sorted(unknown)} are not settings of the {args[1]} service"
+            checked += 1
+    assert checked >= 3
