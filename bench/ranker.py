@@ -45,17 +45,21 @@ def resamples(a: np.ndarray, b: np.ndarray, o: np.ndarray, rounds: int) -> np.nd
     return np.stack([bt.win_matrix(ua, ub, uo + 1, K, c.astype(float)) for c in counts])
 
 
-def sklearn_fit(w: np.ndarray) -> np.ndarray:
-    """Arena-style: one row per (winner, loser) pair with its count as sample weight, mirrored."""
+def arena_ratings(w: np.ndarray, anchor: int = 0) -> np.ndarray:
+    """Chatbot Arena's fit (lm-sys/FastChat fastchat/serve/monitor/rating_systems.py): one row per
+    (winner, loser) pair with its count as sample weight, mirrored; features scaled by ln 10 so the
+    coefficients are log10 odds; rating = 400 * coef + 1000, shifted so ``anchor`` rates 1000.
+    The same ridge on natural-log strengths (beta = ln 10 * coef) is C = 1 / (ridge * ln(10)^2)."""
     from sklearn.linear_model import LogisticRegression
 
     i, j = np.nonzero(w)
     x = np.zeros((len(i), K))
-    x[np.arange(len(i)), i] = 1.0
-    x[np.arange(len(i)), j] = -1.0
-    lr = LogisticRegression(fit_intercept=False, C=1 / RIDGE, tol=1e-10, max_iter=10_000)
+    x[np.arange(len(i)), i] = np.log(10)
+    x[np.arange(len(i)), j] = -np.log(10)
+    lr = LogisticRegression(fit_intercept=False, C=1 / (RIDGE * np.log(10) ** 2), tol=1e-10, max_iter=10_000)
     lr.fit(np.vstack([x, -x]), np.r_[np.ones(len(i)), np.zeros(len(i))], sample_weight=np.r_[w[i, j], w[i, j]] / 2)
-    return lr.coef_[0]
+    rating = 400 * lr.coef_[0] + 1000
+    return rating - rating[anchor] + 1000
 
 
 def main() -> None:
@@ -73,8 +77,8 @@ def main() -> None:
     ws = resamples(a, b, o, args.baseline_rounds)
     t0 = time.perf_counter()
     w_full = bt.win_matrix(a, b, o, K)
-    base_point = bt.to_ratings(sklearn_fit(w_full), 0)
-    base_boot = np.stack([bt.to_ratings(sklearn_fit(w), 0) for w in ws])
+    base_point = arena_ratings(w_full)
+    base_boot = np.stack([arena_ratings(w) for w in ws])
     base_s = time.perf_counter() - t0
     base_per_round = base_s / (args.baseline_rounds + 1)
     base_total = base_per_round * (args.rounds + 1)
@@ -92,13 +96,16 @@ def main() -> None:
         "",
         f"Command: `python bench/ranker.py --rounds {args.rounds} --baseline-rounds {args.baseline_rounds}` "
         f"(commit {git_rev()}). Machine: {machine()}.",
-        "Synthetic matches from known strengths (5% ties, counted half), ridge 1e-4 in both fits (sklearn C = 1/ridge).",
+        "Synthetic matches from known strengths (5% ties, counted half), ridge 1e-4 on natural-log strengths in both "
+        "fits (sklearn on ln 10-scaled features, C = 1/(ridge·ln²10)); both report the Elo / Chatbot Arena scale "
+        "1000 + 400·log10 odds.",
         "",
         "| method | time for fit + bootstrap rounds | per round |",
         "|---|---:|---:|",
         f"| Versus (`services/ranker/bt.py`: aggregated Newton, batched, warm-started) | {ours_s:.2f} s | "
         f"{1e3 * ours_s / (args.rounds + 1):.2f} ms |",
-        f"| scikit-learn LogisticRegression per round (arena approach; measured on {args.baseline_rounds} rounds) | "
+        "| scikit-learn LogisticRegression per round (Chatbot Arena's fit; measured on "
+        f"{args.baseline_rounds} rounds) | "
         f"{base_total:.1f} s | {1e3 * base_per_round:.1f} ms |",
         "",
         f"- Speed-up: **{speedup:.1f}×** (target ≥ 10×).",

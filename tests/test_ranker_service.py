@@ -16,13 +16,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
 from conftest import InProcessServer
+from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+
+from services.common.client import ErrorDetails, error_details
 from services.common.errors import ConfigError
 from services.ranker.config import RankerConfig
 from services.ranker.server import create_server
 from versus_cli.launch import ServiceProcess
-from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
 VIT, LARGE, TURBO, MEDIUM = ("vit-base-patch16-224", "stable-diffusion-3.5-large", "stable-diffusion-3.5-large-turbo",
                              "stable-diffusion-3.5-medium")
@@ -47,9 +48,14 @@ def record(stub, a: str, b: str, outcome: int, task: str = "", key: str = "") ->
 
 
 def code_of(fn, *args) -> grpc.StatusCode:  # noqa: ANN001
+    return failure(fn, *args).code
+
+
+def failure(fn, *args) -> ErrorDetails:  # noqa: ANN001
+    """The call's status code and google.rpc details (it must fail)."""
     with pytest.raises(grpc.RpcError) as info:
         fn(*args, timeout=10)
-    return info.value.code()
+    return error_details(info.value)
 
 
 def test_score_vit_vs_sd35_large(ranker) -> None:  # noqa: ANN001
@@ -90,6 +96,7 @@ def test_record_match_validation_and_idempotency(ranker) -> None:  # noqa: ANN00
             assert code_of(ranker.RecordMatch, r) == code, r
     model = ranker.GetModel(ranker_pb2.GetModelRequest(model_id=VIT), timeout=10)
     assert model.times_matched == 1 and len(model.model.capabilities) == 6
+    assert model.model.signals and all(len(s.as_of) == 10 and s.as_of[4] == "-" for s in model.model.signals)
     assert code_of(ranker.GetModel, ranker_pb2.GetModelRequest(model_id="nope")) == grpc.StatusCode.NOT_FOUND
 
 
@@ -101,7 +108,10 @@ def test_leaderboard_ratings_intervals_and_tasks(ranker) -> None:  # noqa: ANN00
         a, b = rng.choice(models, 2, replace=False)
         p = 1 / (1 + np.exp(strength[b] - strength[a]))
         record(ranker, a, b, 1 if rng.random() < p else 2, task="synthetic")
-    record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_TIE, task="other")
+    for _ in range(3):
+        record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_TIE, task="other")
+    record(ranker, TURBO, VIT, ranker_pb2.OUTCOME_TIE, task="other")
+    record(ranker, TURBO, VIT, ranker_pb2.OUTCOME_A_WINS, task="other")
     board = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(task="synthetic"), timeout=60)
     assert board.matches == 300 and board.bootstrap_rounds == 200 and board.anchor_model == VIT
     by_id = {r.model_id: r for r in board.ratings}
@@ -109,8 +119,18 @@ def test_leaderboard_ratings_intervals_and_tasks(ranker) -> None:  # noqa: ANN00
     assert [r.model_id for r in sorted(board.ratings, key=lambda r: -r.rating)] == [LARGE, TURBO, VIT, MEDIUM]
     assert all(r.ci_low <= r.rating <= r.ci_high for r in board.ratings)
     assert sum(r.times_matched for r in board.ratings) == 600 and board.ratings[0].rank == 1
+    assert all(r.ties == 0 and r.wins + r.losses == r.times_matched for r in board.ratings)  # none recorded here
+    other = {r.model_id: r for r in ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(task="other"),
+                                                           timeout=60).ratings}
+    assert {m: (r.wins, r.losses, r.ties) for m, r in other.items()} == {
+        VIT: (0, 1, 4), LARGE: (0, 0, 3), TURBO: (1, 0, 1)}
+    # ties are half a win: three ties leave vit and sd3.5-large level (both anchored on vit = 1000)
+    assert other[VIT].rating == 1000.0 and abs(other[LARGE].rating - 1000.0) < 0.05  # (the 1e-4 ridge)
+    # turbo: one win + one tie against vit = 1.5 : 0.5 → odds 3:1 → 400·log10(3) ≈ 191 points above vit
+    assert abs(other[TURBO].rating - (1000 + 400 * np.log10(3))) < 1.0
     everything = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(), timeout=60)
-    assert everything.matches == 301 and by_id[VIT].ties == 0
+    assert everything.matches == 305
+    assert {r.model_id: r.ties for r in everything.ratings} == {VIT: 4, LARGE: 3, TURBO: 1, MEDIUM: 0}
     empty = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(task="nothing-here"), timeout=10)
     assert not empty.ratings and "no matches" in empty.notes[0]
     scores = ranker.Score(ranker_pb2.ScoreRequest(model_ids=[VIT, LARGE]), timeout=10)
@@ -120,8 +140,9 @@ def test_leaderboard_ratings_intervals_and_tasks(ranker) -> None:  # noqa: ANN00
 def test_bad_catalog_stops_startup(tmp_path: Path) -> None:
     (tmp_path / "cat").mkdir()
     (tmp_path / "cat" / "x.json").write_text(json.dumps({"id": "x"}))
-    with pytest.raises(ConfigError, match="x.json: field 'capabilities' is required"):
-        with InProcessServer(create_server, ranker_config(f"sqlite:///{tmp_path / 'r.db'}", catalog=str(tmp_path / "cat"))):
+    with pytest.raises(ConfigError, match=r"^x\.json: .*field 'capabilities' is required"):
+        config = ranker_config(f"sqlite:///{tmp_path / 'r.db'}", catalog=str(tmp_path / "cat"))
+        with InProcessServer(create_server, config):
             pass
 
 
@@ -190,7 +211,7 @@ def test_cli_rank_prints_explanations(tmp_path: Path) -> None:
         assert "adoption" in out and "explanation" not in out and "/100 vs " in out
         doc = json.loads(subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, VIT,
                                          "--json"], capture_output=True, text=True, check=True).stdout)
-        assert doc["scores"][0]["modelId"] == VIT
+        assert doc["scores"][0]["model_id"] == VIT  # proto field names (snake_case)
         board = subprocess.run([sys.executable, "-m", "versus_cli", "leaderboard", "--target", svc.target],
                                capture_output=True, text=True, check=True).stdout
         assert "no matches recorded" in board

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.ranker import bt
-from services.ranker.catalog import load_catalog, parse_entry
+from services.ranker.catalog import json_schema, load_catalog, parse_entry
 from services.ranker.errors import CatalogError, IdempotencyConflict
 from services.ranker.scoring import DEFAULT_WEIGHTS, GraphStats, graph_stats, parse_weights, score_report
 from services.ranker.store import Match, MatchTable, open_store
@@ -73,7 +73,9 @@ def test_disconnected_groups_are_found_and_centred_separately() -> None:
     assert abs(beta[0] + beta[1]) < 1e-6 and abs(beta[2] + beta[3]) < 1e-6
 
 
-def test_matches_scikit_learn_logistic_regression() -> None:
+def test_matches_chatbot_arena_logistic_regression() -> None:
+    """The Chatbot Arena fit (lm-sys/FastChat rating_systems.py): features scaled by ln 10, ratings
+    400 * coef + 1000. Same ridge on beta = ln(10) * coef means C = 1 / (ridge * ln(10)^2)."""
     from sklearn.linear_model import LogisticRegression
 
     strengths = np.random.default_rng(5).normal(0, 1, 12)
@@ -83,13 +85,26 @@ def test_matches_scikit_learn_logistic_regression() -> None:
     rows = [(i, j, w[i, j]) for i in range(12) for j in range(12) if w[i, j] > 0]
     x = np.zeros((len(rows), 12))
     for r, (i, j, _) in enumerate(rows):
-        x[r, i], x[r, j] = 1, -1
+        x[r, i], x[r, j] = np.log(10), -np.log(10)
     weights = np.array([c for _, _, c in rows])
-    lr = LogisticRegression(fit_intercept=False, C=1 / ridge, tol=1e-12, max_iter=10_000)
-    lr.fit(np.vstack([x, -x]), np.r_[np.ones(len(rows)), np.zeros(len(rows))], sample_weight=np.r_[weights, weights] / 2)
+    lr = LogisticRegression(fit_intercept=False, C=1 / (ridge * np.log(10) ** 2), tol=1e-12, max_iter=10_000)
+    lr.fit(np.vstack([x, -x]), np.r_[np.ones(len(rows)), np.zeros(len(rows))],
+           sample_weight=np.r_[weights, weights] / 2)
+    arena = 400 * lr.coef_[0]
+    arena += 1000 - arena.mean()
     ours = bt.to_ratings(bt.fit(w, ridge), None)
-    theirs = bt.to_ratings(lr.coef_[0], None)
-    assert np.abs(ours - theirs).max() < 1e-3
+    assert np.abs(ours - arena).max() < 1e-3
+
+
+@pytest.mark.parametrize("wins, losses, gap", [(10, 1, 400.0), (100, 10, 400.0), (1, 1, 0.0), (100, 1, 800.0),
+                                               (1, 10, -400.0)])
+def test_ratings_are_on_the_elo_scale(wins: int, losses: int, gap: float) -> None:
+    """Observed odds of 10:1 between two models put them 400 points apart (1000 + 400 log10 odds)."""
+    a = np.zeros(wins + losses, dtype=int)
+    o = np.r_[np.ones(wins, dtype=int), np.full(losses, 2)]
+    r = bt.bootstrap(a, np.ones_like(a), o, 2, rounds=0, ridge=1e-9, anchor=1)
+    assert r.rating[1] == 1000.0
+    assert abs((r.rating[0] - r.rating[1]) - gap) < 0.01, r.rating
 
 
 def test_bootstrap_is_deterministic_for_a_seed() -> None:
@@ -100,9 +115,8 @@ def test_bootstrap_is_deterministic_for_a_seed() -> None:
 
 
 def test_overlapping_intervals_share_a_rank() -> None:
-    rating = np.array([1100.0, 1090.0, 900.0])
     low, high = np.array([1050.0, 1040.0, 880.0]), np.array([1150.0, 1140.0, 920.0])
-    assert bt.ranks(rating, low, high).tolist() == [1, 1, 3]
+    assert bt.ranks(low, high).tolist() == [1, 1, 3]
 
 
 # -- scoring ------------------------------------------------------------------------------------------
@@ -134,14 +148,15 @@ def test_missing_signals_are_shown_and_lower_confidence_not_the_score() -> None:
     by_id = {s.model_id: s for s in report.scores}
     assert by_id["partial"].composite == by_id["full"].composite == 50.0
     assert by_id["partial"].confidence < by_id["full"].confidence
-    assert by_id["partial"].sub("quality").missing and "no quality signal" in by_id["partial"].sub("quality").explanation
+    quality = by_id["partial"].sub("quality")
+    assert quality.missing and "no quality signal" in quality.explanation
     assert "PARTIAL has no quality, ecosystem and match graph data" in report.verdict
 
 
 def test_scores_are_deterministic_and_explain_inputs() -> None:
     catalog = load_catalog()
     entries = [catalog["vit-base-patch16-224"], catalog["stable-diffusion-3.5-large"]]
-    table = MatchTable(["vit-base-patch16-224"] * 3, ["stable-diffusion-3.5-large"] * 3, np.array([1, 2, 3]), 3)
+    table = MatchTable(["vit-base-patch16-224"] * 3, ["stable-diffusion-3.5-large"] * 3, np.array([1, 2, 3]))
     stats = graph_stats(table)
     r1 = score_report(entries, DEFAULT_WEIGHTS, stats, {})
     r2 = score_report(entries, DEFAULT_WEIGHTS, graph_stats(table), {})
@@ -170,23 +185,69 @@ def test_shipped_catalog_has_the_seed_models() -> None:
         assert all(s.source and s.as_of for s in entry.signals)
 
 
+_SEED_FILE = Path(__file__).parent.parent / "services/ranker/catalog/vit-base-patch16-224.json"
+
+
 @pytest.mark.parametrize("mutate, fragment", [
     (lambda d: d.pop("license"), "field 'license' is required"),
-    (lambda d: d.update(parameters="many"), "field 'parameters' must be int"),
-    (lambda d: d.update(id="Bad Id"), "field 'id'"),
-    (lambda d: d["signals"][0].update(dimension="vibes"), "field 'signals[0].dimension'"),
-    (lambda d: d["signals"][0].update(as_of="yesterday"), "field 'signals[0].as_of'"),
+    (lambda d: d.update(parameters="many"), "field 'parameters' input should be a valid integer"),
+    (lambda d: d.update(parameters=0), "field 'parameters' input should be greater than 0"),
+    (lambda d: d.update(id="Bad Id"), "field 'id' string should match pattern"),
+    (lambda d: d.update(id="ok-id\n"), "field 'id' string should match pattern"),  # no trailing newline
+    (lambda d: d.update(id="x" * 129), "field 'id' string should match pattern"),
+    (lambda d: d.update(display_name="  "), "field 'display_name' string should match pattern"),
+    (lambda d: d.update(colour="blue"), "field 'colour' is not a field of the catalog schema"),
+    (lambda d: d["signals"][0].update(dimension="vibes"), "field 'signals[0].dimension' input should be"),
+    (lambda d: d["signals"][0].update(as_of="yesterday"), "field 'signals[0].as_of' input should be a valid date"),
+    (lambda d: d["signals"][0].update(value=True), "field 'signals[0].value' input should be a valid number"),
+    (lambda d: d["signals"][0].update(value="12"), "field 'signals[0].value' input should be a valid number"),
+    (lambda d: d["signals"][0].update(measured="no"), "field 'signals[0].measured' input should be a valid boolean"),
     (lambda d: d["signals"][0].pop("source"), "field 'signals[0].source' is required"),
-    (lambda d: d["signals"][0]["scale"].update(kind="cubic"), "field 'signals[0].scale.kind'"),
-    (lambda d: d["capabilities"].append(dict(d["capabilities"][0])), "duplicate"),
+    (lambda d: d["signals"][0]["scale"].update(kind="cubic"), "field 'signals[0].scale.kind' input should be"),
+    (lambda d: d["signals"][0]["scale"].update(max=-1), "field 'signals[0].scale' max must be greater than min"),
+    (lambda d: d["capabilities"].append(dict(d["capabilities"][0])), "field 'capabilities' has duplicate ids"),
+    (lambda d: d.update(capabilities=[]), "field 'capabilities' tuple should have at least 1 item"),
+    (lambda d: d["capabilities"][1].pop("title"), "field 'capabilities[1].title' is required"),
 ])
 def test_bad_catalog_file_names_file_and_field(tmp_path: Path, mutate, fragment: str) -> None:  # noqa: ANN001
-    doc = json.loads((Path(__file__).parent.parent / "services/ranker/catalog/vit-base-patch16-224.json").read_text())
+    doc = json.loads(_SEED_FILE.read_text())
     mutate(doc)
     (tmp_path / "broken.json").write_text(json.dumps(doc))
     with pytest.raises(CatalogError) as info:
         load_catalog(tmp_path)
-    assert info.value.message.startswith("broken.json: ") and fragment in info.value.message
+    assert info.value.message.startswith("broken.json: ") and fragment in info.value.message, info.value.message
+
+
+def test_catalog_file_that_is_not_json_names_the_file(tmp_path: Path) -> None:
+    (tmp_path / "broken.json").write_text('{"id": ')
+    with pytest.raises(CatalogError, match=r"^broken\.json: invalid JSON"):
+        load_catalog(tmp_path)
+    (tmp_path / "broken.json").write_bytes(b"\xff\xfe not utf-8")
+    with pytest.raises(CatalogError, match=r"^broken\.json: cannot be read"):
+        load_catalog(tmp_path)
+
+
+def test_catalog_reports_every_broken_field_at_once(tmp_path: Path) -> None:
+    doc = json.loads(_SEED_FILE.read_text())
+    doc.pop("license")
+    doc["signals"][0]["as_of"] = "soon"
+    (tmp_path / "broken.json").write_text(json.dumps(doc))
+    with pytest.raises(CatalogError) as info:
+        load_catalog(tmp_path)
+    assert "field 'license' is required" in info.value.message
+    assert "field 'signals[0].as_of'" in info.value.message
+
+
+def test_duplicate_ids_across_files_are_refused(tmp_path: Path) -> None:
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text(_SEED_FILE.read_text())
+    with pytest.raises(CatalogError, match="^b.json: field 'id' duplicates 'vit-base-patch16-224'"):
+        load_catalog(tmp_path)
+
+
+def test_committed_json_schema_is_current() -> None:
+    committed = json.loads((Path(__file__).parent.parent / "docs/catalog.schema.json").read_text())
+    assert committed == json_schema(), "regenerate: python -m services.ranker.catalog > docs/catalog.schema.json"
 
 
 # -- stores (SQLite here; PostgreSQL in test_ranker_postgres.py) ---------------------------------------
@@ -214,4 +275,6 @@ def test_store_records_idempotently(store) -> None:  # noqa: ANN001
     general = store.table("general")
     assert (general.model_a, general.model_b, general.outcome.tolist()) == (["a"], ["b"], [1])
     assert len(store.table().outcome) == 2
-    assert store.version() == (store.table().last_id, 2)
+    last = store.record(Match("a", "c", 1, "other", "", f"key-{uuid.uuid4()}"))[0]
+    assert store.version() == (last, 3)
+    assert not hasattr(store.table(), "last_id")  # the table is one query, no side lookups

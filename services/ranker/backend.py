@@ -12,18 +12,62 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.common.errors import InvalidArgument, Unavailable
+from services.common.backend import ModelInfo, ServiceBackend
+from services.common.errors import InvalidArgument, quote
 from services.common.metrics import Metrics
 from services.ranker import bt
-from services.ranker.catalog import CatalogEntry, load_catalog
+from services.ranker.catalog import ID_PATTERN, MAX_ID_CHARS, CatalogEntry, load_catalog
 from services.ranker.config import RankerConfig
 from services.ranker.errors import UnknownModel
 from services.ranker.scoring import ScoreReport, graph_stats, parse_weights, score_report
 from services.ranker.store import OUTCOMES, Match, MatchStore, open_store
 
 log = logging.getLogger(__name__)
-_TASK = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+
+# Request limits (documented in the proto and docs/RANKING.md; tests hold each one).
+#: Task names: 1..64 of [a-z0-9._-], starting with a letter or digit.
+MAX_TASK_CHARS = 64
+_TASK = re.compile(rf"[a-z0-9][a-z0-9._-]{{0,{MAX_TASK_CHARS - 1}}}")
+TASK_RULE = f"must be 1..{MAX_TASK_CHARS} characters of [a-z0-9._-], starting with a letter or digit"
+_MODEL_ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
+MODEL_ID_RULE = f"must be 1..{MAX_ID_CHARS} characters of [a-z0-9._-], starting with a letter or digit"
+#: Idempotency keys: 1..128 characters, no control characters (U+0000-U+001F, U+007F-U+009F).
+MAX_KEY_CHARS = 128
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 DEFAULT_TASK = "general"
+
+Violation = tuple[str, str]
+
+
+def model_id_problem(value: str) -> str | None:
+    """What is wrong with ``value`` as a model id, or None. Never echoes more than a bounded quote."""
+    if not value:
+        return "is required"
+    if len(value) > MAX_ID_CHARS:
+        return f"is {len(value)} characters long; model ids are at most {MAX_ID_CHARS}"
+    if not _MODEL_ID.fullmatch(value):
+        return f"{quote(value)} is not a model id: {MODEL_ID_RULE}"
+    return None
+
+
+def task_problem(task: str) -> str | None:
+    if len(task) > MAX_TASK_CHARS:
+        return f"is {len(task)} characters long; {TASK_RULE}"
+    return None if _TASK.fullmatch(task) else f"{quote(task)} {TASK_RULE}"
+
+
+def key_problem(key: str) -> str | None:
+    if not 1 <= len(key) <= MAX_KEY_CHARS:
+        return f"must be 1..{MAX_KEY_CHARS} characters (got {len(key)})"
+    if _CONTROL.search(key):
+        return "must not contain control characters (U+0000-U+001F, U+007F-U+009F)"
+    return None
+
+
+def _raise(violations: list[Violation]) -> None:
+    if violations:
+        (field, problem), *more = violations
+        raise InvalidArgument(field, problem, more=more)
 
 
 @dataclass(frozen=True)
@@ -49,54 +93,75 @@ class Leaderboard:
     notes: tuple[str, ...]
 
 
-class RankerBackend:
+class RankerBackend(ServiceBackend):
+    """Catalog + match store behind the runtime's backend contract.
+
+    The device executor (one thread) is the database thread: writes stay ordered. Fits run on their
+    own thread so a long bootstrap never delays a RecordMatch.
+    """
+
     def __init__(self, config: RankerConfig, metrics: Metrics) -> None:
+        super().__init__("ranker", metrics, executor=ThreadPoolExecutor(1, thread_name_prefix="ranker-db"))
         self.config = config
-        self.metrics = metrics
         self.weights = parse_weights(config.weights)
         self.catalog: dict[str, CatalogEntry] = {}
         self.store: MatchStore | None = None
-        self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-db")  # one writer, ordered
-        self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-fit")  # fits never block writes
+        self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-fit")
         self._cache: dict[str, tuple[tuple[int, int], Leaderboard]] = {}
         self._graph_cache: tuple | None = None
 
-    async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        self.catalog = await loop.run_in_executor(self._db_pool, load_catalog, self.config.catalog)
-        self.store = await loop.run_in_executor(self._db_pool, open_store, self.config.db)
-        self.metrics.model_ready.labels("ranker").set(1)
+    # -- the backend contract -----------------------------------------------------------------------
+    def load(self) -> None:
+        self.catalog = load_catalog(self.config.catalog)
+        self.store = open_store(self.config.db)
         log.info("ranker ready", extra={"models": len(self.catalog), "db": self.config.db.split("@")[-1]})
 
-    async def close(self) -> None:
-        self.metrics.model_ready.labels("ranker").set(0)
+    def describe(self) -> list[ModelInfo]:
+        store = type(self.store).__name__ if self.store is not None else ""
+        return [ModelInfo(id="ranker", family="bradley-terry", variant="", parameters=0, precision="", device="cpu",
+                          backend="numpy", properties={"catalog_models": str(len(self.catalog)), "store": store})]
+
+    async def stopping(self) -> None:
         if self.store is not None:
-            await asyncio.get_running_loop().run_in_executor(self._db_pool, self.store.close)
-        self._db_pool.shutdown(wait=True)
+            await self.run(self.store.close)
         self._fit_pool.shutdown(wait=True)
 
     async def _db(self, fn, *args):  # noqa: ANN001, ANN202
-        if self.store is None:
-            raise Unavailable("ranker is starting or stopping")
-        return await asyncio.get_running_loop().run_in_executor(self._db_pool, fn, *args)
+        self.require_ready()
+        return await self.run(fn, *args)
 
     def entry(self, model_id: str, field: str = "model_id") -> CatalogEntry:
-        if not model_id:
-            raise InvalidArgument(field, "is required")
+        """The catalog entry for ``model_id``: INVALID_ARGUMENT for a malformed id, NOT_FOUND if unknown."""
+        _raise([(field, p)] if (p := model_id_problem(model_id)) else [])
+        return self._known(model_id, field)
+
+    def _known(self, model_id: str, field: str) -> CatalogEntry:
         try:
             return self.catalog[model_id]
         except KeyError:
-            raise UnknownModel(f"{field}: unknown model {model_id!r}; known: {', '.join(sorted(self.catalog))}") from None
+            raise UnknownModel(f"{field}: unknown model {quote(model_id)}; known: {', '.join(sorted(self.catalog))}",
+                               resource_type="model", resource_name=model_id) from None
+
+    async def get_model(self, model_id: str) -> tuple[CatalogEntry, int]:
+        """A catalog entry and how many matches it played."""
+        entry = self.entry(model_id)
+        return entry, (await self._db(self.store.times_matched)).get(entry.id, 0)
 
     # -- scores -----------------------------------------------------------------------------------
     async def score(self, model_ids: Sequence[str]) -> ScoreReport:
+        """Scores for 1..max_models_per_score distinct catalog models (all ids checked before any lookup)."""
         if not model_ids:
             raise InvalidArgument("model_ids", "at least one model id is required")
         if len(model_ids) > self.config.max_models_per_score:
-            raise InvalidArgument("model_ids", f"at most {self.config.max_models_per_score} models per request")
-        if len(set(model_ids)) != len(model_ids):
-            raise InvalidArgument("model_ids", "lists a model twice")
-        entries = [self.entry(m, f"model_ids[{i}]") for i, m in enumerate(model_ids)]
+            raise InvalidArgument("model_ids", f"at most {self.config.max_models_per_score} models per request "
+                                               f"(got {len(model_ids)})")
+        _raise([(f"model_ids[{i}]", p) for i, m in enumerate(model_ids) if (p := model_id_problem(m))])
+        seen: dict[str, int] = {}
+        for i, m in enumerate(model_ids):
+            if m in seen:
+                raise InvalidArgument(f"model_ids[{i}]", f"repeats model_ids[{seen[m]}]")
+            seen[m] = i
+        entries = [self._known(m, f"model_ids[{i}]") for i, m in enumerate(model_ids)]
         stats, times = await self._graph()
         return score_report(entries, self.weights, stats, times)
 
@@ -106,25 +171,26 @@ class RankerBackend:
         if self._graph_cache is None or self._graph_cache[0] != version:
             table = await self._db(self.store.table, "")
             times = await self._db(self.store.times_matched)
-            stats = await asyncio.get_running_loop().run_in_executor(self._fit_pool, graph_stats, table, self.config.ridge)
+            stats = await asyncio.get_running_loop().run_in_executor(
+                self._fit_pool, graph_stats, table, self.config.ridge)
             self._graph_cache = (version, stats, times)
         return self._graph_cache[1], self._graph_cache[2]
 
     # -- matches ------------------------------------------------------------------------------------
     def validate_match(self, a: str, b: str, outcome: int, task: str, evidence: str, key: str) -> Match:
-        self.entry(a, "model_a")
-        self.entry(b, "model_b")
-        if a == b:
-            raise InvalidArgument("model_b", "a model cannot be matched against itself")
-        if outcome not in OUTCOMES:
-            raise InvalidArgument("outcome", "must be A_WINS, B_WINS or TIE")
+        """Every field checked up front (all problems reported at once), then the models looked up."""
         task = task or DEFAULT_TASK
-        if not _TASK.match(task):
-            raise InvalidArgument("task", "must be 1..64 characters of [a-z0-9._-], starting with a letter or digit")
-        if len(evidence) > self.config.max_evidence_chars:
-            raise InvalidArgument("evidence", f"longer than {self.config.max_evidence_chars} characters")
-        if not 1 <= len(key) <= 128:
-            raise InvalidArgument("idempotency_key", "must be 1..128 characters")
+        checks = [("model_a", model_id_problem(a)), ("model_b", model_id_problem(b)),
+                  ("model_b", "a model cannot be matched against itself" if a and a == b else None),
+                  ("outcome", None if outcome in OUTCOMES else "must be OUTCOME_A_WINS, OUTCOME_B_WINS or OUTCOME_TIE"),
+                  ("task", task_problem(task)),
+                  ("evidence", f"longer than {self.config.max_evidence_chars} characters ({len(evidence)})"
+                   if len(evidence) > self.config.max_evidence_chars else None),
+                  ("evidence", "must not contain NUL (U+0000)" if "\x00" in evidence else None),
+                  ("idempotency_key", key_problem(key))]
+        _raise([(field, problem) for field, problem in checks if problem])
+        self._known(a, "model_a")
+        self._known(b, "model_b")
         return Match(a, b, outcome, task, evidence, key)
 
     async def record_match(self, a: str, b: str, outcome: int, task: str, evidence: str, key: str) -> tuple[int, bool]:
@@ -133,13 +199,10 @@ class RankerBackend:
         self.metrics.items.labels("ranker-matches").inc(0 if duplicate else 1)
         return match_id, duplicate
 
-    async def times_matched(self, model_id: str) -> int:
-        return (await self._db(self.store.times_matched)).get(model_id, 0)
-
     # -- leaderboard --------------------------------------------------------------------------------
     async def leaderboard(self, task: str = "") -> Leaderboard:
-        if task and not _TASK.match(task):
-            raise InvalidArgument("task", "must be 1..64 characters of [a-z0-9._-]")
+        """Bradley-Terry ratings of ``task`` ('' = every task), refitted only after a new match."""
+        _raise([("task", p)] if task and (p := task_problem(task)) else [])
         key = task or "*"
         version = await self._db(self.store.version)  # cheap; the table is read only on a miss
         cached = self._cache.get(key)
@@ -165,7 +228,8 @@ class RankerBackend:
                                ridge=self.config.ridge, anchor=anchor)
         notes = []
         if anchor is None:
-            notes.append(f"anchor {self.config.anchor_model!r} has no matches here; ratings are centred on a mean of 1000")
+            notes.append(f"anchor {self.config.anchor_model!r} has no matches here; "
+                         "ratings are centred on a mean of 1000")
         comps = bt.components(bt.win_matrix(a, b, o, len(ids)))
         if len(comps) > 1:
             groups = "; ".join("{" + ", ".join(ids[i] for i in c) + "}" for c in comps)

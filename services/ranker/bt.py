@@ -7,25 +7,34 @@ the estimate finite for a model that never lost, and centres each disconnected c
 Newton's method on the K x K problem converges in a handful of steps, so the cost does not grow with
 the number of matches: bootstrap rounds only re-aggregate resampled matches into W.
 
-Ratings are ``400 * beta + 1000`` (natural-log strengths), shifted so the anchor model rates 1000.
+Ratings are on the Elo / Chatbot Arena scale: ``1000 + 400 * log10(odds)``. The strengths ``beta`` are
+natural-log odds, so a rating is ``1000 + 400 * beta / ln 10``, shifted so the anchor model rates 1000:
+a 400-point gap means 10:1 odds (as in lm-sys/FastChat ``fastchat/serve/monitor/rating_systems.py``,
+which fits with logit ``ln(10) * (r_a - r_b)`` and reports ``400 * r + 1000``).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-SCALE = 400.0
+#: Rating points per unit of log10 odds: a 400-point gap means 10:1.
+ELO_POINTS = 400.0
+#: Rating points per unit of natural-log strength beta (400 / ln 10 ≈ 173.7).
+SCALE = ELO_POINTS / math.log(10.0)
 BASE = 1000.0
 
 
-def win_matrix(a: np.ndarray, b: np.ndarray, outcome: np.ndarray, k: int, weights: np.ndarray | None = None) -> np.ndarray:
+def win_matrix(a: np.ndarray, b: np.ndarray, outcome: np.ndarray, k: int,
+               weights: np.ndarray | None = None) -> np.ndarray:
     """Aggregate matches into W (k x k). ``outcome``: 1 = a wins, 2 = b wins, 3 = tie."""
     w = np.ones(len(a)) if weights is None else weights
     a_score = np.where(outcome == 1, 1.0, np.where(outcome == 3, 0.5, 0.0)) * w
     b_score = w - a_score
-    flat = np.bincount(a * k + b, weights=a_score, minlength=k * k) + np.bincount(b * k + a, weights=b_score, minlength=k * k)
+    flat = (np.bincount(a * k + b, weights=a_score, minlength=k * k)
+            + np.bincount(b * k + a, weights=b_score, minlength=k * k))
     return flat.reshape(k, k)
 
 
@@ -90,12 +99,13 @@ class Ratings:
 
 
 def to_ratings(beta: np.ndarray, anchor: int | None) -> np.ndarray:
-    """400 * beta + 1000, shifted so the anchor rates exactly 1000 (no anchor: mean 1000)."""
+    """1000 + 400 * log10(odds) = 1000 + (400 / ln 10) * beta, shifted so the anchor rates exactly 1000
+    (no anchor: mean 1000)."""
     ref = beta[..., anchor] if anchor is not None else beta.mean(axis=-1)
     return SCALE * (beta - np.expand_dims(ref, -1)) + BASE
 
 
-def ranks(rating: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+def ranks(low: np.ndarray, high: np.ndarray) -> np.ndarray:
     """Rank = 1 + number of models whose whole interval lies above this model's interval."""
     return 1 + (low[None, :] > high[:, None]).sum(axis=1)
 
@@ -122,4 +132,4 @@ def bootstrap(a: np.ndarray, b: np.ndarray, outcome: np.ndarray, k: int, *, roun
         samples.append(to_ratings(fit_batch(ws, ridge, beta), anchor))
     boot = np.concatenate(samples)
     low, high = np.percentile(boot, [2.5, 97.5], axis=0)
-    return Ratings(point, low, high, ranks(point, low, high), rounds)
+    return Ratings(point, low, high, ranks(low, high), rounds)

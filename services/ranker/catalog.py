@@ -1,42 +1,61 @@
-"""The model catalog: one JSON file per model, validated at start-up (no gRPC here).
+"""The model catalog: one JSON file per model, validated at start-up by a pydantic schema (no gRPC here).
 
-A bad file stops the service with a message naming the file and the field. Every signal carries its
-source, the date it was observed, whether Versus measured it or someone claims it, and the scale that
-maps it to 0..100 (see scoring.py).
+A bad file stops the service with a message naming the file and the field (``x.json: field
+'signals[0].as_of' …``). Every signal carries its source, the date it was read, whether Versus measured
+it or someone claims it, and (outside quality) the scale that maps it to 0..100 (see scoring.py).
+The JSON Schema of a file is exported to ``docs/catalog.schema.json``
+(``python -m services.ranker.catalog > docs/catalog.schema.json``; a test keeps it current).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-from dataclasses import dataclass
 from datetime import date
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from services.ranker.errors import CatalogError
 
 DIMENSIONS = ("adoption", "quality", "ecosystem")
-_ID = re.compile(r"^[a-z0-9][a-z0-9._-]{0,127}$")
+#: Longest model id (catalog ids and ids in requests alike).
+MAX_ID_CHARS = 128
+#: A model id: lower-case letters, digits, '.', '_' or '-', starting with a letter or digit.
+ID_PATTERN = rf"^[a-z0-9][a-z0-9._-]{{0,{MAX_ID_CHARS - 1}}}$"
+
+Text = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+ModelId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+Dimension = Literal["adoption", "quality", "ecosystem"]
 
 
-@dataclass(frozen=True)
-class Capability:
-    id: str
-    title: str
-    description: str
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-@dataclass(frozen=True)
-class Scale:
+class Capability(_Schema):
+    """One thing the model can do, as its publisher (or the seed page) describes it."""
+
+    id: Text
+    title: Text
+    description: Text
+
+
+class Scale(_Schema):
     """How a raw value maps to 0..100: ``linear`` between min and max, or ``log10`` of (1 + value)
     against log10(1 + max)."""
 
-    kind: str
-    min: float
+    kind: Literal["linear", "log10"]
+    min: float = 0.0
     max: float
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Scale:
+        if self.max <= self.min:
+            raise ValueError("max must be greater than min")
+        return self
 
     def normalise(self, value: float) -> float:
         if self.kind == "log10":
@@ -49,112 +68,76 @@ class Scale:
         return f"log10-scaled to {self.max:g}" if self.kind == "log10" else f"linear {self.min:g}..{self.max:g}"
 
 
-@dataclass(frozen=True)
-class Signal:
-    dimension: str
-    name: str
+class Signal(_Schema):
+    """A fact about the model with its provenance."""
+
+    dimension: Dimension
+    name: Text
     value: float
-    unit: str
-    source: str
-    as_of: str
-    measured: bool
+    unit: Text
+    source: Text = Field(description="Where the value comes from: a URL of the primary source.")
+    as_of: date = Field(description="The date the source was read (ISO 8601).")
+    measured: bool = Field(description="True only for numbers Versus measured itself.")
     scale: Scale
     note: str = ""
 
 
-@dataclass(frozen=True)
-class CatalogEntry:
-    id: str
-    display_name: str
-    type: str
-    family: str
-    parameters: int
-    license: str
-    pricing: str
-    hub_id: str
-    capabilities: tuple[Capability, ...]
-    signals: tuple[Signal, ...]
+class CatalogEntry(_Schema):
+    """One catalog file."""
+
+    id: ModelId
+    display_name: Text
+    hub_id: str = ""
+    type: Text
+    family: Text
+    parameters: int = Field(gt=0)
     parameters_source: str = ""
+    license: Text
+    pricing: Text
+    capabilities: tuple[Capability, ...] = Field(min_length=1)
+    signals: tuple[Signal, ...]
 
-
-class _Reader:
-    """Typed field access that names the file and the field in every error."""
-
-    def __init__(self, file: str, doc: Any, path: str = "") -> None:
-        if not isinstance(doc, dict):
-            raise CatalogError(f"{file}: {path or 'document'} must be an object")
-        self.file, self.doc, self.path = file, doc, path
-
-    def _where(self, key: str) -> str:
-        return f"{self.file}: field '{self.path}{key}'"
-
-    def get(self, key: str, kind: type | tuple[type, ...], required: bool = True, default: Any = None) -> Any:
-        if key not in self.doc:
-            if required:
-                raise CatalogError(f"{self._where(key)} is required")
-            return default
-        value = self.doc[key]
-        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-            raise CatalogError(f"{self._where(key)} must be {kind}, not a boolean")
-        if not isinstance(value, kind):
-            raise CatalogError(f"{self._where(key)} must be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
-        if isinstance(value, str) and required and not value.strip():
-            raise CatalogError(f"{self._where(key)} must not be empty")
+    @field_validator("capabilities")
+    @classmethod
+    def _unique_capabilities(cls, value: tuple[Capability, ...]) -> tuple[Capability, ...]:
+        ids = [c.id for c in value]
+        if len(set(ids)) != len(ids):
+            raise ValueError("has duplicate ids")
         return value
 
-    def child(self, key: str, index: int) -> _Reader:
-        return _Reader(self.file, self.doc[key][index], f"{self.path}{key}[{index}].")
 
-    def fail(self, key: str, problem: str) -> CatalogError:
-        return CatalogError(f"{self._where(key)} {problem}")
-
-
-def _scale(r: _Reader) -> Scale:
-    raw = r.get("scale", dict)
-    s = _Reader(r.file, raw, f"{r.path}scale.")
-    kind = s.get("kind", str)
-    if kind not in ("linear", "log10"):
-        raise s.fail("kind", "must be 'linear' or 'log10'")
-    lo, hi = float(s.get("min", (int, float), required=False, default=0)), float(s.get("max", (int, float)))
-    if hi <= lo:
-        raise s.fail("max", "must be greater than min")
-    return Scale(kind, lo, hi)
+def _path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def _signal(r: _Reader) -> Signal:
-    dimension = r.get("dimension", str)
-    if dimension not in DIMENSIONS:
-        raise r.fail("dimension", f"must be one of {DIMENSIONS}")
-    as_of = r.get("as_of", str)
+def _problem(err: dict) -> str:
+    kind = err["type"]
+    if kind == "missing":
+        return "is required"
+    if kind == "extra_forbidden":
+        return "is not a field of the catalog schema"
+    msg = err["msg"].removeprefix("Value error, ")
+    return msg[0].lower() + msg[1:]
+
+
+def catalog_error(file: str, exc: ValidationError) -> CatalogError:
+    """One message naming the file and every broken field (first problem first)."""
+    problems = []
+    for err in exc.errors():
+        loc = _path(tuple(err["loc"]))
+        problems.append(f"field '{loc}' {_problem(err)}" if loc else _problem(err))
+    return CatalogError(f"{file}: " + "; ".join(problems))
+
+
+def parse_entry(file: str, doc: object) -> CatalogEntry:
+    """Validate one catalog document (parsed JSON); raises CatalogError naming ``file`` and the field."""
     try:
-        date.fromisoformat(as_of)
-    except ValueError:
-        raise r.fail("as_of", "must be an ISO date (YYYY-MM-DD)") from None
-    source = r.get("source", str)
-    return Signal(dimension, r.get("name", str), float(r.get("value", (int, float))), r.get("unit", str), source,
-                  as_of, r.get("measured", bool), _scale(r), r.get("note", str, required=False, default=""))
-
-
-def parse_entry(file: str, doc: Any) -> CatalogEntry:
-    """Validate one catalog document; raises CatalogError naming ``file`` and the field."""
-    r = _Reader(file, doc)
-    model_id = r.get("id", str)
-    if not _ID.match(model_id):
-        raise r.fail("id", "must be lower-case letters, digits, '.', '_' or '-' (max 128)")
-    caps = r.get("capabilities", list)
-    if not caps:
-        raise r.fail("capabilities", "must list at least one capability")
-    capabilities = tuple(Capability(c.get("id", str), c.get("title", str), c.get("description", str))
-                         for c in (r.child("capabilities", i) for i in range(len(caps))))
-    if len({c.id for c in capabilities}) != len(capabilities):
-        raise r.fail("capabilities", "has duplicate ids")
-    signals = tuple(_signal(r.child("signals", i)) for i in range(len(r.get("signals", list))))
-    parameters = r.get("parameters", int)
-    if parameters <= 0:
-        raise r.fail("parameters", "must be positive")
-    return CatalogEntry(model_id, r.get("display_name", str), r.get("type", str), r.get("family", str), parameters,
-                        r.get("license", str), r.get("pricing", str), r.get("hub_id", str, required=False, default=""),
-                        capabilities, signals, r.get("parameters_source", str, required=False, default=""))
+        return CatalogEntry.model_validate_json(json.dumps(doc), strict=True)
+    except ValidationError as exc:
+        raise catalog_error(file, exc) from None
 
 
 def default_catalog_dir() -> Path:
@@ -170,13 +153,28 @@ def load_catalog(directory: str | Path = "") -> dict[str, CatalogEntry]:
     entries: dict[str, CatalogEntry] = {}
     for path in sorted(root.glob("*.json")):
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CatalogError(f"{path.name}: not valid JSON ({exc})") from exc
-        entry = parse_entry(path.name, doc)
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CatalogError(f"{path.name}: cannot be read ({exc})") from exc
+        try:
+            entry = CatalogEntry.model_validate_json(text, strict=True)
+        except ValidationError as exc:
+            raise catalog_error(path.name, exc) from None
         if entry.id in entries:
             raise CatalogError(f"{path.name}: field 'id' duplicates {entry.id!r} from another file")
         entries[entry.id] = entry
     if not entries:
         raise CatalogError(f"catalog directory {root} holds no *.json entries")
     return entries
+
+
+def json_schema() -> dict:
+    """The JSON Schema of one catalog file (committed as docs/catalog.schema.json)."""
+    schema = CatalogEntry.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "Versus ranker catalog entry"
+    return schema
+
+
+if __name__ == "__main__":
+    print(json.dumps(json_schema(), indent=2, ensure_ascii=False))

@@ -110,7 +110,8 @@ def _signal_sub(entry: CatalogEntry, dimension: str, weight: float) -> SubScore:
         norm = s.scale.normalise(s.value)
         values.append(norm)
         kind = "measured" if s.measured else "claimed"
-        parts.append(f"{s.name} = {s.value:,.6g} {s.unit} ({s.scale.describe()} → {norm:.1f}; {kind}; {s.source}, {s.as_of})")
+        parts.append(f"{s.name} = {s.value:,.6g} {s.unit} ({s.scale.describe()} → {norm:.1f}; {kind}; "
+                     f"{s.source}, {s.as_of})")
     score = float(np.mean(values))
     return SubScore(dimension, score, weight, f"mean of {len(values)}: " + "; ".join(parts), False)
 
@@ -129,7 +130,8 @@ def _graph_sub(model_id: str, stats: GraphStats, weight: float) -> SubScore:
 
 
 def score_model(entry: CatalogEntry, weights: Mapping[str, float], stats: GraphStats, times_matched: int) -> ModelScore:
-    subs = [_signal_sub(entry, d, weights[d]) for d in DIMENSIONS] + [_graph_sub(entry.id, stats, weights["match_graph"])]
+    subs = [_signal_sub(entry, d, weights[d]) for d in DIMENSIONS]
+    subs.append(_graph_sub(entry.id, stats, weights["match_graph"]))
     present = [s for s in subs if not s.missing and s.weight > 0]
     total = sum(weights.values())
     used = sum(s.weight for s in present)
@@ -171,7 +173,8 @@ def verdict(scores: Sequence[ModelScore]) -> str:
     second_leads = [_LABEL[d] for d in both if second.sub(d).score > first.sub(d).score]
     first_leads = [_LABEL[d] for d in both if first.sub(d).score > second.sub(d).score]
     if second_leads and first_leads:
-        tail = f" {second.display_name} leads on {_join(second_leads)}, while {first.display_name} is stronger on {_join(first_leads)}."
+        tail = (f" {second.display_name} leads on {_join(second_leads)}, while {first.display_name} is stronger on "
+                f"{_join(first_leads)}.")
     elif first_leads:
         tail = f" {first.display_name} leads on {_join(first_leads)}."
     elif second_leads:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import grpc
+from versus.common.v1 import common_pb2
+from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
 from services.ranker.backend import Leaderboard, RankerBackend
 from services.ranker.catalog import CatalogEntry
 from services.ranker.scoring import ScoreReport
-from versus.common.v1 import common_pb2
-from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
 
 def score_response(report: ScoreReport) -> ranker_pb2.ScoreResponse:
@@ -30,7 +30,7 @@ def _entry(e: CatalogEntry) -> ranker_pb2.CatalogEntry:
         pricing=e.pricing,
         capabilities=[common_pb2.Capability(id=c.id, title=c.title, description=c.description) for c in e.capabilities],
         signals=[ranker_pb2.Signal(dimension=s.dimension, name=s.name, value=s.value, unit=s.unit, source=s.source,
-                                   as_of=s.as_of, measured=s.measured) for s in e.signals])
+                                   as_of=s.as_of.isoformat(), measured=s.measured) for s in e.signals])
 
 
 def _leaderboard(board: Leaderboard) -> ranker_pb2.GetLeaderboardResponse:
@@ -38,7 +38,8 @@ def _leaderboard(board: Leaderboard) -> ranker_pb2.GetLeaderboardResponse:
         task=board.task, bootstrap_rounds=board.rounds, matches=board.matches, anchor_model=board.anchor,
         notes=list(board.notes),
         ratings=[ranker_pb2.Rating(model_id=r.model_id, rating=r.rating, ci_low=r.ci_low, ci_high=r.ci_high,
-                                   times_matched=r.times_matched, rank=r.rank, wins=r.wins, losses=r.losses, ties=r.ties)
+                                   times_matched=r.times_matched, rank=r.rank, wins=r.wins, losses=r.losses,
+                                   ties=r.ties)
                  for r in board.rows])
 
 
@@ -46,7 +47,8 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     def __init__(self, backend: RankerBackend) -> None:
         self.backend = backend
 
-    async def Score(self, request: ranker_pb2.ScoreRequest, context: grpc.aio.ServicerContext) -> ranker_pb2.ScoreResponse:
+    async def Score(self, request: ranker_pb2.ScoreRequest,
+                    context: grpc.aio.ServicerContext) -> ranker_pb2.ScoreResponse:
         return score_response(await self.backend.score(list(request.model_ids)))
 
     async def RecordMatch(self, request: ranker_pb2.RecordMatchRequest,
@@ -61,5 +63,5 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
 
     async def GetModel(self, request: ranker_pb2.GetModelRequest,
                        context: grpc.aio.ServicerContext) -> ranker_pb2.GetModelResponse:
-        entry = self.backend.entry(request.model_id)
-        return ranker_pb2.GetModelResponse(model=_entry(entry), times_matched=await self.backend.times_matched(entry.id))
+        entry, times_matched = await self.backend.get_model(request.model_id)
+        return ranker_pb2.GetModelResponse(model=_entry(entry), times_matched=times_matched)

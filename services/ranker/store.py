@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from services.common.errors import ConfigError, Unavailable
+from services.common.errors import ConfigError, Unavailable, quote
 from services.ranker.errors import IdempotencyConflict
 
 OUTCOMES = (1, 2, 3)  # A_WINS, B_WINS, TIE (the proto's values)
@@ -43,7 +43,6 @@ class MatchTable:
     model_a: list[str]
     model_b: list[str]
     outcome: np.ndarray
-    last_id: int
 
 
 class MatchStore(Protocol):
@@ -89,12 +88,13 @@ def _resolve_duplicate(match: Match, existing: tuple[int, str] | None) -> tuple[
         raise Unavailable("match store lost a row it just reported as present; retry")
     match_id, fingerprint = existing
     if fingerprint != match.fingerprint():
-        raise IdempotencyConflict(f"idempotency key {match.idempotency_key!r} was already used for a different match")
+        raise IdempotencyConflict(f"idempotency key {quote(match.idempotency_key)} was already used for a "
+                                  "different match")
     return int(match_id), True
 
 
-def _table(rows: list[tuple], last_id: int) -> MatchTable:
-    return MatchTable([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], dtype=int), last_id)
+def _table(rows: list[tuple]) -> MatchTable:
+    return MatchTable([r[0] for r in rows], [r[1] for r in rows], np.array([r[2] for r in rows], dtype=int))
 
 
 class _SqlStore:
@@ -134,8 +134,7 @@ class _SqlStore:
             where, args = ("WHERE task = ?", (task,)) if task else ("", ())
             rows = self._execute(self._sql(f"SELECT model_a, model_b, outcome FROM matches {where} ORDER BY id"),
                                  args).fetchall()
-            last = self._execute("SELECT COALESCE(MAX(id), 0) FROM matches").fetchone()[0]
-        return _table(rows, int(last))
+        return _table(rows)
 
     def version(self) -> tuple[int, int]:
         with self._lock:

@@ -60,28 +60,31 @@ class RankerServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Score(self, request, context):
-        """Scores 1..16 catalog models: composite 0-100 rank, sub-scores, explanation and verdict.
+        """Scores 1..16 distinct catalog models: composite 0-100 rank, sub-scores, explanation and verdict.
+        INVALID_ARGUMENT: no ids, more than 16, a malformed or repeated id. NOT_FOUND: an unknown id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RecordMatch(self, request, context):
-        """Records one pairwise outcome. Durable before acknowledged; idempotent per idempotency_key.
+        """Records one pairwise outcome. Durable before acknowledged; idempotent per idempotency_key: of any
+        number of concurrent calls with one key, exactly one stores the match, the others answer
+        duplicate = true with its id (same match) or ALREADY_EXISTS (a different match under that key).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetLeaderboard(self, request, context):
-        """Bradley-Terry ratings with bootstrap 95% confidence intervals.
+        """Bradley-Terry ratings (Elo / Chatbot Arena scale) with bootstrap 95% confidence intervals.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetModel(self, request, context):
-        """One catalog entry. NOT_FOUND for unknown ids.
+        """One catalog entry. INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown one.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
