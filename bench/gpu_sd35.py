@@ -27,7 +27,12 @@ sys.path.insert(0, str(ROOT))
 
 def build_pipeline(transformer_cfg: dict, device, tiny: bool):  # noqa: ANN001, ANN201
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     from services.sd35 import builders
@@ -51,7 +56,8 @@ def build_pipeline(transformer_cfg: dict, device, tiny: bool):  # noqa: ANN001, 
             transformer = SD3Transformer2DModel(**transformer_cfg)
             vae = AutoencoderKL(**(builders._TINY_VAE if tiny else builders.SD3_VAE))
             t5 = T5EncoderModel(T5Config(vocab_size=len(tok3), d_model=width3, d_kv=64, d_ff=1024, num_layers=1,
-                                         num_heads=width3 // 64, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1))
+                                         num_heads=width3 // 64, decoder_start_token_id=0, pad_token_id=0,
+                                         eos_token_id=1))
             enc1, enc2 = clip(width1, 1), clip(width2, 2)
     finally:
         torch.set_default_dtype(previous)
@@ -101,7 +107,8 @@ def main() -> None:  # noqa: C901 - a linear script with a time budget
         t0 = time.perf_counter()
         pipes[family] = build_pipeline(cfg, device, args.tiny)
         params = sum(p.numel() for p in pipes[family].transformer.parameters())
-        report["notes"].append(f"{family}: transformer {params / 1e9:.2f}B parameters built in {time.perf_counter() - t0:.0f}s")
+        built_s = time.perf_counter() - t0
+        report["notes"].append(f"{family}: transformer {params / 1e9:.2f}B parameters built in {built_s:.0f}s")
         save()
     for compiled in (False, True):
         for family, _, cases in plans:

@@ -46,8 +46,8 @@ def main() -> None:
         "",
         f"Command: `python bench/sd35.py --repeats {args.repeats}` (commit {git_rev()}). Machine: {machine()}.",
         "Same request (seed, size, steps, guidance) as a raw `StableDiffusion3Pipeline(...)` call returning PIL images "
-        "and through the service (`versus serve sd35` in its own process, as clients meet it; gRPC stream with a Progress "
-        "event per step, PNG encoding), alternated; medians, and "
+        "and through the service (`versus serve sd35` in its own process, as clients meet it; gRPC stream with "
+        "Progress events, PNG encoding), alternated; medians, and "
         "the ratio is the median of the per-pair ratios (robust to drift on a shared 2-core machine).",
         "",
         "| case | raw s (median) | service s (median) | service / raw (median of pairs) |",

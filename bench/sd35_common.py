@@ -11,13 +11,11 @@ from dataclasses import dataclass
 
 import grpc
 import torch
-
-from services.sd35.config import Sd35Config
-from services.sd35.server import create_server
 from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
 
-VARIANT_ENUM = {"large": sd35_pb2.VARIANT_LARGE, "large-turbo": sd35_pb2.VARIANT_LARGE_TURBO,
-                "medium": sd35_pb2.VARIANT_MEDIUM}
+from services.sd35.config import Sd35Config
+from services.sd35.convert import VARIANT_TO_PROTO
+from services.sd35.server import create_server
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class _Timed:
     stub: sd35_pb2_grpc.Sd35ServiceStub
 
     def time(self, case: Case) -> tuple[float, sd35_pb2.Result]:
-        request = sd35_pb2.GenerateRequest(prompt=case.prompt, variant=VARIANT_ENUM[case.variant], width=case.size,
+        request = sd35_pb2.GenerateRequest(prompt=case.prompt, variant=VARIANT_TO_PROTO[case.variant], width=case.size,
                                            height=case.size, steps=case.steps, guidance_scale=case.guidance,
                                            seed=case.seed)
         t0 = time.perf_counter()
@@ -119,7 +117,7 @@ def interleaved(pipe, harness: _Timed, case: Case, device: torch.device, repeats
         breakdown = result.timings
     r, s = statistics.median(raw), statistics.median(svc)
     # The median of per-pair ratios resists drift in machine speed better than a ratio of medians.
-    ratio = statistics.median(b / a for a, b in zip(raw, svc))
+    ratio = statistics.median(b / a for a, b in zip(raw, svc, strict=True))
     return {"case": case.name, "raw_s": r, "service_s": s, "ratio": ratio, "repeats": repeats,
             "timings_ms": {"text_encoding": breakdown.text_encoding_ms, "denoising": breakdown.denoising_ms,
                            "decode": breakdown.decode_ms, "encode": breakdown.encode_ms}}

@@ -1,22 +1,31 @@
-"""The SD3.5 service on real channels with the project's tiny pipelines (random weights, real classes)."""
+"""The SD3.5 service on real channels with the project's tiny pipelines (random weights, real classes).
+
+Assertions read what clients and operators see: status codes, ``google.rpc`` details and /metrics.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
-import os
+import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import InProcessServer, metric_sum
 from PIL import Image
-
-from conftest import InProcessServer
-from services.sd35.config import Sd35Config
-from services.sd35.server import create_server
 from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
 
+from services.common.client import ErrorDetails, error_details
+from services.sd35.config import Sd35Config
+from services.sd35.requests import MAX_SEED
+from services.sd35.server import create_server
+
 LARGE, TURBO, MEDIUM = sd35_pb2.VARIANT_LARGE, sd35_pb2.VARIANT_LARGE_TURBO, sd35_pb2.VARIANT_MEDIUM
+INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
 
 
 def sd35_config(dirs: dict[str, Path], **kw: object) -> Sd35Config:
@@ -28,7 +37,8 @@ def sd35_config(dirs: dict[str, Path], **kw: object) -> Sd35Config:
 
 @pytest.fixture(scope="module")
 def server(sd35_dirs: dict[str, Path], adapter_root: Path):  # noqa: ANN201
-    with InProcessServer(create_server, sd35_config(sd35_dirs, adapter_root=str(adapter_root), max_queue=2)) as srv:
+    config = sd35_config(sd35_dirs, adapter_root=str(adapter_root), max_queue=2, max_adapters=3)
+    with InProcessServer(create_server, config) as srv:
         yield srv
 
 
@@ -52,13 +62,51 @@ def result(events: list[sd35_pb2.GenerateResponse]) -> sd35_pb2.Result:
     return events[-1].result
 
 
+def failure(call: Callable[[], object]) -> ErrorDetails:
+    """The structured error of a call that must fail."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return error_details(info.value)
+
+
+def metric(server: InProcessServer, name: str, **labels: str) -> float:
+    return metric_sum(server.metrics(), name, **labels)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
+    """Poll ``predicate`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def device_held(server: InProcessServer) -> Iterator[None]:
+    """Occupy the device thread, so queue states are exact instead of racing the tiny pipeline."""
+    started, gate = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        started.set()
+        gate.wait(30)
+
+    future = asyncio.run_coroutine_threadsafe(server.server.backend.run(hold), server.loop)
+    assert started.wait(10)
+    try:
+        yield
+    finally:
+        gate.set()
+        future.result(30)
+
+
+# -- generation ----------------------------------------------------------------------------------------
 def test_event_sequence_and_result(stub) -> None:  # noqa: ANN001
     events = run(stub, gen(steps=6, num_images=2))
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "queued" and kinds[-1] == "result" and kinds.count("result") == 1
     progress = [e.progress for e in events if e.WhichOneof("event") == "progress"]
     assert [p.step for p in progress] == list(range(1, 7)) and all(p.total_steps == 6 for p in progress)
-    assert all(b.elapsed_ms >= a.elapsed_ms for a, b in zip(progress, progress[1:]))
+    assert all(b.elapsed_ms >= a.elapsed_ms for a, b in zip(progress, progress[1:], strict=False))
     r = result(events)
     assert list(r.seeds) == [42, 43] and r.variant == LARGE and r.steps == 6 and (r.width, r.height) == (64, 64)
     for img in r.images:
@@ -67,15 +115,18 @@ def test_event_sequence_and_result(stub) -> None:  # noqa: ANN001
     assert t.total_ms >= t.denoising_ms > 0 and t.text_encoding_ms > 0 and t.decode_ms > 0 and t.encode_ms > 0
 
 
-def test_variant_defaults(stub) -> None:  # noqa: ANN001
+def test_variant_defaults_and_random_seeds(stub) -> None:  # noqa: ANN001
     turbo = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=TURBO, width=64, height=64)))
     assert (turbo.steps, turbo.guidance_scale) == (4, 0.0)
     large = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=LARGE, width=64, height=64, steps=2)))
     assert large.guidance_scale == pytest.approx(3.5)
     medium = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=MEDIUM, width=256, height=256, steps=2)))
     assert medium.guidance_scale == pytest.approx(4.5)
-    unset_seed = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=TURBO, width=64, height=64)))
-    assert unset_seed.seeds[0] != turbo.seeds[0] or unset_seed.seeds[0] >= 0
+    unset = [result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=TURBO, width=64, height=64, num_images=2)))
+             for _ in range(2)]
+    for r in unset:  # a random seed in range, returned per image
+        assert 0 <= r.seeds[0] <= MAX_SEED and r.seeds[1] == r.seeds[0] + 1
+    assert unset[0].seeds[0] != unset[1].seeds[0]  # two draws from 2^63 values
 
 
 def test_same_seed_same_bytes_and_per_image_seeds(stub) -> None:  # noqa: ANN001
@@ -97,152 +148,378 @@ def test_output_formats_and_previews(stub) -> None:  # noqa: ANN001
     assert Image.open(io.BytesIO(previews[0].images[0].data)).size == (8, 8)  # latent resolution
 
 
-def test_medium_uses_skip_layer_guidance_where_layers_exist(stub) -> None:  # noqa: ANN001
+def test_model_info_reports_what_the_engine_applies(stub) -> None:  # noqa: ANN001
+    from versus.common.v1 import common_pb2
+
     info = stub.GetModelInfo(sd35_pb2.GetModelInfoRequest(), timeout=10)
     by_variant = {v.variant: v for v in info.variants}
+    # Medium's model card asks for layers 7-9; the tiny transformer has 10 layers, so all three apply.
     assert list(by_variant[MEDIUM].skip_guidance_layers) == [7, 8, 9]
-    assert (by_variant[LARGE].default_steps, by_variant[TURBO].default_steps, by_variant[MEDIUM].default_steps) == (28, 4, 40)
+    assert list(by_variant[LARGE].skip_guidance_layers) == []
+    steps = (by_variant[LARGE].default_steps, by_variant[TURBO].default_steps, by_variant[MEDIUM].default_steps)
+    assert steps == (28, 4, 40)
     assert by_variant[MEDIUM].min_pixels == 65536 and by_variant[LARGE].max_pixels == 1048576
-    assert all(v.model.license == "stabilityai-ai-community" and v.model.parameters > 0 for v in info.variants)
+    assert all(v.max_side >= 256 and str(v.max_side) == v.model.properties["max_side"] for v in info.variants)
+    assert (info.default_variant, info.max_queue, info.max_adapters, info.max_prompt_chars) == (LARGE, 2, 3, 2000)
+    for v in info.variants:
+        assert v.model.license == "stabilityai-ai-community" and v.model.parameters > 0
+        assert v.model.precision == common_pb2.PRECISION_FP32 and v.model.family == "sd3.5"
+        assert (v.default_width, v.default_height) == (128, 128)
 
 
-def _bad(**kw: object) -> sd35_pb2.GenerateRequest:
-    return gen(**kw)
-
-
+# -- validation -------------------------------------------------------------------------------------------
 BAD = {
-    "empty-prompt": (_bad(prompt="  "), grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
-    "long-prompt": (_bad(prompt="x" * 2001), grpc.StatusCode.INVALID_ARGUMENT, "prompt"),
-    "long-negative": (_bad(negative_prompt="x" * 2001), grpc.StatusCode.INVALID_ARGUMENT, "negative_prompt"),
-    "width-not-16": (_bad(width=70), grpc.StatusCode.INVALID_ARGUMENT, "width"),
-    "height-not-16": (_bad(height=100), grpc.StatusCode.INVALID_ARGUMENT, "height"),
-    "over-budget": (_bad(width=1024, height=1040), grpc.StatusCode.INVALID_ARGUMENT, "width"),
-    "medium-under-budget": (_bad(variant=MEDIUM, width=128, height=128), grpc.StatusCode.INVALID_ARGUMENT, "width"),
-    "steps-0": (_bad(steps=0), grpc.StatusCode.INVALID_ARGUMENT, "steps"),
-    "steps-101": (_bad(steps=101), grpc.StatusCode.INVALID_ARGUMENT, "steps"),
-    "guidance-21": (_bad(guidance_scale=21), grpc.StatusCode.INVALID_ARGUMENT, "guidance_scale"),
-    "guidance-negative": (_bad(guidance_scale=-1), grpc.StatusCode.INVALID_ARGUMENT, "guidance_scale"),
-    "images-5": (_bad(num_images=5), grpc.StatusCode.INVALID_ARGUMENT, "num_images"),
-    "seq-513": (_bad(max_sequence_length=513), grpc.StatusCode.INVALID_ARGUMENT, "max_sequence_length"),
-    "bad-format": (_bad(output_format=9), grpc.StatusCode.INVALID_ARGUMENT, "output_format"),
-    "bad-variant": (_bad(variant=9), grpc.StatusCode.INVALID_ARGUMENT, "variant"),
-    "unknown-adapter": (_bad(adapters=[sd35_pb2.AdapterWeight(name="nope", weight=1)]), grpc.StatusCode.NOT_FOUND,
-                        "adapters[0]"),
+    "empty-prompt": (gen(prompt="  "), ["prompt"]),
+    "long-prompt": (gen(prompt="x" * 2001), ["prompt"]),
+    "huge-prompt": (gen(prompt="x" * 200_000), ["prompt"]),
+    "long-negative": (gen(negative_prompt="x" * 2001), ["negative_prompt"]),
+    "width-not-16": (gen(width=70), ["width"]),
+    "height-not-16": (gen(height=100), ["height"]),
+    "negative-width": (gen(width=-64), ["width"]),
+    "beyond-max-side": (gen(width=16384, height=16), ["width"]),
+    "over-budget": (gen(width=1024, height=1040), ["width", "height"]),
+    "medium-under-budget": (gen(variant=MEDIUM, width=128, height=128), ["width", "height"]),
+    "steps-0": (gen(steps=0), ["steps"]),
+    "steps-101": (gen(steps=101), ["steps"]),
+    "guidance-21": (gen(guidance_scale=21), ["guidance_scale"]),
+    "guidance-negative": (gen(guidance_scale=-1), ["guidance_scale"]),
+    "guidance-nan": (gen(guidance_scale=float("nan")), ["guidance_scale"]),
+    "guidance-inf": (gen(guidance_scale=float("inf")), ["guidance_scale"]),
+    "seed-negative": (gen(seed=-1), ["seed"]),
+    "seed-too-big": (gen(seed=MAX_SEED + 1), ["seed"]),
+    "images-5": (gen(num_images=5), ["num_images"]),
+    "images-negative": (gen(num_images=-1), ["num_images"]),
+    "seq-513": (gen(max_sequence_length=513), ["max_sequence_length"]),
+    "preview-101": (gen(preview_every=101), ["preview_every"]),
+    "preview-negative": (gen(preview_every=-1), ["preview_every"]),
+    "bad-format": (gen(output_format=9), ["output_format"]),
+    "bad-variant": (gen(variant=9), ["variant"]),
+    "adapter-weight-5": (gen(adapters=[sd35_pb2.AdapterWeight(name="a", weight=5)]), ["adapters[0].weight"]),
+    "adapter-weight-nan": (gen(adapters=[sd35_pb2.AdapterWeight(name="a", weight=float("nan"))]),
+                           ["adapters[0].weight"]),
+    "adapter-name-huge": (gen(adapters=[sd35_pb2.AdapterWeight(name="a", weight=1),
+                                        sd35_pb2.AdapterWeight(name="n" * 20_000, weight=1)]), ["adapters[1].name"]),
+    "adapter-name-nul": (gen(adapters=[sd35_pb2.AdapterWeight(name="a\x00b", weight=1)]), ["adapters[0].name"]),
+    "adapter-twice": (gen(adapters=[sd35_pb2.AdapterWeight(name="a", weight=1)] * 2), ["adapters"]),
+    "several-at-once": (gen(width=70, steps=0, seed=-5), ["width", "steps", "seed"]),
 }
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_validation(case: str, stub) -> None:  # noqa: ANN001
-    request, code, field = BAD[case]
-    with pytest.raises(grpc.RpcError) as info:
-        run(stub, request)
-    assert info.value.code() == code and info.value.details().startswith(field), info.value.details()
+def test_validation_names_every_bad_field(case: str, stub) -> None:  # noqa: ANN001
+    request, fields = BAD[case]
+    d = failure(lambda: run(stub, request))
+    assert d.code == INVALID and d.reason == "INVALID_ARGUMENT" and d.domain == "versus", d
+    assert [f for f, _ in d.violations] == fields and d.message.startswith(fields[0]), d
+    assert len(d.message) < 400  # client input is quoted, never echoed in full
+
+
+def test_unknown_adapter_is_not_found_with_resource_info(stub) -> None:  # noqa: ANN001
+    d = failure(lambda: run(stub, gen(adapters=[sd35_pb2.AdapterWeight(name="nope", weight=1)])))
+    assert (d.code, d.reason, d.resource_type, d.resource_name) == (NOT_FOUND, "ADAPTER_NOT_FOUND", "adapter", "nope")
+    assert d.message.startswith("adapters[0].name")
+
+
+@pytest.mark.parametrize("prompt", ["\x00" * 2000, "🙂" * 2000, "\u200b", "\ufeff" * 50, "a\u0301" * 1000,
+                                    "<|endoftext|></s><pad>" * 90, "a\r\n\t\x0b\x0c" * 300, "\U000e0001" * 200])
+def test_hostile_prompts_generate(prompt: str, stub) -> None:  # noqa: ANN001
+    """Tokenizers meet NUL bytes, control and zero-width characters, special-token text, long input."""
+    r = result(run(stub, gen(prompt=prompt, negative_prompt=prompt, steps=1, max_sequence_length=512)))
+    assert len(r.images) == 1
 
 
 def test_variant_not_hosted_is_not_found(sd35_dirs: dict[str, Path]) -> None:
     with InProcessServer(create_server, sd35_config({"large-turbo": sd35_dirs["large-turbo"]})) as srv, \
             srv.channel() as ch:
-        with pytest.raises(grpc.RpcError) as info:
-            run(sd35_pb2_grpc.Sd35ServiceStub(ch), gen(variant=LARGE))
-        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        d = failure(lambda: run(sd35_pb2_grpc.Sd35ServiceStub(ch), gen(variant=LARGE)))
+        assert (d.code, d.reason, d.resource_type, d.resource_name) == (NOT_FOUND, "VARIANT_NOT_HOSTED", "variant",
+                                                                        "large")
         ok = result(run(sd35_pb2_grpc.Sd35ServiceStub(ch), sd35_pb2.GenerateRequest(prompt="x", width=64, height=64)))
         assert ok.variant == TURBO  # unset variant → the server's default (first hosted)
 
 
+# -- cancellation, deadlines, the queue ----------------------------------------------------------------------
 def test_cancel_stops_within_one_step_and_pipeline_is_reusable(server: InProcessServer, stub) -> None:  # noqa: ANN001
-    call = stub.Generate(gen(steps=100, width=128, height=128), timeout=120)
+    steps_before = metric(server, "versus_step_seconds_count", model="large")
+    cancelled = metric(server, "versus_cancellations_total", model="large", reason="cancelled")
+    deadline = metric(server, "versus_cancellations_total", model="large", reason="deadline")
+    call = stub.Generate(gen(steps=100, width=256, height=256), timeout=120)
     for event in call:
         if event.WhichOneof("event") == "progress" and event.progress.step == 3:
             call.cancel()
             break
-    backend = server.server.backend
-    deadline = time.monotonic() + 20
-    while not any(j.outcome == "cancelled" for j in backend.jobs("large")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    job = [j for j in backend.jobs("large") if j.outcome == "cancelled"][-1]
-    assert 3 <= job.steps_run <= 4, job.steps_run
+    assert call.code() == grpc.StatusCode.CANCELLED
+    wait_for(lambda: metric(server, "versus_cancellations_total", model="large", reason="cancelled") == cancelled + 1)
+    assert metric(server, "versus_cancellations_total", model="large", reason="deadline") == deadline
+    steps_run = metric(server, "versus_step_seconds_count", model="large") - steps_before
+    assert 3 <= steps_run <= 4, steps_run
+    wait_for(lambda: metric(server, "grpc_server_handled_total", grpc_method="Generate", grpc_code="CANCELLED") >= 1)
     assert result(run(stub, gen())).images  # immediately reusable
 
 
 def test_deadline_stops_generation(server: InProcessServer, stub) -> None:  # noqa: ANN001
-    with pytest.raises(grpc.RpcError) as info:
-        run(stub, gen(steps=100, width=256, height=256), timeout=0.5)
-    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    time.sleep(1.0)
-    job = [j for j in server.server.backend.jobs("large") if j.params.steps == 100 and j.params.width == 256][-1]
-    assert job.outcome in ("deadline", "cancelled") and job.steps_run < 100
+    steps_before = metric(server, "versus_step_seconds_count", model="large")
+    cancelled = metric(server, "versus_cancellations_total", model="large", reason="cancelled")
+    deadline = metric(server, "versus_cancellations_total", model="large", reason="deadline")
+    d = failure(lambda: run(stub, gen(steps=100, width=256, height=256), timeout=0.5))
+    assert d.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_for(lambda: metric(server, "versus_cancellations_total", model="large", reason="deadline") == deadline + 1)
+    assert metric(server, "versus_cancellations_total", model="large", reason="cancelled") == cancelled
+    assert metric(server, "versus_step_seconds_count", model="large") - steps_before < 100
+
+
+def _first(call) -> sd35_pb2.GenerateResponse:  # noqa: ANN001
+    return next(iter(call))
+
+
+def _cancel_and_wait(server: InProcessServer, call) -> None:  # noqa: ANN001
+    """Cancel a call and wait until the server has seen it go."""
+    before = metric(server, "grpc_server_handled_total", grpc_method="Generate", grpc_code="CANCELLED")
+    call.cancel()
+    wait_for(lambda: metric(server, "grpc_server_handled_total", grpc_method="Generate", grpc_code="CANCELLED")
+             == before + 1)
 
 
 def test_queue_is_ordered_bounded_and_cancelled_waiters_never_start(server: InProcessServer, stub) -> None:  # noqa: ANN001
-    backend = server.server.backend
-    long = stub.Generate(gen(steps=60, width=128, height=128, prompt="first"), timeout=120)
-    first_events = iter(long)
-    assert next(first_events).WhichOneof("event") == "queued"
-    while backend.queues["large"].running is None:
-        time.sleep(0.01)
-    waiting = stub.Generate(gen(prompt="second", steps=2), timeout=120)
-    second_events = iter(waiting)
-    assert next(second_events).queued.position == 0
-    abandoned = stub.Generate(gen(prompt="third", steps=2), timeout=120)
-    third_events = iter(abandoned)
-    assert next(third_events).queued.position == 1
-    with pytest.raises(grpc.RpcError) as info:  # max_queue=2: the fourth waiter is refused
-        run(stub, gen(prompt="fourth", steps=2))
-    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-    abandoned.cancel()
-    rest_first = [e for e in first_events]
-    rest_second = [e for e in second_events]
-    assert rest_first[-1].WhichOneof("event") == "result" and rest_second[-1].WhichOneof("event") == "result"
-    time.sleep(0.2)
-    prompts = [j.params.prompt for j in backend.jobs("large") if j.outcome == "ok"]
-    assert prompts.index("first") < prompts.index("second") and "third" not in prompts
+    images = metric(server, "versus_images_generated_total", model="large")
+    dropped = metric(server, "versus_cancellations_total", model="large", reason="cancelled_in_queue")
+    with device_held(server):
+        first = stub.Generate(gen(prompt="first", steps=3), timeout=60)
+        assert _first(first).queued.position == 0  # then handed to the (held) device
+        second = stub.Generate(gen(prompt="second", steps=2), timeout=60)
+        assert _first(second).queued.position == 0
+        third = stub.Generate(gen(prompt="third", steps=2), timeout=60)
+        assert _first(third).queued.position == 1
+        d = failure(lambda: run(stub, gen(prompt="fourth", steps=2)))  # max_queue=2: refused at once
+        assert (d.code, d.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_FULL")
+        assert d.retry_after_s is not None and d.retry_after_s > 0
+        assert metric(server, "versus_queue_depth", model="large") == 2
+        _cancel_and_wait(server, third)
+    finished = {}
+    for name, call in (("second", second), ("first", first)):
+        events = list(call)
+        assert events[-1].WhichOneof("event") == "result"
+        finished[name] = events[-1].result
+    wait_for(lambda: metric(server, "versus_cancellations_total", model="large", reason="cancelled_in_queue")
+             == dropped + 1)
+    assert metric(server, "versus_images_generated_total", model="large") == images + 2  # third never ran
+    # second started when first had finished on the device: it waited at least first's device time.
+    t = finished["first"].timings
+    assert finished["second"].timings.queue_ms >= t.text_encoding_ms + t.denoising_ms + t.decode_ms
+
+
+def test_retry_hint_grows_with_the_work_ahead(server: InProcessServer, stub) -> None:  # noqa: ANN001
+    with device_held(server):
+        calls = [stub.Generate(gen(prompt="running", steps=4), timeout=60),
+                 stub.Generate(gen(prompt="w1", steps=2), timeout=60),
+                 stub.Generate(gen(prompt="w2", steps=2), timeout=60)]
+        for call in calls:
+            _first(call)
+        light = failure(lambda: run(stub, gen(prompt="probe", steps=1)))
+        _cancel_and_wait(server, calls[2])
+        calls.append(stub.Generate(gen(prompt="w3", steps=90), timeout=60))  # takes w2's place
+        _first(calls[3])
+        heavy = failure(lambda: run(stub, gen(prompt="probe", steps=1)))
+        stopped = metric(server, "versus_cancellations_total", model="large")
+        for call in (calls[0], calls[1], calls[3]):
+            _cancel_and_wait(server, call)
+    # Cancelled while held: the running job stops before its first step, the waiters never start.
+    wait_for(lambda: metric(server, "versus_cancellations_total", model="large") == stopped + 3)
+    for d in (light, heavy):
+        assert (d.code, d.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "QUEUE_FULL") and d.retry_after_s > 0
+    # 4 + 2 + 2 steps ahead, then 4 + 2 + 90: the same seconds per step, 12 times the work.
+    assert heavy.retry_after_s > 5 * light.retry_after_s, (light.retry_after_s, heavy.retry_after_s)
+
+
+# -- adapters ------------------------------------------------------------------------------------------------
+def load(stub, name: str, path: str = "loras/example.safetensors", variant: int = LARGE):  # noqa: ANN001, ANN201
+    return stub.LoadAdapter(sd35_pb2.LoadAdapterRequest(name=name, path=path, variant=variant), timeout=60).adapter
+
+
+def unload(stub, name: str, variant: int = LARGE) -> None:  # noqa: ANN001
+    stub.UnloadAdapter(sd35_pb2.UnloadAdapterRequest(name=name, variant=variant), timeout=60)
+
+
+def listed(stub) -> list[str]:  # noqa: ANN001
+    return [a.name for a in stub.ListAdapters(sd35_pb2.ListAdaptersRequest(), timeout=10).adapters]
 
 
 def test_lora_load_effect_unload(stub) -> None:  # noqa: ANN001
     base = result(run(stub, gen())).images[0].data
-    loaded = stub.LoadAdapter(sd35_pb2.LoadAdapterRequest(name="ex", path="loras/example.safetensors", variant=LARGE),
-                              timeout=60).adapter
-    assert loaded.rank == 4 and loaded.path == "loras/example.safetensors" and loaded.size_bytes > 0
-    assert [a.name for a in stub.ListAdapters(sd35_pb2.ListAdaptersRequest(), timeout=10).adapters] == ["ex"]
+    loaded = load(stub, "ex")
+    assert (loaded.rank, loaded.path, loaded.variant) == (4, "loras/example.safetensors", LARGE)
+    assert loaded.size_bytes > 0 and listed(stub) == ["ex"]
     with_lora = result(run(stub, gen(adapters=[sd35_pb2.AdapterWeight(name="ex", weight=1.0)]))).images[0].data
     assert with_lora != base
     assert result(run(stub, gen())).images[0].data == base  # loaded but not requested: base output
-    with pytest.raises(grpc.RpcError) as dup:
-        stub.LoadAdapter(sd35_pb2.LoadAdapterRequest(name="ex", path="loras/example.safetensors", variant=LARGE), timeout=60)
-    assert dup.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    stub.UnloadAdapter(sd35_pb2.UnloadAdapterRequest(name="ex", variant=LARGE), timeout=60)
+    dup = failure(lambda: load(stub, "ex"))
+    assert (dup.code, dup.reason) == (grpc.StatusCode.ALREADY_EXISTS, "ADAPTER_ALREADY_LOADED")
+    unload(stub, "ex")
     assert result(run(stub, gen())).images[0].data == base  # byte-identical after unloading
-    with pytest.raises(grpc.RpcError) as gone:
-        stub.UnloadAdapter(sd35_pb2.UnloadAdapterRequest(name="ex", variant=LARGE), timeout=60)
-    assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+    gone = failure(lambda: unload(stub, "ex"))
+    assert (gone.code, gone.reason, gone.resource_type) == (NOT_FOUND, "ADAPTER_NOT_FOUND", "adapter")
 
 
-@pytest.mark.parametrize("path, code", [
-    ("/etc/passwd", grpc.StatusCode.INVALID_ARGUMENT),
-    ("../outside.safetensors", grpc.StatusCode.INVALID_ARGUMENT),
-    ("loras/../../x.safetensors", grpc.StatusCode.INVALID_ARGUMENT),
-    ("loras/example.bin", grpc.StatusCode.INVALID_ARGUMENT),
-    ("link.safetensors", grpc.StatusCode.INVALID_ARGUMENT),
-    ("loras/missing.safetensors", grpc.StatusCode.NOT_FOUND),
-    ("", grpc.StatusCode.INVALID_ARGUMENT),
-])
-def test_adapter_path_traversal_is_refused(path: str, code: grpc.StatusCode, stub, adapter_root: Path) -> None:  # noqa: ANN001
+@pytest.fixture(scope="module")
+def hostile_files(adapter_root: Path) -> Path:
+    """Files a hostile client might point LoadAdapter at, under the adapter root."""
+    import random
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    d = adapter_root / "hostile"
+    d.mkdir(exist_ok=True)
+    example_file = adapter_root / "loras" / "example.safetensors"
+    example, good = example_file.read_bytes(), load_file(str(example_file))
+    (d / "random.safetensors").write_bytes(random.Random(0).randbytes(4096))
+    (d / "empty.safetensors").write_bytes(b"")
+    (d / "truncated.safetensors").write_bytes(example[: len(example) // 2])
+    (d / "header-only.safetensors").write_bytes(example[: 8 + int.from_bytes(example[:8], "little")])
+    (d / "bad-json.safetensors").write_bytes((9).to_bytes(8, "little") + b"{not json")
+    save_file({"foo": torch.zeros(3)}, str(d / "no-lora.safetensors"))
+    save_file({}, str(d / "no-tensors.safetensors"))
+    save_file({k: torch.tensor(1.0) for k in good}, str(d / "scalars.safetensors"))
+    save_file({k: v.to(torch.int32) for k, v in good.items()}, str(d / "ints.safetensors"))
+    save_file({k: torch.zeros(v.shape[0] + 1, *v.shape[1:]) for k, v in good.items()}, str(d / "shapes.safetensors"))
+    save_file(dict(list(good.items())[:1]), str(d / "half.safetensors"))
+    save_file({"text_encoder.foo.lora_A.weight": torch.zeros(4, 4)}, str(d / "no-module.safetensors"))
+    save_file({"transformer.nothing_here.lora_A.weight": torch.zeros(4, 32),
+               "transformer.nothing_here.lora_B.weight": torch.zeros(32, 4)}, str(d / "no-target.safetensors"))
+    (d / "dir.safetensors").mkdir(exist_ok=True)
+    if not (d / "loop.safetensors").is_symlink():
+        (d / "loop.safetensors").symlink_to(d / "loop.safetensors")
     outside = adapter_root.parent / "outside.safetensors"
     outside.write_bytes(b"x")
-    link = adapter_root / "link.safetensors"
-    if not link.exists():
-        os.symlink(outside, link)
-    with pytest.raises(grpc.RpcError) as info:
-        stub.LoadAdapter(sd35_pb2.LoadAdapterRequest(name="bad", path=path, variant=LARGE), timeout=30)
-    assert info.value.code() == code, info.value.details()
+    if not (adapter_root / "link.safetensors").is_symlink():
+        (adapter_root / "link.safetensors").symlink_to(outside)
+    return d
 
 
+BAD_FILES = ["random", "empty", "truncated", "header-only", "bad-json", "no-lora", "no-tensors", "scalars", "ints",
+             "shapes", "half", "no-module", "no-target"]
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_file_that_is_not_a_lora_is_invalid_argument(name: str, stub, hostile_files: Path) -> None:  # noqa: ANN001
+    d = failure(lambda: load(stub, "bad", f"hostile/{name}.safetensors"))
+    assert (d.code, d.reason, [f for f, _ in d.violations]) == (INVALID, "INVALID_ADAPTER", ["path"]), d
+    assert listed(stub) == []
+
+
+def test_failed_loads_leave_the_pipeline_as_it_was(stub, hostile_files: Path) -> None:  # noqa: ANN001
+    base = result(run(stub, gen())).images[0].data
+    for name in BAD_FILES:
+        with pytest.raises(grpc.RpcError):
+            load(stub, f"bad-{name}", f"hostile/{name}.safetensors")
+    assert listed(stub) == [] and result(run(stub, gen())).images[0].data == base
+    load(stub, "after")  # the names and the pipeline still work
+    with_lora = result(run(stub, gen(adapters=[sd35_pb2.AdapterWeight(name="after", weight=1.0)]))).images[0].data
+    unload(stub, "after")
+    assert with_lora != base and result(run(stub, gen())).images[0].data == base
+
+
+BAD_PATHS = {
+    "absolute": ("/etc/passwd", INVALID, "BAD_ADAPTER_PATH"),
+    "climbs": ("../outside.safetensors", INVALID, "BAD_ADAPTER_PATH"),
+    "climbs-inside": ("loras/../../x.safetensors", INVALID, "BAD_ADAPTER_PATH"),
+    "not-safetensors": ("loras/example.bin", INVALID, "BAD_ADAPTER_PATH"),
+    "symlink-out": ("link.safetensors", INVALID, "BAD_ADAPTER_PATH"),
+    "symlink-loop": ("hostile/loop.safetensors", INVALID, "BAD_ADAPTER_PATH"),
+    "empty": ("", INVALID, "BAD_ADAPTER_PATH"),
+    "nul": ("loras/exa\x00mple.safetensors", INVALID, "BAD_ADAPTER_PATH"),
+    "long-component": ("a" * 300 + ".safetensors", INVALID, "BAD_ADAPTER_PATH"),
+    "long-path": ("a/" * 2000 + "x.safetensors", INVALID, "BAD_ADAPTER_PATH"),
+    "huge": ("x" * 20_000 + ".safetensors", INVALID, "BAD_ADAPTER_PATH"),
+    "missing": ("loras/missing.safetensors", NOT_FOUND, "ADAPTER_NOT_FOUND"),
+    "directory": ("hostile/dir.safetensors", NOT_FOUND, "ADAPTER_NOT_FOUND"),
+    "under-a-file": ("loras/example.safetensors/x.safetensors", NOT_FOUND, "ADAPTER_NOT_FOUND"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_PATHS)
+def test_adapter_paths_a_client_gets_wrong(case: str, stub, hostile_files: Path) -> None:  # noqa: ANN001
+    path, code, reason = BAD_PATHS[case]
+    d = failure(lambda: load(stub, "bad", path))
+    assert (d.code, d.reason) == (code, reason), d
+    assert d.message.startswith("path") and len(d.message) < 400
+    if code == INVALID:
+        assert [f for f, _ in d.violations] == ["path"]
+
+
+BAD_NAMES = {"empty": "", "dot": "a.b", "nul": "a\x00b", "newline": "ok\n", "space": "a b", "non-ascii": "café",
+             "65-chars": "n" * 65, "huge": "n" * 20_000}
+
+
+@pytest.mark.parametrize("case", BAD_NAMES)
+def test_adapter_names_are_checked_before_anything_else(case: str, stub) -> None:  # noqa: ANN001
+    for call in (lambda: load(stub, BAD_NAMES[case]), lambda: unload(stub, BAD_NAMES[case])):
+        d = failure(call)
+        assert (d.code, [f for f, _ in d.violations]) == (INVALID, ["name"]), d
+        assert len(d.message) < 400  # quoted, not echoed: a 20,000-character name fits in the trailers
+
+
+def test_concurrent_loads_of_one_name_have_one_winner(stub) -> None:  # noqa: ANN001
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(call: Callable[[], object]) -> str:
+        try:
+            call()
+        except grpc.RpcError as err:
+            return error_details(err).reason
+        return "OK"
+
+    with ThreadPoolExecutor(8) as pool:
+        loads = list(pool.map(lambda _: attempt(lambda: load(stub, "race")), range(8)))
+    assert sorted(loads) == ["ADAPTER_ALREADY_LOADED"] * 7 + ["OK"], loads
+    assert listed(stub) == ["race"]
+    assert result(run(stub, gen(adapters=[sd35_pb2.AdapterWeight(name="race", weight=0.5)]))).images
+    with ThreadPoolExecutor(4) as pool:
+        unloads = list(pool.map(lambda _: attempt(lambda: unload(stub, "race")), range(4)))
+    assert sorted(unloads) == ["ADAPTER_NOT_FOUND"] * 3 + ["OK"], unloads
+    assert listed(stub) == []
+
+
+def test_adapter_limit_is_resource_exhausted_without_retry(stub) -> None:  # noqa: ANN001
+    names = ["one", "two", "three"]  # max_adapters=3
+    for name in names:
+        load(stub, name)
+    try:
+        d = failure(lambda: load(stub, "four"))
+        assert (d.code, d.reason, d.retry_after_s) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_ADAPTERS", None)
+    finally:
+        for name in names:
+            unload(stub, name)
+
+
+def test_adapter_unloaded_while_a_request_waits_is_not_found(server: InProcessServer, stub) -> None:  # noqa: ANN001
+    load(stub, "brief")
+    with device_held(server):
+        first = stub.Generate(gen(prompt="first", steps=2), timeout=60)
+        _first(first)
+        waiting = stub.Generate(gen(adapters=[sd35_pb2.AdapterWeight(name="brief", weight=1.0)]), timeout=60)
+        _first(waiting)
+        unloading = stub.UnloadAdapter.future(sd35_pb2.UnloadAdapterRequest(name="brief", variant=LARGE), timeout=60)
+        wait_for(lambda: metric(server, "versus_rpcs_in_flight", grpc_method="UnloadAdapter") == 1)
+    unloading.result()
+    assert result(list(first)).images
+    d = failure(lambda: list(waiting))
+    assert (d.code, d.reason, d.resource_name) == (NOT_FOUND, "ADAPTER_NOT_FOUND", "brief")
+
+
+def test_adapter_loading_disabled_without_root(sd35_dirs: dict[str, Path]) -> None:
+    with InProcessServer(create_server, sd35_config({"large-turbo": sd35_dirs["large-turbo"]})) as srv, \
+            srv.channel() as ch:
+        d = failure(lambda: load(sd35_pb2_grpc.Sd35ServiceStub(ch), "x", variant=TURBO))
+        assert (d.code, d.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "ADAPTER_LOADING_DISABLED")
+
+
+# -- metrics ----------------------------------------------------------------------------------------------------
 def test_metrics(server: InProcessServer, stub) -> None:  # noqa: ANN001
-    import urllib.request
-
     run(stub, gen())
-    text = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics", timeout=10).read().decode()
-    for needle in ('versus_generation_seconds_count{model="large"}', 'versus_step_seconds_count{model="large"}',
-                   'versus_images_generated_total{model="large"}', 'versus_queue_depth{model="large"}',
-                   'grpc_server_handled_total{grpc_code="OK",grpc_method="Generate"'):
-        assert needle in text, needle
+    m = server.metrics()
+    for name in ("versus_generation_seconds_count", "versus_step_seconds_count", "versus_images_generated_total"):
+        assert metric_sum(m, name, model="large") > 0, name
+    assert 'versus_queue_depth{model="large"}' in m
+    assert metric_sum(m, "versus_model_ready", model="medium") == 1
+    assert metric_sum(m, "grpc_server_handled_total", grpc_code="OK", grpc_method="Generate") > 0

@@ -59,14 +59,15 @@ def _bytes_to_unicode() -> dict[int, str]:
             bs.append(b)
             cs.append(256 + n)
             n += 1
-    return dict(zip(bs, map(chr, cs)))
+    return dict(zip(bs, map(chr, cs), strict=True))
 
 
 def clip_bpe_file() -> Path:
     """CLIP's BPE merges, as shipped in the open-clip-torch wheel (found without importing it)."""
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("open-clip-torch is not installed (make setup installs it, --no-deps, for its CLIP vocabulary)")
+        raise RuntimeError("open-clip-torch is not installed "
+                           "(make setup installs it, --no-deps, for its CLIP vocabulary)")
     return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
 
 
@@ -114,7 +115,12 @@ def _clip_encoder(seed: int, vocab_size: int):  # noqa: ANN202
 
 def build_tiny_pipeline(name: str, out: Path) -> Path:
     """Build and save one tiny SD3.5 variant pipeline."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        SD3Transformer2DModel,
+        StableDiffusion3Pipeline,
+    )
     from transformers import T5Config, T5EncoderModel
 
     seed = SEED + list(TINY_VARIANTS).index(name) * 100

@@ -6,8 +6,7 @@ import dataclasses
 
 from services.common.config import ServerConfig, setting
 from services.common.errors import ConfigError
-
-VARIANTS = ("large", "large-turbo", "medium")
+from services.sd35.variants import VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +20,8 @@ class Sd35Config(ServerConfig):
     models: tuple[str, ...] = setting((), "Hosted variants as VARIANT=DIR (variants: large, large-turbo, medium).",
                                       flag="model")
     default_variant: str = setting("", "Variant used when a request leaves it unset; default: the first hosted.")
-    dtype: str = setting("auto", "Weights dtype; auto = bf16 on CUDA, fp32 on CPU.", choices=("auto", "fp32", "bf16", "fp16"))
+    dtype: str = setting("auto", "Weights dtype; auto = bf16 on CUDA, fp32 on CPU.",
+                         choices=("auto", "fp32", "bf16", "fp16"))
     device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     cpu_offload: bool = setting(False, "enable_model_cpu_offload: keep only the running component on the GPU.")
     drop_t5: bool = setting(False, "Load without the T5 text encoder (saves ~9 GB in bf16; weaker prompt following).")
@@ -34,24 +34,14 @@ class Sd35Config(ServerConfig):
     max_pixels_large: int = setting(1_048_576, "Pixel budget of Large and Large Turbo (width x height).")
     min_pixels_medium: int = setting(65_536, "Smallest image of Medium (width x height).")
     max_pixels_medium: int = setting(2_097_152, "Pixel budget of Medium (width x height).")
-    png_compress_level: int = setting(1, "PNG zlib level 0-9 (lossless at every level; 1 is fast, 6+ smaller and slower).")
+    png_compress_level: int = setting(1, "PNG zlib level 0-9 (lossless at every level; 1 is fast, 6+ smaller and "
+                                         "slower).")
     encode_threads: int = setting(2, "Threads encoding result images (off the GPU worker, overlapping the next job).")
     license: str = setting("stabilityai-ai-community", "License reported in GetModelInfo.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not self.models:
-            raise ConfigError(f"{self.env_name('models')} (--model VARIANT=DIR, repeatable) is required")
-        seen = set()
-        for item in self.models:
-            variant, sep, path = item.partition("=")
-            if not sep or not path:
-                raise ConfigError(f"{self.env_name('models')}: {item!r} is not VARIANT=DIR")
-            if variant not in VARIANTS:
-                raise ConfigError(f"{self.env_name('models')}: unknown variant {variant!r}; use {', '.join(VARIANTS)}")
-            if variant in seen:
-                raise ConfigError(f"{self.env_name('models')}: variant {variant!r} given twice")
-            seen.add(variant)
+        seen = self._check_models()
         if self.default_variant and self.default_variant not in seen:
             raise ConfigError(f"{self.env_name('default_variant')}: {self.default_variant!r} is not hosted")
         if not 0 <= self.png_compress_level <= 9:
@@ -61,6 +51,22 @@ class Sd35Config(ServerConfig):
                 raise ConfigError(f"{self.env_name(name)} must be >= 1")
         if self.default_size % 16:
             raise ConfigError(f"{self.env_name('default_size')} must be a multiple of 16")
+
+    def _check_models(self) -> set[str]:
+        """The hosted variants, after checking each ``VARIANT=DIR``."""
+        if not self.models:
+            raise ConfigError(f"{self.env_name('models')} (--model VARIANT=DIR, repeatable) is required")
+        seen: set[str] = set()
+        for item in self.models:
+            variant, sep, path = item.partition("=")
+            if not sep or not path:
+                raise ConfigError(f"{self.env_name('models')}: {item!r} is not VARIANT=DIR")
+            if variant not in VARIANTS:
+                raise ConfigError(f"{self.env_name('models')}: unknown variant {variant!r}; use {', '.join(VARIANTS)}")
+            if variant in seen:
+                raise ConfigError(f"{self.env_name('models')}: variant {variant!r} given twice")
+            seen.add(variant)
+        return seen
 
     def model_dirs(self) -> dict[str, str]:
         """variant → directory, in the order given."""

@@ -17,44 +17,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from services.torch_runtime import resolve_device, set_threads, watch_gpu_memory
-from services.common.errors import ModelLoadError
-from services.sd35.errors import AdapterNotFound
+from services.common.errors import ModelLoadError, quote
+from services.sd35.adapters import AdapterInfo, os_error
+from services.sd35.errors import AdapterNotFound, InvalidAdapter
+from services.sd35.requests import FORMATS, GenerationParams
+from services.sd35.variants import VariantSpec
+from services.torch_runtime import resolve_device, set_threads
 
 log = logging.getLogger(__name__)
+_PIPELINE_LOGGER = "diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3"
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
-
-
-@dataclass(frozen=True)
-class VariantSpec:
-    """Defaults and limits of one variant."""
-
-    name: str
-    default_steps: int
-    default_guidance: float
-    min_pixels: int
-    max_pixels: int
-    skip_layers: tuple[int, ...] = ()
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    """A validated request, defaults filled in."""
-
-    prompt: str
-    negative_prompt: str
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    seed: int
-    num_images: int
-    max_sequence_length: int
-    adapters: tuple[tuple[str, float], ...]
-    output_format: str
-    preview_every: int
 
 
 @dataclass
@@ -69,7 +42,6 @@ class StepHooks:
 class GenerationOutput:
     images: list[Image.Image]
     timings_ms: dict[str, float] = field(default_factory=dict)
-    steps_run: int = 0
 
 
 def encode_image(image: Image.Image, fmt: str, png_level: int = 1) -> bytes:
@@ -98,7 +70,7 @@ class Sd35Runner:
         self.compile = compile
         self.pipe = pipeline
         self.parameters = 0
-        self.adapters: dict[str, dict] = {}  # name → {"path", "rank", "size_bytes"}
+        self.adapters: dict[str, AdapterInfo] = {}
         self._latent_rgb: torch.Tensor | None = None
 
     # -- loading --------------------------------------------------------------------------------
@@ -107,16 +79,20 @@ class Sd35Runner:
 
         dtype = _DTYPES[self.dtype_name]
         set_threads(self.torch_threads)
+        # diffusers logs the part of a prompt CLIP truncates, in full, at WARNING: client text in the log
+        # on every long prompt. The truncation is documented (CLIP sees 77 tokens); log errors only.
+        logging.getLogger(_PIPELINE_LOGGER).setLevel(logging.ERROR)
         if self.pipe is None:
             path = Path(self.source)
             if not path.is_dir():
                 raise ModelLoadError(f"{self.spec.name}: model directory {self.source} does not exist")
             if not any(path.rglob("*.safetensors")):
-                raise ModelLoadError(f"{self.spec.name}: {self.source} holds no *.safetensors weights (pickle is refused)")
+                raise ModelLoadError(f"{self.spec.name}: {self.source} holds no *.safetensors weights "
+                                     "(pickle is refused)")
             extra = {"text_encoder_3": None, "tokenizer_3": None} if self.drop_t5 else {}
             try:
-                self.pipe = StableDiffusion3Pipeline.from_pretrained(self.source, torch_dtype=dtype, use_safetensors=True,
-                                                                     local_files_only=True, **extra)
+                self.pipe = StableDiffusion3Pipeline.from_pretrained(
+                    self.source, torch_dtype=dtype, use_safetensors=True, local_files_only=True, **extra)
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(f"{self.spec.name}: cannot load {self.source}: {exc}") from exc
         pipe = self.pipe
@@ -127,8 +103,9 @@ class Sd35Runner:
             pipe.to(self.device)
         if self.compile:
             pipe.transformer = torch.compile(pipe.transformer, fullgraph=False)
-        self.parameters = sum(p.numel() for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
-                              if getattr(pipe, name, None) is not None for p in getattr(pipe, name).parameters())
+        components = ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3")
+        self.parameters = sum(p.numel() for name in components if getattr(pipe, name, None) is not None
+                              for p in getattr(pipe, name).parameters())
         self._latent_rgb = self._fit_latent_rgb()
         log.info("pipeline loaded", extra={"variant": self.spec.name, "device": str(self.device),
                                            "dtype": self.dtype_name, "parameters": self.parameters})
@@ -146,6 +123,11 @@ class Sd35Runner:
     @property
     def num_layers(self) -> int:
         return int(self.pipe.transformer.config.num_layers)
+
+    @property
+    def skip_layers(self) -> tuple[int, ...]:
+        """The variant's skip-layer-guidance layers that this transformer has (tiny models have fewer)."""
+        return tuple(layer for layer in self.spec.skip_layers if layer < self.num_layers)
 
     @torch.no_grad()
     def _fit_latent_rgb(self) -> torch.Tensor:
@@ -175,24 +157,47 @@ class Sd35Runner:
         return [encode_image(Image.fromarray(a, "RGB"), "png") for a in arr]
 
     # -- adapters (worker thread) ---------------------------------------------------------------
-    def load_adapter(self, name: str, file: Path) -> dict:
-        from safetensors import safe_open
+    def load_adapter(self, info: AdapterInfo, file: Path) -> None:
+        """Load a LoRA file (already checked by ``adapters.inspect``) under ``info.name``.
 
-        with safe_open(str(file), "pt") as f:
-            ranks = [f.get_slice(k).get_shape()[0] for k in f.keys() if "lora_A" in k or "lora_down" in k]
-        self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=name)
-        info = {"path": str(file), "rank": int(max(ranks, default=0)), "size_bytes": file.stat().st_size}
-        self.adapters[name] = info
-        return info
+        The file is the client's choice, so whatever the LoRA loaders raise on it (shapes that do not fit,
+        missing halves, keys for no module) is the client's INVALID_ARGUMENT, and the pipeline is left as
+        it was. Running out of memory stays a server error.
+        """
+        try:
+            self.pipe.load_lora_weights(str(file.parent), weight_name=file.name, adapter_name=info.name)
+        except (MemoryError, torch.OutOfMemoryError):
+            self._forget_adapter(info.name)
+            raise
+        except OSError as exc:  # the file changed after the checks
+            self._forget_adapter(info.name)
+            raise os_error(exc, info.path) from exc
+        except Exception as exc:  # noqa: BLE001 - the loaders' many exception types, on client-chosen input
+            self._forget_adapter(info.name)
+            first_line = (str(exc).strip().splitlines() or [""])[0][:160]
+            raise InvalidAdapter("path", f"is not a LoRA for {self.spec.name} ({type(exc).__name__}: "
+                                         f"{first_line})") from exc
+        if not any(info.name in names for names in self.pipe.get_list_adapters().values()):
+            self._forget_adapter(info.name)  # e.g. an empty state dict loads "successfully" into nothing
+            raise InvalidAdapter("path", f"holds no LoRA weights that {self.spec.name}'s modules use")
+        self.adapters[info.name] = info
+
+    def _forget_adapter(self, name: str) -> None:
+        self.pipe.delete_adapters(name)  # a no-op for names no component has
 
     def unload_adapter(self, name: str) -> None:
         if name not in self.adapters:
-            raise AdapterNotFound(f"adapter {name!r} is not loaded for {self.spec.name}")
+            raise AdapterNotFound(f"adapter {quote(name)} is not loaded for {self.spec.name}", resource_type="adapter",
+                                  resource_name=name)
         self.pipe.delete_adapters(name)
         del self.adapters[name]
 
     def _apply_adapters(self, adapters: tuple[tuple[str, float], ...]) -> None:
         # Per request, under the worker thread; never fuse_lora (other requests need the base weights).
+        missing = [name for name, _ in adapters if name not in self.adapters]
+        if missing:  # unloaded while the request waited in the queue
+            raise AdapterNotFound(f"adapter {quote(missing[0])} was unloaded from {self.spec.name} before the request "
+                                  "started", resource_type="adapter", resource_name=missing[0])
         if adapters:
             self.pipe.enable_lora()
             self.pipe.set_adapters([n for n, _ in adapters], adapter_weights=[w for _, w in adapters])
@@ -218,14 +223,13 @@ class Sd35Runner:
         started = time.perf_counter()
 
         def on_step_end(_pipe, i, _t, kwargs):  # noqa: ANN001, ANN202
-            out.steps_run = i + 1
             if hooks is not None:
                 hooks.on_step(i + 1, p.steps, (time.perf_counter() - started) * 1e3)
                 if hooks.on_preview and p.preview_every and (i + 1) % p.preview_every == 0 and i + 1 < p.steps:
                     hooks.on_preview(i + 1, self.preview(kwargs["latents"]))
             return {}
 
-        skip = [l for l in self.spec.skip_layers if l < self.num_layers] if cfg else []
+        skip = list(self.skip_layers) if cfg else []
         latents = pipe(
             prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], pooled_prompt_embeds=embeds[2],
             negative_pooled_prompt_embeds=embeds[3], height=p.height, width=p.width, num_inference_steps=p.steps,
@@ -242,10 +246,14 @@ class Sd35Runner:
         out.timings_ms = timings
         return out
 
-    def warmup(self, side: int) -> None:
+    def warmup(self, side: int) -> float:
         """One real 2-step generation before SERVING, at the size the service defaults to (a compiled
-        transformer would otherwise recompile on the first real request)."""
+        transformer would otherwise recompile on the first real request). Returns its seconds per
+        megapixel-step, the first figure of the queue's wait estimate."""
         lo = int(np.ceil(np.sqrt(self.spec.min_pixels) / 16) * 16)
         hi = int(np.sqrt(self.spec.max_pixels) // 16 * 16)
         side = min(max(side, lo, 16), hi, self.max_side)
-        self.generate(GenerationParams("warm up", "", side, side, 2, self.spec.default_guidance, 0, 1, 77, (), "png", 0))
+        params = GenerationParams("warm up", "", side, side, 2, self.spec.default_guidance, 0, 1, 77, (), "png", 0)
+        started = time.perf_counter()
+        self.generate(params)
+        return (time.perf_counter() - started) / params.work_units

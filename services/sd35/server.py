@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
+
 from services.common.server import VersusServer, build_service_server
 from services.sd35.backend import Sd35Backend
 from services.sd35.config import Sd35Config
 from services.sd35.metrics import Sd35Metrics
 from services.sd35.servicer import Sd35Servicer
-from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
 
 SERVICE_NAME = sd35_pb2.DESCRIPTOR.services_by_name["Sd35Service"].full_name
 

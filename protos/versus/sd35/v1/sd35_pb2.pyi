@@ -69,9 +69,11 @@ class AdapterWeight(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     WEIGHT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Name given at LoadAdapter."""
+    """Name given at LoadAdapter (same pattern: 1..64 characters of [A-Za-z0-9_-]); NOT_FOUND,
+    reason ADAPTER_NOT_FOUND, if it is not loaded for the request's variant.
+    """
     weight: _builtins.float
-    """LoRA scale, -4..4 (1 = as trained)."""
+    """LoRA scale, -4..4 (1 = as trained); NaN and infinities are refused."""
     def __init__(
         self,
         *,
@@ -104,30 +106,46 @@ class GenerateRequest(_message.Message):
     OUTPUT_FORMAT_FIELD_NUMBER: _builtins.int
     PREVIEW_EVERY_FIELD_NUMBER: _builtins.int
     prompt: _builtins.str
-    """1..max_prompt_chars characters (server default 2000). CLIP sees the first 77 tokens."""
+    """Not blank; at most max_prompt_chars characters (GetModelInfoResponse; server default 2000).
+    CLIP sees the first 77 tokens, T5 the first max_sequence_length.
+    """
     negative_prompt: _builtins.str
-    """Optional; ignored when guidance is 0 (no classifier-free guidance)."""
+    """Optional, at most max_prompt_chars characters; ignored when guidance_scale <= 1 (no
+    classifier-free guidance).
+    """
     variant: Global___Variant.ValueType
+    """UNSPECIFIED = the server's default variant; a variant this server does not host: NOT_FOUND,
+    reason VARIANT_NOT_HOSTED.
+    """
     width: _builtins.int
-    """Pixels, multiples of 16; 0 = variant default (1024). Pixel budget: Large/Turbo <= 1,048,576;
-    Medium 65,536..2,097,152.
+    """Pixels, positive multiples of 16, at most the variant's max_side (VariantInfo); 0 = the server's
+    default size (1024 unless configured). width x height within the variant's pixel budget
+    (VariantInfo.min_pixels..max_pixels; defaults: Large/Turbo <= 1,048,576, Medium
+    65,536..2,097,152; configurable). Outside it, both fields are reported.
     """
     height: _builtins.int
     steps: _builtins.int
     """Denoising steps 1..100; unset = variant default (Large 28, Turbo 4, Medium 40)."""
     guidance_scale: _builtins.float
-    """Classifier-free guidance scale 0..20; unset = variant default (Large 3.5, Turbo 0, Medium 4.5)."""
+    """Classifier-free guidance scale 0..20 (finite); unset = variant default (Large 3.5, Turbo 0,
+    Medium 4.5).
+    """
     seed: _builtins.int
-    """Seed for image 0; image i uses seed + i. Unset = random, returned in the Result."""
+    """Seed for image 0, 0..2^63-5; image i uses seed + i. Negative seeds are refused
+    (INVALID_ARGUMENT). Unset = random, returned in the Result.
+    """
     num_images: _builtins.int
-    """1..4 images."""
+    """1..4 images; 0 = 1."""
     max_sequence_length: _builtins.int
     """T5 tokens, 1..512; 0 = 256."""
     output_format: Global___OutputFormat.ValueType
+    """Unknown values: INVALID_ARGUMENT."""
     preview_every: _builtins.int
-    """Send a Preview every K steps; 0 = no previews."""
+    """Send a Preview every K steps, 0..100; 0 = no previews."""
     @_builtins.property
-    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdapterWeight]: ...
+    def adapters(self) -> _containers.RepeatedCompositeFieldContainer[Global___AdapterWeight]:
+        """At most one entry per adapter name."""
+
     def __init__(
         self,
         *,
@@ -431,10 +449,15 @@ class LoadAdapterRequest(_message.Message):
     PATH_FIELD_NUMBER: _builtins.int
     VARIANT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """1..64 characters of [A-Za-z0-9_.-]; ALREADY_EXISTS if taken."""
+    """1..64 characters of [A-Za-z0-9_-] (no dots), else INVALID_ARGUMENT, field "name". Taken (loaded,
+    or being loaded by a concurrent call): ALREADY_EXISTS, reason ADAPTER_ALREADY_LOADED. With
+    max_adapters already loaded: RESOURCE_EXHAUSTED, reason TOO_MANY_ADAPTERS, no RetryInfo.
+    """
     path: _builtins.str
-    """Relative path of a .safetensors file under the adapter root (no "..", no absolute paths,
-    no symlinks leading out of the root).
+    """Relative path of a .safetensors file under the adapter root: at most 1024 characters, each
+    component at most 255 bytes, no NUL, no "..", not absolute, no symlink leading out of the root
+    (INVALID_ARGUMENT, reason BAD_ADAPTER_PATH). No such file: NOT_FOUND, reason ADAPTER_NOT_FOUND.
+    A server started without an adapter root: FAILED_PRECONDITION, reason ADAPTER_LOADING_DISABLED.
     """
     variant: Global___Variant.ValueType
     def __init__(
@@ -479,6 +502,7 @@ class UnloadAdapterRequest(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     VARIANT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
+    """Same pattern as LoadAdapterRequest.name; not loaded: NOT_FOUND, reason ADAPTER_NOT_FOUND."""
     variant: Global___Variant.ValueType
     def __init__(
         self,
@@ -537,6 +561,7 @@ class VariantInfo(_message.Message):
     MIN_PIXELS_FIELD_NUMBER: _builtins.int
     MAX_PIXELS_FIELD_NUMBER: _builtins.int
     SKIP_GUIDANCE_LAYERS_FIELD_NUMBER: _builtins.int
+    MAX_SIDE_FIELD_NUMBER: _builtins.int
     variant: Global___Variant.ValueType
     default_steps: _builtins.int
     default_guidance_scale: _builtins.float
@@ -544,6 +569,8 @@ class VariantInfo(_message.Message):
     default_height: _builtins.int
     min_pixels: _builtins.int
     max_pixels: _builtins.int
+    max_side: _builtins.int
+    """Largest width or height the transformer's position embedding covers, in pixels."""
     @_builtins.property
     def model(self) -> _common_pb2.ModelInfo: ...
     @_builtins.property
@@ -562,10 +589,11 @@ class VariantInfo(_message.Message):
         min_pixels: _builtins.int = ...,
         max_pixels: _builtins.int = ...,
         skip_guidance_layers: _abc.Iterable[_builtins.int] | None = ...,
+        max_side: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model", b"model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_guidance_scale", b"default_guidance_scale", "default_height", b"default_height", "default_steps", b"default_steps", "default_width", b"default_width", "max_pixels", b"max_pixels", "min_pixels", b"min_pixels", "model", b"model", "skip_guidance_layers", b"skip_guidance_layers", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_guidance_scale", b"default_guidance_scale", "default_height", b"default_height", "default_steps", b"default_steps", "default_width", b"default_width", "max_pixels", b"max_pixels", "max_side", b"max_side", "min_pixels", b"min_pixels", "model", b"model", "skip_guidance_layers", b"skip_guidance_layers", "variant", b"variant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -579,9 +607,14 @@ class GetModelInfoResponse(_message.Message):
     DEFAULT_VARIANT_FIELD_NUMBER: _builtins.int
     MAX_PROMPT_CHARS_FIELD_NUMBER: _builtins.int
     MAX_QUEUE_FIELD_NUMBER: _builtins.int
+    MAX_ADAPTERS_FIELD_NUMBER: _builtins.int
     default_variant: Global___Variant.ValueType
     max_prompt_chars: _builtins.int
+    """Longest prompt or negative prompt, in characters."""
     max_queue: _builtins.int
+    """Requests that may wait per variant before Generate answers RESOURCE_EXHAUSTED."""
+    max_adapters: _builtins.int
+    """Adapters that may be loaded per variant."""
     @_builtins.property
     def variants(self) -> _containers.RepeatedCompositeFieldContainer[Global___VariantInfo]: ...
     def __init__(
@@ -591,10 +624,11 @@ class GetModelInfoResponse(_message.Message):
         default_variant: Global___Variant.ValueType = ...,
         max_prompt_chars: _builtins.int = ...,
         max_queue: _builtins.int = ...,
+        max_adapters: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_variant", b"default_variant", "max_prompt_chars", b"max_prompt_chars", "max_queue", b"max_queue", "variants", b"variants"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_variant", b"default_variant", "max_adapters", b"max_adapters", "max_prompt_chars", b"max_prompt_chars", "max_queue", b"max_queue", "variants", b"variants"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

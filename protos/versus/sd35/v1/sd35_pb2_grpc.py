@@ -26,7 +26,11 @@ if _version_not_supported:
 
 
 class Sd35ServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Errors carry google.rpc details: ErrorInfo (domain "versus", a stable reason) on every error,
+    BadRequest field violations (one per bad field, e.g. "width", "adapters[1].name") with
+    INVALID_ARGUMENT, ResourceInfo (resource_type "adapter" or "variant") with NOT_FOUND, RetryInfo with
+    RESOURCE_EXHAUSTED when waiting helps. Messages quote client input shortened to 64 characters.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -62,11 +66,18 @@ class Sd35ServiceStub:
 
 
 class Sd35ServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Errors carry google.rpc details: ErrorInfo (domain "versus", a stable reason) on every error,
+    BadRequest field violations (one per bad field, e.g. "width", "adapters[1].name") with
+    INVALID_ARGUMENT, ResourceInfo (resource_type "adapter" or "variant") with NOT_FOUND, RetryInfo with
+    RESOURCE_EXHAUSTED when waiting helps. Messages quote client input shortened to 64 characters.
+    """
 
     def Generate(self, request, context):
         """Streams Queued events while waiting, Progress after every denoising step, optional Previews,
-        then exactly one Result. Cancelling the call or an expired deadline stops within one step.
+        then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
+        deadline likewise (DEADLINE_EXCEEDED). More than GetModelInfoResponse.max_queue requests waiting
+        for the variant: RESOURCE_EXHAUSTED, reason QUEUE_FULL, with RetryInfo estimated from the work
+        ahead (megapixel-steps queued × recent seconds per megapixel-step).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -80,7 +91,9 @@ class Sd35ServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def LoadAdapter(self, request, context):
-        """Loads a safetensors LoRA from under the server's adapter root.
+        """Loads a safetensors LoRA from under the server's adapter root. A file that is not a LoRA this
+        variant can load (not safetensors, empty, truncated, no LoRA tensors, shapes that do not fit):
+        INVALID_ARGUMENT, reason INVALID_ADAPTER, field "path".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,7 +150,11 @@ def add_Sd35ServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Sd35Service:
-    """Missing associated documentation comment in .proto file."""
+    """Errors carry google.rpc details: ErrorInfo (domain "versus", a stable reason) on every error,
+    BadRequest field violations (one per bad field, e.g. "width", "adapters[1].name") with
+    INVALID_ARGUMENT, ResourceInfo (resource_type "adapter" or "variant") with NOT_FOUND, RetryInfo with
+    RESOURCE_EXHAUSTED when waiting helps. Messages quote client input shortened to 64 characters.
+    """
 
     @staticmethod
     def Generate(request,

@@ -27,18 +27,30 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class Sd35ServiceStub:
+    """Errors carry google.rpc details: ErrorInfo (domain "versus", a stable reason) on every error,
+    BadRequest field violations (one per bad field, e.g. "width", "adapters[1].name") with
+    INVALID_ARGUMENT, ResourceInfo (resource_type "adapter" or "variant") with NOT_FOUND, RetryInfo with
+    RESOURCE_EXHAUSTED when waiting helps. Messages quote client input shortened to 64 characters.
+    """
+
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> Sd35ServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_sd35_pb2.GenerateRequest, _sd35_pb2.GenerateResponse]
     """Streams Queued events while waiting, Progress after every denoising step, optional Previews,
-    then exactly one Result. Cancelling the call or an expired deadline stops within one step.
+    then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
+    deadline likewise (DEADLINE_EXCEEDED). More than GetModelInfoResponse.max_queue requests waiting
+    for the variant: RESOURCE_EXHAUSTED, reason QUEUE_FULL, with RetryInfo estimated from the work
+    ahead (megapixel-steps queued × recent seconds per megapixel-step).
     """
     ListAdapters: _grpc.UnaryUnaryMultiCallable[_sd35_pb2.ListAdaptersRequest, _sd35_pb2.ListAdaptersResponse]
     """Lists the LoRA adapters loaded into each variant."""
     LoadAdapter: _grpc.UnaryUnaryMultiCallable[_sd35_pb2.LoadAdapterRequest, _sd35_pb2.LoadAdapterResponse]
-    """Loads a safetensors LoRA from under the server's adapter root."""
+    """Loads a safetensors LoRA from under the server's adapter root. A file that is not a LoRA this
+    variant can load (not safetensors, empty, truncated, no LoRA tensors, shapes that do not fit):
+    INVALID_ARGUMENT, reason INVALID_ADAPTER, field "path".
+    """
     UnloadAdapter: _grpc.UnaryUnaryMultiCallable[_sd35_pb2.UnloadAdapterRequest, _sd35_pb2.UnloadAdapterResponse]
     """Unloads an adapter; output afterwards is byte-identical to the base model's."""
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_sd35_pb2.GetModelInfoRequest, _sd35_pb2.GetModelInfoResponse]
@@ -46,21 +58,39 @@ class Sd35ServiceStub:
 
 @_typing.type_check_only
 class Sd35ServiceAsyncStub(Sd35ServiceStub):
+    """Errors carry google.rpc details: ErrorInfo (domain "versus", a stable reason) on every error,
+    BadRequest field violations (one per bad field, e.g. "width", "adapters[1].name") with
+    INVALID_ARGUMENT, ResourceInfo (resource_type "adapter" or "variant") with NOT_FOUND, RetryInfo with
+    RESOURCE_EXHAUSTED when waiting helps. Messages quote client input shortened to 64 characters.
+    """
+
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_sd35_pb2.GenerateRequest, _sd35_pb2.GenerateResponse]  # type: ignore[assignment]
     """Streams Queued events while waiting, Progress after every denoising step, optional Previews,
-    then exactly one Result. Cancelling the call or an expired deadline stops within one step.
+    then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
+    deadline likewise (DEADLINE_EXCEEDED). More than GetModelInfoResponse.max_queue requests waiting
+    for the variant: RESOURCE_EXHAUSTED, reason QUEUE_FULL, with RetryInfo estimated from the work
+    ahead (megapixel-steps queued × recent seconds per megapixel-step).
     """
     ListAdapters: _aio.UnaryUnaryMultiCallable[_sd35_pb2.ListAdaptersRequest, _sd35_pb2.ListAdaptersResponse]  # type: ignore[assignment]
     """Lists the LoRA adapters loaded into each variant."""
     LoadAdapter: _aio.UnaryUnaryMultiCallable[_sd35_pb2.LoadAdapterRequest, _sd35_pb2.LoadAdapterResponse]  # type: ignore[assignment]
-    """Loads a safetensors LoRA from under the server's adapter root."""
+    """Loads a safetensors LoRA from under the server's adapter root. A file that is not a LoRA this
+    variant can load (not safetensors, empty, truncated, no LoRA tensors, shapes that do not fit):
+    INVALID_ARGUMENT, reason INVALID_ADAPTER, field "path".
+    """
     UnloadAdapter: _aio.UnaryUnaryMultiCallable[_sd35_pb2.UnloadAdapterRequest, _sd35_pb2.UnloadAdapterResponse]  # type: ignore[assignment]
     """Unloads an adapter; output afterwards is byte-identical to the base model's."""
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_sd35_pb2.GetModelInfoRequest, _sd35_pb2.GetModelInfoResponse]  # type: ignore[assignment]
     """Describes every hosted variant."""
 
 class Sd35ServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Errors carry google.rpc details: ErrorInfo (domain "versus", a stable reason) on every error,
+    BadRequest field violations (one per bad field, e.g. "width", "adapters[1].name") with
+    INVALID_ARGUMENT, ResourceInfo (resource_type "adapter" or "variant") with NOT_FOUND, RetryInfo with
+    RESOURCE_EXHAUSTED when waiting helps. Messages quote client input shortened to 64 characters.
+    """
+
     @_abc_1.abstractmethod
     def Generate(
         self,
@@ -68,7 +98,10 @@ class Sd35ServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_sd35_pb2.GenerateResponse], _abc.AsyncIterator[_sd35_pb2.GenerateResponse]]:
         """Streams Queued events while waiting, Progress after every denoising step, optional Previews,
-        then exactly one Result. Cancelling the call or an expired deadline stops within one step.
+        then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
+        deadline likewise (DEADLINE_EXCEEDED). More than GetModelInfoResponse.max_queue requests waiting
+        for the variant: RESOURCE_EXHAUSTED, reason QUEUE_FULL, with RetryInfo estimated from the work
+        ahead (megapixel-steps queued × recent seconds per megapixel-step).
         """
 
     @_abc_1.abstractmethod
@@ -85,7 +118,10 @@ class Sd35ServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sd35_pb2.LoadAdapterRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sd35_pb2.LoadAdapterResponse, _abc.Awaitable[_sd35_pb2.LoadAdapterResponse]]:
-        """Loads a safetensors LoRA from under the server's adapter root."""
+        """Loads a safetensors LoRA from under the server's adapter root. A file that is not a LoRA this
+        variant can load (not safetensors, empty, truncated, no LoRA tensors, shapes that do not fit):
+        INVALID_ARGUMENT, reason INVALID_ADAPTER, field "path".
+        """
 
     @_abc_1.abstractmethod
     def UnloadAdapter(
