@@ -41,7 +41,7 @@ def sample_png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def load(model_dir: Path, precision: str = "fp32"):  # noqa: ANN201
+def load(model_dir: Path, precision: str = "fp32"):
     from services.vit.model import VitModel
 
     model = VitModel(str(model_dir), precision=precision, device="cpu", torch_threads=THREADS)
@@ -50,7 +50,7 @@ def load(model_dir: Path, precision: str = "fp32"):  # noqa: ANN201
     return model
 
 
-def time_raw(model, images: list, batch: int, reps: int, with_processor: bool) -> tuple[float, float]:  # noqa: ANN001
+def time_raw(model, images: list, batch: int, reps: int, with_processor: bool) -> tuple[float, float]:
     """(median seconds per batch, images per second) for processor+forward or forward alone."""
     import numpy as np
     import torch
@@ -74,10 +74,10 @@ def time_raw(model, images: list, batch: int, reps: int, with_processor: bool) -
 def run_service(model_dir: Path, images: list, clients: int, requests: int) -> tuple[float, float, dict]:
     """(images/s, p50 latency ms, batch stats) with ``clients`` concurrent batch-1 callers."""
     import grpc
-
     from versus.common.v1 import common_pb2
-    from versus_cli.launch import ServiceProcess
     from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+    from versus_cli.launch import ServiceProcess
 
     args = ["--model", str(model_dir), "--torch-threads", str(THREADS), "--max-batch-size", "32",
             "--max-queue", "512", "--preprocess-threads", "1", "--drain-delay-s", "0", "--log-level", "WARNING"]
@@ -196,11 +196,14 @@ def main() -> None:
         f"difference (service p50 − raw processor+forward p50) is {overhead_ms:.1f} ms: at ~150 ms per image, "
         "run-to-run noise is larger than the overhead, so the per-request figures are the ones to read.",
         "",
-        "| precision | forward img/s b1 / b8 / b32 | speed-up vs fp32 at b1 / b8 / b32 | top-1 agreement with fp32 (vit-digits held-out, 360 images) |",
+        "| precision | forward img/s b1 / b8 / b32 | speed-up vs fp32 at b1 / b8 / b32 "
+        "| top-1 agreement with fp32 (vit-digits held-out, 360 images) |",
         "|---|---|---|---:|",
-        *[f"| {p} | {s[1]:.1f} / {s[8]:.1f} / {s[32]:.1f} | "
-          f"{s[1] / fwd[1][1]:.2f}× / {s[8] / fwd[8][1]:.2f}× / {s[32] / fwd[32][1]:.2f}× | {a:.2%} |"
-          for p, s, a in prec_rows],
+        *[
+            f"| {p} | {s[1]:.1f} / {s[8]:.1f} / {s[32]:.1f} | "
+            f"{s[1] / fwd[1][1]:.2f}× / {s[8] / fwd[8][1]:.2f}× / {s[32] / fwd[32][1]:.2f}× | {a:.2%} |"
+            for p, s, a in prec_rows
+        ],
     ]
     write_section("vit", "\n".join(lines))
     print("\n".join(lines))

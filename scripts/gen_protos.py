@@ -20,7 +20,7 @@ PROTO_ROOT = ROOT / "protos"
 
 def proto_files() -> list[Path]:
     """All .proto files, sorted so output is stable."""
-    return sorted(PROTO_ROOT.rglob("*.proto"))
+    return sorted((PROTO_ROOT / "versus").rglob("*.proto"))
 
 
 def generate(out: Path) -> list[Path]:

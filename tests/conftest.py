@@ -19,6 +19,19 @@ ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("VERSUS_MODELS_DIR", ROOT / ".models"))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``@pytest.mark.gpu`` tests run only where torch sees a CUDA device."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        skip = pytest.mark.skip(reason="needs a CUDA device")
+        for item in gpu_items:
+            item.add_marker(skip)
+
+
 def built_model(name: str) -> Path:
     """Build ``name`` with the project's builder unless a cached copy exists."""
     from services.vit.builders import BUILDERS
@@ -55,13 +68,13 @@ class InProcessServer:
         self.server = None
         self.port = 0
 
-    def run(self, coro, timeout: float = 120):  # noqa: ANN001, ANN201
+    def run(self, coro, timeout: float = 120):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def __enter__(self) -> InProcessServer:
         self._thread.start()
 
-        async def start():  # noqa: ANN202
+        async def start():
             server, port = self._create(self.config)
             await server.start()
             return server, port
@@ -148,12 +161,38 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
         "-subj", "/CN=versus-test-ca")
-    for name, ext in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        ssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-            "-subj", f"/CN={name}")
+    for name, ext in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1"),
+                      ("client", "extendedKeyUsage=clientAuth")):
+        ssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            f"/CN={name}",
+        )
         (d / f"{name}.ext").write_text(ext + "\n")
-        ssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+        ssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            f"{name}.crt",
+            "-days",
+            "2",
+            "-extfile",
+            f"{name}.ext",
+        )
     return {p.name: p for p in d.iterdir()}
 
 
@@ -180,16 +219,23 @@ def postgres_url() -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "versus"],
-                   check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(bindir / "initdb"), "-D", str(data / "db"), "-A", "trust", "-U", "versus"],
+        check=True,
+        capture_output=True,
+    )
     opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=on"
-    subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(data / "log"),
-                    "-w", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-o", opts, "-l", str(data / "log"), "-w", "start"],
+        check=True,
+        capture_output=True,
+    )
     try:
         yield f"postgresql://versus@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"],
-                       capture_output=True)
+        subprocess.run(
+            [*run_as, str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop"], capture_output=True
+        )
         shutil.rmtree(data, ignore_errors=True)
 
 
@@ -205,8 +251,11 @@ def built_sd35(name: str) -> Path:
 @pytest.fixture(scope="session")
 def sd35_dirs() -> dict[str, Path]:
     """variant → tiny pipeline directory."""
-    return {"large": built_sd35("sd35-large-tiny"), "large-turbo": built_sd35("sd35-large-turbo-tiny"),
-            "medium": built_sd35("sd35-medium-tiny")}
+    return {
+        "large": built_sd35("sd35-large-tiny"),
+        "large-turbo": built_sd35("sd35-large-turbo-tiny"),
+        "medium": built_sd35("sd35-medium-tiny"),
+    }
 
 
 @pytest.fixture(scope="session")

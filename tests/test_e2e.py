@@ -11,12 +11,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from conftest import ROOT, encode, sample_image
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from versus.common.v1 import common_pb2
-from versus_cli.launch import ServiceProcess
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+from versus_cli.launch import ServiceProcess
 
 pytestmark = pytest.mark.slow
 
@@ -115,15 +115,23 @@ def test_cli_generate_with_progress_and_json(sd35_dirs: dict, tmp_path: Path) ->
             "--default-size", "64"]
     with ServiceProcess("sd35", args, log_path=tmp_path / "log") as svc:
         base = [sys.executable, "-m", "versus_cli", "generate", "--target", svc.target, "a photo of a cat"]
-        out = subprocess.run([*base, "--variant", "large-turbo", "--seed", "5", "-n", "2", "-o", str(tmp_path / "cat.png"),
-                              "--json"], capture_output=True, text=True, check=True)
+        out = subprocess.run(
+            [*base, "--variant", "large-turbo", "--seed", "5", "-n", "2", "-o", str(tmp_path / "cat.png"), "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         meta = json.loads(out.stdout)
         assert meta["seeds"] == [5, 6] and meta["steps"] == 4 and meta["variant"] == "VARIANT_LARGE_TURBO"
         assert [Path(f).name for f in meta["files"]] == ["cat-0.png", "cat-1.png"]
         assert all(Path(f).stat().st_size > 0 for f in meta["files"])
         assert "step 4/4" in out.stderr  # the live progress bar
-        again = subprocess.run([*base, "--variant", "large-turbo", "--seed", "5", "-o", str(tmp_path / "again.png"),
-                                "--quiet"], capture_output=True, text=True, check=True)
+        again = subprocess.run(
+            [*base, "--variant", "large-turbo", "--seed", "5", "-o", str(tmp_path / "again.png"), "--quiet"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         assert "wrote" in again.stdout
         assert (tmp_path / "again.png").read_bytes() == (tmp_path / "cat-0.png").read_bytes()
         bad = subprocess.run([*base, "--width", "70"], capture_output=True, text=True)
@@ -131,6 +139,10 @@ def test_cli_generate_with_progress_and_json(sd35_dirs: dict, tmp_path: Path) ->
 
 
 def test_sd35_bad_model_flag_is_a_clear_startup_error() -> None:
-    out = subprocess.run([sys.executable, "-m", "versus_cli", "serve", "sd35", "--model", "huge=/x"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "versus_cli", "serve", "sd35", "--model", "huge=/x"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2 and "unknown variant 'huge'" in out.stderr

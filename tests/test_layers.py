@@ -6,14 +6,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
 import pytest
-
 from conftest import InProcessServer
+
 from services.ranker.config import RankerConfig
 from services.ranker.server import create_server as create_ranker
 from versus_cli.launch import ServiceProcess, ServiceStartError
@@ -42,9 +43,12 @@ def test_contracts_install_and_import_in_a_venv_with_only_their_dependencies(tmp
     _link_contract_deps(site)
     py = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    # Build the contracts' wheel with this environment's setuptools (offline), install it in the bare venv.
+    # Build the contracts' wheel (from a copy: building writes build/ folders) with this environment's
+    # setuptools, offline, and install it in the bare venv.
+    source = tmp_path / "protos"
+    shutil.copytree(ROOT / "protos", source, ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", "-w",
-                    str(tmp_path / "dist"), str(ROOT / "protos")], check=True, cwd=tmp_path)
+                    str(tmp_path / "dist"), str(source)], check=True, cwd=tmp_path)
     wheel = next((tmp_path / "dist").glob("versus_contracts-*.whl"))
     subprocess.run([str(py), "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", str(wheel)],
                    check=True, env=env, cwd=tmp_path)

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pool
-
 from versus.common.v1 import common_pb2
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
@@ -25,19 +24,21 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
     subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_protos.py"), "--out", str(tmp_path)], check=True,
                    capture_output=True)
     fresh = sorted(p.relative_to(tmp_path) for p in (tmp_path / "versus").rglob("*_pb2*"))
-    committed = sorted(p.relative_to(PROTOS) for p in (PROTOS / "versus").rglob("*_pb2*") if "__pycache__" not in p.parts)
+    committed = sorted(
+        p.relative_to(PROTOS) for p in (PROTOS / "versus").rglob("*_pb2*") if "__pycache__" not in p.parts
+    )
     assert fresh == committed, "run `make protos` and commit the result"
     stale = [str(p) for p in fresh if not filecmp.cmp(tmp_path / p, PROTOS / p, shallow=False)]
     assert not stale, f"stale generated files (run `make protos`): {stale}"
 
 
 @pytest.mark.parametrize("module", FILES, ids=lambda m: m.DESCRIPTOR.package)
-def test_package_is_versioned(module) -> None:  # noqa: ANN001
+def test_package_is_versioned(module) -> None:
     assert module.DESCRIPTOR.package.startswith("versus.") and module.DESCRIPTOR.package.endswith(".v1")
 
 
 @pytest.mark.parametrize("module", FILES, ids=lambda m: m.DESCRIPTOR.package)
-def test_enums_start_with_unspecified(module) -> None:  # noqa: ANN001
+def test_enums_start_with_unspecified(module) -> None:
     enums = list(module.DESCRIPTOR.enum_types_by_name.values())
     for msg in module.DESCRIPTOR.message_types_by_name.values():
         enums.extend(msg.enum_types)
@@ -47,19 +48,29 @@ def test_enums_start_with_unspecified(module) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("module", FILES[1:], ids=lambda m: m.DESCRIPTOR.package)
-def test_each_rpc_has_its_own_request_and_response(module) -> None:  # noqa: ANN001
+def test_each_rpc_has_its_own_request_and_response(module) -> None:
     for service in module.DESCRIPTOR.services_by_name.values():
         for method in service.methods:
             assert method.input_type.name == f"{method.name}Request" or method.name == "CompareStream", method.full_name
-            assert method.output_type.name.startswith(method.name.removesuffix("Stream")) or method.name == "Generate" \
-                or method.name == "CompareStream", method.full_name
+            assert (
+                method.output_type.name.startswith(method.name.removesuffix("Stream"))
+                or method.name == "Generate"
+                or method.name == "CompareStream"
+            ), method.full_name
 
 
 def test_design_rpcs_exist() -> None:
     pool = descriptor_pool.Default()
     expected = {
-        "versus.vit.v1.VitService": {"Classify", "Embed", "ClassifyStream", "GetModelInfo", "CreateHead", "ListHeads",
-                                     "DeleteHead"},
+        "versus.vit.v1.VitService": {
+            "Classify",
+            "Embed",
+            "ClassifyStream",
+            "GetModelInfo",
+            "CreateHead",
+            "ListHeads",
+            "DeleteHead",
+        },
         "versus.sd35.v1.Sd35Service": {"Generate", "ListAdapters", "LoadAdapter", "UnloadAdapter", "GetModelInfo"},
         "versus.ranker.v1.RankerService": {"Score", "RecordMatch", "GetLeaderboard", "GetModel"},
         "versus.gateway.v1.GatewayService": {"Compare", "CompareStream", "RenderComparison"},

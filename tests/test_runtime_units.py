@@ -24,7 +24,13 @@ from services.vit.config import VitConfig
 def test_config_from_env_parses_types() -> None:
     cfg = VitConfig.from_env({"VIT_MODEL": "/m", "VIT_MAX_BATCH_SIZE": "8", "VIT_MAX_WAIT_MS": "2.5",
                               "VIT_REFLECTION": "false", "VIT_PRECISION": "bf16"})
-    assert (cfg.model, cfg.max_batch_size, cfg.max_wait_ms, cfg.reflection, cfg.precision) == ("/m", 8, 2.5, False, "bf16")
+    assert (cfg.model, cfg.max_batch_size, cfg.max_wait_ms, cfg.reflection, cfg.precision) == (
+        "/m",
+        8,
+        2.5,
+        False,
+        "bf16",
+    )
     assert cfg.port == 50051 and cfg.metrics_port == 9101
 
 
@@ -36,22 +42,25 @@ def test_flags_override_env() -> None:
     assert (cfg.model, cfg.max_batch_size, cfg.max_queue, cfg.reflection) == ("/flag", 4, 100, False)
 
 
-@pytest.mark.parametrize("env, fragment", [
-    ({}, "VIT_MODEL"),
-    ({"VIT_MODEL": "m", "VIT_PRECISION": "fp8"}, "VIT_PRECISION"),
-    ({"VIT_MODEL": "m", "VIT_MAX_BATCH_SIZE": "zero"}, "VIT_MAX_BATCH_SIZE"),
-    ({"VIT_MODEL": "m", "VIT_MAX_BATCH_SIZE": "0"}, "VIT_MAX_BATCH_SIZE"),
-    ({"VIT_MODEL": "m", "VIT_TLS_CERT": "c.pem"}, "VIT_TLS_KEY"),
-    ({"VIT_MODEL": "m", "VIT_TLS_CLIENT_CA": "ca.pem"}, "VIT_TLS_CERT"),
-    ({"VIT_MODEL": "m", "VIT_REFLECTION": "maybe"}, "VIT_REFLECTION"),
-    ({"VIT_MODEL": "m", "VIT_MAX_IMAGES_PER_REQUEST": "500"}, "VIT_MAX_QUEUE"),
-])
+@pytest.mark.parametrize(
+    "env, fragment",
+    [
+        ({}, "VIT_MODEL"),
+        ({"VIT_MODEL": "m", "VIT_PRECISION": "fp8"}, "VIT_PRECISION"),
+        ({"VIT_MODEL": "m", "VIT_MAX_BATCH_SIZE": "zero"}, "VIT_MAX_BATCH_SIZE"),
+        ({"VIT_MODEL": "m", "VIT_MAX_BATCH_SIZE": "0"}, "VIT_MAX_BATCH_SIZE"),
+        ({"VIT_MODEL": "m", "VIT_TLS_CERT": "c.pem"}, "VIT_TLS_KEY"),
+        ({"VIT_MODEL": "m", "VIT_TLS_CLIENT_CA": "ca.pem"}, "VIT_TLS_CERT"),
+        ({"VIT_MODEL": "m", "VIT_REFLECTION": "maybe"}, "VIT_REFLECTION"),
+        ({"VIT_MODEL": "m", "VIT_MAX_IMAGES_PER_REQUEST": "500"}, "VIT_MAX_QUEUE"),
+    ],
+)
 def test_bad_config_names_the_setting(env: dict[str, str], fragment: str) -> None:
     with pytest.raises(errors.ConfigError, match=fragment):
         VitConfig.from_env(env)
 
 
-def test_token_file_and_masking(tmp_path) -> None:  # noqa: ANN001
+def test_token_file_and_masking(tmp_path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret\n")
     cfg = VitConfig.from_env({"VIT_MODEL": "m", "VIT_TOKEN_FILE": str(token)})
@@ -59,26 +68,29 @@ def test_token_file_and_masking(tmp_path) -> None:  # noqa: ANN001
     assert VitConfig.from_env({"VIT_MODEL": "m", "VIT_TOKEN": "x"}).describe()["token"] == "***"
 
 
-def test_nothing_read_at_import(monkeypatch) -> None:  # noqa: ANN001
+def test_nothing_read_at_import(monkeypatch) -> None:
     monkeypatch.setenv("VERSUS_PORT", "1234")
     assert ServerConfig.from_env().port == 1234
     assert ServerConfig.from_env({}).port == 50050
 
 
 # -- status table ---------------------------------------------------------------------------------
-@pytest.mark.parametrize("exc, code", [
-    (errors.InvalidArgument("f", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
-    (vit_errors.InvalidImage("images[0]", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
-    (vit_errors.HeadNotFound("x"), grpc.StatusCode.NOT_FOUND),
-    (vit_errors.NoClassifier("x"), grpc.StatusCode.FAILED_PRECONDITION),
-    (vit_errors.PickleCheckpointRefused("x"), grpc.StatusCode.UNAVAILABLE),
-    (errors.ResourceExhausted("full", retry_after_s=1), grpc.StatusCode.RESOURCE_EXHAUSTED),
-    (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
-    (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
-    (errors.Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED),
-    (errors.VersusError("x"), grpc.StatusCode.INTERNAL),
-    (KeyError("boom"), grpc.StatusCode.INTERNAL),
-])
+@pytest.mark.parametrize(
+    "exc, code",
+    [
+        (errors.InvalidArgument("f", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (vit_errors.InvalidImage("images[0]", "bad"), grpc.StatusCode.INVALID_ARGUMENT),
+        (vit_errors.HeadNotFound("x"), grpc.StatusCode.NOT_FOUND),
+        (vit_errors.NoClassifier("x"), grpc.StatusCode.FAILED_PRECONDITION),
+        (vit_errors.PickleCheckpointRefused("x"), grpc.StatusCode.UNAVAILABLE),
+        (errors.ResourceExhausted("full", retry_after_s=1), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (errors.Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
+        (errors.DeadlineExceeded("x"), grpc.StatusCode.DEADLINE_EXCEEDED),
+        (errors.Unauthenticated("x"), grpc.StatusCode.UNAUTHENTICATED),
+        (errors.VersusError("x"), grpc.StatusCode.INTERNAL),
+        (KeyError("boom"), grpc.StatusCode.INTERNAL),
+    ],
+)
 def test_status_mapping(exc: BaseException, code: grpc.StatusCode) -> None:
     assert status_for(exc) == code
 
@@ -106,7 +118,7 @@ class Recorder:
         return [i * 10 for i in items]
 
 
-def run(coro):  # noqa: ANN001, ANN201
+def run(coro):
     return asyncio.run(coro)
 
 
@@ -123,6 +135,7 @@ def test_outputs_match_inputs_in_order() -> None:
         assert [r for r, _ in results] == [10, 20, 30, 40, 50, 60]
         assert max(s.batch_size for _, s in results) <= 4
         await b.close()
+
     run(go())
 
 
@@ -138,6 +151,7 @@ def test_lone_caller_is_not_delayed_and_busy_device_batches() -> None:
         await asyncio.gather(*(b.submit([i]) for i in range(9)))
         assert max(len(x) for x in rec.batches) == 4
         await b.close()
+
     run(go())
 
 
@@ -154,6 +168,7 @@ def test_max_wait_holds_batch_until_full_or_timeout() -> None:
         await b.submit([5])
         assert 0.15 < time.perf_counter() - t0 < 2
         await b.close()
+
     run(go())
 
 
@@ -174,6 +189,7 @@ def test_queue_bound_refuses_whole_group_with_retry_hint() -> None:
         assert [r for r, _ in await waiting] == [10, 20, 30]
         await running
         await b.close()
+
     run(go())
 
 
@@ -197,6 +213,7 @@ def test_cancelled_and_expired_items_are_dropped_before_compute() -> None:
         assert sorted(i for batch in rec.batches for i in batch) == [0]
         assert b.stats.dropped_cancelled == 2 and b.stats.dropped_deadline == 1
         await b.close()
+
     run(go())
 
 
@@ -207,6 +224,7 @@ def test_wrong_output_count_fails_the_batch_callers() -> None:
         with pytest.raises(errors.InternalError, match="outputs"):
             await b.submit([1, 2])
         await b.close()
+
     run(go())
 
 
@@ -225,4 +243,5 @@ def test_close_fails_waiting_items_with_unavailable() -> None:
         with pytest.raises(errors.Unavailable):
             await second
         first.cancel()
+
     run(go())

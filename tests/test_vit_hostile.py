@@ -10,36 +10,36 @@ from pathlib import Path
 
 import grpc
 import pytest
-from PIL import Image
-
 from conftest import InProcessServer, encode, metric_sum, sample_image
-from services.common.client import error_details
-from services.vit.server import create_server
+from PIL import Image
 from test_vit_service import img, png, vit_config
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+from services.common.client import error_details
+from services.vit.server import create_server
 
 HUGE = "h" * 20_000
 
 
 @pytest.fixture(scope="module")
-def server(vit_tiny_dir: Path):  # noqa: ANN201
+def server(vit_tiny_dir: Path):
     with InProcessServer(create_server, vit_config(vit_tiny_dir, max_images_per_request=8, max_queue=64)) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def stub(server: InProcessServer):  # noqa: ANN201
+def stub(server: InProcessServer):
     with server.channel() as channel:
         yield vit_pb2_grpc.VitServiceStub(channel)
 
 
-def fail(call, *args, **kw) -> grpc.RpcError:  # noqa: ANN001
+def fail(call, *args, **kw) -> grpc.RpcError:
     with pytest.raises(grpc.RpcError) as info:
         call(*args, timeout=30, **kw)
     return info.value
 
 
-def test_bad_image_carries_bad_request_with_the_field_path(stub) -> None:  # noqa: ANN001
+def test_bad_image_carries_bad_request_with_the_field_path(stub) -> None:
     err = fail(stub.Classify, vit_pb2.ClassifyRequest(images=[img(png()), img(b"\x00" * 500)]))
     d = error_details(err)
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -48,13 +48,13 @@ def test_bad_image_carries_bad_request_with_the_field_path(stub) -> None:  # noq
     assert "not a decodable image" in d.violations[0][1]
 
 
-def test_top_k_out_of_range_names_the_field(stub) -> None:  # noqa: ANN001
+def test_top_k_out_of_range_names_the_field(stub) -> None:
     d = error_details(fail(stub.Classify, vit_pb2.ClassifyRequest(images=[img(png())], top_k=5000)))
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT and d.violations[0][0] == "top_k"
     assert d.reason == "INVALID_ARGUMENT"
 
 
-def test_unknown_head_carries_resource_info(stub) -> None:  # noqa: ANN001
+def test_unknown_head_carries_resource_info(stub) -> None:
     d = error_details(fail(stub.Classify, vit_pb2.ClassifyRequest(images=[img(png())], head="nope")))
     assert d.code == grpc.StatusCode.NOT_FOUND
     assert (d.reason, d.resource_type, d.resource_name) == ("HEAD_NOT_FOUND", "head", "nope")
@@ -67,7 +67,7 @@ def test_unknown_head_carries_resource_info(stub) -> None:  # noqa: ANN001
         vit_pb2.LabelledImage(image=img(png(i)), label=str(i % 2)) for i in range(4)])),
 ])
 @pytest.mark.parametrize("name", [HUGE, "bad\x00name", "sp ace", "é" * 10])
-def test_hostile_head_names_are_invalid_argument_with_a_bounded_message(stub, rpc: str, build, name: str) -> None:  # noqa: ANN001
+def test_hostile_head_names_are_invalid_argument_with_a_bounded_message(stub, rpc: str, build, name: str) -> None:
     err = fail(getattr(stub, rpc), build(name))
     d = error_details(err)
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT, d
@@ -75,7 +75,7 @@ def test_hostile_head_names_are_invalid_argument_with_a_bounded_message(stub, rp
     assert len(d.message) < 300  # the 20,000-character name is never echoed whole
 
 
-def test_hostile_labels_are_refused_naming_the_example(stub) -> None:  # noqa: ANN001
+def test_hostile_labels_are_refused_naming_the_example(stub) -> None:
     examples = [vit_pb2.LabelledImage(image=img(png(i)), label=lab) for i, lab in enumerate(["a", "b", "c\x00", "d"])]
     d = error_details(fail(stub.CreateHead, vit_pb2.CreateHeadRequest(name="h1", examples=examples)))
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT and d.violations[0][0] == "examples[2].label"
@@ -84,7 +84,7 @@ def test_hostile_labels_are_refused_naming_the_example(stub) -> None:  # noqa: A
     assert d.violations[0][0] == "examples[2].label" and len(d.message) < 300
 
 
-def test_corrupt_example_in_create_head_names_its_path(stub) -> None:  # noqa: ANN001
+def test_corrupt_example_in_create_head_names_its_path(stub) -> None:
     examples = [vit_pb2.LabelledImage(image=img(png(i)), label=str(i % 2)) for i in range(4)]
     examples[3].image.data = b"\x89PNG\r\n\x1a\n" + b"\x00" * 40
     d = error_details(fail(stub.CreateHead, vit_pb2.CreateHeadRequest(name="h2", examples=examples)))
@@ -116,7 +116,7 @@ def _mutations(seed: int, count: int) -> list[bytes]:
     return out
 
 
-def test_fuzzed_images_never_reach_internal(stub, server: InProcessServer) -> None:  # noqa: ANN001
+def test_fuzzed_images_never_reach_internal(stub, server: InProcessServer) -> None:
     """Every mutated file is either classified or refused as INVALID_ARGUMENT naming its field."""
     seen = set()
     for data in _mutations(seed=7, count=240):
@@ -133,7 +133,7 @@ def test_fuzzed_images_never_reach_internal(stub, server: InProcessServer) -> No
     assert metric_sum(server.metrics(), "grpc_server_handled_total", grpc_code="UNKNOWN") == 0
 
 
-def test_stream_item_errors_are_machine_readable(stub) -> None:  # noqa: ANN001
+def test_stream_item_errors_are_machine_readable(stub) -> None:
     items = [vit_pb2.ClassifyStreamRequest(id="ok", image=img(png())),
              vit_pb2.ClassifyStreamRequest(id="bad", image=img(b"junk")),
              vit_pb2.ClassifyStreamRequest(id="k", image=img(png()), top_k=99999)]

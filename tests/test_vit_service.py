@@ -11,15 +11,15 @@ import grpc
 import numpy as np
 import pytest
 import torch
+from conftest import InProcessServer, encode, metric_sum, sample_image
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
-
-from conftest import InProcessServer, encode, metric_sum, sample_image
-from services.vit.config import VitConfig
-from services.vit.server import create_server
 from test_vit_units import BAD_IMAGES
 from versus.common.v1 import common_pb2
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+from services.vit.config import VitConfig
+from services.vit.server import create_server
 
 LIMIT_BYTES = 1 << 20
 
@@ -39,52 +39,56 @@ def png(seed: int = 0, size: tuple[int, int] = (64, 48)) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def tiny(vit_tiny_dir: Path):  # noqa: ANN201
+def tiny(vit_tiny_dir: Path):
     with InProcessServer(create_server, vit_config(vit_tiny_dir, max_images_per_request=8, max_queue=64,
                                                    max_message_bytes=LIMIT_BYTES)) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def stub(tiny: InProcessServer):  # noqa: ANN201
+def stub(tiny: InProcessServer):
     with tiny.channel() as channel:
         yield vit_pb2_grpc.VitServiceStub(channel)
 
 
 @pytest.fixture(scope="module")
-def health(tiny: InProcessServer):  # noqa: ANN201
+def health(tiny: InProcessServer):
     with tiny.channel() as channel:
         yield health_pb2_grpc.HealthStub(channel)
 
 
-def assert_serving(health_stub) -> None:  # noqa: ANN001
-    assert health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+def assert_serving(health_stub) -> None:
+    assert (
+        health_stub.Check(health_pb2.HealthCheckRequest(), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+    )
     svc = health_pb2.HealthCheckRequest(service="versus.vit.v1.VitService")
     assert health_stub.Check(svc, timeout=5).status == health_pb2.HealthCheckResponse.SERVING
 
 
 # -- behaviour --------------------------------------------------------------------------------------
-def test_classify_returns_top_k_per_image_with_timings(stub) -> None:  # noqa: ANN001
+def test_classify_returns_top_k_per_image_with_timings(stub) -> None:
     reply = stub.Classify(vit_pb2.ClassifyRequest(images=[img(png(0)), img(png(1)), img(png(2))], top_k=3), timeout=30)
     assert len(reply.results) == 3 and reply.model_id == "vit-tiny"
     for result in reply.results:
-        scores = [l.score for l in result.labels]
+        scores = [lab.score for lab in result.labels]
         assert len(scores) == 3 and scores == sorted(scores, reverse=True) and 0 < sum(scores) <= 1.0001
     assert reply.timings.total_ms >= reply.timings.compute_ms > 0
 
 
-def test_default_top_k_and_all_labels(stub) -> None:  # noqa: ANN001
+def test_default_top_k_and_all_labels(stub) -> None:
     assert len(stub.Classify(vit_pb2.ClassifyRequest(images=[img(png())]), timeout=30).results[0].labels) == 5
     full = stub.Classify(vit_pb2.ClassifyRequest(images=[img(png())], top_k=1000), timeout=30).results[0]
-    assert len(full.labels) == 1000 and abs(sum(l.score for l in full.labels) - 1) < 1e-3
+    assert len(full.labels) == 1000 and abs(sum(lab.score for lab in full.labels) - 1) < 1e-3
     assert full.labels[0].label  # names come from the model's id2label
 
 
-def test_logit_parity_with_transformers(stub, vit_tiny_dir: Path, tmp_path: Path) -> None:  # noqa: ANN001
+def test_logit_parity_with_transformers(stub, vit_tiny_dir: Path, tmp_path: Path) -> None:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     files = []
-    for i, (fmt, size) in enumerate([("PNG", (300, 200)), ("JPEG", (224, 224)), ("WEBP", (97, 333)), ("BMP", (50, 60))]):
+    for i, (fmt, size) in enumerate(
+        [("PNG", (300, 200)), ("JPEG", (224, 224)), ("WEBP", (97, 333)), ("BMP", (50, 60))]
+    ):
         path = tmp_path / f"img{i}.{fmt.lower()}"
         sample_image(10 + i, size).save(path, format=fmt)
         files.append(path)
@@ -93,16 +97,18 @@ def test_logit_parity_with_transformers(stub, vit_tiny_dir: Path, tmp_path: Path
     with torch.inference_mode():
         pixels = processor(images=[Image.open(f).convert("RGB") for f in files], return_tensors="pt")["pixel_values"]
         expected = model(pixels).logits.numpy()
-    reply = stub.Classify(vit_pb2.ClassifyRequest(images=[img(f.read_bytes()) for f in files], top_k=1,
-                                                  return_logits=True), timeout=30)
+    reply = stub.Classify(
+        vit_pb2.ClassifyRequest(images=[img(f.read_bytes()) for f in files], top_k=1, return_logits=True), timeout=30
+    )
     got = np.array([list(r.logits) for r in reply.results])
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4
 
 
-def test_embed_cls_mean_layers_and_normalize(stub) -> None:  # noqa: ANN001
-    req = vit_pb2.EmbedRequest(images=[img(png(3)), img(png(4))], pooling=vit_pb2.POOLING_MEAN, layers=[0, 1, 2],
-                               normalize=True)
+def test_embed_cls_mean_layers_and_normalize(stub) -> None:
+    req = vit_pb2.EmbedRequest(
+        images=[img(png(3)), img(png(4))], pooling=vit_pb2.POOLING_MEAN, layers=[0, 1, 2], normalize=True
+    )
     reply = stub.Embed(req, timeout=30)
     assert reply.dimension == 64 and len(reply.results) == 2
     for per_image in reply.results:
@@ -113,7 +119,7 @@ def test_embed_cls_mean_layers_and_normalize(stub) -> None:  # noqa: ANN001
     assert [e.layer for e in final] == [-1] and len(final[0].values) == 64
 
 
-def test_embedding_matches_transformers_cls(stub, vit_tiny_dir: Path) -> None:  # noqa: ANN001
+def test_embedding_matches_transformers_cls(stub, vit_tiny_dir: Path) -> None:
     from transformers import AutoImageProcessor, AutoModelForImageClassification
 
     data = png(5)
@@ -128,11 +134,12 @@ def test_embedding_matches_transformers_cls(stub, vit_tiny_dir: Path) -> None:  
     assert np.abs(np.array(final.values) - out.last_hidden_state[0, 0].numpy()).max() < 1e-4
 
 
-def test_classify_stream_in_order_with_ids_and_item_errors(stub) -> None:  # noqa: ANN001
-    def requests():  # noqa: ANN202
+def test_classify_stream_in_order_with_ids_and_item_errors(stub) -> None:
+    def requests():
         for i in range(20):
             data = b"garbage" if i == 7 else png(i)
             yield vit_pb2.ClassifyStreamRequest(id=f"item-{i}", image=img(data), top_k=2)
+
     replies = list(stub.ClassifyStream(requests(), timeout=60))
     assert [r.id for r in replies] == [f"item-{i}" for i in range(20)]
     assert replies[7].WhichOneof("outcome") == "error"
@@ -140,7 +147,7 @@ def test_classify_stream_in_order_with_ids_and_item_errors(stub) -> None:  # noq
     assert all(len(r.result.labels) == 2 for i, r in enumerate(replies) if i != 7)
 
 
-def test_model_info(stub) -> None:  # noqa: ANN001
+def test_model_info(stub) -> None:
     info = stub.GetModelInfo(vit_pb2.GetModelInfoRequest(), timeout=10)
     assert (info.image_size, info.num_labels, info.num_hidden_layers, info.hidden_size) == (224, 1000, 2, 64)
     assert info.model.backend == "torch" and info.model.device == "cpu" and info.model.license == "apache-2.0"
@@ -148,17 +155,20 @@ def test_model_info(stub) -> None:  # noqa: ANN001
     assert {c.id for c in info.model.capabilities} >= {"image-classification", "image-embeddings"}
 
 
-def test_custom_head_lifecycle(stub) -> None:  # noqa: ANN001
+def test_custom_head_lifecycle(stub) -> None:
     red = [encode(Image.new("RGB", (32, 32), (200 + i, 10 * i, 0))) for i in range(6)]
     blue = [encode(Image.new("RGB", (32, 32), (0, 10 * i, 200 + i))) for i in range(6)]
-    examples = [vit_pb2.LabelledImage(image=img(d), label="red") for d in red] + \
-               [vit_pb2.LabelledImage(image=img(d), label="blue") for d in blue]
+    examples = [vit_pb2.LabelledImage(image=img(d), label="red") for d in red] + [
+        vit_pb2.LabelledImage(image=img(d), label="blue") for d in blue
+    ]
     head = stub.CreateHead(vit_pb2.CreateHeadRequest(name="colours", examples=examples), timeout=60).head
     assert sorted(head.labels) == ["blue", "red"] and head.examples == 12 and head.training_accuracy == 1.0
     with pytest.raises(grpc.RpcError) as dup:
         stub.CreateHead(vit_pb2.CreateHeadRequest(name="colours", examples=examples), timeout=60)
     assert dup.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    reply = stub.Classify(vit_pb2.ClassifyRequest(images=[img(red[0]), img(blue[0])], head="colours", top_k=1), timeout=30)
+    reply = stub.Classify(
+        vit_pb2.ClassifyRequest(images=[img(red[0]), img(blue[0])], head="colours", top_k=1), timeout=30
+    )
     assert [r.labels[0].label for r in reply.results] == ["red", "blue"]
     assert [h.name for h in stub.ListHeads(vit_pb2.ListHeadsRequest(), timeout=10).heads] == ["colours"]
     stub.DeleteHead(vit_pb2.DeleteHeadRequest(name="colours"), timeout=10)
@@ -192,7 +202,7 @@ BAD_REQUESTS = _bad_requests()
 
 
 @pytest.mark.parametrize("case", BAD_REQUESTS)
-def test_bad_input_is_invalid_argument_naming_the_field(case: str, stub, health) -> None:  # noqa: ANN001
+def test_bad_input_is_invalid_argument_naming_the_field(case: str, stub, health) -> None:
     method, request, field = BAD_REQUESTS[case]
     with pytest.raises(grpc.RpcError) as info:
         getattr(stub, method)(request, timeout=30)
@@ -201,34 +211,44 @@ def test_bad_input_is_invalid_argument_naming_the_field(case: str, stub, health)
     assert_serving(health)
 
 
-def test_transport_cap_beyond_twice_the_limit_is_resource_exhausted(stub, health) -> None:  # noqa: ANN001
+def test_transport_cap_beyond_twice_the_limit_is_resource_exhausted(stub, health) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Classify(vit_pb2.ClassifyRequest(images=[img(b"\0" * (2 * LIMIT_BYTES + 10))]), timeout=30)
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert_serving(health)
 
 
-def test_unknown_head_is_not_found(stub) -> None:  # noqa: ANN001
+def test_unknown_head_is_not_found(stub) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.Classify(vit_pb2.ClassifyRequest(images=[img(png())], head="nope"), timeout=30)
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_request_id_is_echoed_in_trailers(stub) -> None:  # noqa: ANN001
-    _, call = stub.Classify.with_call(vit_pb2.ClassifyRequest(images=[img(png())]), timeout=30,
-                                      metadata=(("x-request-id", "abc123"),))
+def test_request_id_is_echoed_in_trailers(stub) -> None:
+    _, call = stub.Classify.with_call(
+        vit_pb2.ClassifyRequest(images=[img(png())]), timeout=30, metadata=(("x-request-id", "abc123"),)
+    )
     assert ("x-request-id", "abc123") in tuple(call.trailing_metadata())
 
 
-def test_metrics_endpoint(tiny: InProcessServer, stub) -> None:  # noqa: ANN001
+def test_metrics_endpoint(tiny: InProcessServer, stub) -> None:
     stub.Classify(vit_pb2.ClassifyRequest(images=[img(png())]), timeout=30)
     with pytest.raises(grpc.RpcError):
         stub.Classify(vit_pb2.ClassifyRequest(), timeout=30)
     text = urllib.request.urlopen(f"http://127.0.0.1:{tiny.server.metrics_port}/metrics", timeout=10).read().decode()
-    for needle in ('grpc_server_started_total{grpc_method="Classify"', 'grpc_code="OK"', 'grpc_code="INVALID_ARGUMENT"',
-                   "grpc_server_handling_seconds_bucket", 'versus_queue_seconds_bucket{le="0.001",model="vit-tiny"}',
-                   "versus_compute_seconds_count", "versus_batch_size_bucket", "versus_queue_depth",
-                   "versus_rpcs_in_flight", 'versus_model_ready{model="vit-tiny"} 1.0', "versus_preprocess_seconds"):
+    for needle in (
+        'grpc_server_started_total{grpc_method="Classify"',
+        'grpc_code="OK"',
+        'grpc_code="INVALID_ARGUMENT"',
+        "grpc_server_handling_seconds_bucket",
+        'versus_queue_seconds_bucket{le="0.001",model="vit-tiny"}',
+        "versus_compute_seconds_count",
+        "versus_batch_size_bucket",
+        "versus_queue_depth",
+        "versus_rpcs_in_flight",
+        'versus_model_ready{model="vit-tiny"} 1.0',
+        "versus_preprocess_seconds",
+    ):
         assert needle in text, needle
 
 
@@ -237,8 +257,11 @@ def test_reflection_lists_services(tiny: InProcessServer) -> None:
 
     with tiny.channel() as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        reply = next(iter(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                                    timeout=10)))
+        reply = next(
+            iter(
+                stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
+            )
+        )
     names = {s.name for s in reply.list_services_response.service}
     assert {"versus.vit.v1.VitService", "grpc.health.v1.Health"} <= names
 
@@ -251,11 +274,16 @@ def test_digits_accuracy_through_grpc_equals_in_process(vit_digits_dir: Path) ->
 
     _, held = digits_splits()
     files = [encode(im) for im in held.images]
-    with InProcessServer(create_server, vit_config(vit_digits_dir, max_images_per_request=64)) as srv, srv.channel() as ch:
+    with (
+        InProcessServer(create_server, vit_config(vit_digits_dir, max_images_per_request=64)) as srv,
+        srv.channel() as ch,
+    ):
         stub = vit_pb2_grpc.VitServiceStub(ch)
         predicted = []
         for start in range(0, len(files), 64):
-            reply = stub.Classify(vit_pb2.ClassifyRequest(images=[img(d) for d in files[start:start + 64]], top_k=1), timeout=60)
+            reply = stub.Classify(
+                vit_pb2.ClassifyRequest(images=[img(d) for d in files[start : start + 64]], top_k=1), timeout=60
+            )
             predicted += [int(r.labels[0].label) for r in reply.results]
     grpc_acc = float(np.mean(np.array(predicted) == held.labels))
     processor = AutoImageProcessor.from_pretrained(vit_digits_dir)
@@ -276,11 +304,18 @@ def test_reduced_precision_agrees_with_fp32_on_digits(precision: str, min_agree:
     files = [img(encode(im)) for im in held.images[:128]]
     tops = {}
     for prec in ("fp32", precision):
-        with InProcessServer(create_server, vit_config(vit_digits_dir, precision=prec, max_images_per_request=64)) as srv, \
-                srv.channel() as ch:
+        with (
+            InProcessServer(
+                create_server, vit_config(vit_digits_dir, precision=prec, max_images_per_request=64)
+            ) as srv,
+            srv.channel() as ch,
+        ):
             stub = vit_pb2_grpc.VitServiceStub(ch)
-            tops[prec] = [r.labels[0].index for s in (0, 64)
-                          for r in stub.Classify(vit_pb2.ClassifyRequest(images=files[s:s + 64], top_k=1), timeout=60).results]
+            tops[prec] = [
+                r.labels[0].index
+                for s in (0, 64)
+                for r in stub.Classify(vit_pb2.ClassifyRequest(images=files[s : s + 64], top_k=1), timeout=60).results
+            ]
             info = stub.GetModelInfo(vit_pb2.GetModelInfoRequest(), timeout=10)
             assert common_pb2.Precision.Name(info.model.precision) == f"PRECISION_{prec.upper()}"
     agree = np.mean(np.array(tops["fp32"]) == np.array(tops[precision]))
@@ -304,13 +339,15 @@ def test_token_auth(vit_tiny_dir: Path) -> None:
 
 def test_mtls(vit_tiny_dir: Path, tls_files: dict[str, Path]) -> None:
     f = tls_files
-    cfg = vit_config(vit_tiny_dir, tls_cert=str(f["server.crt"]), tls_key=str(f["server.key"]),
-                     tls_client_ca=str(f["ca.crt"]))
+    cfg = vit_config(
+        vit_tiny_dir, tls_cert=str(f["server.crt"]), tls_key=str(f["server.key"]), tls_client_ca=str(f["ca.crt"])
+    )
     request = vit_pb2.ClassifyRequest(images=[img(png())])
     with InProcessServer(create_server, cfg) as srv:
         target = f"localhost:{srv.port}"
-        good = grpc.ssl_channel_credentials(f["ca.crt"].read_bytes(), f["client.key"].read_bytes(),
-                                            f["client.crt"].read_bytes())
+        good = grpc.ssl_channel_credentials(
+            f["ca.crt"].read_bytes(), f["client.key"].read_bytes(), f["client.crt"].read_bytes()
+        )
         with grpc.secure_channel(target, good) as ch:
             assert vit_pb2_grpc.VitServiceStub(ch).Classify(request, timeout=30).results
         no_client_cert = grpc.ssl_channel_credentials(f["ca.crt"].read_bytes())
@@ -330,7 +367,11 @@ def test_tls_server_only(vit_tiny_dir: Path, tls_files: dict[str, Path]) -> None
     with InProcessServer(create_server, cfg) as srv:
         creds = grpc.ssl_channel_credentials(f["ca.crt"].read_bytes())
         with grpc.secure_channel(f"localhost:{srv.port}", creds) as ch:
-            assert vit_pb2_grpc.VitServiceStub(ch).Classify(vit_pb2.ClassifyRequest(images=[img(png())]), timeout=30).results
+            assert (
+                vit_pb2_grpc.VitServiceStub(ch)
+                .Classify(vit_pb2.ClassifyRequest(images=[img(png())]), timeout=30)
+                .results
+            )
 
 
 # -- loading -----------------------------------------------------------------------------------------
@@ -384,6 +425,7 @@ def test_overload_rejects_excess_and_serves_the_rest(vit_base_dir: Path) -> None
         assert stub.Classify(vit_pb2.ClassifyRequest(images=[img(data)]), timeout=60).results
 
 
+@pytest.mark.slow
 def test_deadline_exceeded_and_cancelled_work_is_dropped(vit_base_dir: Path) -> None:
     cfg = vit_config(vit_base_dir, max_batch_size=1, max_images_per_request=8)
     with InProcessServer(create_server, cfg) as srv, srv.channel() as ch:
@@ -395,8 +437,11 @@ def test_deadline_exceeded_and_cancelled_work_is_dropped(vit_base_dir: Path) -> 
         srv.run(_settle())
         metrics = srv.metrics()
         assert metric_sum(metrics, "versus_items_processed_total") < 8  # the expired request's rest never ran
-        assert metric_sum(metrics, "versus_rejected_total", reason="deadline") + metric_sum(
-            metrics, "versus_rejected_total", reason="cancelled") > 0
+        assert (
+            metric_sum(metrics, "versus_rejected_total", reason="deadline")
+            + metric_sum(metrics, "versus_rejected_total", reason="cancelled")
+            > 0
+        )
         assert stub.Classify(vit_pb2.ClassifyRequest(images=[img(png())]), timeout=60).results
 
 
@@ -415,8 +460,28 @@ def test_pool_preprocessing_mode_gives_same_logits_and_errors(vit_tiny_dir: Path
             stub = vit_pb2_grpc.VitServiceStub(ch)
             logits[mode] = [list(r.logits) for r in stub.Classify(request, timeout=30).results]
             with pytest.raises(grpc.RpcError) as info:
-                stub.Classify(vit_pb2.ClassifyRequest(images=[img(png()), img(BAD_IMAGES["truncated-jpeg"][0])]),
-                              timeout=30)
+                stub.Classify(
+                    vit_pb2.ClassifyRequest(images=[img(png()), img(BAD_IMAGES["truncated-jpeg"][0])]), timeout=30
+                )
             assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert info.value.details().startswith("images[1]")
     assert np.array_equal(np.array(logits["pool"]), np.array(logits["device"]))
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_agrees_with_cpu_fp32_on_digits(vit_digits_dir: Path) -> None:
+    """On a GPU, device auto picks CUDA; bf16 there keeps top-1 agreement with fp32 on the CPU."""
+    from services.vit.builders import digits_splits
+
+    _, held = digits_splits()
+    request = vit_pb2.ClassifyRequest(images=[img(encode(i)) for i in held.images[:64]], top_k=1)
+    labels = {}
+    for device, precision in (("cpu", "fp32"), ("auto", "bf16")):
+        cfg = vit_config(vit_digits_dir, device=device, precision=precision, max_images_per_request=64)
+        with InProcessServer(create_server, cfg) as srv, srv.channel() as ch:
+            stub = vit_pb2_grpc.VitServiceStub(ch)
+            info = stub.GetModelInfo(vit_pb2.GetModelInfoRequest(), timeout=30)
+            assert info.model.device.startswith("cuda" if device == "auto" else "cpu")
+            labels[device] = [r.labels[0].index for r in stub.Classify(request, timeout=60).results]
+    agree = sum(a == b for a, b in zip(labels["cpu"], labels["auto"], strict=True)) / 64
+    assert agree >= 0.97

@@ -8,9 +8,10 @@ import zlib
 import numpy as np
 import pytest
 import torch
+from conftest import encode, sample_image
 from PIL import Image
 
-from conftest import encode, sample_image
+from services.common.errors import InvalidArgument
 from services.vit.errors import InvalidImage
 from services.vit.heads import HeadRegistry, fit_linear_probe
 from services.vit.images import decode_image
@@ -94,9 +95,15 @@ def test_linear_probe_separates_classes_deterministically() -> None:
     assert acc == 1.0 and torch.equal(w1, w2) and w1.shape == (3, 16) and b1.shape == (3,)
 
 
-@pytest.mark.parametrize("name, labels, fragment", [
-    ("bad name!", ["a", "b"], "name"), ("ok", ["a", "a"], "distinct"), ("ok", ["a", ""], "label"),
+@pytest.mark.parametrize("name, labels, field, fragment", [
+    ("bad name!", ["a", "b"], "name", "1..64 characters"),
+    ("x" * 65, ["a", "b"], "name", "65 characters"),
+    ("ok", ["a", "a"], "examples", "distinct"),
+    ("ok", ["a", ""], "examples[1].label", "1..128 characters"),
+    ("ok", ["a", "b\x00"], "examples[1].label", "without NUL"),
 ])
-def test_head_validation(name: str, labels: list[str], fragment: str) -> None:
-    with pytest.raises(Exception, match=fragment):
+def test_head_validation(name: str, labels: list[str], field: str, fragment: str) -> None:
+    with pytest.raises(InvalidArgument) as info:
         HeadRegistry.validate_new(name, labels)
+    assert info.value.field == field and fragment in info.value.message
+    assert len(info.value.message) < 200

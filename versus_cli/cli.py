@@ -61,7 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 # -- client commands ----------------------------------------------------------------------------
-def _client_settings(args: argparse.Namespace):  # noqa: ANN202
+def _client_settings(args: argparse.Namespace):
     from services.common.client import ClientSettings
 
     return ClientSettings(args.target, token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
@@ -93,17 +93,28 @@ def cmd_classify(args: argparse.Namespace) -> int:
         reply = stub.Classify(request,
                               timeout=args.timeout, metadata=settings.metadata())
     if args.json:
-        doc = {"model_id": reply.model_id,
-               "timings": {"queue_ms": reply.timings.queue_ms, "compute_ms": reply.timings.compute_ms,
-                           "preprocess_ms": reply.timings.preprocess_ms, "total_ms": reply.timings.total_ms},
-               "results": [{"file": f, "labels": [{"index": l.index, "label": l.label, "score": l.score} for l in r.labels]}
-                           for f, r in zip(args.files, reply.results)]}
+        doc = {
+            "model_id": reply.model_id,
+            "timings": {
+                "queue_ms": reply.timings.queue_ms,
+                "compute_ms": reply.timings.compute_ms,
+                "preprocess_ms": reply.timings.preprocess_ms,
+                "total_ms": reply.timings.total_ms,
+            },
+            "results": [
+                {
+                    "file": f,
+                    "labels": [{"index": lab.index, "label": lab.label, "score": lab.score} for lab in r.labels],
+                }
+                for f, r in zip(args.files, reply.results, strict=True)
+            ],
+        }
         print(json.dumps(doc, indent=2))
         return 0
-    for f, r in zip(args.files, reply.results):
+    for f, r in zip(args.files, reply.results, strict=True):
         print(f)
-        for l in r.labels:
-            print(f"  {l.score:7.4f}  {l.label}")
+        for lab in r.labels:
+            print(f"  {lab.score:7.4f}  {lab.label}")
     t = reply.timings
     print(f"[{reply.model_id}] queue {t.queue_ms:.1f} ms, compute {t.compute_ms:.1f} ms, total {t.total_ms:.1f} ms")
     return 0
@@ -116,10 +127,17 @@ def cmd_embed(args: argparse.Namespace) -> int:
     pooling = vit_pb2.POOLING_MEAN if args.pooling == "mean" else vit_pb2.POOLING_CLS
     with settings.channel() as channel:
         stub = vit_pb2_grpc.VitServiceStub(channel)
-        reply = stub.Embed(vit_pb2.EmbedRequest(images=_images(args.files), pooling=pooling, layers=args.layer or [],
-                                                normalize=args.normalize), timeout=args.timeout, metadata=settings.metadata())
-    results = [{"file": f, "embeddings": [{"layer": e.layer, "values": list(e.values)} for e in r.embeddings]}
-               for f, r in zip(args.files, reply.results)]
+        reply = stub.Embed(
+            vit_pb2.EmbedRequest(
+                images=_images(args.files), pooling=pooling, layers=args.layer or [], normalize=args.normalize
+            ),
+            timeout=args.timeout,
+            metadata=settings.metadata(),
+        )
+    results = [
+        {"file": f, "embeddings": [{"layer": e.layer, "values": list(e.values)} for e in r.embeddings]}
+        for f, r in zip(args.files, reply.results, strict=True)
+    ]
     if args.json:
         print(json.dumps({"model_id": reply.model_id, "dimension": reply.dimension, "results": results}))
         return 0
@@ -130,10 +148,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ranker_call(args: argparse.Namespace, method: str, request):  # noqa: ANN001, ANN202
+def _ranker_call(args: argparse.Namespace, method: str, request):
     """Call one RankerService method; with --json print the reply and return None."""
     from google.protobuf.json_format import MessageToDict
-
     from versus.ranker.v1 import ranker_pb2_grpc
 
     settings = _client_settings(args)
@@ -141,8 +158,12 @@ def _ranker_call(args: argparse.Namespace, method: str, request):  # noqa: ANN00
         stub = ranker_pb2_grpc.RankerServiceStub(channel)
         reply = getattr(stub, method)(request, timeout=args.timeout, metadata=settings.metadata())
     if args.json:
-        print(json.dumps(MessageToDict(reply, always_print_fields_with_no_presence=True,
-                                       preserving_proto_field_name=True), indent=2))
+        print(
+            json.dumps(
+                MessageToDict(reply, always_print_fields_with_no_presence=True, preserving_proto_field_name=True),
+                indent=2,
+            )
+        )
         return None
     return reply
 
@@ -155,12 +176,11 @@ def cmd_rank(args: argparse.Namespace) -> int:
         return 0
     for s in reply.scores:
         name = s.display_name if s.display_name == s.model_id else f"{s.display_name} ({s.model_id})"
-        print(f"{name}: {s.composite:.1f}/100, confidence {s.confidence:.0%}, "
-              f"matched {s.times_matched} times")
+        print(f"{name}: {s.composite:.1f}/100, confidence {s.confidence:.0%}, matched {s.times_matched} times")
         for sub in s.sub_scores:
             value = "missing" if sub.missing else f"{sub.score:5.1f}"
             print(f"  {sub.dimension:<12} {value:>7}  (weight {sub.weight:.2f})  {sub.explanation}")
-    print("leaders: " + ", ".join(f"{l.dimension} → {l.model_id}" for l in reply.leaders))
+    print("leaders: " + ", ".join(f"{lab.dimension} → {lab.model_id}" for lab in reply.leaders))
     print(reply.verdict)
     return 0
 
@@ -171,25 +191,36 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     reply = _ranker_call(args, "GetLeaderboard", ranker_pb2.GetLeaderboardRequest(task=args.task))
     if reply is None:
         return 0
-    print(f"task {reply.task or '(all)'}: {reply.matches} matches, {reply.bootstrap_rounds} bootstrap rounds, "
-          f"anchor {reply.anchor_model or '(mean)'}")
+    print(
+        f"task {reply.task or '(all)'}: {reply.matches} matches, {reply.bootstrap_rounds} bootstrap rounds, "
+        f"anchor {reply.anchor_model or '(mean)'}"
+    )
     print(f"{'rank':>4}  {'model':<36} {'rating':>8}  {'95% CI':>17}  {'matches':>7}  W/L/T")
     for r in reply.ratings:
-        print(f"{r.rank:>4}  {r.model_id:<36} {r.rating:8.1f}  [{r.ci_low:7.1f}, {r.ci_high:7.1f}]  "
-              f"{r.times_matched:>7}  {r.wins}/{r.losses}/{r.ties}")
+        print(
+            f"{r.rank:>4}  {r.model_id:<36} {r.rating:8.1f}  [{r.ci_low:7.1f}, {r.ci_high:7.1f}]  "
+            f"{r.times_matched:>7}  {r.wins}/{r.losses}/{r.ties}"
+        )
     for note in reply.notes:
         print(f"note: {note}")
     return 0
 
 
-def cmd_generate(args: argparse.Namespace) -> int:
+def _generate_request(args: argparse.Namespace):
     from versus.sd35.v1 import sd35_pb2
-    from versus_cli.calls import enum_value, generate_images, output_paths, progress_bar
 
-    request = sd35_pb2.GenerateRequest(prompt=args.prompt, negative_prompt=args.negative, width=args.width,
-                                       height=args.height, num_images=args.n,
-                                       output_format=enum_value(sd35_pb2.OutputFormat, "OUTPUT_FORMAT", args.format),
-                                       max_sequence_length=args.max_sequence_length, preview_every=args.preview_every)
+    from versus_cli.calls import enum_value
+
+    request = sd35_pb2.GenerateRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative,
+        width=args.width,
+        height=args.height,
+        num_images=args.n,
+        output_format=enum_value(sd35_pb2.OutputFormat, "OUTPUT_FORMAT", args.format),
+        max_sequence_length=args.max_sequence_length,
+        preview_every=args.preview_every,
+    )
     if args.variant:
         request.variant = enum_value(sd35_pb2.Variant, "VARIANT", args.variant)
     for name, value in (("steps", args.steps), ("guidance_scale", args.guidance), ("seed", args.seed)):
@@ -197,9 +228,21 @@ def cmd_generate(args: argparse.Namespace) -> int:
             setattr(request, name, value)
     for spec in args.adapter or []:
         name, _, weight = spec.partition("=")
-        request.adapters.add(name=name, weight=float(weight or 1.0))
+        try:
+            request.adapters.add(name=name, weight=float(weight or 1.0))
+        except ValueError:
+            raise CliError(f"--adapter {spec!r}: expected NAME=WEIGHT with a number for WEIGHT") from None
+    return request
 
-    def show(event) -> None:  # noqa: ANN001
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from versus.sd35.v1 import sd35_pb2
+
+    from versus_cli.calls import generate_images, output_paths, progress_bar
+
+    request = _generate_request(args)
+
+    def show(event) -> None:
         kind = event.WhichOneof("event")
         if kind == "queued":
             print(f"\rqueued, {event.queued.position} ahead", end="", file=sys.stderr, flush=True)
@@ -212,19 +255,33 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(file=sys.stderr)
     paths = output_paths(args.output, len(result.images))
-    for path, image in zip(paths, result.images):
+    for path, image in zip(paths, result.images, strict=True):
         path.write_bytes(image.data)
     t = result.timings
-    meta = {"files": [str(p) for p in paths], "seeds": list(result.seeds), "variant": sd35_pb2.Variant.Name(result.variant),
-            "steps": result.steps, "guidance_scale": round(result.guidance_scale, 4),
-            "width": result.width, "height": result.height,
-            "timings_ms": {"queue": t.queue_ms, "text_encoding": t.text_encoding_ms, "denoising": t.denoising_ms,
-                           "decode": t.decode_ms, "encode": t.encode_ms, "total": t.total_ms}}
+    meta = {
+        "files": [str(p) for p in paths],
+        "seeds": list(result.seeds),
+        "variant": sd35_pb2.Variant.Name(result.variant),
+        "steps": result.steps,
+        "guidance_scale": round(result.guidance_scale, 4),
+        "width": result.width,
+        "height": result.height,
+        "timings_ms": {
+            "queue": t.queue_ms,
+            "text_encoding": t.text_encoding_ms,
+            "denoising": t.denoising_ms,
+            "decode": t.decode_ms,
+            "encode": t.encode_ms,
+            "total": t.total_ms,
+        },
+    }
     if args.json:
         print(json.dumps(meta, indent=2))
     else:
-        print(f"wrote {', '.join(meta['files'])} (seeds {meta['seeds']}, {meta['variant']}, {result.steps} steps, "
-              f"{result.width}x{result.height}, {t.total_ms / 1000:.2f}s)")
+        print(
+            f"wrote {', '.join(meta['files'])} (seeds {meta['seeds']}, {meta['variant']}, {result.steps} steps, "
+            f"{result.width}x{result.height}, {t.total_ms / 1000:.2f}s)"
+        )
     return 0
 
 
@@ -287,8 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.set_defaults(target="localhost:50052", timeout=600.0)
     generate.add_argument("prompt")
     generate.add_argument("--negative", default="", help="negative prompt")
-    generate.add_argument("--variant", choices=("large", "large-turbo", "medium"), default="",
-                          help="default: the server's")
+    generate.add_argument(
+        "--variant", choices=("large", "large-turbo", "medium"), default="", help="default: the server's"
+    )
     generate.add_argument("--seed", type=int, default=None, help="default: random (printed)")
     generate.add_argument("--steps", type=int, default=None, help="default: the variant's")
     generate.add_argument("--guidance", type=float, default=None, help="default: the variant's")
@@ -318,8 +376,11 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", help="build the project's own models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     build = models_sub.add_parser("build", help="build NAME into --out DIR")
-    build.add_argument("name", help="vit-base-random, vit-tiny, vit-digits, sd35-large-tiny, sd35-large-turbo-tiny, "
-                                      "sd35-medium-tiny, sd35-lora-example")
+    build.add_argument(
+        "name",
+        help="vit-base-random, vit-tiny, vit-digits, sd35-large-tiny, sd35-large-turbo-tiny, "
+        "sd35-medium-tiny, sd35-lora-example",
+    )
     build.add_argument("--out", required=True)
     build.add_argument("--base", default="", help="base pipeline directory (sd35-lora-example)")
     build.set_defaults(func=cmd_models_build)

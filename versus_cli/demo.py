@@ -27,7 +27,7 @@ def _ensure_model(name: str, models_dir: Path) -> Path:
     return out
 
 
-def _png(image) -> bytes:  # noqa: ANN001 - PIL image
+def _png(image) -> bytes:  # PIL image
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
@@ -69,16 +69,17 @@ def run_demo(models_dir: Path, json_out: str = "") -> int:
     return 0 if figures["accuracy"] >= 0.95 and not any(codes.values()) else 1
 
 
-def _sd35_part(svc, models_dir: Path) -> dict:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
+def _sd35_part(svc, models_dir: Path) -> dict:  # versus_cli.launch.ServiceProcess
+    from versus.sd35.v1 import sd35_pb2
+
     from services.common.client import ClientSettings
     from versus_cli.calls import generate_images, progress_bar
-    from versus.sd35.v1 import sd35_pb2
 
     print("\n== sd35: text-to-image through the service (tiny Large pipeline, random weights) ==", flush=True)
     request = sd35_pb2.GenerateRequest(prompt="a photo of a tench, golden hour", width=128, height=128, steps=28,
                                        seed=2024, variant=sd35_pb2.VARIANT_LARGE)
 
-    def show(event) -> None:  # noqa: ANN001
+    def show(event) -> None:
         if event.WhichOneof("event") == "progress":
             p = event.progress
             print(progress_bar(p.step, p.total_steps, p.elapsed_ms), end="", flush=True)
@@ -93,7 +94,7 @@ def _sd35_part(svc, models_dir: Path) -> dict:  # noqa: ANN001 - versus_cli.laun
     return {"file": str(out), "seed": result.seeds[0], "steps": result.steps, "total_ms": round(t.total_ms, 1)}
 
 
-def _ranker_part(svc) -> None:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
+def _ranker_part(svc) -> None:  # versus_cli.launch.ServiceProcess
     import subprocess
     import sys
 
@@ -102,10 +103,11 @@ def _ranker_part(svc) -> None:  # noqa: ANN001 - versus_cli.launch.ServiceProces
                     "stable-diffusion-3.5-large"], check=True)
 
 
-def _vit_part(svc) -> dict:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
-    from services.vit.builders import digits_splits
+def _vit_part(svc) -> dict:  # versus_cli.launch.ServiceProcess
     from versus.common.v1 import common_pb2
     from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+    from services.vit.builders import digits_splits
 
     print("\n== vit: held-out digits through gRPC ==", flush=True)
     _, held = digits_splits()
@@ -115,7 +117,9 @@ def _vit_part(svc) -> dict:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
 
         def one(i: int) -> tuple[int, str, float]:
             t0 = time.perf_counter()
-            reply = stub.Classify(vit_pb2.ClassifyRequest(images=[common_pb2.Image(data=images[i])], top_k=1), timeout=30)
+            reply = stub.Classify(
+                vit_pb2.ClassifyRequest(images=[common_pb2.Image(data=images[i])], top_k=1), timeout=30
+            )
             return i, reply.results[0].labels[0].label, (time.perf_counter() - t0) * 1e3
 
         started = time.perf_counter()
@@ -126,14 +130,19 @@ def _vit_part(svc) -> dict:  # noqa: ANN001 - versus_cli.launch.ServiceProcess
     latencies = sorted(ms for _, _, ms in results)
     accuracy = correct / len(results)
     figures = {
-        "model": "vit-digits", "held_out_images": len(results), "accuracy": round(accuracy, 4),
+        "model": "vit-digits",
+        "held_out_images": len(results),
+        "accuracy": round(accuracy, 4),
         "latency_ms_p50": round(statistics.median(latencies), 2),
         "latency_ms_p95": round(latencies[int(0.95 * (len(latencies) - 1))], 2),
-        "throughput_img_s": round(len(results) / wall, 1), "concurrent_clients": 8,
+        "throughput_img_s": round(len(results) / wall, 1),
+        "concurrent_clients": 8,
     }
     print(f"\nheld-out digits through gRPC: {correct}/{len(results)} correct = {accuracy:.2%}")
-    print(f"latency p50 {figures['latency_ms_p50']} ms, p95 {figures['latency_ms_p95']} ms; "
-          f"{figures['throughput_img_s']} img/s with 8 concurrent clients")
+    print(
+        f"latency p50 {figures['latency_ms_p50']} ms, p95 {figures['latency_ms_p95']} ms; "
+        f"{figures['throughput_img_s']} img/s with 8 concurrent clients"
+    )
     print("\nmetrics excerpt:")
     for line in _metrics_excerpt(svc.metrics_port):
         print("  " + line)

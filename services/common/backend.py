@@ -107,8 +107,8 @@ class ServiceBackend(abc.ABC):
         """``model`` label values for the readiness gauge."""
         return [self.name]
 
-    async def started(self) -> None:
+    async def started(self) -> None:  # noqa: B027 - an optional hook
         """Hook after :meth:`load`, on the event loop (start batchers, workers)."""
 
-    async def stopping(self) -> None:
+    async def stopping(self) -> None:  # noqa: B027 - an optional hook
         """Hook at the start of :meth:`close`, on the event loop (drain batchers, workers)."""

@@ -223,6 +223,10 @@ class MicroBatcher(Generic[In, Out]):
                 if not item.future.done():
                     item.future.set_exception(exc)
             return
+        self._deliver(batch, outputs, started, batch_id)
+
+    def _deliver(self, batch: list[_Item[In]], outputs: Sequence[Out], started: float, batch_id: int) -> None:
+        """Record the batch and hand each caller its own output (an exception output fails only its item)."""
         compute_s = time.monotonic() - started
         self.service_time.observe(compute_s, len(batch))
         self.stats.batches += 1
@@ -232,7 +236,7 @@ class MicroBatcher(Generic[In, Out]):
             m.compute_seconds.labels(self._model).observe(compute_s)
             m.batch_size.labels(self._model).observe(len(batch))
             m.items.labels(self._model).inc(len(batch))
-        for item, output in zip(batch, outputs):
+        for item, output in zip(batch, outputs, strict=True):
             queue_s = started - item.enqueued
             if self._metrics:
                 self._metrics.queue_seconds.labels(self._model).observe(queue_s)

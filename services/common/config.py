@@ -85,10 +85,7 @@ class ServerConfig:
     torch_threads: int = setting(0, "torch intra-op threads; 0 keeps torch's default. Set it when pods share cores.")
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{self.env_name(f.name)}: {getattr(self, f.name)!r} is not one of {choices}")
+        self._check_choices()
         for name in ("port", "max_message_bytes", "max_concurrent_rpcs"):
             if getattr(self, name) < (0 if name == "port" else 1):
                 raise ConfigError(f"{self.env_name(name)} must be positive, got {getattr(self, name)}")
@@ -103,6 +100,12 @@ class ServerConfig:
         for name in ("grace_s", "drain_delay_s", "keepalive_time_s", "max_connection_age_s"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{self.env_name(name)} must be >= 0")
+
+    def _check_choices(self) -> None:
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise ConfigError(f"{self.env_name(f.name)}: {getattr(self, f.name)!r} is not one of {choices}")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -137,10 +140,17 @@ class ServerConfig:
             kind = types[f.name]
             help_text = f"{f.metadata.get('help', '')} [env {cls.env_name(f.name)}; default {f.default!r}]"
             if kind is bool:
-                group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction, help=help_text)
+                group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
+                                   help=help_text)
             elif kind == tuple[str, ...]:
-                group.add_argument(flag, dest=f.name, default=None, action="append", metavar=f.name.upper(),
-                                   help=help_text + " (repeatable)")
+                group.add_argument(
+                    flag,
+                    dest=f.name,
+                    default=None,
+                    action="append",
+                    metavar=f.name.upper(),
+                    help=help_text + " (repeatable)",
+                )
             else:
                 group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
 

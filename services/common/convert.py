@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from versus.common.v1 import common_pb2
+
 from services.common.backend import Capability, ModelInfo
 from services.common.errors import VersusError
 from services.common.status import status_for
-from versus.common.v1 import common_pb2
 
 #: precision name ↔ ``versus.common.v1.Precision``.
 PRECISION_TO_PROTO = {

@@ -114,12 +114,20 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             kind = "bidi_stream" if handler.request_streaming else "server_stream"
             behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
             wrapped = self._wrap_stream(behavior, kind, service, method, request_id, authorized)
-            factory = grpc.stream_stream_rpc_method_handler if handler.request_streaming else grpc.unary_stream_rpc_method_handler
+            factory = (
+                grpc.stream_stream_rpc_method_handler
+                if handler.request_streaming
+                else grpc.unary_stream_rpc_method_handler
+            )
         else:
             kind = "client_stream" if handler.request_streaming else "unary"
             behavior = handler.stream_unary if handler.request_streaming else handler.unary_unary
             wrapped = self._wrap_unary(behavior, kind, service, method, request_id, authorized)
-            factory = grpc.stream_unary_rpc_method_handler if handler.request_streaming else grpc.unary_unary_rpc_method_handler
+            factory = (
+                grpc.stream_unary_rpc_method_handler
+                if handler.request_streaming
+                else grpc.unary_unary_rpc_method_handler
+            )
         return factory(
             wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
         )
@@ -154,7 +162,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         size = request.ByteSize() if self._max_bytes and hasattr(request, "ByteSize") else 0
         if size > self._max_bytes:
             raise errors.InvalidArgument(
-                "request", f"message of {size} bytes exceeds the limit of {self._max_bytes} bytes; split it")
+                "request", f"message of {size} bytes exceeds the limit of {self._max_bytes} bytes; split it"
+            )
 
     def _wrap_unary(self, behavior: Any, *labels: Any) -> Any:
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:

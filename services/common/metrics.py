@@ -31,21 +31,37 @@ class Metrics:
         self.handling_seconds = Histogram(
             "grpc_server_handling_seconds", "RPC handling time.", _RPC, buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.in_flight = Gauge("versus_rpcs_in_flight", "RPCs being handled now.", ("grpc_service", "grpc_method"), registry=r)
+        self.in_flight = Gauge(
+            "versus_rpcs_in_flight", "RPCs being handled now.", ("grpc_service", "grpc_method"), registry=r
+        )
         self.queue_seconds = Histogram(
-            "versus_queue_seconds", "Time work items waited in the queue.", ("model",), buckets=_LATENCY_BUCKETS, registry=r
+            "versus_queue_seconds",
+            "Time work items waited in the queue.",
+            ("model",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.preprocess_seconds = Histogram(
-            "versus_preprocess_seconds", "Decode and preprocess time per request.", ("model",), buckets=_LATENCY_BUCKETS, registry=r
+            "versus_preprocess_seconds",
+            "Decode and preprocess time per request.",
+            ("model",),
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
         )
         self.compute_seconds = Histogram(
             "versus_compute_seconds", "Model compute time per batch.", ("model",), buckets=_LATENCY_BUCKETS, registry=r
         )
-        self.batch_size = Histogram("versus_batch_size", "Items per compute batch.", ("model",), buckets=_BATCH_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "versus_batch_size", "Items per compute batch.", ("model",), buckets=_BATCH_BUCKETS, registry=r
+        )
         self.queue_depth = Gauge("versus_queue_depth", "Work items waiting in the queue.", ("model",), registry=r)
-        self.rejected = Counter("versus_rejected", "Work refused or dropped, by reason.", ("model", "reason"), registry=r)
+        self.rejected = Counter(
+            "versus_rejected", "Work refused or dropped, by reason.", ("model", "reason"), registry=r
+        )
         self.items = Counter("versus_items_processed", "Work items (images) computed.", ("model",), registry=r)
-        self.model_ready = Gauge("versus_model_ready", "1 when the model is loaded and warmed up.", ("model",), registry=r)
+        self.model_ready = Gauge(
+            "versus_model_ready", "1 when the model is loaded and warmed up.", ("model",), registry=r
+        )
         self._http: Any = None
         self._thread: threading.Thread | None = None
 

@@ -35,14 +35,27 @@ POOLINGS = ("cls", "mean")
 IMAGES = "images[{}].data"
 
 CAPABILITIES = (
-    Capability("image-classification", "Image classification", "Top-k labels with softmax scores over the model's id2label."),
-    Capability("image-embeddings", "Image embeddings",
-               "CLS or mean-pooled vectors from any hidden layer, optionally L2-normalised."),
-    Capability("batch-inference", "Batch inference",
-               "Dynamic micro-batching across concurrent requests, plus a bidirectional bulk stream."),
-    Capability("custom-heads", "Custom heads", "Linear probes trained on the model's embeddings from labelled examples."),
-    Capability("safetensors-loading", "Safetensors loading",
-               "from_pretrained on a directory or hub id; pickle checkpoints refused."),
+    Capability(
+        "image-classification", "Image classification", "Top-k labels with softmax scores over the model's id2label."
+    ),
+    Capability(
+        "image-embeddings",
+        "Image embeddings",
+        "CLS or mean-pooled vectors from any hidden layer, optionally L2-normalised.",
+    ),
+    Capability(
+        "batch-inference",
+        "Batch inference",
+        "Dynamic micro-batching across concurrent requests, plus a bidirectional bulk stream.",
+    ),
+    Capability(
+        "custom-heads", "Custom heads", "Linear probes trained on the model's embeddings from labelled examples."
+    ),
+    Capability(
+        "safetensors-loading",
+        "Safetensors loading",
+        "from_pretrained on a directory or hub id; pickle checkpoints refused.",
+    ),
     Capability("quantization", "Reduced precision", "fp32, bf16/fp16 and dynamic int8 quantization of Linear layers."),
 )
 
@@ -103,7 +116,7 @@ class VitDescription:
     max_batch_size: int
 
 
-async def _within(future: asyncio.Future, timeout_s: float):  # noqa: ANN202 - the future's result
+async def _within(future: asyncio.Future, timeout_s: float):  # the future's result
     try:
         return await asyncio.wait_for(future, timeout_s)
     except TimeoutError:
@@ -128,18 +141,30 @@ class VitBackend(ServiceBackend):
         self.config = config
         self.model_id = config.model_id or Path(config.model.rstrip("/")).name or config.model
         super().__init__(self.model_id, metrics)
-        self.model = VitModel(config.model, precision=config.precision, device=config.device,
-                              allow_download=config.allow_download, torch_threads=config.torch_threads)
+        self.model = VitModel(
+            config.model,
+            precision=config.precision,
+            device=config.device,
+            allow_download=config.allow_download,
+            torch_threads=config.torch_threads,
+        )
         self.heads = HeadRegistry(config.max_heads)
         watch_gpu_memory(metrics)
         self._pre_pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="vit-pre")
         self.service_time = ServiceTime(initial_s=0.05)
-        self.admission = Admission(config.max_queue, model=self.model_id, service_time=self.service_time,
-                                   metrics=metrics, what="images")
+        self.admission = Admission(
+            config.max_queue, model=self.model_id, service_time=self.service_time, metrics=metrics, what="images"
+        )
         self._batcher: MicroBatcher[WorkItem, object] = MicroBatcher(
-            self._run_batch, self.executor, model=self.model_id, max_batch_size=config.max_batch_size,
-            max_queue=config.max_queue, max_wait_ms=config.max_wait_ms, metrics=metrics,
-            service_time=self.service_time)
+            self._run_batch,
+            self.executor,
+            model=self.model_id,
+            max_batch_size=config.max_batch_size,
+            max_queue=config.max_queue,
+            max_wait_ms=config.max_wait_ms,
+            metrics=metrics,
+            service_time=self.service_time,
+        )
         self.on_device = config.preprocess == "device"
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -165,13 +190,31 @@ class VitBackend(ServiceBackend):
         self.require_ready()
         m = self.model
         info = ModelInfo(
-            id=self.model_id, family="vit", variant=f"patch{m.patch_size}-{m.image_size}", parameters=m.parameters,
-            precision=self.config.precision, device=str(m.device), backend="torch", license=self.config.license,
+            id=self.model_id,
+            family="vit",
+            variant=f"patch{m.patch_size}-{m.image_size}",
+            parameters=m.parameters,
+            precision=self.config.precision,
+            device=str(m.device),
+            backend="torch",
+            license=self.config.license,
             capabilities=CAPABILITIES,
-            properties={"image_size": str(m.image_size), "num_labels": str(len(m.id2label)),
-                        "hidden_size": str(m.hidden_size), "num_hidden_layers": str(m.num_layers)})
-        return VitDescription(info, m.image_size, len(m.id2label), m.num_layers, m.hidden_size,
-                              self.config.max_images_per_request, self.config.max_batch_size)
+            properties={
+                "image_size": str(m.image_size),
+                "num_labels": str(len(m.id2label)),
+                "hidden_size": str(m.hidden_size),
+                "num_hidden_layers": str(m.num_layers),
+            },
+        )
+        return VitDescription(
+            info,
+            m.image_size,
+            len(m.id2label),
+            m.num_layers,
+            m.hidden_size,
+            self.config.max_images_per_request,
+            self.config.max_batch_size,
+        )
 
     # -- validation ----------------------------------------------------------------------------
     def _check_count(self, n: int, field: str = IMAGES) -> None:
@@ -179,7 +222,9 @@ class VitBackend(ServiceBackend):
         if n == 0:
             raise InvalidArgument(field, "at least one image is required")
         if n > self.config.max_images_per_request:
-            raise InvalidArgument(field, f"{n} images exceed the limit of {self.config.max_images_per_request} per request")
+            raise InvalidArgument(
+                field, f"{n} images exceed the limit of {self.config.max_images_per_request} per request"
+            )
 
     def classify_task(self, top_k: int | None, head_name: str, logits: bool = False) -> ClassifyTask:
         """``top_k`` None means the server default; anything outside 1..num_labels is refused."""
@@ -205,8 +250,9 @@ class VitBackend(ServiceBackend):
         """The client's path to image ``i`` from a template: ``images[{}].data`` → ``images[1].data``."""
         return field.format(i)
 
-    def _prepare(self, images: Sequence[bytes], field: str, task: ClassifyTask | EmbedTask,
-                 offset: int = 0) -> list[WorkItem]:
+    def _prepare(
+        self, images: Sequence[bytes], field: str, task: ClassifyTask | EmbedTask, offset: int = 0
+    ) -> list[WorkItem]:
         """Decode and preprocess every image (pool mode), or only check the headers (device mode:
         pixels are decoded on the device thread, per batch). Any bad header fails the whole request
         here, before it joins a batch."""
@@ -222,15 +268,22 @@ class VitBackend(ServiceBackend):
                 items.append(WorkItem(self.model.preprocess(image), task))
         return items
 
-    async def _submit(self, images: Sequence[bytes], task: ClassifyTask | EmbedTask, timeout_s: float | None,
-                      field: str = IMAGES, offset: int = 0) -> tuple[list[object], Timings]:
+    async def _submit(
+        self,
+        images: Sequence[bytes],
+        task: ClassifyTask | EmbedTask,
+        timeout_s: float | None,
+        field: str = IMAGES,
+        offset: int = 0,
+    ) -> tuple[list[object], Timings]:
         started = time.perf_counter()
         with self.admission.hold(len(images)):  # refuse before any decoding when full
             if self.on_device:  # header checks only: microseconds, fine on the event loop
                 items = self._prepare(images, field, task, offset)
             else:
-                future = asyncio.get_running_loop().run_in_executor(self._pre_pool, self._prepare, images, field, task,
-                                                                     offset)
+                future = asyncio.get_running_loop().run_in_executor(
+                    self._pre_pool, self._prepare, images, field, task, offset
+                )
                 items = await (future if timeout_s is None else _within(future, timeout_s))
             preprocess_s = time.perf_counter() - started
             self.metrics.preprocess_seconds.labels(self.model_id).observe(preprocess_s)
@@ -239,9 +292,15 @@ class VitBackend(ServiceBackend):
         return [r for r, _ in results], _timings(started, preprocess_s, [s for _, s in results])
 
     # -- public API ------------------------------------------------------------------------------
-    async def classify(self, images: Sequence[bytes], top_k: int | None = None, head: str = "",
-                       timeout_s: float | None = None, field: str = IMAGES,
-                       logits: bool = False) -> tuple[list[Classification], Timings]:
+    async def classify(
+        self,
+        images: Sequence[bytes],
+        top_k: int | None = None,
+        head: str = "",
+        timeout_s: float | None = None,
+        field: str = IMAGES,
+        logits: bool = False,
+    ) -> tuple[list[Classification], Timings]:
         """Top-k labels per image (softmax scores), in request order."""
         self.require_ready()
         self._check_count(len(images), field)
@@ -249,9 +308,16 @@ class VitBackend(ServiceBackend):
         outputs, timings = await self._submit(images, task, timeout_s, field)
         return outputs, timings  # type: ignore[return-value]
 
-    async def embed(self, images: Sequence[bytes], layers: Sequence[int] = (), pooling: str = "cls",
-                    normalize: bool = False, timeout_s: float | None = None, field: str = IMAGES,
-                    offset: int = 0) -> tuple[list[list[tuple[int, np.ndarray]]], Timings]:
+    async def embed(
+        self,
+        images: Sequence[bytes],
+        layers: Sequence[int] = (),
+        pooling: str = "cls",
+        normalize: bool = False,
+        timeout_s: float | None = None,
+        field: str = IMAGES,
+        offset: int = 0,
+    ) -> tuple[list[list[tuple[int, np.ndarray]]], Timings]:
         """Per image, one (layer, float32 vector) per requested layer."""
         self.require_ready()
         self._check_count(len(images), field)
@@ -259,8 +325,9 @@ class VitBackend(ServiceBackend):
         outputs, timings = await self._submit(images, task, timeout_s, field, offset)
         return outputs, timings  # type: ignore[return-value]
 
-    async def create_head(self, name: str, images: Sequence[bytes], labels: Sequence[str], epochs: int = 0,
-                          timeout_s: float | None = None) -> Head:
+    async def create_head(
+        self, name: str, images: Sequence[bytes], labels: Sequence[str], epochs: int = 0, timeout_s: float | None = None
+    ) -> Head:
         """Fit a linear probe on normalised final CLS embeddings of labelled examples."""
         self.require_ready()
         HeadRegistry.validate_new(name, list(labels))
@@ -268,20 +335,24 @@ class VitBackend(ServiceBackend):
         if not images:
             raise InvalidArgument("examples", "at least two labelled examples are required")
         if len(images) > self.config.max_head_examples:
-            raise InvalidArgument("examples", f"{len(images)} examples exceed the limit of {self.config.max_head_examples}")
+            raise InvalidArgument(
+                "examples", f"{len(images)} examples exceed the limit of {self.config.max_head_examples}"
+            )
         if not 0 <= epochs <= 1000:
             raise InvalidArgument("epochs", "must be 0..1000")
         vectors: list[np.ndarray] = []
         step = self.config.max_images_per_request
         for start in range(0, len(images), step):  # bounded chunks keep the queue fair to others
-            chunk, _ = await self.embed(images[start:start + step], (), "cls", True, timeout_s,
-                                        field="examples[{}].image.data", offset=start)
+            chunk, _ = await self.embed(
+                images[start : start + step], (), "cls", True, timeout_s, field="examples[{}].image.data", offset=start
+            )
             vectors.extend(v[0][1] for v in chunk)
         classes = sorted(set(labels))
         targets = np.array([classes.index(label) for label in labels])
         loop = asyncio.get_running_loop()
         weight, bias, acc = await loop.run_in_executor(
-            self._pre_pool, fit_linear_probe, np.stack(vectors), targets, len(classes), epochs or 100)
+            self._pre_pool, fit_linear_probe, np.stack(vectors), targets, len(classes), epochs or 100
+        )
         head = Head(name, tuple(classes), weight, bias, len(images), acc)
         self.heads.add(head)
         log.info("head created", extra={"head": name, "labels": len(classes), "examples": len(images)})
@@ -307,12 +378,16 @@ class VitBackend(ServiceBackend):
         good = [i for i, p in enumerate(pixels) if not isinstance(p, InvalidImage)]
         results: list[object] = list(pixels)  # errors stay in place
         if good:
-            for i, out in zip(good, self._forward([all_items[i] for i in good], [pixels[i] for i in good])):
+            for i, out in zip(
+                good, self._forward([all_items[i] for i in good], [pixels[i] for i in good]), strict=True
+            ):
                 results[i] = out
         return results
 
     def _forward(self, items: list[WorkItem], pixels: list[np.ndarray]) -> list[object]:
-        layers = frozenset(l for it in items if isinstance(it.task, EmbedTask) for l in it.task.layers if l != FINAL_LAYER)
+        layers = frozenset(
+            lab for it in items if isinstance(it.task, EmbedTask) for lab in it.task.layers if lab != FINAL_LAYER
+        )
         out = self.model.forward(np.stack(pixels), layers)
         results: list[object] = []
         for row, item in enumerate(items):
@@ -320,8 +395,19 @@ class VitBackend(ServiceBackend):
             if isinstance(task, ClassifyTask):
                 results.append(self._labels(out.logits[row], out.final[row], task))
             else:
-                results.append([(layer, pool(out.final[row] if layer == FINAL_LAYER else out.hidden[layer][row],
-                                             task.pooling, task.normalize)) for layer in task.layers])
+                results.append(
+                    [
+                        (
+                            layer,
+                            pool(
+                                out.final[row] if layer == FINAL_LAYER else out.hidden[layer][row],
+                                task.pooling,
+                                task.normalize,
+                            ),
+                        )
+                        for layer in task.layers
+                    ]
+                )
         return results
 
     def _labels(self, logits: torch.Tensor, final: torch.Tensor, task: ClassifyTask) -> Classification:

@@ -34,7 +34,7 @@ def imagenet_labels() -> list[str]:
     return labels
 
 
-def _processor(size: int):  # noqa: ANN202 - transformers' ViTImageProcessor
+def _processor(size: int):  # transformers' ViTImageProcessor
     from transformers import ViTImageProcessor
 
     # google/vit-base-patch16-224's preprocessor_config.json: bilinear resize, rescale 1/255, mean/std 0.5.
@@ -42,7 +42,7 @@ def _processor(size: int):  # noqa: ANN202 - transformers' ViTImageProcessor
                              rescale_factor=1 / 255, do_normalize=True, image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def _save(model: torch.nn.Module, processor, out: Path) -> Path:  # noqa: ANN001
+def _save(model: torch.nn.Module, processor, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out, safe_serialization=True)
     processor.save_pretrained(out)
@@ -53,7 +53,7 @@ def _random_vit(out: Path, **arch: int) -> Path:
     from transformers import ViTConfig, ViTForImageClassification
 
     labels = imagenet_labels()
-    config = ViTConfig(id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)}, **arch)
+    config = ViTConfig(id2label=dict(enumerate(labels)), label2id={lab: i for i, lab in enumerate(labels)}, **arch)
     torch.manual_seed(SEED)
     model = ViTForImageClassification(config)
     return _save(model, _processor(config.image_size), out)
@@ -109,7 +109,7 @@ def build_vit_digits(out: Path, *, epochs: int = 40, log_fn: Callable[[str], Non
     config = ViTConfig(image_size=DIGITS_SIZE, patch_size=4, num_channels=3, hidden_size=64, num_hidden_layers=4,
                        num_attention_heads=4, intermediate_size=128, hidden_dropout_prob=0.0,
                        attention_probs_dropout_prob=0.0, id2label=dict(enumerate(labels)),
-                       label2id={l: i for i, l in enumerate(labels)})
+                       label2id={lab: i for i, lab in enumerate(labels)})
     processor = _processor(DIGITS_SIZE)
     to_pixels = lambda imgs: processor(images=imgs, return_tensors="pt")["pixel_values"]  # noqa: E731
     x_train, x_held = to_pixels(train.images), to_pixels(held.images)

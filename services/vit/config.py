@@ -30,10 +30,13 @@ class VitConfig(ServerConfig):
     min_image_side: int = setting(8, "Smallest accepted width or height, in pixels.")
     default_top_k: int = setting(5, "top_k used when a request leaves it 0.")
     preprocess_threads: int = setting(1, "Threads decoding and preprocessing images (preprocess=pool).")
-    preprocess: str = setting("pool", "Where images are decoded and preprocessed: 'pool' (own threads, before the image "
-                              "joins a batch) or 'device' (headers checked first, pixels decoded on the device thread "
-                              "per batch: no CPU contention with torch on small CPU machines).",
-                              choices=("pool", "device"))
+    preprocess: str = setting(
+        "pool",
+        "Where images are decoded and preprocessed: 'pool' (own threads, before the image "
+        "joins a batch) or 'device' (headers checked first, pixels decoded on the device thread "
+        "per batch: no CPU contention with torch on small CPU machines).",
+        choices=("pool", "device"),
+    )
     stream_window: int = setting(64, "ClassifyStream items in flight per stream (back-pressure).")
     max_heads: int = setting(32, "Custom heads kept in memory.")
     max_head_examples: int = setting(4096, "Labelled images in one CreateHead request.")
@@ -42,8 +45,18 @@ class VitConfig(ServerConfig):
         super().__post_init__()
         if not self.model:
             raise ConfigError(f"{self.env_name('model')} (--model) is required: a model directory or hub id")
-        for name in ("max_batch_size", "max_queue", "max_images_per_request", "preprocess_threads", "stream_window",
-                     "default_top_k", "max_heads", "max_head_examples", "min_image_side", "max_image_pixels"):
+        for name in (
+            "max_batch_size",
+            "max_queue",
+            "max_images_per_request",
+            "preprocess_threads",
+            "stream_window",
+            "default_top_k",
+            "max_heads",
+            "max_head_examples",
+            "min_image_side",
+            "max_image_pixels",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be >= 1")
         if self.max_wait_ms < 0:

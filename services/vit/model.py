@@ -101,7 +101,7 @@ class VitModel:
                                         "device": str(self.device), "parameters": self.parameters})
 
     @property
-    def config(self):  # noqa: ANN201 - transformers' ViTConfig
+    def config(self):  # transformers' ViTConfig
         assert self.model is not None, "load() first"
         return self.model.config
 
@@ -156,7 +156,7 @@ def softmax_top_k(logits: torch.Tensor, k: int) -> list[tuple[int, float]]:
     """(index, probability) of the ``k`` best classes of one logits row, best first."""
     probs = torch.softmax(logits.float(), dim=-1)
     scores, indices = torch.topk(probs, k)
-    return [(int(i), float(s)) for i, s in zip(indices, scores)]
+    return [(int(i), float(s)) for i, s in zip(indices, scores, strict=True)]
 
 
 def pool(hidden: torch.Tensor, pooling: str, normalize: bool) -> np.ndarray:

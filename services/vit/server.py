@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
 from services.common.server import VersusServer, build_service_server
 from services.vit.backend import VitBackend
 from services.vit.config import VitConfig
 from services.vit.servicer import VitServicer
-from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 SERVICE_NAME = vit_pb2.DESCRIPTOR.services_by_name["VitService"].full_name
 
