@@ -56,7 +56,10 @@ class ClassifyRequest(_message.Message):
     Unset: the server default (5, capped at num_labels).
     """
     head: _builtins.str
-    """Optional custom head (from CreateHead) to classify with instead of the model's own classifier."""
+    """Optional custom head (from CreateHead) to classify with instead of the model's own classifier:
+    1..64 characters of [A-Za-z0-9_.-] (else INVALID_ARGUMENT); NOT_FOUND (google.rpc.ResourceInfo
+    resource_type "head") when no such head exists.
+    """
     return_logits: _builtins.bool
     """Also return the raw logits over all labels (for parity checks and client-side ensembling)."""
     @_builtins.property
@@ -294,7 +297,7 @@ class ClassifyStreamRequest(_message.Message):
     TOP_K_FIELD_NUMBER: _builtins.int
     HEAD_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Client's id for this item, echoed in its result (any string; need not be unique)."""
+    """Client's id for this item, echoed as sent in its result (any string; need not be unique)."""
     top_k: _builtins.int
     """As ClassifyRequest.top_k."""
     head: _builtins.str
@@ -418,7 +421,7 @@ class LabelledImage(_message.Message):
     IMAGE_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     label: _builtins.str
-    """Class name; a head has 2..1000 distinct labels."""
+    """Class name: 1..128 characters, no NUL; a head has 2..1000 distinct labels."""
     @_builtins.property
     def image(self) -> _common_pb2.Image: ...
     def __init__(
@@ -443,12 +446,14 @@ class CreateHeadRequest(_message.Message):
     EXAMPLES_FIELD_NUMBER: _builtins.int
     EPOCHS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Name, 1..64 characters of [A-Za-z0-9_.-]. ALREADY_EXISTS if taken."""
+    """Name, 1..64 characters of [A-Za-z0-9_.-]. ALREADY_EXISTS if taken; RESOURCE_EXHAUSTED when
+    max_heads (default 32) heads exist.
+    """
     epochs: _builtins.int
-    """Training epochs for the linear probe, 0 = server default (100)."""
+    """Training epochs (L-BFGS iterations) for the linear probe, 0..1000; 0 = server default (100)."""
     @_builtins.property
     def examples(self) -> _containers.RepeatedCompositeFieldContainer[Global___LabelledImage]:
-        """At least one example per label, at most max_head_examples in all."""
+        """Labelled examples, at most max_head_examples (default 4096) in all; at least one per label."""
 
     def __init__(
         self,

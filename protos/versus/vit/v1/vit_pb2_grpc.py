@@ -76,14 +76,21 @@ class VitServiceServicer:
 
     def Classify(self, request, context):
         """Classifies up to max_images_per_request images (default 64). Images are decoded and validated
-        one by one; one bad image fails the whole request with INVALID_ARGUMENT naming its index.
+        one by one; one bad image fails the whole request with INVALID_ARGUMENT whose google.rpc.BadRequest
+        names it ("images[3].data"; ErrorInfo.reason "INVALID_IMAGE").
+        Image limits: JPEG, PNG, WebP, BMP or GIF (first frame); each side >= min_image_side (default 8 px);
+        declared width x height <= max_image_pixels (default 40,000,000), checked before decoding; the
+        whole request <= max_message_bytes (default 64 MiB; beyond twice that the transport answers
+        RESOURCE_EXHAUSTED). Admission happens before decoding: when the images admitted and not yet
+        answered would exceed max_queue (default 256), the request is refused at once with
+        RESOURCE_EXHAUSTED (reason "QUEUE_FULL") and a google.rpc.RetryInfo delay.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Embed(self, request, context):
-        """Returns one float32 vector per image and requested layer.
+        """Returns one float32 vector per image and requested layer. Same image limits and admission as Classify.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -33,10 +33,17 @@ class VitServiceStub:
     def __new__(cls, channel: _aio.Channel) -> VitServiceAsyncStub: ...
     Classify: _grpc.UnaryUnaryMultiCallable[_vit_pb2.ClassifyRequest, _vit_pb2.ClassifyResponse]
     """Classifies up to max_images_per_request images (default 64). Images are decoded and validated
-    one by one; one bad image fails the whole request with INVALID_ARGUMENT naming its index.
+    one by one; one bad image fails the whole request with INVALID_ARGUMENT whose google.rpc.BadRequest
+    names it ("images[3].data"; ErrorInfo.reason "INVALID_IMAGE").
+    Image limits: JPEG, PNG, WebP, BMP or GIF (first frame); each side >= min_image_side (default 8 px);
+    declared width x height <= max_image_pixels (default 40,000,000), checked before decoding; the
+    whole request <= max_message_bytes (default 64 MiB; beyond twice that the transport answers
+    RESOURCE_EXHAUSTED). Admission happens before decoding: when the images admitted and not yet
+    answered would exceed max_queue (default 256), the request is refused at once with
+    RESOURCE_EXHAUSTED (reason "QUEUE_FULL") and a google.rpc.RetryInfo delay.
     """
     Embed: _grpc.UnaryUnaryMultiCallable[_vit_pb2.EmbedRequest, _vit_pb2.EmbedResponse]
-    """Returns one float32 vector per image and requested layer."""
+    """Returns one float32 vector per image and requested layer. Same image limits and admission as Classify."""
     ClassifyStream: _grpc.StreamStreamMultiCallable[_vit_pb2.ClassifyStreamRequest, _vit_pb2.ClassifyStreamResponse]
     """Bulk classification: send any number of items, receive one result per item in request order,
     each tagged with the client's id. A bad item yields an item error; the stream goes on.
@@ -55,10 +62,17 @@ class VitServiceAsyncStub(VitServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Classify: _aio.UnaryUnaryMultiCallable[_vit_pb2.ClassifyRequest, _vit_pb2.ClassifyResponse]  # type: ignore[assignment]
     """Classifies up to max_images_per_request images (default 64). Images are decoded and validated
-    one by one; one bad image fails the whole request with INVALID_ARGUMENT naming its index.
+    one by one; one bad image fails the whole request with INVALID_ARGUMENT whose google.rpc.BadRequest
+    names it ("images[3].data"; ErrorInfo.reason "INVALID_IMAGE").
+    Image limits: JPEG, PNG, WebP, BMP or GIF (first frame); each side >= min_image_side (default 8 px);
+    declared width x height <= max_image_pixels (default 40,000,000), checked before decoding; the
+    whole request <= max_message_bytes (default 64 MiB; beyond twice that the transport answers
+    RESOURCE_EXHAUSTED). Admission happens before decoding: when the images admitted and not yet
+    answered would exceed max_queue (default 256), the request is refused at once with
+    RESOURCE_EXHAUSTED (reason "QUEUE_FULL") and a google.rpc.RetryInfo delay.
     """
     Embed: _aio.UnaryUnaryMultiCallable[_vit_pb2.EmbedRequest, _vit_pb2.EmbedResponse]  # type: ignore[assignment]
-    """Returns one float32 vector per image and requested layer."""
+    """Returns one float32 vector per image and requested layer. Same image limits and admission as Classify."""
     ClassifyStream: _aio.StreamStreamMultiCallable[_vit_pb2.ClassifyStreamRequest, _vit_pb2.ClassifyStreamResponse]  # type: ignore[assignment]
     """Bulk classification: send any number of items, receive one result per item in request order,
     each tagged with the client's id. A bad item yields an item error; the stream goes on.
@@ -80,7 +94,14 @@ class VitServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_vit_pb2.ClassifyResponse, _abc.Awaitable[_vit_pb2.ClassifyResponse]]:
         """Classifies up to max_images_per_request images (default 64). Images are decoded and validated
-        one by one; one bad image fails the whole request with INVALID_ARGUMENT naming its index.
+        one by one; one bad image fails the whole request with INVALID_ARGUMENT whose google.rpc.BadRequest
+        names it ("images[3].data"; ErrorInfo.reason "INVALID_IMAGE").
+        Image limits: JPEG, PNG, WebP, BMP or GIF (first frame); each side >= min_image_side (default 8 px);
+        declared width x height <= max_image_pixels (default 40,000,000), checked before decoding; the
+        whole request <= max_message_bytes (default 64 MiB; beyond twice that the transport answers
+        RESOURCE_EXHAUSTED). Admission happens before decoding: when the images admitted and not yet
+        answered would exceed max_queue (default 256), the request is refused at once with
+        RESOURCE_EXHAUSTED (reason "QUEUE_FULL") and a google.rpc.RetryInfo delay.
         """
 
     @_abc_1.abstractmethod
@@ -89,7 +110,7 @@ class VitServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vit_pb2.EmbedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vit_pb2.EmbedResponse, _abc.Awaitable[_vit_pb2.EmbedResponse]]:
-        """Returns one float32 vector per image and requested layer."""
+        """Returns one float32 vector per image and requested layer. Same image limits and admission as Classify."""
 
     @_abc_1.abstractmethod
     def ClassifyStream(
