@@ -31,6 +31,10 @@ from services.sd35.variants import VariantSpec
 
 log = logging.getLogger(__name__)
 
+#: Progress events are coalesced to at most one per this many ms (plus the first and the last step):
+#: with steps of a few ms (tiny models, Turbo on a fast GPU) a message per step costs the event loop and
+#: the client more than it tells them. Cancellation and deadlines are still checked after every step.
+PROGRESS_INTERVAL_MS = 50.0
 #: A cancel that arrives this close to the deadline is the deadline's doing (gRPC cancels the call
 #: when the deadline passes; the two clocks differ by microseconds).
 DEADLINE_SLACK_S = 0.05
@@ -165,13 +169,16 @@ class Scheduler:
     # -- device thread ---------------------------------------------------------------------------------
     def _hooks(self, queue: VariantQueue, job: Job) -> StepHooks:
         last_step = [time.perf_counter()]
+        last_sent_ms = [-PROGRESS_INTERVAL_MS]
 
         def on_step(step: int, total: int, elapsed_ms: float) -> None:
             now = time.perf_counter()
             self.metrics.step_seconds.labels(queue.name).observe(now - last_step[0])
             last_step[0] = now
             job.steps_done = step
-            job.emit(Progress(step, total, elapsed_ms))
+            if step == total or elapsed_ms - last_sent_ms[0] >= PROGRESS_INTERVAL_MS:
+                last_sent_ms[0] = elapsed_ms
+                job.emit(Progress(step, total, elapsed_ms))
             job.check_stop(step, total)
 
         return StepHooks(on_step, lambda step, images: job.emit(Preview(step, images)))

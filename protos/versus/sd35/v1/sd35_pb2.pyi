@@ -210,7 +210,9 @@ class Progress(_message.Message):
     TOTAL_STEPS_FIELD_NUMBER: _builtins.int
     ELAPSED_MS_FIELD_NUMBER: _builtins.int
     step: _builtins.int
-    """Steps finished, 1..total_steps."""
+    """Steps finished, 1..total_steps. Sent for the first step, then at most once per 50 ms, and always
+    for the last step; cancellation is checked after every step regardless.
+    """
     total_steps: _builtins.int
     elapsed_ms: _builtins.float
     """Milliseconds since denoising started."""

@@ -73,8 +73,8 @@ class Sd35ServiceServicer:
     """
 
     def Generate(self, request, context):
-        """Streams Queued events while waiting, Progress after every denoising step, optional Previews,
-        then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
+        """Streams Queued events while waiting, Progress after denoising steps (the first, then at most one
+        per 50 ms, always the last), optional Previews, then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
         deadline likewise (DEADLINE_EXCEEDED). More than GetModelInfoResponse.max_queue requests waiting
         for the variant: RESOURCE_EXHAUSTED, reason QUEUE_FULL, with RetryInfo estimated from the work
         ahead (megapixel-steps queued × recent seconds per megapixel-step).

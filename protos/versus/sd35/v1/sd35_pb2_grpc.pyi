@@ -38,8 +38,8 @@ class Sd35ServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> Sd35ServiceAsyncStub: ...
     Generate: _grpc.UnaryStreamMultiCallable[_sd35_pb2.GenerateRequest, _sd35_pb2.GenerateResponse]
-    """Streams Queued events while waiting, Progress after every denoising step, optional Previews,
-    then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
+    """Streams Queued events while waiting, Progress after denoising steps (the first, then at most one
+    per 50 ms, always the last), optional Previews, then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
     deadline likewise (DEADLINE_EXCEEDED). More than GetModelInfoResponse.max_queue requests waiting
     for the variant: RESOURCE_EXHAUSTED, reason QUEUE_FULL, with RetryInfo estimated from the work
     ahead (megapixel-steps queued × recent seconds per megapixel-step).
@@ -66,8 +66,8 @@ class Sd35ServiceAsyncStub(Sd35ServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     Generate: _aio.UnaryStreamMultiCallable[_sd35_pb2.GenerateRequest, _sd35_pb2.GenerateResponse]  # type: ignore[assignment]
-    """Streams Queued events while waiting, Progress after every denoising step, optional Previews,
-    then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
+    """Streams Queued events while waiting, Progress after denoising steps (the first, then at most one
+    per 50 ms, always the last), optional Previews, then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
     deadline likewise (DEADLINE_EXCEEDED). More than GetModelInfoResponse.max_queue requests waiting
     for the variant: RESOURCE_EXHAUSTED, reason QUEUE_FULL, with RetryInfo estimated from the work
     ahead (megapixel-steps queued × recent seconds per megapixel-step).
@@ -97,8 +97,8 @@ class Sd35ServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sd35_pb2.GenerateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_sd35_pb2.GenerateResponse], _abc.AsyncIterator[_sd35_pb2.GenerateResponse]]:
-        """Streams Queued events while waiting, Progress after every denoising step, optional Previews,
-        then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
+        """Streams Queued events while waiting, Progress after denoising steps (the first, then at most one
+        per 50 ms, always the last), optional Previews, then exactly one Result. Cancelling the call stops within one step (CANCELLED); an expired
         deadline likewise (DEADLINE_EXCEEDED). More than GetModelInfoResponse.max_queue requests waiting
         for the variant: RESOURCE_EXHAUSTED, reason QUEUE_FULL, with RetryInfo estimated from the work
         ahead (megapixel-steps queued × recent seconds per megapixel-step).
