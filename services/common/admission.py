@@ -9,6 +9,7 @@ running estimate behind the retry hint: units ahead × recent seconds per unit.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 
 from services.common.errors import ResourceExhausted
@@ -42,14 +43,17 @@ class Admission:
     """A bounded number of admitted, unfinished work units.
 
     ``hold(n)`` admits ``n`` units or raises :class:`QueueFull` at once (microseconds, no waiting);
-    the units are released when the ``with`` block ends, however it ends.
+    the units are released when the ``with`` block ends, however it ends. The retry hint is the time
+    the units in flight need to drain at the rate units have recently been finishing (measured here,
+    between releases while busy), so it covers decoding and queueing as well as compute.
     """
 
-    def __init__(self, capacity: int, *, model: str, service_time: ServiceTime, workers: int = 1,
+    def __init__(self, capacity: int, *, model: str, service_time: ServiceTime | None = None, workers: int = 1,
                  metrics: Metrics | None = None, what: str = "items") -> None:
         self.capacity = capacity
         self.in_use = 0
-        self.service_time = service_time
+        self.service_time = service_time or ServiceTime(initial_s=0.05)
+        self._last_release: float | None = None
         self._model = model
         self._workers = workers
         self._metrics = metrics
@@ -66,6 +70,10 @@ class Admission:
         self.in_use += units
 
     def release(self, units: int) -> None:
+        now = time.monotonic()
+        if self._last_release is not None and self.in_use > units:  # busy since the last release
+            self.service_time.observe(now - self._last_release, units)
+        self._last_release = now
         self.in_use = max(0, self.in_use - units)
 
     @contextlib.contextmanager

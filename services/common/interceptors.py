@@ -64,7 +64,9 @@ class _Call:
         status = to_status(exc, self.request_id)
         self.code = status.code
         if isinstance(exc, errors.VersusError):
-            level = logging.ERROR if self.code == grpc.StatusCode.INTERNAL else logging.INFO
+            # Overload refusals are counted in metrics; logging each one would make a flood costlier.
+            level = (logging.ERROR if self.code == grpc.StatusCode.INTERNAL
+                     else logging.DEBUG if self.code == grpc.StatusCode.RESOURCE_EXHAUSTED else logging.INFO)
             log.log(level, "rpc failed", extra={"rpc": self.labels[2], "code": self.code.name, "error": exc.message,
                                                 "reason": exc.reason})
         else:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.common.admission import Admission, ServiceTime
+from services.common.admission import Admission
 from services.common.backend import Capability, ModelInfo, ServiceBackend
 from services.common.batcher import ItemStats, MicroBatcher
 from services.common.errors import DeadlineExceeded, InvalidArgument
@@ -151,10 +151,8 @@ class VitBackend(ServiceBackend):
         self.heads = HeadRegistry(config.max_heads)
         watch_gpu_memory(metrics)
         self._pre_pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="vit-pre")
-        self.service_time = ServiceTime(initial_s=0.05)
-        self.admission = Admission(
-            config.max_queue, model=self.model_id, service_time=self.service_time, metrics=metrics, what="images"
-        )
+        # Retry hints come from the admission's own drain rate (decode + queue + compute per image).
+        self.admission = Admission(config.max_queue, model=self.model_id, metrics=metrics, what="images")
         self._batcher: MicroBatcher[WorkItem, object] = MicroBatcher(
             self._run_batch,
             self.executor,
@@ -163,7 +161,6 @@ class VitBackend(ServiceBackend):
             max_queue=config.max_queue,
             max_wait_ms=config.max_wait_ms,
             metrics=metrics,
-            service_time=self.service_time,
         )
         self.on_device = config.preprocess == "device"
 
