@@ -97,6 +97,19 @@ def test_record_match_validation_and_idempotency(ranker) -> None:  # noqa: ANN00
     model = ranker.GetModel(ranker_pb2.GetModelRequest(model_id=VIT), timeout=10)
     assert model.times_matched == 1 and len(model.model.capabilities) == 6
     assert model.model.signals and all(len(s.as_of) == 10 and s.as_of[4] == "-" for s in model.model.signals)
+    m = model.model
+    assert m.license_terms.id == "apache-2.0" and m.license_terms.open_weights and m.pricing_terms.kind == \
+        "free-self-hosted"
+    seed = next(c for c in m.claims if c.text == "84.0% vs 76.1% and 77.1%")
+    assert seed.capability_id == "imagenet-1k-classification" and seed.value == 84.0
+    assert [(x.subject, x.value) for x in seed.compared_with] == [("ResNet-50", 76.1), ("EfficientNet-B0", 77.1)]
+    assert {a.name for a in m.not_found} == {"hf_downloads_30d", "hf_likes"}
+    quality = next(s for s in m.signals if s.dimension == "quality")
+    assert (quality.value, quality.locator.split(":")[0]) == (81.786, "row vit_base_patch16_224.orig_in21k_ft_in1k")
+    dalle = ranker.GetModel(ranker_pb2.GetModelRequest(model_id="dall-e-3"), timeout=10).model
+    assert not dalle.license_terms.open_weights and dalle.license_terms.HasField("open_weights")
+    assert dalle.pricing_terms.kind == "paid-api" and not dalle.pricing_terms.HasField("price_usd")
+    assert dalle.parameters == 0  # not found
     assert code_of(ranker.GetModel, ranker_pb2.GetModelRequest(model_id="nope")) == grpc.StatusCode.NOT_FOUND
 
 
@@ -209,6 +222,10 @@ def test_cli_rank_prints_explanations(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, VIT, LARGE],
                              capture_output=True, text=True, check=True).stdout
         assert "adoption" in out and "explanation" not in out and "/100 vs " in out
+        # the quality terms with their raw values, sources and dates
+        assert "imagenet1k_top1 = 81.786 percent" in out and "pytorch-image-models" in out
+        assert "geneval_overall = 0.71" in out and "https://arxiv.org/abs/2511.22699" in out
+        assert "read 2026-11-27" in out and "floor 76.13 (resnet-50" in out
         doc = json.loads(subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, VIT,
                                          "--json"], capture_output=True, text=True, check=True).stdout)
         assert doc["scores"][0]["model_id"] == VIT  # proto field names (snake_case)

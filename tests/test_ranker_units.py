@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from services.ranker import bt
-from services.ranker.catalog import json_schema, load_catalog, parse_entry
+from services.ranker.catalog import Reference, Task, TaskScale, json_schema, load_catalog, load_tasks, parse_entry
 from services.ranker.errors import CatalogError, IdempotencyConflict
 from services.ranker.scoring import DEFAULT_WEIGHTS, GraphStats, graph_stats, parse_weights, score_report
 from services.ranker.store import Match, MatchTable, open_store
@@ -122,20 +122,30 @@ def test_overlapping_intervals_share_a_rank() -> None:
 # -- scoring ------------------------------------------------------------------------------------------
 def _entry(model_id: str, signals: list[dict]) -> object:
     return parse_entry(f"{model_id}.json", {
-        "id": model_id, "display_name": model_id.upper(), "type": "t", "family": "f", "parameters": 1,
-        "license": "x", "pricing": "free", "capabilities": [{"id": "c", "title": "C", "description": "d"}],
+        "id": model_id, "display_name": model_id.upper(), "checkpoint": model_id, "type": "t", "family": "f",
+        "parameters": 1, "license": {"id": "not-found", "commercial_use": "not-found"},
+        "pricing": {"kind": "free-self-hosted"}, "capabilities": [{"id": "c", "title": "C", "description": "d"}],
         "signals": signals})
 
 
 def _sig(dimension: str, value: float, max_: float = 100.0) -> dict:
-    return {"dimension": dimension, "name": f"{dimension}_metric", "value": value, "unit": "u", "source": "test",
-            "as_of": "2026-01-01", "measured": True, "scale": {"kind": "linear", "min": 0, "max": max_}}
+    return {"dimension": dimension, "name": f"{dimension}_metric", "value": value, "unit": "u",
+            "source": "https://example.org/paper", "locator": "Table 1", "as_of": "2026-01-01", "measured": True,
+            "scale": {"kind": "linear", "min": 0, "max": max_}}
+
+
+def _tasks() -> dict[str, TaskScale]:
+    """Task 't': quality_metric placed between a floor of 0 and a ceiling of 100."""
+    floor, ceiling = _entry("lo", [_sig("quality", 0)]), _entry("hi", [_sig("quality", 100)])
+    task = Task(id="t", primary_metric="quality_metric", unit="u", description="d", floor_model="lo",
+                ceiling_model="hi")
+    return {"t": TaskScale(task, Reference("lo", floor.signals[0]), Reference("hi", ceiling.signals[0]))}
 
 
 def test_verdict_in_the_seed_form() -> None:
     a = _entry("a", [_sig("adoption", 40), _sig("quality", 95), _sig("ecosystem", 40)])
     b = _entry("b", [_sig("adoption", 60), _sig("quality", 50), _sig("ecosystem", 60)])
-    report = score_report([a, b], DEFAULT_WEIGHTS, GraphStats({}, {}, 0, 0), {})
+    report = score_report([a, b], DEFAULT_WEIGHTS, GraphStats({}, {}, 0, 0), {}, _tasks())
     assert report.verdict.startswith("A scores higher at")
     assert "B leads on adoption and ecosystem, while A is stronger on quality." in report.verdict
     assert report.leaders == {"adoption": "b", "quality": "a", "ecosystem": "b"}
@@ -144,12 +154,12 @@ def test_verdict_in_the_seed_form() -> None:
 def test_missing_signals_are_shown_and_lower_confidence_not_the_score() -> None:
     full = _entry("full", [_sig("adoption", 50), _sig("quality", 50), _sig("ecosystem", 50)])
     partial = _entry("partial", [_sig("adoption", 50)])
-    report = score_report([full, partial], DEFAULT_WEIGHTS, GraphStats({}, {}, 0, 0), {})
+    report = score_report([full, partial], DEFAULT_WEIGHTS, GraphStats({}, {}, 0, 0), {}, _tasks())
     by_id = {s.model_id: s for s in report.scores}
     assert by_id["partial"].composite == by_id["full"].composite == 50.0
     assert by_id["partial"].confidence < by_id["full"].confidence
     quality = by_id["partial"].sub("quality")
-    assert quality.missing and "no quality signal" in quality.explanation
+    assert quality.missing and "no sourced quality_metric" in quality.explanation
     assert "PARTIAL has no quality, ecosystem and match graph data" in report.verdict
 
 
@@ -158,8 +168,9 @@ def test_scores_are_deterministic_and_explain_inputs() -> None:
     entries = [catalog["vit-base-patch16-224"], catalog["stable-diffusion-3.5-large"]]
     table = MatchTable(["vit-base-patch16-224"] * 3, ["stable-diffusion-3.5-large"] * 3, np.array([1, 2, 3]))
     stats = graph_stats(table)
-    r1 = score_report(entries, DEFAULT_WEIGHTS, stats, {})
-    r2 = score_report(entries, DEFAULT_WEIGHTS, graph_stats(table), {})
+    tasks = load_tasks("", catalog)
+    r1 = score_report(entries, DEFAULT_WEIGHTS, stats, {}, tasks)
+    r2 = score_report(entries, DEFAULT_WEIGHTS, graph_stats(table), {}, tasks)
     assert r1 == r2
     for s in r1.scores:
         assert 0 <= s.composite <= 100
@@ -199,12 +210,24 @@ _SEED_FILE = Path(__file__).parent.parent / "services/ranker/catalog/vit-base-pa
     (lambda d: d.update(colour="blue"), "field 'colour' is not a field of the catalog schema"),
     (lambda d: d["signals"][0].update(dimension="vibes"), "field 'signals[0].dimension' input should be"),
     (lambda d: d["signals"][0].update(as_of="yesterday"), "field 'signals[0].as_of' input should be a valid date"),
+    (lambda d: d["signals"][0].update(source="see the model card"), "field 'signals[0].source' string should match"),
+    (lambda d: d["signals"][0].update(source="https://www.promptlayer.com/models/x"),
+     "field 'signals[0].source' is on the aggregator deny-list (promptlayer.com)"),
+    (lambda d: d["signals"][0].update(source="https://api.unfragile.ai/x"), "deny-list (unfragile.ai)"),
+    (lambda d: d["signals"][0].pop("locator"), "field 'signals[0].locator' is required"),
+    (lambda d: d["signals"][1].pop("scale"), "field 'signals[1]' adoption and ecosystem signals need"),
+    (lambda d: d["license"].pop("source"), "field 'license' a licence needs its source"),
+    (lambda d: d["license"].update(commercial_use="maybe"), "field 'license.commercial_use' input should be"),
+    (lambda d: d["not_found"].append({"dimension": "quality", "name": "imagenet1k_top1", "note": "x"}),
+     "not_found lists signals that are present"),
+    (lambda d: d["capabilities"][0]["claims"][0].pop("claimed_by"),
+     "field 'capabilities[0].claims[0].claimed_by' is required"),
     (lambda d: d["signals"][0].update(value=True), "field 'signals[0].value' input should be a valid number"),
     (lambda d: d["signals"][0].update(value="12"), "field 'signals[0].value' input should be a valid number"),
     (lambda d: d["signals"][0].update(measured="no"), "field 'signals[0].measured' input should be a valid boolean"),
     (lambda d: d["signals"][0].pop("source"), "field 'signals[0].source' is required"),
-    (lambda d: d["signals"][0]["scale"].update(kind="cubic"), "field 'signals[0].scale.kind' input should be"),
-    (lambda d: d["signals"][0]["scale"].update(max=-1), "field 'signals[0].scale' max must be greater than min"),
+    (lambda d: d["signals"][1]["scale"].update(kind="cubic"), "field 'signals[1].scale.kind' input should be"),
+    (lambda d: d["signals"][1]["scale"].update(max=-1), "field 'signals[1].scale' max must be greater"),
     (lambda d: d["capabilities"].append(dict(d["capabilities"][0])), "field 'capabilities' has duplicate ids"),
     (lambda d: d.update(capabilities=[]), "field 'capabilities' tuple should have at least 1 item"),
     (lambda d: d["capabilities"][1].pop("title"), "field 'capabilities[1].title' is required"),
@@ -278,3 +301,27 @@ def test_store_records_idempotently(store) -> None:  # noqa: ANN001
     last = store.record(Match("a", "c", 1, "other", "", f"key-{uuid.uuid4()}"))[0]
     assert store.version() == (last, 3)
     assert not hasattr(store.table(), "last_id")  # the table is one query, no side lookups
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda t: t["tasks"][0].update(floor_model="nope"), "tasks.json: field 'tasks[0].floor_model' names 'nope', "
+                                                         "which is not in the catalog"),
+    (lambda t: t["tasks"][0].update(ceiling_model="sdxl-1.0"), "names 'sdxl-1.0', a model of task 'text-to-image'"),
+    (lambda t: t["tasks"][0].update(floor_model="clip-vit-base-patch16"), "which has no sourced imagenet1k_top1"),
+    (lambda t: t["tasks"][0].update(floor_model="vit-large-patch16-224", ceiling_model="resnet-50"),
+     "tasks.json: field 'tasks[0]' ceiling must be above floor"),
+    (lambda t: t["tasks"][0].pop("primary_metric"), "tasks.json: field 'tasks[0].primary_metric' is required"),
+])
+def test_bad_tasks_file_names_the_field(tmp_path: Path, mutate, fragment: str) -> None:  # noqa: ANN001
+    shipped = _SEED_FILE.parent
+    for path in shipped.glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    tasks = json.loads((shipped / "tasks.json").read_text())
+    mutate(tasks)
+    (tmp_path / "tasks.json").write_text(json.dumps(tasks))
+    with pytest.raises(CatalogError) as info:
+        load_tasks(tmp_path, load_catalog(tmp_path))
+    assert fragment in info.value.message, info.value.message
+    (tmp_path / "tasks.json").unlink()
+    with pytest.raises(CatalogError, match="^tasks.json: missing"):
+        load_tasks(tmp_path, load_catalog(tmp_path))

@@ -16,7 +16,7 @@ from services.common.backend import ModelInfo, ServiceBackend
 from services.common.errors import InvalidArgument, quote
 from services.common.metrics import Metrics
 from services.ranker import bt
-from services.ranker.catalog import ID_PATTERN, MAX_ID_CHARS, CatalogEntry, load_catalog
+from services.ranker.catalog import ID_PATTERN, MAX_ID_CHARS, CatalogEntry, TaskScale, load_catalog, load_tasks
 from services.ranker.config import RankerConfig
 from services.ranker.errors import UnknownModel
 from services.ranker.scoring import ScoreReport, graph_stats, parse_weights, score_report
@@ -105,6 +105,7 @@ class RankerBackend(ServiceBackend):
         self.config = config
         self.weights = parse_weights(config.weights)
         self.catalog: dict[str, CatalogEntry] = {}
+        self.tasks: dict[str, TaskScale] = {}
         self.store: MatchStore | None = None
         self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-fit")
         self._cache: dict[str, tuple[tuple[int, int], Leaderboard]] = {}
@@ -113,6 +114,7 @@ class RankerBackend(ServiceBackend):
     # -- the backend contract -----------------------------------------------------------------------
     def load(self) -> None:
         self.catalog = load_catalog(self.config.catalog)
+        self.tasks = load_tasks(self.config.catalog, self.catalog)
         self.store = open_store(self.config.db)
         log.info("ranker ready", extra={"models": len(self.catalog), "db": self.config.db.split("@")[-1]})
 
@@ -163,7 +165,7 @@ class RankerBackend(ServiceBackend):
             seen[m] = i
         entries = [self._known(m, f"model_ids[{i}]") for i, m in enumerate(model_ids)]
         stats, times = await self._graph()
-        return score_report(entries, self.weights, stats, times)
+        return score_report(entries, self.weights, stats, times, self.tasks)
 
     async def _graph(self):  # noqa: ANN202 - (GraphStats, times matched)
         """Match-graph statistics over all tasks, recomputed only when a match was recorded."""

@@ -2,8 +2,10 @@
 
 Formula (documented in docs/RANKING.md):
 
-- Each signal maps to 0..100 by its catalog scale (linear, or log10 for counts).
-- adoption / quality / ecosystem sub-score = mean of that dimension's normalised signals.
+- quality: the model's task names a primary metric with a floor and a ceiling taken from two reference
+  models of the catalog (tasks.json); the sub-score is 100 * (value - floor) / (ceiling - floor), clamped.
+- adoption / ecosystem: each signal maps to 0..100 by its catalog scale (linear, or log10 for counts);
+  the sub-score is the mean of that dimension's normalised signals.
 - match_graph sub-score = 0.7 * 100 * P(model beats an average opponent in its component, Bradley-Terry
   over all recorded matches) + 0.3 * 100 * (distinct opponents / (models in the graph - 1)).
 - composite = sum(weight_d * sub_d) / sum(weight_d) over the dimensions that have data; a dimension
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.ranker import bt
-from services.ranker.catalog import DIMENSIONS, CatalogEntry
+from services.ranker.catalog import DIMENSIONS, CatalogEntry, Signal, TaskScale, primary_signal
 from services.ranker.store import MatchTable
 
 DEFAULT_WEIGHTS = {"adoption": 0.30, "quality": 0.35, "ecosystem": 0.20, "match_graph": 0.15}
@@ -101,19 +103,50 @@ def graph_stats(table: MatchTable, ridge: float = 1e-4) -> GraphStats:
     return GraphStats(strength, opponents, len(ids), len(table.outcome))
 
 
+def _absent(entry: CatalogEntry, dimension: str) -> str:
+    gaps = [f"{a.name} ({a.note})" for a in entry.not_found if a.dimension == dimension]
+    return ("; absent: " + "; ".join(gaps)) if gaps else ""
+
+
+def _cite(s: Signal) -> str:
+    return f"{s.source} ({s.locator}), read {s.as_of}"
+
+
 def _signal_sub(entry: CatalogEntry, dimension: str, weight: float) -> SubScore:
     signals = [s for s in entry.signals if s.dimension == dimension]
     if not signals:
-        return SubScore(dimension, 0.0, weight, f"no {_LABEL[dimension]} signal in the catalog", True)
+        return SubScore(dimension, 0.0, weight, f"no {_LABEL[dimension]} signal in the catalog"
+                        + _absent(entry, dimension), True)
     parts, values = [], []
     for s in signals:
         norm = s.scale.normalise(s.value)
         values.append(norm)
         kind = "measured" if s.measured else "claimed"
-        parts.append(f"{s.name} = {s.value:,.6g} {s.unit} ({s.scale.describe()} → {norm:.1f}; {kind}; "
-                     f"{s.source}, {s.as_of})")
+        parts.append(f"{s.name} = {s.value:,.6g} {s.unit} ({s.scale.describe()} → {norm:.1f}; {kind}; {_cite(s)})")
     score = float(np.mean(values))
-    return SubScore(dimension, score, weight, f"mean of {len(values)}: " + "; ".join(parts), False)
+    return SubScore(dimension, score, weight, f"mean of {len(values)}: " + "; ".join(parts)
+                    + _absent(entry, dimension), False)
+
+
+def quality_sub(entry: CatalogEntry, weight: float, tasks: Mapping[str, TaskScale]) -> SubScore:
+    """Where the model's sourced primary metric falls between its task's floor and ceiling, 0..100."""
+    scale = tasks.get(entry.type)
+    if scale is None:
+        return SubScore("quality", 0.0, weight, f"task {entry.type!r} defines no primary metric", True)
+    metric = scale.task.primary_metric
+    s = primary_signal(entry, metric)
+    if s is None:
+        return SubScore("quality", 0.0, weight, f"no sourced {metric} for this model" + _absent(entry, "quality"),
+                        True)
+    lo, hi = scale.floor.signal.value, scale.ceiling.signal.value
+    score = scale.place(s.value)
+    kind = "measured" if s.measured else "claimed"
+    text = (f"{metric} = {s.value:g} {s.unit} ({kind}; {_cite(s)}"
+            + (f"; {s.conditions}" if s.conditions else "") + ") placed between the "
+            f"{scale.task.id} floor {lo:g} ({scale.floor.model_id}; {_cite(scale.floor.signal)}) and ceiling "
+            f"{hi:g} ({scale.ceiling.model_id}; {_cite(scale.ceiling.signal)}): "
+            f"100 × ({s.value:g} − {lo:g}) / ({hi:g} − {lo:g}) = {score:.1f}")
+    return SubScore("quality", score, weight, text, False)
 
 
 def _graph_sub(model_id: str, stats: GraphStats, weight: float) -> SubScore:
@@ -129,8 +162,10 @@ def _graph_sub(model_id: str, stats: GraphStats, weight: float) -> SubScore:
     return SubScore("match_graph", score, weight, text, False)
 
 
-def score_model(entry: CatalogEntry, weights: Mapping[str, float], stats: GraphStats, times_matched: int) -> ModelScore:
-    subs = [_signal_sub(entry, d, weights[d]) for d in DIMENSIONS]
+def score_model(entry: CatalogEntry, weights: Mapping[str, float], stats: GraphStats, times_matched: int,
+                tasks: Mapping[str, TaskScale]) -> ModelScore:
+    subs = [quality_sub(entry, weights[d], tasks) if d == "quality" else _signal_sub(entry, d, weights[d])
+            for d in DIMENSIONS]
     subs.append(_graph_sub(entry.id, stats, weights["match_graph"]))
     present = [s for s in subs if not s.missing and s.weight > 0]
     total = sum(weights.values())
@@ -187,7 +222,7 @@ def verdict(scores: Sequence[ModelScore]) -> str:
 
 
 def score_report(entries: Sequence[CatalogEntry], weights: Mapping[str, float], stats: GraphStats,
-                 times: Mapping[str, int]) -> ScoreReport:
-    scores = sorted((score_model(e, weights, stats, times.get(e.id, 0)) for e in entries),
+                 times: Mapping[str, int], tasks: Mapping[str, TaskScale]) -> ScoreReport:
+    scores = sorted((score_model(e, weights, stats, times.get(e.id, 0), tasks) for e in entries),
                     key=lambda s: (-s.composite, s.model_id))
     return ScoreReport(tuple(scores), leaders(scores), verdict(scores))

@@ -24,13 +24,32 @@ def score_response(report: ScoreReport) -> ranker_pb2.ScoreResponse:
         verdict=report.verdict)
 
 
+def _iso(value: object) -> str:
+    return value.isoformat() if value is not None else ""
+
+
 def _entry(e: CatalogEntry) -> ranker_pb2.CatalogEntry:
+    lic, price = e.license, e.pricing
     return ranker_pb2.CatalogEntry(
-        id=e.id, display_name=e.display_name, type=e.type, family=e.family, parameters=e.parameters, license=e.license,
-        pricing=e.pricing,
+        id=e.id, display_name=e.display_name, type=e.type, family=e.family, parameters=e.parameters or 0,
+        license=lic.summary(), pricing=price.summary(), checkpoint=e.checkpoint,
         capabilities=[common_pb2.Capability(id=c.id, title=c.title, description=c.description) for c in e.capabilities],
         signals=[ranker_pb2.Signal(dimension=s.dimension, name=s.name, value=s.value, unit=s.unit, source=s.source,
-                                   as_of=s.as_of.isoformat(), measured=s.measured) for s in e.signals])
+                                   as_of=s.as_of.isoformat(), measured=s.measured, locator=s.locator,
+                                   conditions=s.conditions, note=s.note) for s in e.signals],
+        claims=[ranker_pb2.Claim(capability_id=cap, text=c.text, claimed_by=c.claimed_by, metric=c.metric,
+                                 value=c.value, unit=c.unit, source=c.source or "", locator=c.locator,
+                                 as_of=_iso(c.as_of),
+                                 compared_with=[ranker_pb2.Comparison(subject=x.subject, value=x.value)
+                                                for x in c.compared_with])
+                for cap, c in e.claims()],
+        not_found=[ranker_pb2.AbsentSignal(dimension=a.dimension, name=a.name, note=a.note) for a in e.not_found],
+        license_terms=ranker_pb2.LicenseTerms(
+            id=lic.id, open_weights=lic.open_weights, commercial_use=lic.commercial_use,
+            revenue_threshold_usd=lic.revenue_threshold_usd or 0, source=lic.source or "", as_of=_iso(lic.as_of),
+            note=lic.note),
+        pricing_terms=ranker_pb2.PricingTerms(kind=price.kind, price_usd=price.price_usd, per=price.per,
+                                              source=price.source or "", as_of=_iso(price.as_of), note=price.note))
 
 
 def _leaderboard(board: Leaderboard) -> ranker_pb2.GetLeaderboardResponse:

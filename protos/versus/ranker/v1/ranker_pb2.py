@@ -25,43 +25,53 @@ _sym_db = _symbol_database.Default()
 from versus.common.v1 import common_pb2 as versus_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dversus/ranker/v1/ranker.proto\x12\x10versus.ranker.v1\x1a\x1dversus/common/v1/common.proto\"w\n\x06Signal\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x10\n\x08measured\x18\x07 \x01(\x08\"\xe3\x01\n\x0c\x43\x61talogEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\x12\x12\n\nparameters\x18\x05 \x01(\x03\x12\x0f\n\x07license\x18\x06 \x01(\t\x12\x0f\n\x07pricing\x18\x07 \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\x08 \x03(\x0b\x32\x1c.versus.common.v1.Capability\x12)\n\x07signals\x18\t \x03(\x0b\x32\x18.versus.ranker.v1.Signal\"b\n\x08SubScore\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\x12\x0f\n\x07missing\x18\x05 \x01(\x08\"\xa2\x01\n\nModelScore\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x11\n\tcomposite\x18\x03 \x01(\x01\x12.\n\nsub_scores\x18\x04 \x03(\x0b\x32\x1a.versus.ranker.v1.SubScore\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12\x15\n\rtimes_matched\x18\x06 \x01(\x03\"6\n\x0f\x44imensionLeader\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"!\n\x0cScoreRequest\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\"\x82\x01\n\rScoreResponse\x12,\n\x06scores\x18\x01 \x03(\x0b\x32\x1c.versus.ranker.v1.ModelScore\x12\x32\n\x07leaders\x18\x02 \x03(\x0b\x32!.versus.ranker.v1.DimensionLeader\x12\x0f\n\x07verdict\x18\x03 \x01(\t\"\x9b\x01\n\x12RecordMatchRequest\x12\x0f\n\x07model_a\x18\x01 \x01(\t\x12\x0f\n\x07model_b\x18\x02 \x01(\t\x12*\n\x07outcome\x18\x03 \x01(\x0e\x32\x19.versus.ranker.v1.Outcome\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x10\n\x08\x65vidence\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\":\n\x13RecordMatchResponse\x12\x10\n\x08match_id\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"%\n\x15GetLeaderboardRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"\x9c\x01\n\x06Rating\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x03 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x04 \x01(\x01\x12\x15\n\rtimes_matched\x18\x05 \x01(\x03\x12\x0c\n\x04rank\x18\x06 \x01(\x05\x12\x0c\n\x04wins\x18\x07 \x01(\x03\x12\x0e\n\x06losses\x18\x08 \x01(\x03\x12\x0c\n\x04ties\x18\t \x01(\x03\"\xa1\x01\n\x16GetLeaderboardResponse\x12)\n\x07ratings\x18\x01 \x03(\x0b\x32\x18.versus.ranker.v1.Rating\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x18\n\x10\x62ootstrap_rounds\x18\x03 \x01(\x05\x12\x0f\n\x07matches\x18\x04 \x01(\x03\x12\x14\n\x0c\x61nchor_model\x18\x05 \x01(\t\x12\r\n\x05notes\x18\x06 \x03(\t\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"X\n\x10GetModelResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.versus.ranker.v1.CatalogEntry\x12\x15\n\rtimes_matched\x18\x02 \x01(\x03*[\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x12\n\x0eOUTCOME_A_WINS\x10\x01\x12\x12\n\x0eOUTCOME_B_WINS\x10\x02\x12\x0f\n\x0bOUTCOME_TIE\x10\x03\x32\xed\x02\n\rRankerService\x12H\n\x05Score\x12\x1e.versus.ranker.v1.ScoreRequest\x1a\x1f.versus.ranker.v1.ScoreResponse\x12Z\n\x0bRecordMatch\x12$.versus.ranker.v1.RecordMatchRequest\x1a%.versus.ranker.v1.RecordMatchResponse\x12\x63\n\x0eGetLeaderboard\x12\'.versus.ranker.v1.GetLeaderboardRequest\x1a(.versus.ranker.v1.GetLeaderboardResponse\x12Q\n\x08GetModel\x12!.versus.ranker.v1.GetModelRequest\x1a\".versus.ranker.v1.GetModelResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dversus/ranker/v1/ranker.proto\x12\x10versus.ranker.v1\x1a\x1dversus/common/v1/common.proto\"\xaa\x01\n\x06Signal\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x10\n\x08measured\x18\x07 \x01(\x08\x12\x0f\n\x07locator\x18\x08 \x01(\t\x12\x12\n\nconditions\x18\t \x01(\t\x12\x0c\n\x04note\x18\n \x01(\t\"=\n\x0c\x41\x62sentSignal\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\",\n\nComparison\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xe1\x01\n\x05\x43laim\x12\x15\n\rcapability_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nclaimed_by\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x33\n\rcompared_with\x18\x07 \x03(\x0b\x32\x1c.versus.ranker.v1.Comparison\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x0f\n\x07locator\x18\t \x01(\t\x12\r\n\x05\x61s_of\x18\n \x01(\tB\x08\n\x06_value\"\xaa\x01\n\x0cLicenseTerms\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x0copen_weights\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0e\x63ommercial_use\x18\x03 \x01(\t\x12\x1d\n\x15revenue_threshold_usd\x18\x04 \x01(\x03\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\tB\x0f\n\r_open_weights\"|\n\x0cPricingTerms\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x16\n\tprice_usd\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0b\n\x03per\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05\x61s_of\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\tB\x0c\n\n_price_usd\"\xc1\x03\n\x0c\x43\x61talogEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\x12\x12\n\nparameters\x18\x05 \x01(\x03\x12\x0f\n\x07license\x18\x06 \x01(\t\x12\x0f\n\x07pricing\x18\x07 \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\x08 \x03(\x0b\x32\x1c.versus.common.v1.Capability\x12)\n\x07signals\x18\t \x03(\x0b\x32\x18.versus.ranker.v1.Signal\x12\x12\n\ncheckpoint\x18\n \x01(\t\x12\'\n\x06\x63laims\x18\x0b \x03(\x0b\x32\x17.versus.ranker.v1.Claim\x12\x31\n\tnot_found\x18\x0c \x03(\x0b\x32\x1e.versus.ranker.v1.AbsentSignal\x12\x35\n\rlicense_terms\x18\r \x01(\x0b\x32\x1e.versus.ranker.v1.LicenseTerms\x12\x35\n\rpricing_terms\x18\x0e \x01(\x0b\x32\x1e.versus.ranker.v1.PricingTerms\"b\n\x08SubScore\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\x12\x0f\n\x07missing\x18\x05 \x01(\x08\"\xa2\x01\n\nModelScore\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x11\n\tcomposite\x18\x03 \x01(\x01\x12.\n\nsub_scores\x18\x04 \x03(\x0b\x32\x1a.versus.ranker.v1.SubScore\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12\x15\n\rtimes_matched\x18\x06 \x01(\x03\"6\n\x0f\x44imensionLeader\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"!\n\x0cScoreRequest\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\"\x82\x01\n\rScoreResponse\x12,\n\x06scores\x18\x01 \x03(\x0b\x32\x1c.versus.ranker.v1.ModelScore\x12\x32\n\x07leaders\x18\x02 \x03(\x0b\x32!.versus.ranker.v1.DimensionLeader\x12\x0f\n\x07verdict\x18\x03 \x01(\t\"\x9b\x01\n\x12RecordMatchRequest\x12\x0f\n\x07model_a\x18\x01 \x01(\t\x12\x0f\n\x07model_b\x18\x02 \x01(\t\x12*\n\x07outcome\x18\x03 \x01(\x0e\x32\x19.versus.ranker.v1.Outcome\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x10\n\x08\x65vidence\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\":\n\x13RecordMatchResponse\x12\x10\n\x08match_id\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"%\n\x15GetLeaderboardRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"\x9c\x01\n\x06Rating\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x03 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x04 \x01(\x01\x12\x15\n\rtimes_matched\x18\x05 \x01(\x03\x12\x0c\n\x04rank\x18\x06 \x01(\x05\x12\x0c\n\x04wins\x18\x07 \x01(\x03\x12\x0e\n\x06losses\x18\x08 \x01(\x03\x12\x0c\n\x04ties\x18\t \x01(\x03\"\xa1\x01\n\x16GetLeaderboardResponse\x12)\n\x07ratings\x18\x01 \x03(\x0b\x32\x18.versus.ranker.v1.Rating\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x18\n\x10\x62ootstrap_rounds\x18\x03 \x01(\x05\x12\x0f\n\x07matches\x18\x04 \x01(\x03\x12\x14\n\x0c\x61nchor_model\x18\x05 \x01(\t\x12\r\n\x05notes\x18\x06 \x03(\t\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"X\n\x10GetModelResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.versus.ranker.v1.CatalogEntry\x12\x15\n\rtimes_matched\x18\x02 \x01(\x03*[\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x12\n\x0eOUTCOME_A_WINS\x10\x01\x12\x12\n\x0eOUTCOME_B_WINS\x10\x02\x12\x0f\n\x0bOUTCOME_TIE\x10\x03\x32\xed\x02\n\rRankerService\x12H\n\x05Score\x12\x1e.versus.ranker.v1.ScoreRequest\x1a\x1f.versus.ranker.v1.ScoreResponse\x12Z\n\x0bRecordMatch\x12$.versus.ranker.v1.RecordMatchRequest\x1a%.versus.ranker.v1.RecordMatchResponse\x12\x63\n\x0eGetLeaderboard\x12\'.versus.ranker.v1.GetLeaderboardRequest\x1a(.versus.ranker.v1.GetLeaderboardResponse\x12Q\n\x08GetModel\x12!.versus.ranker.v1.GetModelRequest\x1a\".versus.ranker.v1.GetModelResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'versus.ranker.v1.ranker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=1629
-  _globals['_OUTCOME']._serialized_end=1720
-  _globals['_SIGNAL']._serialized_start=82
-  _globals['_SIGNAL']._serialized_end=201
-  _globals['_CATALOGENTRY']._serialized_start=204
-  _globals['_CATALOGENTRY']._serialized_end=431
-  _globals['_SUBSCORE']._serialized_start=433
-  _globals['_SUBSCORE']._serialized_end=531
-  _globals['_MODELSCORE']._serialized_start=534
-  _globals['_MODELSCORE']._serialized_end=696
-  _globals['_DIMENSIONLEADER']._serialized_start=698
-  _globals['_DIMENSIONLEADER']._serialized_end=752
-  _globals['_SCOREREQUEST']._serialized_start=754
-  _globals['_SCOREREQUEST']._serialized_end=787
-  _globals['_SCORERESPONSE']._serialized_start=790
-  _globals['_SCORERESPONSE']._serialized_end=920
-  _globals['_RECORDMATCHREQUEST']._serialized_start=923
-  _globals['_RECORDMATCHREQUEST']._serialized_end=1078
-  _globals['_RECORDMATCHRESPONSE']._serialized_start=1080
-  _globals['_RECORDMATCHRESPONSE']._serialized_end=1138
-  _globals['_GETLEADERBOARDREQUEST']._serialized_start=1140
-  _globals['_GETLEADERBOARDREQUEST']._serialized_end=1177
-  _globals['_RATING']._serialized_start=1180
-  _globals['_RATING']._serialized_end=1336
-  _globals['_GETLEADERBOARDRESPONSE']._serialized_start=1339
-  _globals['_GETLEADERBOARDRESPONSE']._serialized_end=1500
-  _globals['_GETMODELREQUEST']._serialized_start=1502
-  _globals['_GETMODELREQUEST']._serialized_end=1537
-  _globals['_GETMODELRESPONSE']._serialized_start=1539
-  _globals['_GETMODELRESPONSE']._serialized_end=1627
-  _globals['_RANKERSERVICE']._serialized_start=1723
-  _globals['_RANKERSERVICE']._serialized_end=2088
+  _globals['_OUTCOME']._serialized_start=2539
+  _globals['_OUTCOME']._serialized_end=2630
+  _globals['_SIGNAL']._serialized_start=83
+  _globals['_SIGNAL']._serialized_end=253
+  _globals['_ABSENTSIGNAL']._serialized_start=255
+  _globals['_ABSENTSIGNAL']._serialized_end=316
+  _globals['_COMPARISON']._serialized_start=318
+  _globals['_COMPARISON']._serialized_end=362
+  _globals['_CLAIM']._serialized_start=365
+  _globals['_CLAIM']._serialized_end=590
+  _globals['_LICENSETERMS']._serialized_start=593
+  _globals['_LICENSETERMS']._serialized_end=763
+  _globals['_PRICINGTERMS']._serialized_start=765
+  _globals['_PRICINGTERMS']._serialized_end=889
+  _globals['_CATALOGENTRY']._serialized_start=892
+  _globals['_CATALOGENTRY']._serialized_end=1341
+  _globals['_SUBSCORE']._serialized_start=1343
+  _globals['_SUBSCORE']._serialized_end=1441
+  _globals['_MODELSCORE']._serialized_start=1444
+  _globals['_MODELSCORE']._serialized_end=1606
+  _globals['_DIMENSIONLEADER']._serialized_start=1608
+  _globals['_DIMENSIONLEADER']._serialized_end=1662
+  _globals['_SCOREREQUEST']._serialized_start=1664
+  _globals['_SCOREREQUEST']._serialized_end=1697
+  _globals['_SCORERESPONSE']._serialized_start=1700
+  _globals['_SCORERESPONSE']._serialized_end=1830
+  _globals['_RECORDMATCHREQUEST']._serialized_start=1833
+  _globals['_RECORDMATCHREQUEST']._serialized_end=1988
+  _globals['_RECORDMATCHRESPONSE']._serialized_start=1990
+  _globals['_RECORDMATCHRESPONSE']._serialized_end=2048
+  _globals['_GETLEADERBOARDREQUEST']._serialized_start=2050
+  _globals['_GETLEADERBOARDREQUEST']._serialized_end=2087
+  _globals['_RATING']._serialized_start=2090
+  _globals['_RATING']._serialized_end=2246
+  _globals['_GETLEADERBOARDRESPONSE']._serialized_start=2249
+  _globals['_GETLEADERBOARDRESPONSE']._serialized_end=2410
+  _globals['_GETMODELREQUEST']._serialized_start=2412
+  _globals['_GETMODELREQUEST']._serialized_end=2447
+  _globals['_GETMODELRESPONSE']._serialized_start=2449
+  _globals['_GETMODELRESPONSE']._serialized_end=2537
+  _globals['_RANKERSERVICE']._serialized_start=2633
+  _globals['_RANKERSERVICE']._serialized_end=2998
 # @@protoc_insertion_point(module_scope)

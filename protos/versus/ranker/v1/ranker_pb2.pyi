@@ -65,19 +65,29 @@ class Signal(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
     MEASURED_FIELD_NUMBER: _builtins.int
+    LOCATOR_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     dimension: _builtins.str
     """"adoption", "ecosystem" or "quality"."""
     name: _builtins.str
-    """Metric name, e.g. "hf_downloads_30d", "imagenet_top1"."""
+    """Metric name, e.g. "hf_downloads_30d", "imagenet1k_top1", "geneval_overall"."""
     value: _builtins.float
     unit: _builtins.str
     """Unit of value ("count", "percent", ...)."""
     source: _builtins.str
-    """Where the value comes from (URL or citation)."""
+    """URL of the primary source (paper, official repository file, model card, the benchmark's own
+    leaderboard); never an aggregator.
+    """
     as_of: _builtins.str
-    """When the value was observed, ISO 8601 date."""
+    """The date the source was read, ISO 8601."""
     measured: _builtins.bool
     """True when measured by Versus itself; false for claims by the publisher or third parties."""
+    locator: _builtins.str
+    """Where in the source: table, file and row, section."""
+    conditions: _builtins.str
+    """How the number was obtained (resolution, steps, who ran the benchmark)."""
+    note: _builtins.str
     def __init__(
         self,
         *,
@@ -88,14 +98,204 @@ class Signal(_message.Message):
         source: _builtins.str = ...,
         as_of: _builtins.str = ...,
         measured: _builtins.bool = ...,
+        locator: _builtins.str = ...,
+        conditions: _builtins.str = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "dimension", b"dimension", "measured", b"measured", "name", b"name", "source", b"source", "unit", b"unit", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "conditions", b"conditions", "dimension", b"dimension", "locator", b"locator", "measured", b"measured", "name", b"name", "note", b"note", "source", b"source", "unit", b"unit", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Signal: _TypeAlias = Signal  # noqa: Y015
+
+@_typing.final
+class AbsentSignal(_message.Message):
+    """A signal looked for and not found in a primary source: shown as "not found", never guessed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIMENSION_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    dimension: _builtins.str
+    name: _builtins.str
+    note: _builtins.str
+    """Where it was looked for."""
+    def __init__(
+        self,
+        *,
+        dimension: _builtins.str = ...,
+        name: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimension", b"dimension", "name", b"name", "note", b"note"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AbsentSignal: _TypeAlias = AbsentSignal  # noqa: Y015
+
+@_typing.final
+class Comparison(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    subject: _builtins.str
+    value: _builtins.float
+    def __init__(
+        self,
+        *,
+        subject: _builtins.str = ...,
+        value: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subject", b"subject", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Comparison: _TypeAlias = Comparison  # noqa: Y015
+
+@_typing.final
+class Claim(_message.Message):
+    """A capability's claim as data, e.g. text "84.0% vs 76.1% and 77.1%", metric "imagenet1k_top1",
+    value 84.0, unit "percent", compared_with [ResNet-50 76.1, EfficientNet-B0 77.1].
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CAPABILITY_ID_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    CLAIMED_BY_FIELD_NUMBER: _builtins.int
+    METRIC_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    COMPARED_WITH_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LOCATOR_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    capability_id: _builtins.str
+    text: _builtins.str
+    claimed_by: _builtins.str
+    """Who makes the claim (the publisher's README, the seed page)."""
+    metric: _builtins.str
+    value: _builtins.float
+    unit: _builtins.str
+    source: _builtins.str
+    """URL of the claim where one exists, with the place in it and the date read."""
+    locator: _builtins.str
+    as_of: _builtins.str
+    @_builtins.property
+    def compared_with(self) -> _containers.RepeatedCompositeFieldContainer[Global___Comparison]: ...
+    def __init__(
+        self,
+        *,
+        capability_id: _builtins.str = ...,
+        text: _builtins.str = ...,
+        claimed_by: _builtins.str = ...,
+        metric: _builtins.str = ...,
+        value: _builtins.float | None = ...,
+        unit: _builtins.str = ...,
+        compared_with: _abc.Iterable[Global___Comparison] | None = ...,
+        source: _builtins.str = ...,
+        locator: _builtins.str = ...,
+        as_of: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "as_of", b"as_of", "capability_id", b"capability_id", "claimed_by", b"claimed_by", "compared_with", b"compared_with", "locator", b"locator", "metric", b"metric", "source", b"source", "text", b"text", "unit", b"unit", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
+    _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
+
+Global___Claim: _TypeAlias = Claim  # noqa: Y015
+
+@_typing.final
+class LicenseTerms(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    OPEN_WEIGHTS_FIELD_NUMBER: _builtins.int
+    COMMERCIAL_USE_FIELD_NUMBER: _builtins.int
+    REVENUE_THRESHOLD_USD_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """SPDX id or the publisher's licence name; "not-found" when no primary source was read."""
+    open_weights: _builtins.bool
+    """Unset when not found."""
+    commercial_use: _builtins.str
+    """"unrestricted", "revenue-threshold", "non-commercial", "paid-api" or "not-found"."""
+    revenue_threshold_usd: _builtins.int
+    """Annual revenue below which use is free (0 = none stated)."""
+    source: _builtins.str
+    as_of: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        open_weights: _builtins.bool | None = ...,
+        commercial_use: _builtins.str = ...,
+        revenue_threshold_usd: _builtins.int = ...,
+        source: _builtins.str = ...,
+        as_of: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_open_weights", b"_open_weights", "open_weights", b"open_weights"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_open_weights", b"_open_weights", "as_of", b"as_of", "commercial_use", b"commercial_use", "id", b"id", "note", b"note", "open_weights", b"open_weights", "revenue_threshold_usd", b"revenue_threshold_usd", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__open_weights: _TypeAlias = _typing.Literal["open_weights"]  # noqa: Y015
+    _WhichOneofArgType__open_weights: _TypeAlias = _typing.Literal["_open_weights", b"_open_weights"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__open_weights) -> _WhichOneofReturnType__open_weights | None: ...
+
+Global___LicenseTerms: _TypeAlias = LicenseTerms  # noqa: Y015
+
+@_typing.final
+class PricingTerms(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    PRICE_USD_FIELD_NUMBER: _builtins.int
+    PER_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    kind: _builtins.str
+    """"free-self-hosted", "paid-api" or "not-found"."""
+    price_usd: _builtins.float
+    """Published price, unset when not found."""
+    per: _builtins.str
+    """What the price is per, e.g. "image (1024x1024, standard)"."""
+    source: _builtins.str
+    as_of: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        kind: _builtins.str = ...,
+        price_usd: _builtins.float | None = ...,
+        per: _builtins.str = ...,
+        source: _builtins.str = ...,
+        as_of: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_price_usd", b"_price_usd", "price_usd", b"price_usd"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_price_usd", b"_price_usd", "as_of", b"as_of", "kind", b"kind", "note", b"note", "per", b"per", "price_usd", b"price_usd", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__price_usd: _TypeAlias = _typing.Literal["price_usd"]  # noqa: Y015
+    _WhichOneofArgType__price_usd: _TypeAlias = _typing.Literal["_price_usd", b"_price_usd"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__price_usd) -> _WhichOneofReturnType__price_usd | None: ...
+
+Global___PricingTerms: _TypeAlias = PricingTerms  # noqa: Y015
 
 @_typing.final
 class CatalogEntry(_message.Message):
@@ -110,19 +310,36 @@ class CatalogEntry(_message.Message):
     PRICING_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     SIGNALS_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    NOT_FOUND_FIELD_NUMBER: _builtins.int
+    LICENSE_TERMS_FIELD_NUMBER: _builtins.int
+    PRICING_TERMS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     display_name: _builtins.str
     type: _builtins.str
     """"image-classification", "text-to-image", ..."""
     family: _builtins.str
     parameters: _builtins.int
+    """0 when not found in a primary source."""
     license: _builtins.str
+    """One-line summary of license_terms."""
     pricing: _builtins.str
-    """Free text, e.g. "free (self-hosted); commercial use under $1M revenue"."""
+    """One-line summary of pricing_terms, e.g. "free: self-hosted open weights (see licence)"."""
+    checkpoint: _builtins.str
+    """The exact weights the signals refer to."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Capability]: ...
     @_builtins.property
     def signals(self) -> _containers.RepeatedCompositeFieldContainer[Global___Signal]: ...
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___Claim]: ...
+    @_builtins.property
+    def not_found(self) -> _containers.RepeatedCompositeFieldContainer[Global___AbsentSignal]: ...
+    @_builtins.property
+    def license_terms(self) -> Global___LicenseTerms: ...
+    @_builtins.property
+    def pricing_terms(self) -> Global___PricingTerms: ...
     def __init__(
         self,
         *,
@@ -135,10 +352,15 @@ class CatalogEntry(_message.Message):
         pricing: _builtins.str = ...,
         capabilities: _abc.Iterable[_common_pb2.Capability] | None = ...,
         signals: _abc.Iterable[Global___Signal] | None = ...,
+        checkpoint: _builtins.str = ...,
+        claims: _abc.Iterable[Global___Claim] | None = ...,
+        not_found: _abc.Iterable[Global___AbsentSignal] | None = ...,
+        license_terms: Global___LicenseTerms | None = ...,
+        pricing_terms: Global___PricingTerms | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["license_terms", b"license_terms", "pricing_terms", b"pricing_terms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "display_name", b"display_name", "family", b"family", "id", b"id", "license", b"license", "parameters", b"parameters", "pricing", b"pricing", "signals", b"signals", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "checkpoint", b"checkpoint", "claims", b"claims", "display_name", b"display_name", "family", b"family", "id", b"id", "license", b"license", "license_terms", b"license_terms", "not_found", b"not_found", "parameters", b"parameters", "pricing", b"pricing", "pricing_terms", b"pricing_terms", "signals", b"signals", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -160,7 +382,9 @@ class SubScore(_message.Message):
     weight: _builtins.float
     """Weight in the composite (weights of present dimensions are renormalised)."""
     explanation: _builtins.str
-    """The inputs and how they were combined."""
+    """The inputs and how they were combined: each input's raw value, source, place in it and date read;
+    for quality, the task's floor and ceiling with theirs and the arithmetic; signals not found.
+    """
     missing: _builtins.bool
     """True when no signal exists for this dimension (it is left out of the composite, not zeroed)."""
     def __init__(
