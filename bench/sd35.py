@@ -47,8 +47,10 @@ def main() -> None:
         f"Command: `python bench/sd35.py --repeats {args.repeats}` (commit {git_rev()}). Machine: {machine()}.",
         "Same request (seed, size, steps, guidance) as a raw `StableDiffusion3Pipeline(...)` call returning PIL images "
         "and through the service (`versus serve sd35` in its own process, as clients meet it; gRPC stream with "
-        "Progress events, PNG encoding), alternated; medians, and "
-        "the ratio is the median of the per-pair ratios (robust to drift on a shared 2-core machine).",
+        "Progress events coalesced to at most one per 50 ms, PNG encoding), alternated; medians, and "
+        "the ratio is the median of the per-pair ratios (robust to drift). The machine is shared with other "
+        "work and noisy: the same script has drifted by ±25% within minutes, so ratios a few percent apart are "
+        "within the noise.",
         "",
         "| case | raw s (median) | service s (median) | service / raw (median of pairs) |",
         "|---|---:|---:|---:|",
