@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -34,6 +35,48 @@ OPEN_SERVICES = frozenset(
 )
 
 REQUEST_ID_KEY = "x-request-id"
+#: A client's request id is echoed in trailers and logs only when it is this short and plain.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+
+class _Undecodable:
+    """Stands in for a request message the transport could not parse (bad bytes, invalid UTF-8)."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """Wrap a request deserializer so a malformed message reaches the handler as :class:`_Undecodable`
+    (and becomes INVALID_ARGUMENT with details) instead of gRPC's bare UNKNOWN/INTERNAL."""
+    if deserializer is None:
+        return None
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return deserializer(raw)
+        except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others on hostile bytes
+            return _Undecodable(f"{type(exc).__name__}: {str(exc)[:120]}")
+
+    return deserialize
+
+
+def _decoded(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise errors.InvalidArgument("request", f"not a valid protobuf message ({request.reason})")
+    return request
+
+
+async def _decoded_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _decoded(request)
+
+
+def _client_request_id(metadata: tuple[tuple[str, Any], ...]) -> str:
+    presented = next((v for k, v in metadata if k == REQUEST_ID_KEY), "")
+    return presented if isinstance(presented, str) and _REQUEST_ID.fullmatch(presented) else uuid.uuid4().hex[:16]
 
 
 def _split(method: str) -> tuple[str, str]:
@@ -111,7 +154,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             return handler
         metadata = tuple(details.invocation_metadata or ())
         authorized = self._authorized(metadata)
-        request_id = next((str(v) for k, v in metadata if k == REQUEST_ID_KEY), "") or uuid.uuid4().hex[:16]
+        request_id = _client_request_id(metadata)
         if handler.response_streaming:
             kind = "bidi_stream" if handler.request_streaming else "server_stream"
             behavior = handler.stream_stream if handler.request_streaming else handler.unary_stream
@@ -131,7 +174,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 else grpc.unary_unary_rpc_method_handler
             )
         return factory(
-            wrapped, request_deserializer=handler.request_deserializer, response_serializer=handler.response_serializer
+            wrapped,
+            request_deserializer=_tolerant(handler.request_deserializer),
+            response_serializer=handler.response_serializer,
         )
 
     @contextlib.asynccontextmanager
@@ -167,17 +212,24 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 "request", f"message of {size} bytes exceeds the limit of {self._max_bytes} bytes; split it"
             )
 
-    def _wrap_unary(self, behavior: Any, *labels: Any) -> Any:
+    def _wrap_unary(self, behavior: Any, kind: str, *labels: Any) -> Any:
+        streaming = kind == "client_stream"
+
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            async with self._guard(context, *labels):
-                self._check_size(request)
+            async with self._guard(context, kind, *labels):
+                if streaming:
+                    return await behavior(_decoded_stream(request), context)
+                self._check_size(_decoded(request))
                 return await behavior(request, context)
 
         return wrapper
 
-    def _wrap_stream(self, behavior: Any, *labels: Any) -> Any:
+    def _wrap_stream(self, behavior: Any, kind: str, *labels: Any) -> Any:
+        streaming = kind == "bidi_stream"
+
         async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async with self._guard(context, *labels):
+            async with self._guard(context, kind, *labels):
+                request = _decoded_stream(request) if streaming else _decoded(request)
                 async for response in behavior(request, context):
                     yield response
 
