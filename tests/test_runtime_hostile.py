@@ -7,8 +7,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-
 from conftest import InProcessServer, metric_sum
+
 from services.common.client import error_details
 from services.ranker.config import RankerConfig
 from services.ranker.server import create_server as create_ranker
