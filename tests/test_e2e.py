@@ -107,7 +107,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, vit_digits_dir: Path) -> None:
 def test_bad_config_exits_nonzero_with_a_clear_message() -> None:
     out = subprocess.run([sys.executable, "-m", "versus_cli", "serve", "vit", "--max-batch-size", "0", "--model", "x"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2 and "VIT_MAX_BATCH_SIZE must be >= 1" in out.stderr
+    assert out.returncode == 1 and out.stderr.strip() == "versus: VIT_MAX_BATCH_SIZE must be >= 1"
 
 
 def test_cli_generate_with_progress_and_json(sd35_dirs: dict, tmp_path: Path) -> None:
@@ -145,4 +145,5 @@ def test_sd35_bad_model_flag_is_a_clear_startup_error() -> None:
         text=True,
         timeout=60,
     )
-    assert out.returncode == 2 and "unknown variant 'huge'" in out.stderr
+    assert out.returncode == 1 and "unknown variant 'huge'" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith("versus: ")

@@ -69,6 +69,16 @@ def test_score_vit_vs_sd35_large(ranker) -> None:  # noqa: ANN001
     assert "/100 vs " in reply.verdict and reply.leaders
 
 
+def test_list_models_returns_the_whole_catalog_with_matches(ranker) -> None:  # noqa: ANN001
+    record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_A_WINS)
+    reply = ranker.ListModels(ranker_pb2.ListModelsRequest(), timeout=10)
+    ids = [m.id for m in reply.models]
+    assert ids == sorted(ids) and len(ids) >= 12 and {VIT, LARGE, TURBO, MEDIUM} <= set(ids)
+    played = dict(zip(ids, reply.times_matched, strict=True))
+    assert played[VIT] == played[LARGE] == 1 and played[TURBO] == 0
+    assert all(m.capabilities or m.type for m in reply.models)
+
+
 def test_score_errors(ranker) -> None:  # noqa: ANN001
     assert code_of(ranker.Score, ranker_pb2.ScoreRequest()) == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(ranker.Score, ranker_pb2.ScoreRequest(model_ids=["gpt-99"])) == grpc.StatusCode.NOT_FOUND

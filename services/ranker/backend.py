@@ -149,6 +149,11 @@ class RankerBackend(ServiceBackend):
         entry = self.entry(model_id)
         return entry, (await self._db(self.store.times_matched)).get(entry.id, 0)
 
+    async def list_models(self) -> list[tuple[CatalogEntry, int]]:
+        """Every catalog entry, sorted by id, with how many matches each played."""
+        played = await self._db(self.store.times_matched)
+        return [(self.catalog[i], played.get(i, 0)) for i in sorted(self.catalog)]
+
     # -- scores -----------------------------------------------------------------------------------
     async def score(self, model_ids: Sequence[str]) -> ScoreReport:
         """Scores for 1..max_models_per_score distinct catalog models (all ids checked before any lookup)."""

@@ -84,3 +84,8 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
                        context: grpc.aio.ServicerContext) -> ranker_pb2.GetModelResponse:
         entry, times_matched = await self.backend.get_model(request.model_id)
         return ranker_pb2.GetModelResponse(model=_entry(entry), times_matched=times_matched)
+
+    async def ListModels(self, request: ranker_pb2.ListModelsRequest,
+                         context: grpc.aio.ServicerContext) -> ranker_pb2.ListModelsResponse:
+        listed = await self.backend.list_models()
+        return ranker_pb2.ListModelsResponse(models=[_entry(e) for e, _ in listed], times_matched=[n for _, n in listed])

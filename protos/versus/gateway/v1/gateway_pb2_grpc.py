@@ -49,27 +49,40 @@ class GatewayServiceStub:
                 request_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderComparisonRequest.SerializeToString,
                 response_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderComparisonResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/versus.gateway.v1.GatewayService/ListModels',
+                request_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Compare(self, request, context):
-        """Compares two or more catalog models: facts table, capability probes, scores and verdict.
+        """Compares 2..4 catalog models: feature table, capabilities with evidence marks, live
+        measurements, cross-model quality, head-to-head, scores, leaderboard and verdict.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CompareStream(self, request, context):
-        """As Compare, streaming progress events and then the comparison.
+        """As Compare, streaming progress events and then the comparison (last event).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def RenderComparison(self, request, context):
-        """Renders a comparison as Markdown or HTML.
+        """Renders a comparison as Markdown or self-contained HTML.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """The catalog models a comparison can name, with the service (if any) that serves each live.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +105,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.RenderComparison,
                     request_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderComparisonRequest.FromString,
                     response_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderComparisonResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.FromString,
+                    response_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +193,33 @@ class GatewayService:
             '/versus.gateway.v1.GatewayService/RenderComparison',
             versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderComparisonRequest.SerializeToString,
             versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderComparisonResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.gateway.v1.GatewayService/ListModels',
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,11 @@ class RankerServiceStub:
                 request_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetModelRequest.SerializeToString,
                 response_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetModelResponse.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/versus.ranker.v1.RankerService/ListModels',
+                request_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class RankerServiceServicer:
@@ -90,6 +95,13 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Every catalog entry, sorted by id, with the matches each played.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +124,11 @@ def add_RankerServiceServicer_to_server(servicer, server):
                     servicer.GetModel,
                     request_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetModelRequest.FromString,
                     response_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetModelResponse.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsRequest.FromString,
+                    response_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -222,6 +239,33 @@ class RankerService:
             '/versus.ranker.v1.RankerService/GetModel',
             versus_dot_ranker_dot_v1_dot_ranker__pb2.GetModelRequest.SerializeToString,
             versus_dot_ranker_dot_v1_dot_ranker__pb2.GetModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.ranker.v1.RankerService/ListModels',
+            versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsRequest.SerializeToString,
+            versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,

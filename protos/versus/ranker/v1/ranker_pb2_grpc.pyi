@@ -57,6 +57,8 @@ class RankerServiceStub:
     """Bradley-Terry ratings (Elo / Chatbot Arena scale) with bootstrap 95% confidence intervals."""
     GetModel: _grpc.UnaryUnaryMultiCallable[_ranker_pb2.GetModelRequest, _ranker_pb2.GetModelResponse]
     """One catalog entry. INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown one."""
+    ListModels: _grpc.UnaryUnaryMultiCallable[_ranker_pb2.ListModelsRequest, _ranker_pb2.ListModelsResponse]
+    """Every catalog entry, sorted by id, with the matches each played."""
 
 @_typing.type_check_only
 class RankerServiceAsyncStub(RankerServiceStub):
@@ -74,6 +76,8 @@ class RankerServiceAsyncStub(RankerServiceStub):
     """Bradley-Terry ratings (Elo / Chatbot Arena scale) with bootstrap 95% confidence intervals."""
     GetModel: _aio.UnaryUnaryMultiCallable[_ranker_pb2.GetModelRequest, _ranker_pb2.GetModelResponse]  # type: ignore[assignment]
     """One catalog entry. INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown one."""
+    ListModels: _aio.UnaryUnaryMultiCallable[_ranker_pb2.ListModelsRequest, _ranker_pb2.ListModelsResponse]  # type: ignore[assignment]
+    """Every catalog entry, sorted by id, with the matches each played."""
 
 class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -112,5 +116,13 @@ class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ranker_pb2.GetModelResponse, _abc.Awaitable[_ranker_pb2.GetModelResponse]]:
         """One catalog entry. INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown one."""
+
+    @_abc_1.abstractmethod
+    def ListModels(
+        self,
+        request: _ranker_pb2.ListModelsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranker_pb2.ListModelsResponse, _abc.Awaitable[_ranker_pb2.ListModelsResponse]]:
+        """Every catalog entry, sorted by id, with the matches each played."""
 
 def add_RankerServiceServicer_to_server(servicer: RankerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
