@@ -174,6 +174,9 @@ def test_model_info_reports_what_the_engine_applies(stub) -> None:  # noqa: ANN0
     assert by_variant[MEDIUM].min_pixels == 65536 and by_variant[LARGE].max_pixels == 1048576
     assert all(v.max_side >= 256 and str(v.max_side) == v.model.properties["max_side"] for v in info.variants)
     assert (info.default_variant, info.max_queue, info.max_adapters, info.max_prompt_chars) == (LARGE, 2, 3, 2000)
+    for v in info.variants:  # which weights are served: the builders' provenance and a digest of the files
+        assert v.model.properties["weights_kind"] == "random" and len(v.model.properties["weights_digest"]) == 64
+    assert len({v.model.properties["weights_digest"] for v in info.variants}) == 3
     for v in info.variants:
         assert v.model.license == "stabilityai-ai-community" and v.model.parameters > 0
         assert v.model.precision == common_pb2.PRECISION_FP32 and v.model.family == "sd3.5"

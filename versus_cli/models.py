@@ -12,19 +12,33 @@ def model_names() -> list[str]:
     return sorted([*VIT, *SD35, "sd35-lora-example"])
 
 
+#: How each built model's weights are made (written beside them, reported by the services).
+TRAINED_HERE = {"vit-digits": "trained on scikit-learn's digits (index % 5 != 0)"}
+
+
 def build_model(name: str, out: Path, base: Path | None = None) -> Path:
-    """Build ``name`` into ``out``; ``sd35-lora-example`` needs ``base`` (a built SD3.5 pipeline)."""
+    """Build ``name`` into ``out``; ``sd35-lora-example`` needs ``base`` (a built SD3.5 pipeline).
+
+    The directory gets a provenance file (random or trained-here weights) so services report it."""
     from services.common.errors import ConfigError
+    from services.common.weights import write_provenance
     from services.sd35.builders import BUILDERS as SD35
     from services.sd35.builders import build_lora_example
     from services.vit.builders import BUILDERS as VIT
 
     if name in VIT:
-        return VIT[name](out)
-    if name in SD35:
-        return SD35[name](out)
-    if name == "sd35-lora-example":
+        built = VIT[name](out)
+    elif name in SD35:
+        built = SD35[name](out)
+    elif name == "sd35-lora-example":
         if base is None:
             raise ConfigError("sd35-lora-example needs --base DIR (a built sd35 pipeline)")
-        return build_lora_example(base, out)
-    raise ConfigError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
+        built = build_lora_example(base, out)
+    else:
+        raise ConfigError(f"unknown model {name!r}; choose from {', '.join(model_names())}")
+    target = built if built.is_dir() else built.parent
+    if name in TRAINED_HERE:
+        write_provenance(target, "trained-here", name, TRAINED_HERE[name])
+    else:
+        write_provenance(target, "random", name, "random weights from the architecture's config")
+    return built

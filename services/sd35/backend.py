@@ -18,6 +18,7 @@ from pathlib import Path
 
 from services.common.backend import Capability, ModelInfo, ServiceBackend
 from services.common.errors import quote
+from services.common.weights import WeightsProvenance, describe_weights
 from services.sd35 import adapters
 from services.sd35.adapters import AdapterInfo
 from services.sd35.config import Sd35Config
@@ -83,6 +84,7 @@ class Sd35Backend(ServiceBackend):
         self.scheduler = Scheduler(metrics, self.executor, self._encode_pool, config.max_queue,
                                    config.png_compress_level)
         self._seconds_per_unit: dict[str, float] = {}
+        self._weights: dict[str, WeightsProvenance] = {}
         self._loading: dict[str, set[str]] = {v: set() for v in self.runners}  # adapter names being loaded
 
     # -- lifecycle (ServiceBackend) -----------------------------------------------------------------
@@ -91,6 +93,7 @@ class Sd35Backend(ServiceBackend):
         queue's wait estimate."""
         for name, runner in self.runners.items():
             runner.load()
+            self._weights[name] = describe_weights(runner.source)
             self._seconds_per_unit[name] = runner.warmup(self.config.default_size)
 
     async def started(self) -> None:
@@ -115,7 +118,8 @@ class Sd35Backend(ServiceBackend):
             license=self.config.license, capabilities=CAPABILITIES,
             properties={"transformer_layers": str(runner.num_layers), "max_side": str(runner.max_side),
                         "text_encoder_3": "dropped" if runner.drop_t5 else "t5",
-                        "cpu_offload": str(runner.cpu_offload).lower(), "compiled": str(runner.compile).lower()})
+                        "cpu_offload": str(runner.cpu_offload).lower(), "compiled": str(runner.compile).lower(),
+                        **self._weights[runner.spec.name].properties()})
 
     def describe(self) -> list[ModelInfo]:
         self.require_ready()
