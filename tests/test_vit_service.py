@@ -26,7 +26,7 @@ LIMIT_BYTES = 1 << 20
 
 def vit_config(model: Path, **kw: object) -> VitConfig:
     base = {"model": str(model), "port": 0, "metrics_port": 0, "host": "127.0.0.1", "metrics_host": "127.0.0.1",
-            "torch_threads": 1, "drain_delay_s": 0.0, "log_format": "text"}
+            "torch_threads": 1, "drain_delay_s": 0.0, "log_format": "text", "precision": "fp32"}
     return VitConfig.from_env({}, **(base | kw))
 
 

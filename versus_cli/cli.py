@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from services.common.errors import VersusError
+from versus_cli import export as export_commands
 
 
 class CliError(Exception):
@@ -389,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--models-dir", default=".models", help="where built models are cached")
     demo.add_argument("--json", default="", help="also write the demo's figures to this JSON file")
     demo.set_defaults(func=cmd_demo)
+    export_commands.add_parsers(sub)
     return parser
 
 

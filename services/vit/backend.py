@@ -8,13 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from services.common.admission import Admission
 from services.common.backend import Capability, ModelInfo, ServiceBackend
@@ -23,10 +22,10 @@ from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.common.metrics import Metrics
 from services.torch_runtime import watch_gpu_memory
 from services.vit.config import VitConfig
-from services.vit.errors import InvalidImage
+from services.vit.errors import InvalidImage, TritonUnavailable
 from services.vit.heads import Head, HeadRegistry, fit_linear_probe
 from services.vit.images import check_header, decode_image, load_rgb
-from services.vit.model import FINAL_LAYER, VitModel, pool, softmax_top_k
+from services.vit.model import FINAL_LAYER, ForwardOutput, VitEngine, VitModel, pool, softmax_top_k
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,36 @@ CAPABILITIES = (
         "Safetensors loading",
         "from_pretrained on a directory or hub id; pickle checkpoints refused.",
     ),
-    Capability("quantization", "Reduced precision", "fp32, bf16/fp16 and dynamic int8 quantization of Linear layers."),
+    Capability(
+        "quantization",
+        "Reduced precision",
+        "fp32, bf16/fp16 and dynamic int8 quantization of Linear layers; int8 ONNX Runtime exports.",
+    ),
+    Capability(
+        "onnx-export",
+        "ONNX export",
+        "versus export onnx: one ONNX file with a dynamic batch axis, parity-checked against torch.",
+    ),
+    Capability(
+        "backends", "Execution backends", "Eager torch, ONNX Runtime in process, or a Triton Inference Server."
+    ),
 )
+
+
+def make_engine(config: VitConfig) -> VitEngine:
+    """The engine for ``config.backend`` (ONNX Runtime and tritonclient are imported only when chosen)."""
+    if config.backend == "onnx":
+        from services.vit.onnx_engine import OnnxVitModel
+
+        return OnnxVitModel(config.model, precision=config.precision, device=config.device,
+                            threads=config.onnx_threads or config.torch_threads)
+    if config.backend == "triton":
+        from services.vit.triton_engine import TritonVitModel
+
+        return TritonVitModel(config.model, url=config.triton_url, model_name=config.triton_model,
+                              precision=config.precision, allow_download=config.allow_download)
+    return VitModel(config.model, precision=config.precision, device=config.device,
+                    allow_download=config.allow_download, torch_threads=config.torch_threads)
 
 
 @dataclass(frozen=True)
@@ -141,14 +168,14 @@ class VitBackend(ServiceBackend):
         self.config = config
         self.model_id = config.model_id or Path(config.model.rstrip("/")).name or config.model
         super().__init__(self.model_id, metrics)
-        self.model = VitModel(
-            config.model,
-            precision=config.precision,
-            device=config.device,
-            allow_download=config.allow_download,
-            torch_threads=config.torch_threads,
-        )
-        self.heads = HeadRegistry(config.max_heads)
+        self.model = make_engine(config)
+        #: Triton serves the network: requests skip the local batcher (Triton's dynamic batcher batches).
+        self.remote = config.backend == "triton"
+        self.heads = HeadRegistry(config.max_heads, Path(config.heads_dir) if config.heads_dir else None,
+                                  rescan_s=config.heads_rescan_s)
+        #: Called with the new readiness when Triton's model goes down or comes back (the server's health).
+        self.on_readiness: Callable[[bool], Awaitable[None]] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         watch_gpu_memory(metrics)
         self._pre_pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="vit-pre")
         # Retry hints come from the admission's own drain rate (decode + queue + compute per image).
@@ -162,19 +189,50 @@ class VitBackend(ServiceBackend):
             max_wait_ms=config.max_wait_ms,
             metrics=metrics,
         )
-        self.on_device = config.preprocess == "device"
+        self.on_device = config.preprocess == "device" and not self.remote
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self) -> None:
         self.model.load()
-        self.model.warmup()
+        if not self.remote:
+            self.model.warmup()
+        self.heads.dimension = self.model.hidden_size
+        self.heads.open()
 
     async def started(self) -> None:
-        self._batcher.start()
+        if self.remote:
+            await self.model.connect(self.config.triton_start_timeout_s)  # type: ignore[attr-defined]
+            self._watcher = asyncio.get_running_loop().create_task(self._watch_remote(), name="vit-triton-health")
+        else:
+            self._batcher.start()
 
     async def stopping(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()  # first, so it cannot report ready again while we drain
         await self._batcher.close()
+        if self.remote:
+            await self.model.close()  # type: ignore[attr-defined]
         self._pre_pool.shutdown(wait=True)
+
+    async def _watch_remote(self) -> None:
+        """Follow Triton's model readiness; while it is not ready requests get UNAVAILABLE and health
+        says NOT_SERVING (through :attr:`on_readiness`)."""
+        while True:
+            await asyncio.sleep(self.config.triton_health_interval_s)
+            ready = await self.model.ready()  # type: ignore[attr-defined]
+            if ready == self._ready:
+                continue
+            self._ready = ready  # the base class's flag: require_ready() answers from it
+            self.metrics.model_ready.labels(self.model_id).set(int(ready))
+            log.warning("triton model readiness changed", extra={"ready": ready, "url": self.config.triton_url})
+            if self.on_readiness is not None:
+                await self.on_readiness(ready)
+
+    def require_ready(self) -> None:
+        if self.remote and not self._ready and self._watcher is not None and not self._watcher.done():
+            raise TritonUnavailable(f"Triton model {self.config.triton_model!r} at {self.config.triton_url} "
+                                    "is not ready")
+        super().require_ready()
 
     def describe(self) -> list[ModelInfo]:
         return [self.description().info]
@@ -191,9 +249,9 @@ class VitBackend(ServiceBackend):
             family="vit",
             variant=f"patch{m.patch_size}-{m.image_size}",
             parameters=m.parameters,
-            precision=self.config.precision,
-            device=str(m.device),
-            backend="torch",
+            precision=m.precision,
+            device=m.device_name,
+            backend=m.backend,
             license=self.config.license,
             capabilities=CAPABILITIES,
             properties={
@@ -201,6 +259,8 @@ class VitBackend(ServiceBackend):
                 "num_labels": str(len(m.id2label)),
                 "hidden_size": str(m.hidden_size),
                 "num_hidden_layers": str(m.num_layers),
+                "precision_requested": self.config.precision,
+                "precision_reason": getattr(m, "precision_reason", ""),
             },
         )
         return VitDescription(
@@ -265,6 +325,19 @@ class VitBackend(ServiceBackend):
                 items.append(WorkItem(self.model.preprocess(image), task))
         return items
 
+    async def _remote(self, items: list[WorkItem], timeout_s: float | None) -> list[tuple[object, ItemStats]]:
+        """Triton path: one call per request (Triton batches across requests); same metrics as the batcher's."""
+        started = time.perf_counter()
+        out = await self.model.infer(np.stack([it.pixels for it in items]), _layers(items), timeout_s)  # type: ignore
+        compute_s = time.perf_counter() - started
+        m = self.metrics
+        m.compute_seconds.labels(self.model_id).observe(compute_s)
+        m.batch_size.labels(self.model_id).observe(len(items))
+        m.items.labels(self.model_id).inc(len(items))
+        m.queue_seconds.labels(self.model_id).observe(0.0)
+        stats = ItemStats(0.0, compute_s, len(items), 0)
+        return [(r, stats) for r in self._postprocess(items, out)]
+
     async def _submit(
         self,
         images: Sequence[bytes],
@@ -285,7 +358,10 @@ class VitBackend(ServiceBackend):
             preprocess_s = time.perf_counter() - started
             self.metrics.preprocess_seconds.labels(self.model_id).observe(preprocess_s)
             remaining = None if timeout_s is None else max(0.0, timeout_s - preprocess_s)
-            results = await self._batcher.submit(items, timeout_s=remaining)
+            if self.remote:
+                results = await self._remote(items, remaining)
+            else:
+                results = await self._batcher.submit(items, timeout_s=remaining)
         return [r for r, _ in results], _timings(started, preprocess_s, [s for _, s in results])
 
     # -- public API ------------------------------------------------------------------------------
@@ -382,10 +458,10 @@ class VitBackend(ServiceBackend):
         return results
 
     def _forward(self, items: list[WorkItem], pixels: list[np.ndarray]) -> list[object]:
-        layers = frozenset(
-            lab for it in items if isinstance(it.task, EmbedTask) for lab in it.task.layers if lab != FINAL_LAYER
-        )
-        out = self.model.forward(np.stack(pixels), layers)
+        return self._postprocess(items, self.model.forward(np.stack(pixels), _layers(items)))
+
+    def _postprocess(self, items: list[WorkItem], out: ForwardOutput) -> list[object]:
+        """Labels, head scores and pooled vectors from one batch's outputs (NumPy; any backend)."""
         results: list[object] = []
         for row, item in enumerate(items):
             task = item.task
@@ -407,11 +483,18 @@ class VitBackend(ServiceBackend):
                 )
         return results
 
-    def _labels(self, logits: torch.Tensor, final: torch.Tensor, task: ClassifyTask) -> Classification:
+    def _labels(self, logits: np.ndarray, final: np.ndarray, task: ClassifyTask) -> Classification:
         if task.head is None:
             names = self.model.id2label
         else:
-            names = list(task.head.labels)
-            logits = task.head.logits(torch.nn.functional.normalize(final[0].float(), dim=0))
+            names = task.head.labels
+            logits = task.head.logits(pool(final, "cls", True))
         labels = [LabelScore(i, names[i], s) for i, s in softmax_top_k(logits, task.top_k)]
-        return Classification(labels, logits.numpy().astype(np.float32) if task.logits else None)
+        return Classification(labels, np.asarray(logits, np.float32) if task.logits else None)
+
+
+def _layers(items: Sequence[WorkItem]) -> frozenset[int]:
+    """Hidden layers some item of a batch asks for (the final output is always computed)."""
+    return frozenset(
+        lab for it in items if isinstance(it.task, EmbedTask) for lab in it.task.layers if lab != FINAL_LAYER
+    )

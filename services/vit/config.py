@@ -6,6 +6,7 @@ import dataclasses
 
 from services.common.config import ServerConfig, setting
 from services.common.errors import ConfigError
+from services.vit.precision import CHOICES as PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -16,10 +17,27 @@ class VitConfig(ServerConfig):
 
     port: int = setting(50051, "gRPC port; 0 picks a free port.")
     metrics_port: int = setting(9101, "Prometheus /metrics HTTP port; 0 picks a free port, -1 disables.")
-    model: str = setting("", "Model directory (save_pretrained layout, safetensors) or hub id.")
+    model: str = setting(
+        "",
+        "Model directory (save_pretrained layout, safetensors) or hub id; with --backend onnx a "
+        "`versus export onnx` directory; with --backend triton a directory holding the processor config and "
+        "config.json (the checkpoint, its export, or the Triton model directory) for preprocessing and labels.",
+    )
+    backend: str = setting(
+        "torch",
+        "What runs the network: 'torch' (eager, in process), 'onnx' (ONNX Runtime session in process) or "
+        "'triton' (a Triton Inference Server; the service keeps validation, decoding and preprocessing).",
+        choices=("torch", "onnx", "triton"),
+    )
     model_id: str = setting("", "Id reported to clients; default: the directory name or hub id.")
     license: str = setting("apache-2.0", "License reported in GetModelInfo.")
-    precision: str = setting("fp32", "Weights precision.", choices=("fp32", "bf16", "fp16", "int8"))
+    precision: str = setting(
+        "auto",
+        "Weights precision. 'auto': bf16 where the device computes it natively (CUDA; a CPU with avx512_bf16 "
+        "or amx_bf16), else fp32. With --backend onnx/triton: the exported model's precision ('auto' or that "
+        "one).",
+        choices=PRECISIONS,
+    )
     device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     allow_download: bool = setting(False, "Allow fetching hub ids from the network (offline by default).")
     max_batch_size: int = setting(32, "Largest compute batch, in images.")
@@ -40,6 +58,22 @@ class VitConfig(ServerConfig):
     stream_window: int = setting(64, "ClassifyStream items in flight per stream (back-pressure).")
     max_heads: int = setting(32, "Custom heads kept in memory.")
     max_head_examples: int = setting(4096, "Labelled images in one CreateHead request.")
+    heads_dir: str = setting(
+        "",
+        "Directory where custom heads persist (one safetensors file each, written atomically), loaded at "
+        "start and shared by replicas that mount it; empty keeps heads in memory only.",
+    )
+    heads_rescan_s: float = setting(
+        10.0, "Seconds between re-reads of heads_dir for heads other replicas created or deleted (a lookup "
+        "miss always re-reads).")
+    onnx_threads: int = setting(0, "ONNX Runtime intra-op threads (--backend onnx); 0 = torch_threads when set, "
+                                "else ONNX Runtime's default.")
+    triton_url: str = setting("localhost:8001", "Triton Inference Server gRPC address (--backend triton).")
+    triton_model: str = setting("vit", "Model name in the Triton repository (--backend triton).")
+    triton_start_timeout_s: float = setting(
+        300.0, "At start, seconds to wait for Triton's model to become ready before start-up fails.")
+    triton_health_interval_s: float = setting(
+        2.0, "Seconds between readiness checks of Triton's model; health is NOT_SERVING while it is not ready.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,6 +93,14 @@ class VitConfig(ServerConfig):
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.env_name(name)} must be >= 1")
+        for name in ("heads_rescan_s", "onnx_threads", "triton_start_timeout_s"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{self.env_name(name)} must be >= 0")
+        if self.triton_health_interval_s <= 0:
+            raise ConfigError(f"{self.env_name('triton_health_interval_s')} must be > 0")
+        if self.backend != "torch" and self.precision not in ("auto", "fp32", "int8"):
+            raise ConfigError(f"{self.env_name('precision')}: the {self.backend} backend runs an exported fp32 or "
+                              "int8 model; use 'auto' (the export's precision), 'fp32' or 'int8'")
         if self.max_wait_ms < 0:
             raise ConfigError(f"{self.env_name('max_wait_ms')} must be >= 0")
         if self.max_images_per_request > self.max_queue:

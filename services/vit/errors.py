@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from services.common.errors import FailedPrecondition, InvalidArgument, ModelLoadError, NotFound
+from services.common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ModelLoadError,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 
 
 class InvalidImage(InvalidArgument):
@@ -19,3 +26,15 @@ class HeadNotFound(NotFound):
 
 class NoClassifier(FailedPrecondition):
     """The loaded checkpoint has no classification head."""
+
+
+class TritonUnavailable(Unavailable):
+    """Triton Inference Server cannot serve now (down, unreachable, model not ready, or it failed the call)."""
+
+
+class TritonBusy(ResourceExhausted):
+    """Triton's queue for the model is full; retry after ``retry_after_s``."""
+
+
+class TritonRejected(InvalidArgument):
+    """Triton refused the batch the service sent (its model configuration does not fit the request)."""
