@@ -114,9 +114,14 @@ def load_head(path: Path) -> Head:
     """Read one head file (ValueError/OSError when it is not a valid head)."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="np") as fh:
-        meta = fh.metadata() or {}
-        weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
+    try:
+        with safe_open(str(path), framework="np") as fh:
+            meta = fh.metadata() or {}
+            weight, bias = fh.get_tensor("weight"), fh.get_tensor("bias")
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - SafetensorError is not importable as a type; any failure = bad file
+        raise ValueError(f"not a head file: {str(exc)[:200]}") from None
     labels = tuple(json.loads(meta["labels"]))
     if weight.ndim != 2 or bias.shape != (weight.shape[0],) or len(labels) != weight.shape[0]:
         raise ValueError(f"inconsistent shapes {weight.shape} / {bias.shape} / {len(labels)} labels")
