@@ -190,3 +190,47 @@ def test_onnx_backend_refuses_what_it_cannot_serve(vit_tiny_dir: Path, digits_in
         VitModel(str(digits_int8), device="cpu").load()
     with pytest.raises(ConfigError, match="exported fp32 or int8 model"):
         vit_config(digits_int8, backend="onnx", precision="bf16")
+
+
+# -- precision auto ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("device, flags, expected", [
+    ("cpu", {"avx2", "avx512f", "avx512_vnni"}, "fp32"),
+    ("cpu", {"avx512f", "avx512_bf16"}, "bf16"),
+    ("cpu", {"amx_bf16", "amx_tile"}, "bf16"),
+    ("cpu", set(), "fp32"),
+    ("cuda", set(), "bf16"),
+])
+def test_auto_precision_is_bf16_only_where_native(device: str, flags: set, expected: str) -> None:
+    from services.vit.precision import auto_precision
+
+    assert auto_precision(device, flags)[0] == expected
+
+
+def test_cpu_flags_read_from_cpuinfo(tmp_path: Path) -> None:
+    from services.vit.precision import cpu_flags
+
+    (tmp_path / "cpuinfo").write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n\nflags : other\n")
+    assert cpu_flags(tmp_path / "cpuinfo") == {"fpu", "avx512f", "avx512_bf16"}
+    assert cpu_flags(tmp_path / "missing") == frozenset()
+
+
+def test_auto_is_the_default_and_reported(vit_digits_dir: Path) -> None:
+    from services.vit.config import VitConfig
+    from services.vit.precision import auto_precision, cpu_flags
+
+    assert VitConfig.from_env({"VIT_MODEL": "m"}).precision == "auto"
+    expected, reason = auto_precision("cpu", cpu_flags())
+    held = held_out()
+    request = vit_pb2.ClassifyRequest(images=[img(encode(i)) for i in held.images[:64]], top_k=1)
+    tops = {}
+    for precision in ("auto", "fp32"):
+        with InProcessServer(create_server, vit_config(vit_digits_dir, precision=precision, device="cpu",
+                                                       max_images_per_request=64)) as srv, srv.channel() as ch:
+            stub = vit_pb2_grpc.VitServiceStub(ch)
+            info = stub.GetModelInfo(vit_pb2.GetModelInfoRequest(), timeout=10)
+            tops[precision] = [r.labels[0].index for r in stub.Classify(request, timeout=60).results]
+            if precision == "auto":
+                assert common_pb2.Precision.Name(info.model.precision) == f"PRECISION_{expected.upper()}"
+                assert info.model.properties["precision_requested"] == "auto"
+                assert info.model.properties["precision_reason"] == reason
+    assert np.mean(np.array(tops["auto"]) == np.array(tops["fp32"])) >= 0.97
