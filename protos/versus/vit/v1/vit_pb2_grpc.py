@@ -105,14 +105,19 @@ class VitServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describes the served model.
+        """Describes the served model: model.backend is "torch", "onnx" or "triton"; model.precision the precision
+        the network runs at (with --precision auto, the default: bf16 where the device computes it natively,
+        else fp32); model.device "cpu", "cuda:N" or "triton:HOST:PORT"; model.properties add
+        "precision_requested" and "precision_reason".
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateHead(self, request, context):
-        """Trains a linear probe on the model's embeddings from labelled example images.
+        """Trains a linear probe on the model's embeddings from labelled example images. When the server has a
+        heads directory (heads_dir) the head persists there: it survives restarts and replicas sharing the
+        directory serve it too. Works on every backend (the embeddings come from whichever serves).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +131,8 @@ class VitServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteHead(self, request, context):
-        """Deletes a custom head. NOT_FOUND if it does not exist.
+        """Deletes a custom head (from the heads directory too, so every replica drops it). NOT_FOUND if it does
+        not exist.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -49,13 +49,22 @@ class VitServiceStub:
     each tagged with the client's id. A bad item yields an item error; the stream goes on.
     """
     GetModelInfo: _grpc.UnaryUnaryMultiCallable[_vit_pb2.GetModelInfoRequest, _vit_pb2.GetModelInfoResponse]
-    """Describes the served model."""
+    """Describes the served model: model.backend is "torch", "onnx" or "triton"; model.precision the precision
+    the network runs at (with --precision auto, the default: bf16 where the device computes it natively,
+    else fp32); model.device "cpu", "cuda:N" or "triton:HOST:PORT"; model.properties add
+    "precision_requested" and "precision_reason".
+    """
     CreateHead: _grpc.UnaryUnaryMultiCallable[_vit_pb2.CreateHeadRequest, _vit_pb2.CreateHeadResponse]
-    """Trains a linear probe on the model's embeddings from labelled example images."""
+    """Trains a linear probe on the model's embeddings from labelled example images. When the server has a
+    heads directory (heads_dir) the head persists there: it survives restarts and replicas sharing the
+    directory serve it too. Works on every backend (the embeddings come from whichever serves).
+    """
     ListHeads: _grpc.UnaryUnaryMultiCallable[_vit_pb2.ListHeadsRequest, _vit_pb2.ListHeadsResponse]
     """Lists the custom heads."""
     DeleteHead: _grpc.UnaryUnaryMultiCallable[_vit_pb2.DeleteHeadRequest, _vit_pb2.DeleteHeadResponse]
-    """Deletes a custom head. NOT_FOUND if it does not exist."""
+    """Deletes a custom head (from the heads directory too, so every replica drops it). NOT_FOUND if it does
+    not exist.
+    """
 
 @_typing.type_check_only
 class VitServiceAsyncStub(VitServiceStub):
@@ -78,13 +87,22 @@ class VitServiceAsyncStub(VitServiceStub):
     each tagged with the client's id. A bad item yields an item error; the stream goes on.
     """
     GetModelInfo: _aio.UnaryUnaryMultiCallable[_vit_pb2.GetModelInfoRequest, _vit_pb2.GetModelInfoResponse]  # type: ignore[assignment]
-    """Describes the served model."""
+    """Describes the served model: model.backend is "torch", "onnx" or "triton"; model.precision the precision
+    the network runs at (with --precision auto, the default: bf16 where the device computes it natively,
+    else fp32); model.device "cpu", "cuda:N" or "triton:HOST:PORT"; model.properties add
+    "precision_requested" and "precision_reason".
+    """
     CreateHead: _aio.UnaryUnaryMultiCallable[_vit_pb2.CreateHeadRequest, _vit_pb2.CreateHeadResponse]  # type: ignore[assignment]
-    """Trains a linear probe on the model's embeddings from labelled example images."""
+    """Trains a linear probe on the model's embeddings from labelled example images. When the server has a
+    heads directory (heads_dir) the head persists there: it survives restarts and replicas sharing the
+    directory serve it too. Works on every backend (the embeddings come from whichever serves).
+    """
     ListHeads: _aio.UnaryUnaryMultiCallable[_vit_pb2.ListHeadsRequest, _vit_pb2.ListHeadsResponse]  # type: ignore[assignment]
     """Lists the custom heads."""
     DeleteHead: _aio.UnaryUnaryMultiCallable[_vit_pb2.DeleteHeadRequest, _vit_pb2.DeleteHeadResponse]  # type: ignore[assignment]
-    """Deletes a custom head. NOT_FOUND if it does not exist."""
+    """Deletes a custom head (from the heads directory too, so every replica drops it). NOT_FOUND if it does
+    not exist.
+    """
 
 class VitServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -128,7 +146,11 @@ class VitServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vit_pb2.GetModelInfoRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vit_pb2.GetModelInfoResponse, _abc.Awaitable[_vit_pb2.GetModelInfoResponse]]:
-        """Describes the served model."""
+        """Describes the served model: model.backend is "torch", "onnx" or "triton"; model.precision the precision
+        the network runs at (with --precision auto, the default: bf16 where the device computes it natively,
+        else fp32); model.device "cpu", "cuda:N" or "triton:HOST:PORT"; model.properties add
+        "precision_requested" and "precision_reason".
+        """
 
     @_abc_1.abstractmethod
     def CreateHead(
@@ -136,7 +158,10 @@ class VitServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vit_pb2.CreateHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vit_pb2.CreateHeadResponse, _abc.Awaitable[_vit_pb2.CreateHeadResponse]]:
-        """Trains a linear probe on the model's embeddings from labelled example images."""
+        """Trains a linear probe on the model's embeddings from labelled example images. When the server has a
+        heads directory (heads_dir) the head persists there: it survives restarts and replicas sharing the
+        directory serve it too. Works on every backend (the embeddings come from whichever serves).
+        """
 
     @_abc_1.abstractmethod
     def ListHeads(
@@ -152,6 +177,8 @@ class VitServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _vit_pb2.DeleteHeadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_vit_pb2.DeleteHeadResponse, _abc.Awaitable[_vit_pb2.DeleteHeadResponse]]:
-        """Deletes a custom head. NOT_FOUND if it does not exist."""
+        """Deletes a custom head (from the heads directory too, so every replica drops it). NOT_FOUND if it does
+        not exist.
+        """
 
 def add_VitServiceServicer_to_server(servicer: VitServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
