@@ -4,10 +4,12 @@ in-process server harness that runs a grpc.aio server on its own event-loop thre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -33,12 +35,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def built_model(name: str) -> Path:
-    """Build ``name`` with the project's builder unless a cached copy exists."""
-    from services.vit.builders import BUILDERS
+    """Build ``name`` with the project's builder (which records its provenance) unless a cached copy exists."""
+    from versus_cli.models import build_model
 
     out = MODELS / name
     if not (out / "model.safetensors").exists():
-        BUILDERS[name](out)
+        build_model(name, out)
     return out
 
 
@@ -267,3 +269,58 @@ def adapter_root(sd35_dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     build_model("sd35-lora-example", root / "loras", base=sd35_dirs["large"])
     (root / "loras" / "pytorch_lora_weights.safetensors").rename(root / "loras" / "example.safetensors")
     return root
+
+
+@dataclass
+class GatewayStack:
+    """Real vit (vit-tiny: 1000 ImageNet labels), sd35 (the three tiny variants, a LoRA under the adapter
+    root), ranker (SQLite) and gateway (with its report pages), each a real gRPC server in this process."""
+
+    vit: InProcessServer
+    sd35: InProcessServer
+    ranker: InProcessServer
+    gateway: InProcessServer
+
+    @property
+    def engine(self):  # the services.gateway.engine.Gateway behind the gateway server
+        return self.gateway.server.backend.gateway
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway.server.backend.http_port}"
+
+    def gateway_config(self, **kw: object):
+        from services.gateway.config import GatewayConfig
+
+        base = {"port": 0, "metrics_port": 0, "http_port": 0, "host": "127.0.0.1", "metrics_host": "127.0.0.1",
+                "http_host": "127.0.0.1", "drain_delay_s": 0.0, "log_format": "text", "vit": self.vit.target,
+                "sd35": self.sd35.target, "ranker": self.ranker.target, "lora_probe_path": "loras/example.safetensors",
+                "imagenet_classes": "tench,goldfish", "images_per_class": 1, "compare_budget_s": 240.0}
+        return GatewayConfig.from_env({}, **(base | kw))
+
+
+@pytest.fixture(scope="session")
+def gateway_stack(vit_tiny_dir: Path, sd35_dirs: dict[str, Path], adapter_root: Path,
+                  tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayStack]:
+    from services.gateway.server import create_server as create_gateway
+    from services.ranker.config import RankerConfig
+    from services.ranker.server import create_server as create_ranker
+    from services.sd35.config import Sd35Config
+    from services.sd35.server import create_server as create_sd35
+    from services.vit.config import VitConfig
+    from services.vit.server import create_server as create_vit
+
+    common = {"port": 0, "metrics_port": 0, "host": "127.0.0.1", "metrics_host": "127.0.0.1", "drain_delay_s": 0.0,
+              "log_format": "text"}
+    db = tmp_path_factory.mktemp("ranker") / "r.db"
+    with contextlib.ExitStack() as stack:
+        vit = stack.enter_context(InProcessServer(create_vit, VitConfig.from_env(
+            {}, model=str(vit_tiny_dir), torch_threads=1, **common)))
+        sd35 = stack.enter_context(InProcessServer(create_sd35, Sd35Config.from_env(
+            {}, models=tuple(f"{v}={p}" for v, p in sd35_dirs.items()), adapter_root=str(adapter_root),
+            default_size=128, torch_threads=1, **common)))
+        ranker = stack.enter_context(InProcessServer(create_ranker, RankerConfig.from_env(
+            {}, db=f"sqlite:///{db}", bootstrap_rounds=200, **common)))
+        partial = GatewayStack(vit, sd35, ranker, None)  # type: ignore[arg-type]
+        partial.gateway = stack.enter_context(InProcessServer(create_gateway, partial.gateway_config()))
+        yield partial

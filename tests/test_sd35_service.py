@@ -142,6 +142,15 @@ def test_variant_defaults_and_random_seeds(stub) -> None:  # noqa: ANN001
     assert unset[0].seeds[0] != unset[1].seeds[0]  # two draws from 2^63 values
 
 
+def test_unset_size_fits_each_variants_pixel_budget(stub) -> None:  # noqa: ANN001
+    """The service default (128) is below Medium's minimum (256x256): a request that leaves the size unset
+    gets the nearest size inside the variant's budget instead of INVALID_ARGUMENT."""
+    medium = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=MEDIUM, steps=1)))
+    assert (medium.width, medium.height) == (256, 256)
+    large = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=LARGE, steps=1)))
+    assert (large.width, large.height) == (128, 128)
+
+
 def test_same_seed_same_bytes_and_per_image_seeds(stub) -> None:  # noqa: ANN001
     a = result(run(stub, gen(num_images=2)))
     b = result(run(stub, gen(num_images=2)))
@@ -180,7 +189,9 @@ def test_model_info_reports_what_the_engine_applies(stub) -> None:  # noqa: ANN0
     for v in info.variants:
         assert v.model.license == "stabilityai-ai-community" and v.model.parameters > 0
         assert v.model.precision == common_pb2.PRECISION_FP32 and v.model.family == "sd3.5"
-        assert (v.default_width, v.default_height) == (128, 128)
+        # the service default (128) fitted into each variant's pixel budget: Medium starts at 256x256
+        expected = 256 if v.variant == MEDIUM else 128
+        assert (v.default_width, v.default_height) == (expected, expected)
 
 
 # -- validation -------------------------------------------------------------------------------------------

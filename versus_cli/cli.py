@@ -25,6 +25,7 @@ SERVICES = {
     "vit": ("services.vit.config:VitConfig", "services.vit.server"),
     "ranker": ("services.ranker.config:RankerConfig", "services.ranker.server"),
     "sd35": ("services.sd35.config:Sd35Config", "services.sd35.server"),
+    "gateway": ("services.gateway.config:GatewayConfig", "services.gateway.server"),
 }
 
 
@@ -286,6 +287,26 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from versus_cli.compare import compare_request, print_summary, run_compare, write_reports
+
+    request = compare_request(args)
+    comparison = run_compare(_client_settings(args), request, timeout=args.timeout, quiet=args.quiet or args.json)
+    files = write_reports(_client_settings(args), comparison, Path(args.out), timeout=args.timeout) if args.out \
+        else []
+    if args.json:
+        from google.protobuf.json_format import MessageToDict
+
+        doc = MessageToDict(comparison, preserving_proto_field_name=True)
+        for judgement in doc.get("judgements", []):
+            judgement.pop("image_png", None)  # the images are in the HTML report; keep the JSON readable
+        doc["files"] = [str(f) for f in files]
+        print(json.dumps(doc, indent=2))
+    else:
+        print_summary(comparison, files)
+    return 0
+
+
 # -- models -------------------------------------------------------------------------------------
 def cmd_models_build(args: argparse.Namespace) -> int:
     from versus_cli.models import build_model
@@ -373,6 +394,19 @@ def build_parser() -> argparse.ArgumentParser:
     board.set_defaults(target="localhost:50053")
     board.add_argument("--task", default="", help="only this task's matches")
     board.set_defaults(func=cmd_leaderboard)
+
+    compare = sub.add_parser("compare", help="an evidence-backed comparison from the gateway, with progress")
+    _add_client_flags(compare)
+    compare.set_defaults(target="localhost:50050", timeout=600.0, func=cmd_compare)
+    compare.add_argument("models", nargs="+", help="2-4 catalog model ids")
+    compare.add_argument("--live", action="store_true", help="run live probes against the model services")
+    compare.add_argument("--classes", default="", help="ImageNet classes for the quality probe (comma-separated)")
+    compare.add_argument("--per-class", type=int, default=0, help="images per class (default: the gateway's)")
+    compare.add_argument("--budget", type=float, default=0.0, help="seconds for the whole comparison")
+    compare.add_argument("--head-to-head", action="store_true", help="duel the served SD3.5 variants")
+    compare.add_argument("--record", action="store_true", help="record head-to-head outcomes in the ranker")
+    compare.add_argument("--out", default="", help="write comparison.md and comparison.html into this directory")
+    compare.add_argument("--quiet", action="store_true", help="no progress bar")
 
     models = sub.add_parser("models", help="build the project's own models")
     models_sub = models.add_subparsers(dest="models_command", required=True)

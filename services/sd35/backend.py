@@ -129,7 +129,8 @@ class Sd35Backend(ServiceBackend):
         """Model facts plus the defaults and limits each variant applies."""
         self.require_ready()
         size = self.config.default_size
-        variants = tuple(VariantDescription(self._model_info(r), r.spec, size, size, r.max_side, r.skip_layers)
+        variants = tuple(VariantDescription(self._model_info(r), r.spec, r.spec.fit_side(size, r.max_side),
+                                            r.spec.fit_side(size, r.max_side), r.max_side, r.skip_layers)
                          for r in self.runners.values())
         return ServiceDescription(variants, self.default_variant, self.config.max_prompt_chars, self.config.max_queue,
                                   self.config.max_adapters)

@@ -250,9 +250,7 @@ class Sd35Runner:
         """One real 2-step generation before SERVING, at the size the service defaults to (a compiled
         transformer would otherwise recompile on the first real request). Returns its seconds per
         megapixel-step, the first figure of the queue's wait estimate."""
-        lo = int(np.ceil(np.sqrt(self.spec.min_pixels) / 16) * 16)
-        hi = int(np.sqrt(self.spec.max_pixels) // 16 * 16)
-        side = min(max(side, lo, 16), hi, self.max_side)
+        side = self.spec.fit_side(side, self.max_side)
         params = GenerationParams("warm up", "", side, side, 2, self.spec.default_guidance, 0, 1, 77, (), "png", 0)
         started = time.perf_counter()
         self.generate(params)

@@ -191,7 +191,8 @@ def _adapters(r: Request) -> list[tuple[str, str]]:
 def validate(r: Request, spec: VariantSpec, max_side: int, limits: Limits, loaded: Collection[str]) -> GenerationParams:
     """Defaults filled in, or INVALID_ARGUMENT listing every bad field; NOT_FOUND for an adapter that is
     not loaded for this variant (``loaded``: the names that are)."""
-    width, height = r.width or limits.default_size, r.height or limits.default_size
+    side = spec.fit_side(limits.default_size, max_side)  # the default, inside this variant's pixel budget
+    width, height = r.width or side, r.height or side
     steps = spec.default_steps if r.steps is None else r.steps
     guidance = spec.default_guidance if r.guidance is None else r.guidance
     seed = secrets.randbelow(MAX_SEED + 1) if r.seed is None else r.seed

@@ -7,6 +7,8 @@ defaults and pixel budgets from :func:`variant_specs`.
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +33,13 @@ class VariantSpec:
     min_pixels: int
     max_pixels: int
     skip_layers: tuple[int, ...] = ()
+
+    def fit_side(self, side: int, max_side: int) -> int:
+        """The square side nearest ``side`` inside this variant's pixel budget and the transformer's
+        ``max_side`` (multiples of 16): the default size a request that leaves the size unset gets."""
+        lo = math.ceil(math.sqrt(self.min_pixels) / 16) * 16
+        hi = math.isqrt(self.max_pixels) // 16 * 16
+        return min(max(side, lo, 16), hi, max_side)
 
 
 def variant_specs(config: Sd35Config) -> dict[str, VariantSpec]:

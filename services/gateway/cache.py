@@ -1,0 +1,80 @@
+"""Probe results cached per (service, weights digest, probe) with a time to live, and one shared run
+for concurrent comparisons that need the same probe (single flight)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Hashable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from prometheus_client import Counter
+
+from services.common.metrics import Metrics
+
+T = TypeVar("T")
+
+
+@dataclass
+class _Entry(Generic[T]):
+    value: T
+    expires: float
+
+
+class ProbeCache(Generic[T]):
+    """``get(key, run, live)``: a fresh cached value, else the in-flight run's, else (when ``live``)
+    a new run shared by every caller that asks meanwhile. Failed runs are not cached."""
+
+    def __init__(self, ttl_s: float, metrics: Metrics, *, max_entries: int = 4096) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._values: dict[Hashable, _Entry[T]] = {}
+        self._running: dict[Hashable, asyncio.Future[T]] = {}
+        self.lookups = Counter("versus_gateway_probe_cache", "Probe lookups by result (hit, shared, run, miss).",
+                               ("probe", "result"), registry=metrics.registry)
+
+    def fresh(self, key: Hashable) -> T | None:
+        entry = self._values.get(key)
+        if entry is not None and entry.expires > time.monotonic():
+            return entry.value
+        return None
+
+    async def get(self, key: Hashable, probe: str, run: Callable[[], Awaitable[T]], *, live: bool,
+                  ok: Callable[[T], bool]) -> tuple[T | None, str]:
+        """(value, how): how is "hit", "shared", "run" or "miss" (not live and nothing fresh).
+
+        A run is its own task: a caller that gives up (its budget ran out) does not cancel it for the
+        others, and its result is cached when ``ok``."""
+        cached = self.fresh(key)
+        if cached is not None:
+            self.lookups.labels(probe, "hit").inc()
+            return cached, "hit"
+        task = self._running.get(key)
+        how = "shared"
+        if task is None:
+            if not live:
+                self.lookups.labels(probe, "miss").inc()
+                return None, "miss"
+            task = asyncio.ensure_future(self._run(key, run, ok))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "exception not retrieved"
+            self._running[key] = task
+            how = "run"
+        self.lookups.labels(probe, how).inc()
+        return await asyncio.shield(task), how
+
+    async def _run(self, key: Hashable, run: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:
+        try:
+            value = await run()
+            if ok(value):
+                self._store(key, value)
+            return value
+        finally:
+            self._running.pop(key, None)
+
+    def _store(self, key: Hashable, value: T) -> None:
+        if len(self._values) >= self.max_entries:
+            now = time.monotonic()
+            for stale in [k for k, e in self._values.items() if e.expires <= now] or list(self._values)[:1]:
+                self._values.pop(stale, None)
+        self._values[key] = _Entry(value, time.monotonic() + self.ttl_s)

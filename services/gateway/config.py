@@ -1,0 +1,106 @@
+"""Configuration of the gateway (env ``GATEWAY_*`` or flags of ``versus serve gateway``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+from services.common.config import ServerConfig, setting
+from services.common.errors import ConfigError
+
+#: Catalog ids the model services serve by default: catalog id → (service, SD3.5 variant).
+DEFAULT_SERVED = ("vit-base-patch16-224=vit,stable-diffusion-3.5-large=sd35/large,"
+                  "stable-diffusion-3.5-large-turbo=sd35/large-turbo,stable-diffusion-3.5-medium=sd35/medium")
+DEFAULT_CLASSES = "tench,goldfish,golden retriever,volcano"
+_SERVED = re.compile(r"(vit|sd35/(large|large-turbo|medium))")
+
+
+@dataclasses.dataclass(frozen=True)
+class GatewayConfig(ServerConfig):
+    """Everything ``versus serve gateway`` can be told."""
+
+    ENV_PREFIX = "GATEWAY"
+
+    port: int = setting(50050, "gRPC port; 0 picks a free port.")
+    metrics_port: int = setting(9100, "Prometheus /metrics HTTP port; 0 picks a free port, -1 disables.")
+    http_port: int = setting(8080, "Report pages (HTTP) port; 0 picks a free port, -1 disables the pages.")
+    http_host: str = setting("0.0.0.0", "Address the report pages bind to.")
+    vit: str = setting("", "vit service target, e.g. dns:///vit-headless.versus.svc:50051 or 127.0.0.1:50051; "
+                           "empty: no ViT (its evidence is unavailable).")
+    sd35: str = setting("", "sd35 service target; empty: no SD3.5.")
+    ranker: str = setting("", "ranker service target; empty: no catalog, scores or matches.")
+    vit_precisions: str = setting("", "Extra vit services at other precisions for the precision probe, "
+                                      "e.g. 'int8=127.0.0.1:50061,bf16=...'.")
+    served: str = setting(DEFAULT_SERVED, "Catalog id → the service serving it live: 'ID=vit' or 'ID=sd35/VARIANT', "
+                                          "comma-separated.")
+    downstream_token: str = setting("", "Bearer token sent to the model services and the ranker.")
+    downstream_token_file: str = setting("", "File holding that token (e.g. a mounted Secret).")
+    downstream_tls_ca: str = setting("", "PEM CA of the downstream services' certificates; enables TLS to them.")
+    downstream_tls_cert: str = setting("", "Client certificate for mTLS to the downstream services.")
+    downstream_tls_key: str = setting("", "Client key for mTLS to the downstream services.")
+    downstream_server_name: str = setting("", "Override the TLS name checked on downstream certificates.")
+    compare_budget_s: float = setting(120.0, "Default wall-clock budget of one comparison (probes not done by "
+                                             "then are UNAVAILABLE 'budget exhausted').")
+    call_timeout_s: float = setting(60.0, "Deadline of one downstream call (within the budget).")
+    cache_ttl_s: float = setting(600.0, "How long a probe result stays fresh per (model, weights digest, probe).")
+    max_concurrent_compares: int = setting(8, "Comparisons running at once; beyond it RESOURCE_EXHAUSTED.")
+    imagenet_classes: str = setting(DEFAULT_CLASSES, "Default ImageNet classes for 'a photo of a {class}'.")
+    images_per_class: int = setting(1, "Default seeds per class for the quality probe and head-to-head.")
+    probe_seed: int = setting(1234, "First seed of the generation probes (image i of a class uses seed + i).")
+    probe_size: int = setting(0, "Side of generated probe images in pixels; 0 = each variant's default size.")
+    probe_steps: int = setting(0, "Denoising steps for quality/head-to-head images; 0 = each variant's default.")
+    tie_margin: float = setting(0.05, "Head-to-head: |ln p_a - ln p_b| below this is a tie.")
+    lora_probe_path: str = setting("", "Adapter file (relative to the sd35 adapter root) the LoRA probe loads if no "
+                                       "adapter is loaded; empty: probe only adapters already loaded.")
+    claim_tolerance_pt: float = setting(1.0, "A numeric claim agrees with a source within this many units "
+                                             "(percentage points for accuracy).")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.served_map()
+        self.precision_targets()
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"{self.env_name('http_port')}: ports are 0..65535 (-1 disables the pages)")
+        for name in ("compare_budget_s", "call_timeout_s", "max_concurrent_compares", "images_per_class"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{self.env_name(name)} must be > 0")
+        if self.cache_ttl_s < 0 or self.tie_margin < 0 or self.probe_size < 0 or self.probe_steps < 0:
+            raise ConfigError("cache_ttl_s, tie_margin, probe_size and probe_steps must be >= 0")
+        if self.probe_size % 16:
+            raise ConfigError(f"{self.env_name('probe_size')} must be a multiple of 16")
+        if self.downstream_token and self.downstream_token_file:
+            raise ConfigError(f"set {self.env_name('downstream_token')} or "
+                              f"{self.env_name('downstream_token_file')}, not both")
+
+    def served_map(self) -> dict[str, str]:
+        """Catalog id → 'vit' or 'sd35/<variant>'."""
+        out = {}
+        for part in filter(None, (p.strip() for p in self.served.split(","))):
+            model, _, service = part.partition("=")
+            if not model or not _SERVED.fullmatch(service):
+                raise ConfigError(f"{self.env_name('served')}: {part!r} is not ID=vit or ID=sd35/VARIANT")
+            out[model] = service
+        return out
+
+    def precision_targets(self) -> dict[str, str]:
+        """Extra ViT deployments for the precision probe: precision → target."""
+        out = {}
+        for part in filter(None, (p.strip() for p in self.vit_precisions.split(","))):
+            precision, _, target = part.partition("=")
+            if precision not in ("bf16", "fp16", "int8") or not target:
+                raise ConfigError(f"{self.env_name('vit_precisions')}: {part!r} is not PRECISION=TARGET "
+                                  "(PRECISION one of bf16, fp16, int8)")
+            out[precision] = target
+        return out
+
+    def classes(self) -> list[str]:
+        return [c.strip() for c in self.imagenet_classes.split(",") if c.strip()]
+
+    def resolved_downstream_token(self) -> str:
+        if self.downstream_token_file:
+            try:
+                with open(self.downstream_token_file, encoding="utf-8") as fh:
+                    return fh.read().strip()
+            except OSError as exc:
+                raise ConfigError(f"{self.env_name('downstream_token_file')}: {exc}") from exc
+        return self.downstream_token

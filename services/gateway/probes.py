@@ -1,0 +1,397 @@
+"""Live probes: small, bounded calls to the model services that turn capability claims into
+observations (what was sent, what was seen, when, on which weights).
+
+Each probe returns a :class:`ProbeResult`; a probe that cannot run (service down, budget spent,
+nothing to probe) returns one with ``unavailable`` set and the reason read from the error details.
+Probes never raise for downstream trouble.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from PIL import Image, ImageDraw
+from versus.common.v1 import common_pb2
+from versus.gateway.v1 import gateway_pb2
+from versus.sd35.v1 import sd35_pb2
+from versus.vit.v1 import vit_pb2
+
+from services.common.convert import PRECISION_FROM_PROTO
+from services.gateway.downstream import Downstream, DownstreamError
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Budget:
+    """The comparison's wall-clock budget; every downstream call gets at most what is left."""
+
+    deadline: float  # time.monotonic()
+    call_timeout_s: float
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def timeout(self) -> float:
+        return min(self.call_timeout_s, self.remaining())
+
+
+@dataclass
+class ProbeResult:
+    probe: str
+    ok: bool = False
+    detail: str = ""
+    measurements: list[gateway_pb2.Measurement] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    weights: gateway_pb2.ServedWeights = field(default_factory=gateway_pb2.ServedWeights)
+    at: str = ""
+    unavailable: gateway_pb2.Unavailable | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.unavailable is None
+
+
+def unavailable(probe: str, exc: DownstreamError | str, weights: gateway_pb2.ServedWeights | None = None
+                ) -> ProbeResult:
+    if isinstance(exc, DownstreamError):
+        d = exc.details
+        item = gateway_pb2.Unavailable(component=exc.component, code=d.code.name, reason=d.reason,
+                                       message=d.message[:300])
+    else:
+        item = gateway_pb2.Unavailable(component=probe, code="", reason="", message=exc)
+    return ProbeResult(probe, weights=weights or gateway_pb2.ServedWeights(), at=now_iso(), unavailable=item)
+
+
+def weights_of(service: str, info: common_pb2.ModelInfo) -> gateway_pb2.ServedWeights:
+    props = info.properties
+    return gateway_pb2.ServedWeights(
+        service=service, served_model_id=info.id, digest=props.get("weights_digest", ""),
+        kind=props.get("weights_kind", "unknown") or "unknown",
+        precision=PRECISION_FROM_PROTO.get(info.precision, ""), device=info.device, backend=info.backend)
+
+
+def measurement(name: str, value: float, unit: str, probe: str, detail: str, weights: gateway_pb2.ServedWeights,
+                at: str) -> gateway_pb2.Measurement:
+    return gateway_pb2.Measurement(name=name, value=value, unit=unit, probe=probe, detail=detail, measured_at=at,
+                                   weights=weights, mechanism_only=weights.kind != "real")
+
+
+def test_image(seed: int, size: int = 224) -> bytes:
+    """A deterministic PNG with shapes and a gradient (a real image file, not random noise)."""
+    image = Image.new("RGB", (size, size), (seed * 37 % 256, seed * 91 % 256, seed * 53 % 256))
+    draw = ImageDraw.Draw(image)
+    for i in range(6):
+        x0, y0 = (seed * 17 + i * 31) % size, (seed * 29 + i * 47) % size
+        draw.ellipse([x0, y0, x0 + size // 4, y0 + size // 5], fill=((i * 70) % 256, (seed * 40) % 256, 200 - i * 20))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _images(seeds: range | list[int]) -> list[common_pb2.Image]:
+    return [common_pb2.Image(data=test_image(s), mime_type="image/png") for s in seeds]
+
+
+def digest_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+# -- the ViT service ------------------------------------------------------------------------------
+@dataclass
+class VitInfo:
+    component: str
+    response: vit_pb2.GetModelInfoResponse
+    weights: gateway_pb2.ServedWeights
+
+
+class VitProbes:
+    """Probes of one vit deployment (``component`` is "vit" or "vit-int8" …)."""
+
+    def __init__(self, downstream: Downstream, info: VitInfo, budget: Budget) -> None:
+        self.ds = downstream
+        self.info = info
+        self.budget = budget
+        self.w = info.weights
+
+    async def _call(self, method: str, request: Any, component: str = "") -> Any:
+        return await self.ds.call(component or self.info.component, method, request, self.budget.timeout())
+
+    async def _timed(self, method: str, request: Any, component: str = "") -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        reply = await self._call(method, request, component)
+        return reply, (time.perf_counter() - t0) * 1e3
+
+    async def distribution(self) -> ProbeResult:
+        """Classify one image over all labels: a distribution summing to 1 whose top-1 is the logits' argmax."""
+        name, at, n = "vit.distribution", now_iso(), self.info.response.num_labels
+        req = vit_pb2.ClassifyRequest(images=_images([1]), top_k=n, return_logits=True)
+        reply, ms = await self._timed("Classify", req)
+        result = reply.results[0]
+        total = sum(lab.score for lab in result.labels)
+        argmax = max(range(len(result.logits)), key=result.logits.__getitem__) if result.logits else -1
+        ok = len(result.labels) == n and abs(total - 1.0) < 1e-3 and result.labels[0].index == argmax
+        detail = (f"sent 1 PNG (224x224) with top_k={n} and return_logits; saw {len(result.labels)} label scores "
+                  f"summing to {total:.6f}, top-1 '{result.labels[0].label}' (index {result.labels[0].index}) "
+                  f"{'=' if result.labels[0].index == argmax else '!='} argmax of the {len(result.logits)} logits "
+                  f"(index {argmax})")
+        return ProbeResult(name, ok, detail, [
+            measurement("labels", len(result.labels), "count", name, "scores returned for one image", self.w, at),
+            measurement("score_sum", total, "probability", name, "sum of the softmax scores", self.w, at),
+            measurement("classify_latency_ms", ms, "ms", name, "one Classify call, 1 image, all labels", self.w, at),
+        ], {"labels": len(result.labels), "sum": total, "top1_is_argmax": result.labels[0].index == argmax},
+            self.w, at)
+
+    async def embedding(self) -> ProbeResult:
+        """Every layer 0..N reachable with the advertised width; repeated calls identical."""
+        name, at = "vit.embedding", now_iso()
+        layers = list(range(self.info.response.num_hidden_layers + 1))
+        req = vit_pb2.EmbedRequest(images=_images([2]), layers=layers, pooling=vit_pb2.POOLING_CLS)
+        reply = await self._call("Embed", req)
+        widths = [len(e.values) for e in reply.results[0].embeddings]
+        final = vit_pb2.EmbedRequest(images=_images([2]), pooling=vit_pb2.POOLING_CLS, normalize=True)
+        first, second = await self._call("Embed", final), await self._call("Embed", final)
+        same = list(first.results[0].embeddings[0].values) == list(second.results[0].embeddings[0].values)
+        hidden = self.info.response.hidden_size
+        ok = len(widths) == len(layers) and all(w == hidden for w in widths) and reply.dimension == hidden and same
+        detail = (f"asked for layers 0..{layers[-1]} of one image: got {len(widths)} vectors of width "
+                  f"{sorted(set(widths))} (advertised {hidden}); the final embedding twice: "
+                  f"{'identical' if same else 'DIFFERENT'}")
+        return ProbeResult(name, ok, detail, [
+            measurement("embedding_width", hidden if widths else 0, "dims", name, "width of every layer's vector",
+                        self.w, at),
+            measurement("layers_reachable", len(widths), "count", name, "hidden-state layers returned (0..N)",
+                        self.w, at),
+        ], {"widths": widths, "layers": len(widths), "repeatable": same}, self.w, at)
+
+    async def latency_and_batching(self) -> ProbeResult:
+        """p50/p95 latency of single-image calls, and throughput at batch 10 against batch 1."""
+        name, at = "vit.batching", now_iso()
+        one = vit_pb2.ClassifyRequest(images=_images([3]), top_k=1)
+        ten = vit_pb2.ClassifyRequest(images=_images(range(10, 20)), top_k=1)
+        await self._call("Classify", one)  # warm
+        singles = [(await self._timed("Classify", one))[1] for _ in range(7)]
+        batches = [(await self._timed("Classify", ten))[1] for _ in range(3)]
+        p50, p95 = statistics.median(singles), sorted(singles)[-1]
+        ratio = (10 / statistics.median(batches)) / (1 / p50)
+        detail = (f"7 single-image Classify calls: p50 {p50:.1f} ms; 3 calls of 10 images: median "
+                  f"{statistics.median(batches):.1f} ms → throughput {ratio:.2f}x that of batch 1 "
+                  f"(on {self.w.device}, {self.w.precision})")
+        return ProbeResult(name, True, detail, [
+            measurement("latency_p50_ms", p50, "ms", name, "7 sequential single-image Classify calls", self.w, at),
+            measurement("latency_p95_ms", p95, "ms", name, "slowest of the 7 (p95 of 7)", self.w, at),
+            measurement("throughput_img_s", 1000 / p50, "img/s", name, "1 / p50 of single-image calls", self.w, at),
+            measurement("batch10_throughput_ratio", ratio, "x", name,
+                        "images/s at 10 images per request ÷ images/s at 1", self.w, at),
+        ], {"p50": p50, "ratio": ratio}, self.w, at)
+
+    async def transfer(self) -> ProbeResult:
+        """Fine-tuning mechanism: train a linear head on 8 labelled images, classify with it, delete it."""
+        name, at = "vit.transfer", now_iso()
+        head = f"versus-probe-{int(time.time() * 1000) % 10**9}"
+        colours = {"red": (220, 30, 30), "blue": (30, 60, 220)}
+        examples = []
+        for label, rgb in colours.items():
+            for k in range(4):
+                image = Image.new("RGB", (224, 224), tuple(max(0, c - 12 * k) for c in rgb))
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                examples.append(vit_pb2.LabelledImage(image=common_pb2.Image(data=buf.getvalue()), label=label))
+        created = await self._call("CreateHead", vit_pb2.CreateHeadRequest(name=head, examples=examples, epochs=50))
+        try:
+            probe = vit_pb2.ClassifyRequest(images=[examples[1].image, examples[6].image], top_k=1, head=head)
+            reply = await self._call("Classify", probe)
+            got = [r.labels[0].label for r in reply.results]
+        finally:
+            await self._call("DeleteHead", vit_pb2.DeleteHeadRequest(name=head))
+        ok = got == ["red", "blue"]
+        detail = (f"CreateHead '{head}' on 8 labelled images (red/blue): training accuracy "
+                  f"{created.head.training_accuracy:.2f}; classified a red and a blue example as {got}; deleted it")
+        return ProbeResult(name, ok, detail, [
+            measurement("head_training_accuracy", created.head.training_accuracy, "fraction", name,
+                        "linear probe on the model's embeddings, 8 examples, 2 labels", self.w, at)],
+            {"labels": got}, self.w, at)
+
+    async def precision(self, component: str, precision: str) -> ProbeResult:
+        """Another deployment of the same model at ``precision``: speed and top-1 agreement against this one."""
+        name, at = f"vit.precision.{precision}", now_iso()
+        images = _images(range(30, 46))
+        req = vit_pb2.ClassifyRequest(images=images, top_k=1)
+        base, base_ms = await self._timed("Classify", req)
+        other, other_ms = await self._timed("Classify", req, component)
+        base, base_ms = await self._timed("Classify", req)  # second run: both warm
+        other, other_ms = await self._timed("Classify", req, component)
+        agree = sum(a.labels[0].index == b.labels[0].index
+                    for a, b in zip(base.results, other.results, strict=True)) / len(images)
+        speedup = base_ms / other_ms
+        detail = (f"16 images through {self.info.component} ({self.w.precision}) in {base_ms:.0f} ms and "
+                  f"{component} ({precision}) in {other_ms:.0f} ms: {speedup:.2f}x; top-1 agreement {agree:.0%}")
+        return ProbeResult(name, True, detail, [
+            measurement(f"{precision}_speedup", speedup, "x", name, f"{precision} vs {self.w.precision}, 16 images",
+                        self.w, at),
+            measurement(f"{precision}_top1_agreement", agree, "fraction", name,
+                        f"top-1 agreement of {precision} with {self.w.precision} on 16 images", self.w, at),
+        ], {"speedup": speedup, "agreement": agree, "precision": precision}, self.w, at)
+
+
+# -- the SD3.5 service ----------------------------------------------------------------------------
+@dataclass
+class VariantInfo:
+    name: str  # "large", "large-turbo", "medium"
+    info: sd35_pb2.VariantInfo
+    weights: gateway_pb2.ServedWeights
+
+
+def variant_enum(name: str) -> int:
+    return int(sd35_pb2.Variant.Value("VARIANT_" + name.upper().replace("-", "_")))
+
+
+@dataclass
+class Generated:
+    png: bytes
+    width: int
+    height: int
+    steps: int
+    seed: int
+    total_ms: float
+
+
+class Sd35Probes:
+    """Probes of one SD3.5 variant."""
+
+    def __init__(self, downstream: Downstream, variant: VariantInfo, budget: Budget, size: int = 0,
+                 steps: int = 0) -> None:
+        self.ds = downstream
+        self.v = variant
+        self.budget = budget
+        self.w = variant.weights
+        self.size = size or variant.info.default_width
+        self.steps = steps
+
+    async def generate(self, prompt: str, seed: int, *, size: int = 0, steps: int = 0, guidance: float | None = None,
+                       negative: str = "", adapters: tuple[tuple[str, float], ...] = ()) -> Generated:
+        side = size or self.size
+        req = sd35_pb2.GenerateRequest(prompt=prompt, negative_prompt=negative, variant=variant_enum(self.v.name),
+                                       width=side, height=side, seed=seed,
+                                       output_format=sd35_pb2.OUTPUT_FORMAT_PNG)
+        if steps or self.steps:
+            req.steps = steps or self.steps
+        if guidance is not None:
+            req.guidance_scale = guidance
+        for adapter, weight in adapters:
+            req.adapters.add(name=adapter, weight=weight)
+        t0 = time.perf_counter()
+        events = await self.ds.stream("sd35", "Generate", req, self.budget.timeout())
+        result = next(e.result for e in events if e.WhichOneof("event") == "result")
+        return Generated(result.images[0].data, result.width, result.height, result.steps, result.seeds[0],
+                         (time.perf_counter() - t0) * 1e3)
+
+    async def size_and_determinism(self) -> ProbeResult:
+        """An image of the requested size; the same request twice gives the same bytes."""
+        name, at = f"sd35.{self.v.name}.generate", now_iso()
+        prompt = "a photo of a lighthouse at dusk"
+        first = await self.generate(prompt, 7)
+        second = await self.generate(prompt, 7)
+        with Image.open(io.BytesIO(first.png)) as img:
+            decoded = img.size
+        ok_size = decoded == (self.size, self.size) == (first.width, first.height)
+        same = first.png == second.png
+        detail = (f"Generate '{prompt}' at {self.size}x{self.size}, seed 7, {first.steps} steps: decoded a "
+                  f"{decoded[0]}x{decoded[1]} PNG in {first.total_ms:.0f} ms; the same request again gave "
+                  f"{'byte-identical' if same else 'DIFFERENT'} bytes (sha256 {digest_bytes(first.png)})")
+        return ProbeResult(name, ok_size and same, detail, [
+            measurement("generate_ms", first.total_ms, "ms", name,
+                        f"one {self.size}x{self.size} image, {first.steps} steps", self.w, at),
+            measurement("image_side_px", decoded[0], "px", name, "decoded width of the returned PNG", self.w, at),
+            *([measurement("default_steps", first.steps, "steps", name, "steps the variant runs when the request "
+                           "leaves them unset", self.w, at)] if not self.steps else []),
+        ], {"size_ok": ok_size, "deterministic": same, "steps": first.steps, "ms": first.total_ms,
+            "ms_per_step": first.total_ms / max(1, first.steps)}, self.w, at)
+
+    async def guidance(self) -> ProbeResult:
+        """Classifier-free guidance and negative prompts change the output (same seed)."""
+        name, at = f"sd35.{self.v.name}.guidance", now_iso()
+        prompt = "a red bicycle"
+        plain = await self.generate(prompt, 11, guidance=0.0)
+        guided = await self.generate(prompt, 11, guidance=4.5)
+        negative = await self.generate(prompt, 11, guidance=4.5, negative="blurry, dark")
+        ok = plain.png != guided.png and guided.png != negative.png
+        detail = (f"seed 11, guidance 0 vs 4.5: {'different' if plain.png != guided.png else 'IDENTICAL'} images; "
+                  f"adding a negative prompt: {'different' if guided.png != negative.png else 'IDENTICAL'}")
+        return ProbeResult(name, ok, detail, [], {}, self.w, at)
+
+    async def resolution_edges(self) -> ProbeResult:
+        """The advertised pixel limits hold at their edges: the largest allowed square generates (1 step);
+        one step beyond, and a side that is not a multiple of 16, are refused naming the field."""
+        name, at = f"sd35.{self.v.name}.resolution", now_iso()
+        max_side = int(math.isqrt(self.v.info.max_pixels)) // 16 * 16
+        edge = await self.generate("a wide landscape", 3, size=max_side, steps=1)
+        refusals = []
+        for side in (max_side + 16, max_side - 8):
+            try:
+                await self.generate("a wide landscape", 3, size=side, steps=1)
+                refusals.append((side, "ACCEPTED", ""))
+            except DownstreamError as exc:
+                fields = ",".join(f for f, _ in exc.details.violations)
+                refusals.append((side, exc.details.code.name, fields))
+        ok = (edge.width, edge.height) == (max_side, max_side) and all(
+            code == "INVALID_ARGUMENT" and "width" in fields for _, code, fields in refusals)
+        detail = (f"max_pixels {self.v.info.max_pixels} → {max_side}x{max_side} at 1 step: got "
+                  f"{edge.width}x{edge.height}; " + "; ".join(f"{s}x{s}: {c} ({f or 'no field'})"
+                                                              for s, c, f in refusals))
+        return ProbeResult(name, ok, detail, [
+            measurement("max_side_px", max_side, "px", name, "largest square inside max_pixels that generated",
+                        self.w, at),
+            measurement("max_megapixels", self.v.info.max_pixels / 1e6, "MP", name, "advertised pixel budget",
+                        self.w, at),
+        ], {"max_side": max_side, "min_pixels": self.v.info.min_pixels, "max_pixels": self.v.info.max_pixels},
+            self.w, at)
+
+    async def lora(self, load_path: str) -> ProbeResult:
+        """A LoRA changes the output; generating without it again restores the base bytes."""
+        name, at = f"sd35.{self.v.name}.lora", now_iso()
+        listed = await self.ds.call("sd35", "ListAdapters", sd35_pb2.ListAdaptersRequest(), self.budget.timeout())
+        mine = [a for a in listed.adapters if a.variant == variant_enum(self.v.name)]
+        loaded_here = ""
+        if not mine:
+            if not load_path:
+                return unavailable(name, "no LoRA adapter is loaded for this variant and none is configured "
+                                         "(GATEWAY_LORA_PROBE_PATH)", self.w)
+            loaded_here = "versus-probe-lora"
+            await self.ds.call("sd35", "LoadAdapter", sd35_pb2.LoadAdapterRequest(
+                name=loaded_here, path=load_path, variant=variant_enum(self.v.name)), self.budget.timeout())
+        adapter = mine[0].name if mine else loaded_here
+        try:
+            base = await self.generate("a watercolor fox", 5)
+            styled = await self.generate("a watercolor fox", 5, adapters=((adapter, 1.0),))
+            again = await self.generate("a watercolor fox", 5)
+        finally:
+            if loaded_here:
+                await self.ds.call("sd35", "UnloadAdapter", sd35_pb2.UnloadAdapterRequest(
+                    name=loaded_here, variant=variant_enum(self.v.name)), self.budget.timeout())
+        ok = styled.png != base.png and again.png == base.png
+        changed = "changed" if styled.png != base.png else "UNCHANGED"
+        restored = "byte-identical to the base" if again.png == base.png else "DIFFERENT from the base"
+        detail = f"adapter '{adapter}' at weight 1.0, seed 5: output {changed}; without it again: {restored}"
+        return ProbeResult(name, ok, detail, [], {"adapter": adapter}, self.w, at)
+
+
+async def guarded(probe: str, fn: Callable[[], Awaitable[ProbeResult]], weights: gateway_pb2.ServedWeights,
+                  ) -> ProbeResult:
+    """Run one probe; downstream trouble becomes an unavailable result with the structured reason."""
+    try:
+        return await fn()
+    except DownstreamError as exc:
+        return unavailable(probe, exc, weights)
+    except TimeoutError:
+        return unavailable(probe, "budget exhausted", weights)

@@ -1,0 +1,18 @@
+"""``create_server(config) -> (server, port)`` for the gateway."""
+
+from __future__ import annotations
+
+from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
+
+from services.common.server import VersusServer, build_service_server
+from services.gateway.backend import GatewayBackend
+from services.gateway.config import GatewayConfig
+from services.gateway.servicer import GatewayServicer
+
+SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+def create_server(config: GatewayConfig) -> tuple[VersusServer, int]:
+    """Build (not start) the gateway server; call with an event loop running."""
+    return build_service_server(config, GatewayBackend, GatewayServicer,
+                                gateway_pb2_grpc.add_GatewayServiceServicer_to_server, SERVICE_NAME)
