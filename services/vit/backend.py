@@ -20,6 +20,7 @@ from services.common.backend import Capability, ModelInfo, ServiceBackend
 from services.common.batcher import ItemStats, MicroBatcher
 from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.common.metrics import Metrics
+from services.common.weights import WeightsProvenance, describe_weights
 from services.torch_runtime import watch_gpu_memory
 from services.vit.config import VitConfig
 from services.vit.errors import InvalidImage, TritonUnavailable
@@ -190,10 +191,12 @@ class VitBackend(ServiceBackend):
             metrics=metrics,
         )
         self.on_device = config.preprocess == "device" and not self.remote
+        self.weights = WeightsProvenance("", "unknown")
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self) -> None:
         self.model.load()
+        self.weights = describe_weights(self.config.model)  # digest + real/random/trained-here, for reports
         if not self.remote:
             self.model.warmup()
         self.heads.dimension = self.model.hidden_size
@@ -261,6 +264,7 @@ class VitBackend(ServiceBackend):
                 "num_hidden_layers": str(m.num_layers),
                 "precision_requested": self.config.precision,
                 "precision_reason": getattr(m, "precision_reason", ""),
+                **self.weights.properties(),
             },
         )
         return VitDescription(
