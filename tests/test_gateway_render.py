@@ -142,7 +142,7 @@ def comparison() -> gw.Comparison:
     return gw.Comparison(
         model_ids=[VIT, SD], comparison_id="c0ffee12", created_at="2026-12-01T10:00:00Z",
         models=[gw.ModelReport(entry=vit_entry, score=s.scores[0], capabilities=vit_capabilities(),
-                               measurements=[LATENCY], served_by="vit", weights=VIT_WEIGHTS, times_matched=0),
+                               measurements=[LATENCY, BATCH], served_by="vit", weights=VIT_WEIGHTS, times_matched=0),
                 gw.ModelReport(entry=sd_entry, score=s.scores[1], capabilities=sd_caps, served_by="sd35/large",
                                weights=SD_WEIGHTS, times_matched=4)],
         facts=[gw.FactRow(name="Parameters", cells=[
@@ -272,6 +272,9 @@ def test_markdown_every_measurement_has_its_provenance(markdown: str, c: gw.Comp
                        m.weights.digest[:render.DIGEST_CHARS], f"({m.weights.kind})", "mechanism check", m.detail):
             assert needle in line, (needle, line)
     assert "| 41.25 | ms | vit.latency | 2026-12-01T10:00:01Z |" in evidence
+    # A number listed for the model and behind a capability is one row that names what it backs.
+    assert f"| {VIT} | the model | latency_p50_ms |" in evidence
+    assert f"| {VIT} | Batch inference | batch10_throughput_ratio |" in evidence
 
 
 def test_markdown_quality_duels_leaderboard_unavailable_notes(markdown: str, c: gw.Comparison) -> None:

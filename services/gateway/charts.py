@@ -80,6 +80,8 @@ def _empty(ax: Any, text: str) -> None:
 
 
 def _draw_subscores(ax: Any, table: dict[str, dict[str, float | None]]) -> None:
+    from matplotlib.patches import Patch
+
     models = list(table)
     dims = list(next(iter(table.values())))
     width = 0.8 / len(models)
@@ -94,14 +96,15 @@ def _draw_subscores(ax: Any, table: dict[str, dict[str, float | None]]) -> None:
                 ax.text(x, 50, MISSING_LABEL, rotation=90, ha="center", va="center",
                         color="#555555", fontsize=8)
             else:
-                ax.bar(x, value, width * 0.9, color=colour, label=model if j == 0 else None)
+                ax.bar(x, value, width * 0.9, color=colour)
                 ax.text(x, value + 1.5, f"{value:.0f}", ha="center", va="bottom", fontsize=7)
-        if all(table[model][d] is None for d in dims):
-            ax.bar([], [], color=colour, label=model)
     ax.set_xticks(range(len(dims)), [d.replace("_", " ") for d in dims])
     ax.set_ylim(0, 108)
     ax.set_ylabel("sub-score (0–100)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    # Explicit handles: a model whose every sub-score is missing still gets its colour in the legend.
+    handles = [Patch(facecolor=PALETTE[i % len(PALETTE)], label=model) for i, model in enumerate(models)]
+    handles.append(Patch(fill=False, hatch="///", edgecolor="#9a9a9a", linestyle="--", label="missing (no signal)"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
 
 
 def subscores_svg(scores: ranker_pb2.ScoreResponse) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +61,13 @@ OUTCOMES = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass
 class EvidenceRow:
-    """One live number for the evidence table: the model, what it backs, and the measurement."""
+    """One live number for the evidence table: the model, the capabilities it backs, and the measurement."""
 
     model_id: str
-    capability: str
     measurement: gateway_pb2.Measurement
+    backs: list[str] = field(default_factory=list)
 
 
 def mark(value: int) -> Mark:
@@ -125,19 +125,17 @@ def md_url(url: str) -> str:
 
 
 def evidence_rows(c: gateway_pb2.Comparison) -> list[EvidenceRow]:
-    """Every live measurement once: the model's own, then those behind its capabilities."""
-    rows: list[EvidenceRow] = []
-    seen: set[tuple[str, str, str, str, float]] = set()
+    """Every live measurement once, with the capabilities it backs (none: a number about the model)."""
+    rows: dict[tuple[str, str, str, str, float], EvidenceRow] = {}
     for report in c.models:
         model_id = report.entry.id or report.score.model_id
         tagged = [("", m) for m in report.measurements]
         tagged += [(cap.title or cap.capability_id, m) for cap in report.capabilities for m in cap.measurements]
         for capability, m in tagged:
-            key = (model_id, m.name, m.probe, m.measured_at, m.value)
-            if key not in seen:
-                seen.add(key)
-                rows.append(EvidenceRow(model_id, capability, m))
-    return rows
+            row = rows.setdefault((model_id, m.name, m.probe, m.measured_at, m.value), EvidenceRow(model_id, m))
+            if capability and capability not in row.backs:
+                row.backs.append(capability)
+    return list(rows.values())
 
 
 def _any_mechanism(c: gateway_pb2.Comparison, rows: list[EvidenceRow]) -> bool:

@@ -53,7 +53,7 @@ STATUS: dict[type[VersusError], int] = {
     Unavailable: 503,
     DeadlineExceeded: 504,
 }
-INTERNAL_MESSAGE = "The page could not be built. The error is in the gateway's log."
+INTERNAL_MESSAGE = "The page could not be built; the error is in the gateway log."
 SECURITY_HEADERS = {
     "Content-Security-Policy": render.CSP + "; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
