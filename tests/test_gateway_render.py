@@ -368,6 +368,10 @@ def test_html_has_both_charts_inline(page: str) -> None:
     assert subscores.index("<svg") < subscores.index("</figure>")
     board = page[page.index('id="leaderboard-chart"'):]
     assert board.index("<svg") < board.index("</figure>") and TURBO in board[: board.index("</svg>")]
+    # Two inlined matplotlib figures must not share element ids, and every url(#…) resolves in the page.
+    ids = [a["id"] for _, a in tags(page) if "id" in a]
+    assert len(ids) == len(set(ids))
+    assert set(re.findall(r"url\(#([^)]+)\)", page)) <= set(ids)
 
 
 def test_html_has_the_same_content_with_provenance(page: str, c: gw.Comparison) -> None:

@@ -28,6 +28,9 @@ MISSING_LABEL = "missing"
 PALETTE = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00")
 
 _PROLOGUE = re.compile(r"\A.*?(?=<svg\b)", re.DOTALL)
+_ID = re.compile(r'\b(id)="([^"]+)"')
+_URL_REF = re.compile(r"url\(#([^)]+)\)")
+_HREF_REF = re.compile(r'\b((?:xlink:)?href)="#([^"]+)"')
 
 
 #: rcParams are process-global: charts drawn from several threads (the web app renders off the event
@@ -50,11 +53,19 @@ def _figure(width: float, height: float, salt: str) -> Iterator[tuple[Any, Any]]
         yield fig, fig.subplots()
 
 
-def _to_svg(fig: Any) -> str:
+def _to_svg(fig: Any, prefix: str) -> str:
+    """The figure as an ``<svg>`` element whose ids (and references to them) start with ``prefix``.
+
+    matplotlib names every figure's groups ``figure_1``, ``axes_1`` …: two charts inlined in one page
+    would repeat them, and a reference like ``url(#…)`` could resolve into the other chart.
+    """
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight",
                 metadata={"Date": None, "Creator": None, "Format": None, "Type": None})
-    return _PROLOGUE.sub("", buffer.getvalue()).strip()
+    text = _PROLOGUE.sub("", buffer.getvalue()).strip()
+    text = _ID.sub(rf'\1="{prefix}-\2"', text)
+    text = _URL_REF.sub(rf"url(#{prefix}-\1)", text)
+    return _HREF_REF.sub(rf'\1="#{prefix}-\2"', text)
 
 
 def dimensions(scores: ranker_pb2.ScoreResponse) -> list[str]:
@@ -117,7 +128,7 @@ def subscores_svg(scores: ranker_pb2.ScoreResponse) -> str:
             _draw_subscores(ax, table)
             ax.set_title("Sub-scores per model (hatched: no signal, left out of the composite)",
                          fontsize=9, loc="left")
-        return _to_svg(fig)
+        return _to_svg(fig, "subscores")
 
 
 def _draw_leaderboard(ax: Any, board: ranker_pb2.GetLeaderboardResponse) -> None:
@@ -141,7 +152,7 @@ def _draw_leaderboard(ax: Any, board: ranker_pb2.GetLeaderboardResponse) -> None
 def leaderboard_svg(board: ranker_pb2.GetLeaderboardResponse) -> str:
     """Ratings as points with their 95% interval bars, best rank on top; a note when there are none."""
     rows = len(board.ratings)
-    with _figure(7.5, max(1.6, 0.45 * rows + 1.0), "leaderboard") as (fig, ax):
+    with _figure(7.5, 0.45 * rows + 1.0 if rows else 0.8, "leaderboard") as (fig, ax):
         if not rows:
             task = board.task or "all tasks"
             _empty(ax, f"No matches recorded yet ({task})")
@@ -149,4 +160,4 @@ def leaderboard_svg(board: ranker_pb2.GetLeaderboardResponse) -> str:
             _draw_leaderboard(ax, board)
             title = f"Leaderboard: {board.task or 'all tasks'} ({board.matches} matches)"
             ax.set_title(title, fontsize=9, loc="left")
-        return _to_svg(fig)
+        return _to_svg(fig, "leaderboard")
