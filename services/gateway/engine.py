@@ -232,6 +232,7 @@ class _Run:
         self.opts = opts
         self.budget = budget
         self._progress = progress
+        self._fraction = 0.0
         self.c = gateway_pb2.Comparison(model_ids=list(opts.model_ids), comparison_id=opts.comparison_id(),
                                         created_at=datetime.now(UTC).isoformat(timespec="seconds"))
         self.catalog: dict[str, ranker_pb2.CatalogEntry] = {}
@@ -243,16 +244,24 @@ class _Run:
         self.labels: list[str] = []
 
     def progress(self, stage: str, detail: str, fraction: float) -> None:
+        """Report progress; concurrent stages report their own estimates, so the fraction never goes back."""
+        self._fraction = max(self._fraction, fraction)
         if self._progress is not None:
-            self._progress(stage, detail, fraction)
+            self._progress(stage, detail, self._fraction)
 
     def unavailable(self, component: str, exc: DownstreamError | str) -> None:
         if isinstance(exc, DownstreamError):
             d: ErrorDetails = exc.details
             self.gw.m.downstream_errors.labels(exc.component, d.code.name).inc()
-            self.c.unavailable.add(component=component, code=d.code.name, reason=d.reason, message=d.message[:300])
+            item = gateway_pb2.Unavailable(component=component, code=d.code.name, reason=d.reason,
+                                           message=d.message[:300])
         else:
-            self.c.unavailable.add(component=component, message=exc)
+            item = gateway_pb2.Unavailable(component=component, message=exc)
+        self._add_unavailable(item)
+
+    def _add_unavailable(self, item: gateway_pb2.Unavailable) -> None:
+        if item not in self.c.unavailable:
+            self.c.unavailable.append(item)
 
     async def execute(self) -> gateway_pb2.Comparison:
         self.progress("catalog", "reading the catalog", 0.02)
@@ -361,7 +370,7 @@ class _Run:
         w = served.weights
         if served.service == "vit" and self.vit is not None:
             caps = {c.id for c in self.vit.response.model.capabilities}
-            ok = "safetensors-loading" in caps and bool(w.digest)
+            ok = "safetensors-loading" in caps
             detail = (f"GetModelInfo: {self.vit.response.model.id} on {w.backend}/{w.device} at {w.precision}; "
                       f"weights loaded from safetensors (pickle refused), sha256 {w.digest[:16] or 'not reported'} "
                       f"({w.kind})")
@@ -398,7 +407,12 @@ class _Run:
             if result is not None:
                 served.probes[name] = result
                 self.progress("probe", f"{name}: {'ok' if result.ok else 'see evidence'}", 0.3)
-        for precision, target in self.cfg.precision_targets().items():
+        targets = self.cfg.precision_targets()
+        if not targets:
+            served.probes["vit.precision"] = unavailable(
+                "vit.precision", f"this deployment serves {w.precision} only: no other precision is configured "
+                                 "to compare with (GATEWAY_VIT_PRECISIONS)", w)
+        for precision, target in targets.items():
             name = f"vit.precision.{precision}"
             result = await self._probe("vit", w, f"{name}@{target}",
                                        lambda p=precision: vp.precision(f"vit-{p}", p), kind=name)
@@ -528,7 +542,7 @@ class _Run:
         image = await self._probe(served.service, served.weights, gen_probe, generate, kind="sd35.image")
         if image is None or not image.ran:
             if image is not None and image.unavailable is not None:
-                self.c.unavailable.append(image.unavailable)
+                self._add_unavailable(image.unavailable)
             return None
         assert self.vit is not None
         png = image.data["png"]
@@ -544,7 +558,7 @@ class _Run:
         judged_probe = await self._probe("vit", self.vit.weights, judge_probe, classify, kind="vit.judge")
         if judged_probe is None or not judged_probe.ran:
             if judged_probe is not None and judged_probe.unavailable is not None:
-                self.c.unavailable.append(judged_probe.unavailable)
+                self._add_unavailable(judged_probe.unavailable)
             return None
         target = quality.class_index(self.labels, cls)
         j = quality.judge(judged_probe.data["scores"], target)
@@ -618,8 +632,8 @@ class _Run:
             probes = served.probes if served else {}
             measurements = [m for p in probes.values() for m in p.measurements]
             for p in probes.values():
-                if p.unavailable is not None and p.unavailable not in self.c.unavailable:
-                    self.c.unavailable.append(p.unavailable)
+                if p.unavailable is not None:
+                    self._add_unavailable(p.unavailable)
             if served:
                 report.weights.CopyFrom(served.weights)
             report.measurements.extend(measurements)

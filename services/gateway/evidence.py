@@ -204,7 +204,12 @@ def _from_sources(capability_id: str, claim: ranker_pb2.Claim | None, text: str,
         return row
     quality = [s for s in ev.entry.signals if s.dimension == "quality" and s.source] \
         if capability_id == "prompt-adherence" else []
-    if quality:
+    terms = ev.entry.license_terms
+    if "license" in capability_id and terms.source:
+        row.mark = SUPPORTED
+        row.sources.append(gateway_pb2.Source(url=terms.source, as_of=terms.as_of, label=f"licence {terms.id}"))
+        row.detail = f"licence {terms.id} ({terms.commercial_use}): {terms.source}, read {terms.as_of}"
+    elif quality:
         row.mark = SUPPORTED
         row.sources.extend(gateway_pb2.Source(url=s.source, locator=s.locator, as_of=s.as_of, value=s.value,
                                               unit=s.unit, label=f"catalog signal {s.name}") for s in quality)
@@ -247,7 +252,10 @@ def _claim_row(claim: ranker_pb2.Claim, ev: ModelEvidence, tolerance_pt: float) 
         if ev.served and ev.live_requested:
             out = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit)
             out.mark = UNAVAILABLE
-            out.unavailable_reason = out.detail = f"no live measurement of {claim.metric} on this deployment"
+            blocked = [p.unavailable for p in _probes_of(claim.capability_id, ev) if p.unavailable is not None]
+            out.unavailable_reason = out.detail = (
+                f"{blocked[0].component}: {blocked[0].message}" if blocked
+                else f"no live measurement of {claim.metric} on this deployment")
             return out
     if claim.HasField("value") and claim.metric:
         return _sourced_numeric(claim, ev, tolerance_pt)
