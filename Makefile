@@ -16,11 +16,22 @@ help:
 
 setup: $(STAMP) system-deps
 
-# PostgreSQL server binaries for the ranker's PostgreSQL store tests (Debian package; root only).
+# Real components the tests start themselves, from Debian's packages when missing (root only):
+# PostgreSQL (the ranker's PostgreSQL store), Chromium (the report pages in a headless browser) and
+# Prometheus (scraping live services; promtool for the alert rules).
+SYSTEM_PACKAGES := postgresql chromium prometheus
 system-deps:
-	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; } \
-	  || echo "warning: no PostgreSQL server; the PostgreSQL store tests will be skipped"
+	@missing=""; \
+	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	  if [ -n "$$missing" ]; then \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	      echo "installing$$missing (Debian packages)"; \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	        || echo "warning: could not install$$missing; the tests that need them will be skipped"; \
+	    else echo "warning: missing$$missing (not root or no apt-get); the tests that need them will be skipped"; fi; \
+	  fi
 
 $(STAMP): requirements.lock pyproject.toml protos/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
