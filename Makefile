@@ -28,7 +28,7 @@ system-deps:
 	  if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      echo "installing$$missing (Debian packages)"; \
-	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null \
+	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
 	        || echo "warning: could not install$$missing; the tests that need them will be skipped"; \
 	    else echo "warning: missing$$missing (not root or no apt-get); the tests that need them will be skipped"; fi; \
 	  fi
