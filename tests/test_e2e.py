@@ -91,17 +91,24 @@ def _in_process_top1(model_dir: Path, images: list) -> list[str]:
     return [model.config.id2label[int(i)] for i in logits.argmax(1)]
 
 
-def test_demo_runs_end_to_end(tmp_path: Path, vit_digits_dir: Path) -> None:
-    figures = tmp_path / "demo.json"
-    out = subprocess.run([sys.executable, "-m", "versus_cli", "demo", "--models-dir", str(vit_digits_dir.parent),
-                          "--json", str(figures)], capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert out.returncode == 0, out.stdout + out.stderr
-    doc = json.loads(figures.read_text())
-    assert doc["accuracy"] >= 0.95 and doc["held_out_images"] == 360
-    assert "grpc_server_handled_total" in out.stdout
-    assert "exited with codes {'vit': 0, 'sd35': 0, 'ranker': 0}" in out.stdout
-    assert "step 28/28" in out.stdout and Path(doc["generation"]["file"]).stat().st_size > 0
-    assert "scores higher at" in out.stdout  # the ranker's verdict
+def test_demo_runs_end_to_end(tmp_path: Path, vit_base_dir: Path, sd35_dirs: dict[str, Path]) -> None:
+    """`versus demo` (the README's first command) on the cached models: four real processes, a live
+    comparison with the head-to-head, the reports written, every service drained with exit code 0."""
+    doc_path, out_dir = tmp_path / "demo.json", tmp_path / "out"
+    out = subprocess.run([sys.executable, "-m", "versus_cli", "demo", "--models-dir", str(vit_base_dir.parent),
+                          "--out", str(out_dir), "--json", str(doc_path)], capture_output=True, text=True,
+                         timeout=900, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    doc = json.loads(doc_path.read_text())
+    assert doc["exit_codes"] == {"gateway": 0, "ranker": 0, "sd35": 0, "vit": 0}
+    assert doc["duels"] == 12 and doc["probes_run"] > 20
+    marks = doc["marks"]["vit-base-patch16-224"]
+    assert "EVIDENCE_MARK_CONTRADICTED" in marks and "EVIDENCE_MARK_VERIFIED_LIVE" in marks
+    md = (out_dir / "comparison.md").read_text()
+    html = (out_dir / "comparison.html").read_text()
+    assert "84.0%" in md and "data:image/png;base64," in html and html.count("<svg") >= 2
+    assert "100%" in out.stderr and "scores higher at" in out.stdout  # progress bar, then the verdict
+    assert "saw 1000 label scores" in md  # the exact vit-base architecture: 1000 labels
 
 
 def test_bad_config_exits_nonzero_with_a_clear_message() -> None:

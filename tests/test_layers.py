@@ -120,18 +120,20 @@ def test_a_service_that_fails_to_start_shows_its_own_error_and_log(tmp_path: Pat
 @pytest.mark.slow
 def test_demo_reports_a_failed_service_instead_of_crashing(tmp_path: Path, sd35_dirs: dict[str, Path]) -> None:
     """`versus demo` with a models dir whose vit model is broken: the user sees the service's error."""
-    models = tmp_path / "models"
-    (models / "vit-digits").mkdir(parents=True)  # looks built, so the demo does not rebuild it, but is corrupt
-    (models / "vit-digits" / "config.json").write_text("{}")
-    (models / "vit-digits" / "model.safetensors").write_bytes(b"\x00" * 16)
-    (models / "sd35-large-tiny").symlink_to(sd35_dirs["large"])
-    out = subprocess.run([sys.executable, "-m", "versus_cli", "demo", "--models-dir", str(models)],
-                         capture_output=True, text=True, timeout=300)
+    models, out_dir = tmp_path / "models", tmp_path / "out"
+    (models / "vit-base-random").mkdir(parents=True)  # looks built, so the demo does not rebuild it; corrupt
+    (models / "vit-base-random" / "config.json").write_text("{}")
+    (models / "vit-base-random" / "model.safetensors").write_bytes(b"\x00" * 16)
+    for variant, name in (("large", "sd35-large-tiny"), ("large-turbo", "sd35-large-turbo-tiny"),
+                          ("medium", "sd35-medium-tiny")):
+        (models / name).symlink_to(sd35_dirs[variant])
+    out = subprocess.run([sys.executable, "-m", "versus_cli", "demo", "--models-dir", str(models), "--out",
+                          str(out_dir)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "AttributeError" not in out.stderr and "Traceback" not in out.stderr, out.stderr
     assert "vit service failed to start" in out.stderr
     assert "cannot load" in out.stderr  # the service's own words, from its log
-    assert str(models / "vit-demo.log") in out.stderr
+    assert str(out_dir / "logs" / "vit.log") in out.stderr
 
 
 _CAMEL = re.compile(r"^[a-z]+[A-Z]")

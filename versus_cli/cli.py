@@ -319,7 +319,7 @@ def cmd_models_build(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from versus_cli.demo import run_demo
 
-    return run_demo(Path(args.models_dir), json_out=args.json)
+    return run_demo(Path(args.models_dir), Path(args.out), json_out=args.json)
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -420,9 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--base", default="", help="base pipeline directory (sd35-lora-example)")
     build.set_defaults(func=cmd_models_build)
 
-    demo = sub.add_parser("demo", help="build models, start services and run the demo")
+    demo = sub.add_parser("demo", help="build models, start the four services, run the demo comparison")
     demo.add_argument("--models-dir", default=".models", help="where built models are cached")
-    demo.add_argument("--json", default="", help="also write the demo's figures to this JSON file")
+    demo.add_argument("--out", default="out/demo", help="where comparison.md, comparison.html and logs go")
+    demo.add_argument("--json", default="", help="also write the demo's outcome to this JSON file")
     demo.set_defaults(func=cmd_demo)
     export_commands.add_parsers(sub)
     return parser
