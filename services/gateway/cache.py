@@ -24,10 +24,13 @@ class _Entry(Generic[T]):
 
 class ProbeCache(Generic[T]):
     """``get(key, run, live)``: a fresh cached value, else the in-flight run's, else (when ``live``)
-    a new run shared by every caller that asks meanwhile. Failed runs are not cached."""
+    a new run shared by every caller that asks meanwhile. ``ok`` says whether a result is a success:
+    successes live ``ttl_s``, failures (a probe that could not run) only ``failure_ttl_s``, so an outage
+    is retried soon but a flood of comparisons does not hammer a service that is down."""
 
-    def __init__(self, ttl_s: float, metrics: Metrics, *, max_entries: int = 4096) -> None:
+    def __init__(self, ttl_s: float, metrics: Metrics, *, max_entries: int = 4096, failure_ttl_s: float = 10.0) -> None:
         self.ttl_s = ttl_s
+        self.failure_ttl_s = min(ttl_s, failure_ttl_s)
         self.max_entries = max_entries
         self._values: dict[Hashable, _Entry[T]] = {}
         self._running: dict[Hashable, asyncio.Future[T]] = {}
@@ -66,15 +69,15 @@ class ProbeCache(Generic[T]):
     async def _run(self, key: Hashable, run: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:
         try:
             value = await run()
-            if ok(value):
-                self._store(key, value)
+            self._store(key, value, self.ttl_s if ok(value) else self.failure_ttl_s)
             return value
         finally:
             self._running.pop(key, None)
 
-    def _store(self, key: Hashable, value: T) -> None:
+    def _store(self, key: Hashable, value: T, ttl_s: float) -> None:
         if len(self._values) >= self.max_entries:
             now = time.monotonic()
             for stale in [k for k, e in self._values.items() if e.expires <= now] or list(self._values)[:1]:
                 self._values.pop(stale, None)
-        self._values[key] = _Entry(value, time.monotonic() + self.ttl_s)
+        if ttl_s > 0:
+            self._values[key] = _Entry(value, time.monotonic() + ttl_s)

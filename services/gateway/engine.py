@@ -136,6 +136,7 @@ class Gateway:
         self.served = config.served_map()
         self.ds: Downstream | None = None
         self._info: dict[str, tuple[float, object]] = {}
+        self._info_calls: dict[str, asyncio.Future[object]] = {}
 
     async def start(self) -> None:
         self.ds = Downstream(self.config)
@@ -151,11 +152,18 @@ class Gateway:
 
     # -- small read-through views ----------------------------------------------------------------
     async def _cached_call(self, component: str, method: str, request: object, timeout: float) -> object:
+        """A read-only call whose answer stays good for INFO_TTL_S; concurrent callers share one call."""
         key = f"{component}/{method}/{request.SerializeToString().hex()}"  # type: ignore[attr-defined]
         hit = self._info.get(key)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        reply = await self.downstream.call(component, method, request, timeout)
+        pending = self._info_calls.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self.downstream.call(component, method, request, timeout))
+            pending.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._info_calls[key] = pending
+            pending.add_done_callback(lambda _t: self._info_calls.pop(key, None))
+        reply = await asyncio.shield(pending)
         self._info[key] = (time.monotonic() + INFO_TTL_S, reply)
         return reply
 
