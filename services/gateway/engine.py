@@ -405,18 +405,27 @@ class _Run:
             self.progress("probe", f"probing {len(self.served)} served model(s)", 0.15)
             await asyncio.gather(*jobs)
 
+    def _wanted(self, model_id: str, probe: str) -> bool:
+        """A probe runs only when a capability of the model needs it (all of them without a catalog)."""
+        entry = self.catalog.get(model_id)
+        if entry is None:
+            return True
+        return any(probe in evidence.LIVE_CHECKS.get(c.id, ()) for c in entry.capabilities)
+
     async def _vit_probes(self, served: _Served) -> None:
         assert self.vit is not None
         vp = VitProbes(self.ds, self.vit, self.budget)
         w = served.weights
         for name, fn in (("vit.distribution", vp.distribution), ("vit.embedding", vp.embedding),
                          ("vit.batching", vp.latency_and_batching), ("vit.transfer", vp.transfer)):
+            if not self._wanted(served.model_id, name):
+                continue
             result = await self._probe("vit", w, name, fn)
             if result is not None:
                 served.probes[name] = result
                 self.progress("probe", f"{name}: {'ok' if result.ok else 'see evidence'}", 0.3)
-        targets = self.cfg.precision_targets()
-        if not targets:
+        targets = self.cfg.precision_targets() if self._wanted(served.model_id, "vit.precision") else {}
+        if not targets and self._wanted(served.model_id, "vit.precision"):
             served.probes["vit.precision"] = unavailable(
                 "vit.precision", f"this deployment serves {w.precision} only: no other precision is configured "
                                  "to compare with (GATEWAY_VIT_PRECISIONS)", w)
@@ -437,6 +446,8 @@ class _Run:
         for short, fn in (("generate", sp.size_and_determinism), ("guidance", sp.guidance),
                           ("resolution", sp.resolution_edges),
                           ("lora", lambda: sp.lora(self.cfg.lora_probe_path))):
+            if not self._wanted(served.model_id, short):
+                continue
             result = await self._probe(served.service, w, f"sd35.{variant}.{short}", fn)
             if result is not None:
                 served.probes[short] = result
