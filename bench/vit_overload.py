@@ -105,13 +105,49 @@ def _summary(results: list[tuple[str, float]], p50_unloaded: float, wall: float)
     }
 
 
+def _closed_loop(call, seconds: float, honour: bool):  # noqa: ANN001, ANN202
+    """A client that calls until ``seconds`` pass; with ``honour`` it waits the retry hint (±50%)."""
+    import random
+
+    def worker() -> list[tuple[str, float]]:
+        stop_at = time.monotonic() + seconds
+        local = []
+        rng = random.Random()
+        while time.monotonic() < stop_at:
+            code, ms, hint = call()
+            local.append((code, ms))
+            if honour and hint:
+                time.sleep(hint * rng.uniform(0.5, 1.5))
+        return local
+
+    return worker
+
+
+def _together(worker, clients: int) -> tuple[list[tuple[str, float]], float]:  # noqa: ANN001
+    """Run ``worker`` in ``clients`` threads released at once; (all results, wall seconds)."""
+    results: list[tuple[str, float]] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients)
+
+    def body() -> None:
+        barrier.wait()
+        local = worker()
+        with lock:
+            results.extend(local)
+
+    threads = [threading.Thread(target=body) for _ in range(clients)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results, time.monotonic() - started
+
+
 def measure(target: str, image: bytes, clients: int, seconds: float, rounds: int) -> dict:
     """Unloaded p50, then three loads: bursts of one-shot calls, a closed loop that honours the retry
     hint, and a closed loop that retries at once (a hostile flood)."""
-    import random
-
     import grpc
-
     from versus.common.v1 import common_pb2
     from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
@@ -119,14 +155,6 @@ def measure(target: str, image: bytes, clients: int, seconds: float, rounds: int
     out: dict = {}
     with grpc.insecure_channel(target) as channel:
         stub = vit_pb2_grpc.VitServiceStub(channel)
-        for _ in range(5):
-            stub.Classify(request, timeout=30)
-        unloaded = []
-        for _ in range(40):
-            t0 = time.perf_counter()
-            stub.Classify(request, timeout=30)
-            unloaded.append((time.perf_counter() - t0) * 1e3)
-        out["unloaded_p50_ms"] = p50 = median(unloaded)
 
         def call() -> tuple[str, float, float]:
             t0 = time.perf_counter()
@@ -137,49 +165,19 @@ def measure(target: str, image: bytes, clients: int, seconds: float, rounds: int
                 hint = _retry_after_s(err) if err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED else 0.0
                 return err.code().name, (time.perf_counter() - t0) * 1e3, hint
 
-        def run(worker) -> tuple[list[tuple[str, float]], float]:  # noqa: ANN001
-            results: list[tuple[str, float]] = []
-            lock = threading.Lock()
-            barrier = threading.Barrier(clients)
-
-            def body() -> None:
-                barrier.wait()
-                local = worker()
-                with lock:
-                    results.extend(local)
-
-            threads = [threading.Thread(target=body) for _ in range(clients)]
-            started = time.monotonic()
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            return results, time.monotonic() - started
-
+        for _ in range(5):
+            call()
+        out["unloaded_p50_ms"] = p50 = median([call()[1] for _ in range(40)])
         burst: list[tuple[str, float]] = []
         burst_wall = 0.0
         for _ in range(rounds):  # every client sends one request at the same instant, then the queue drains
-            results, wall = run(lambda: [call()[:2]])
+            results, wall = _together(lambda: [call()[:2]], clients)
             burst += results
             burst_wall += wall
             time.sleep(0.3)
         out["burst"] = _summary(burst, p50, burst_wall)
-
-        def loop(honour: bool):  # noqa: ANN202
-            def worker() -> list[tuple[str, float]]:
-                stop_at = time.monotonic() + seconds
-                local = []
-                rng = random.Random()
-                while time.monotonic() < stop_at:
-                    code, ms, hint = call()
-                    local.append((code, ms))
-                    if honour and hint:
-                        time.sleep(hint * rng.uniform(0.5, 1.5))
-                return local
-            return worker
-
         for name, honour in (("retry_hint", True), ("flood", False)):
-            results, wall = run(loop(honour))
+            results, wall = _together(_closed_loop(call, seconds, honour), clients)
             out[name] = _summary(results, p50, wall)
     return out
 

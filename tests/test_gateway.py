@@ -8,12 +8,12 @@ import time
 
 import grpc
 import pytest
-
 from conftest import GatewayStack, InProcessServer, metric_sum
-from services.common.client import error_details
-from services.gateway.server import create_server as create_gateway
 from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from versus.ranker.v1 import ranker_pb2
+
+from services.common.client import error_details
+from services.gateway.server import create_server as create_gateway
 
 pytestmark = pytest.mark.slow  # builds and serves the tiny models (shared by every test of the session)
 
@@ -41,7 +41,8 @@ def rows(c: gateway_pb2.Comparison, model_id: str) -> list[gateway_pb2.Capabilit
     return list(next(m for m in c.models if m.entry.id == model_id).capabilities)
 
 
-def row(c: gateway_pb2.Comparison, model_id: str, capability: str, claim_part: str = "") -> gateway_pb2.CapabilityEvidence:
+def row(c: gateway_pb2.Comparison, model_id: str, capability: str,
+        claim_part: str = "") -> gateway_pb2.CapabilityEvidence:
     return next(r for r in rows(c, model_id) if r.capability_id == capability and claim_part in r.claim)
 
 

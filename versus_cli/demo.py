@@ -66,8 +66,9 @@ def _adapters(models_dir: Path, large: Path) -> Path:
 
 
 def run_demo(models_dir: Path, out_dir: Path, json_out: str = "") -> int:
-    from services.common.client import ClientSettings
     from versus.gateway.v1 import gateway_pb2
+
+    from services.common.client import ClientSettings
     from versus_cli.compare import print_summary, run_compare, write_reports
 
     started = time.perf_counter()

@@ -88,4 +88,5 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     async def ListModels(self, request: ranker_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> ranker_pb2.ListModelsResponse:
         listed = await self.backend.list_models()
-        return ranker_pb2.ListModelsResponse(models=[_entry(e) for e, _ in listed], times_matched=[n for _, n in listed])
+        return ranker_pb2.ListModelsResponse(models=[_entry(e) for e, _ in listed],
+                                             times_matched=[n for _, n in listed])

@@ -8,7 +8,6 @@ defaults and pixel budgets from :func:`variant_specs`.
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
