@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def build_pipeline(transformer_cfg: dict, device, tiny: bool):  # noqa: ANN001, ANN201
+def build_pipeline(transformer_cfg: dict, device, tiny: bool):
     import torch
     from diffusers import (
         AutoencoderKL,
@@ -41,7 +41,7 @@ def build_pipeline(transformer_cfg: dict, device, tiny: bool):  # noqa: ANN001, 
     tok1, tok2, tok3 = builders.clip_tokenizer(), builders.clip_tokenizer(pad_token="!"), builders.t5_tokenizer()
     width1, width2, width3 = (32, 32, 64) if tiny else (768, 1280, 4096)
 
-    def clip(width: int, seed: int):  # noqa: ANN202
+    def clip(width: int, seed: int):
         torch.manual_seed(seed)
         return CLIPTextModelWithProjection(CLIPTextConfig(
             vocab_size=len(tok1), hidden_size=width, intermediate_size=width * 4, num_hidden_layers=2,

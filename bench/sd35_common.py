@@ -35,7 +35,7 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_raw(pipe, case: Case, device: torch.device) -> float:  # noqa: ANN001
+def time_raw(pipe, case: Case, device: torch.device) -> float:
     """Seconds for one raw ``pipeline(...)`` call returning PIL images."""
     sync(device)
     t0 = time.perf_counter()
@@ -88,7 +88,7 @@ class ServiceHarness(_Timed):
                                      host="127.0.0.1", drain_delay_s=0.0, default_size=default_size, device=device,
                                      log_level="WARNING")
 
-        async def start():  # noqa: ANN202
+        async def start():
             server, port = create_server(config, pipelines=pipelines)
             await server.start()
             return server, port
@@ -104,7 +104,7 @@ class ServiceHarness(_Timed):
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
-def interleaved(pipe, harness: _Timed, case: Case, device: torch.device, repeats: int) -> dict:  # noqa: ANN001
+def interleaved(pipe, harness: _Timed, case: Case, device: torch.device, repeats: int) -> dict:
     """Alternate raw and service runs (after one warm-up of each); medians and their ratio."""
     time_raw(pipe, case, device)
     harness.time(case)

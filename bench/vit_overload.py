@@ -79,7 +79,7 @@ class Service:
         self.tmp.cleanup()
 
 
-def _retry_after_s(err) -> float:  # noqa: ANN001 - grpc.RpcError
+def _retry_after_s(err) -> float:  # grpc.RpcError
     """The server's retry hint: google.rpc.RetryInfo, or the older ``retry-after-ms`` trailer."""
     from services.common.client import error_details
 
@@ -105,7 +105,7 @@ def _summary(results: list[tuple[str, float]], p50_unloaded: float, wall: float)
     }
 
 
-def _closed_loop(call, seconds: float, honour: bool):  # noqa: ANN001, ANN202
+def _closed_loop(call, seconds: float, honour: bool):
     """A client that calls until ``seconds`` pass; with ``honour`` it waits the retry hint (±50%)."""
     import random
 
@@ -123,7 +123,7 @@ def _closed_loop(call, seconds: float, honour: bool):  # noqa: ANN001, ANN202
     return worker
 
 
-def _together(worker, clients: int) -> tuple[list[tuple[str, float]], float]:  # noqa: ANN001
+def _together(worker, clients: int) -> tuple[list[tuple[str, float]], float]:
     """Run ``worker`` in ``clients`` threads released at once; (all results, wall seconds)."""
     results: list[tuple[str, float]] = []
     lock = threading.Lock()

@@ -17,7 +17,7 @@ TASKS = load_tasks("", CATALOG)
 RANKING_MD = (Path(__file__).parent.parent / "docs/RANKING.md").read_text()
 
 
-def report(*ids: str):  # noqa: ANN201
+def report(*ids: str):
     return score_report([CATALOG[m] for m in ids], DEFAULT_WEIGHTS, GraphStats({}, {}, 0, 0), {}, TASKS)
 
 

@@ -24,7 +24,7 @@ MAX_MESSAGE = 1024
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def stub(request, tmp_path: Path):  # noqa: ANN001, ANN201
+def stub(request, tmp_path: Path):
     """A ranker on each store: PostgreSQL refuses NUL in text, so both must be shielded from it."""
     if request.param == "sqlite":
         db = f"sqlite:///{tmp_path / 'r.db'}"
@@ -38,7 +38,7 @@ def stub(request, tmp_path: Path):  # noqa: ANN001, ANN201
         yield ranker_pb2_grpc.RankerServiceStub(ch)
 
 
-def fail(fn, request) -> ErrorDetails:  # noqa: ANN001
+def fail(fn, request) -> ErrorDetails:
     with pytest.raises(grpc.RpcError) as info:
         fn(request, timeout=10)
     details = error_details(info.value)
@@ -59,7 +59,7 @@ def match(a: str = VIT, b: str = LARGE, **kw: object) -> ranker_pb2.RecordMatchR
 
 
 @pytest.mark.parametrize("size", [129, 10_000, 20_000])
-def test_over_long_ids_are_invalid_argument_with_a_bounded_message(stub, size: int) -> None:  # noqa: ANN001
+def test_over_long_ids_are_invalid_argument_with_a_bounded_message(stub, size: int) -> None:
     long_id = "a" * size
     d = fail(stub.Score, ranker_pb2.ScoreRequest(model_ids=[VIT, long_id]))
     assert_invalid(d, "model_ids[1]")
@@ -72,7 +72,7 @@ def test_over_long_ids_are_invalid_argument_with_a_bounded_message(stub, size: i
     assert_invalid(fail(stub.GetLeaderboard, ranker_pb2.GetLeaderboardRequest(task=long_id)), "task")
 
 
-def test_over_long_ids_of_any_characters_are_bounded(stub) -> None:  # noqa: ANN001
+def test_over_long_ids_of_any_characters_are_bounded(stub) -> None:
     for long_id in ("é" * 15_000, "\x00" * 12_000, "A-" * 9_000):
         d = fail(stub.Score, ranker_pb2.ScoreRequest(model_ids=[long_id]))
         assert_invalid(d, "model_ids[0]")
@@ -80,13 +80,13 @@ def test_over_long_ids_of_any_characters_are_bounded(stub) -> None:  # noqa: ANN
 
 @pytest.mark.parametrize("bad", ["vit\x00", "\x00", "vit-base-patch16-224\x00x", "Vit", "vit base", "-vit", "vit\n",
                                  "google/vit-base-patch16-224"])
-def test_malformed_ids_are_invalid_argument(stub, bad: str) -> None:  # noqa: ANN001
+def test_malformed_ids_are_invalid_argument(stub, bad: str) -> None:
     assert_invalid(fail(stub.Score, ranker_pb2.ScoreRequest(model_ids=[bad])), "model_ids[0]")
     assert_invalid(fail(stub.GetModel, ranker_pb2.GetModelRequest(model_id=bad)), "model_id")
     assert_invalid(fail(stub.RecordMatch, match(bad, LARGE)), "model_a")
 
 
-def test_nul_bytes_in_keys_tasks_and_evidence_are_invalid_argument(stub) -> None:  # noqa: ANN001
+def test_nul_bytes_in_keys_tasks_and_evidence_are_invalid_argument(stub) -> None:
     assert_invalid(fail(stub.RecordMatch, match(idempotency_key="key\x00")), "idempotency_key")
     assert_invalid(fail(stub.RecordMatch, match(idempotency_key="\x00")), "idempotency_key")
     assert_invalid(fail(stub.RecordMatch, match(idempotency_key="tab\there")), "idempotency_key")
@@ -100,7 +100,7 @@ def test_nul_bytes_in_keys_tasks_and_evidence_are_invalid_argument(stub) -> None
     assert not ok.duplicate
 
 
-def test_empty_fields(stub) -> None:  # noqa: ANN001
+def test_empty_fields(stub) -> None:
     assert_invalid(fail(stub.Score, ranker_pb2.ScoreRequest()), "model_ids")
     assert_invalid(fail(stub.Score, ranker_pb2.ScoreRequest(model_ids=[""])), "model_ids[0]")
     assert_invalid(fail(stub.GetModel, ranker_pb2.GetModelRequest()), "model_id")
@@ -111,14 +111,14 @@ def test_empty_fields(stub) -> None:  # noqa: ANN001
     assert d.code == INVALID and {f for f, _ in d.violations} == {"model_a", "model_b", "outcome", "idempotency_key"}
 
 
-def test_several_problems_are_reported_together(stub) -> None:  # noqa: ANN001
+def test_several_problems_are_reported_together(stub) -> None:
     d = fail(stub.Score, ranker_pb2.ScoreRequest(model_ids=["x" * 500, VIT, "Bad"]))
     assert [f for f, _ in d.violations] == ["model_ids[0]", "model_ids[2]"]
     d = fail(stub.RecordMatch, match(VIT, VIT, outcome=7, task="?"))
     assert [f for f, _ in d.violations] == ["model_b", "outcome", "task"]
 
 
-def test_limits_on_counts_and_repeats(stub) -> None:  # noqa: ANN001
+def test_limits_on_counts_and_repeats(stub) -> None:
     d = fail(stub.Score, ranker_pb2.ScoreRequest(model_ids=[f"m{i}" for i in range(17)]))
     assert_invalid(d, "model_ids")
     assert "at most 16" in d.message
@@ -128,7 +128,7 @@ def test_limits_on_counts_and_repeats(stub) -> None:  # noqa: ANN001
     assert_invalid(fail(stub.RecordMatch, match(evidence="e" * 65_537)), "evidence")
 
 
-def test_unknown_models_are_not_found_with_resource_info(stub) -> None:  # noqa: ANN001
+def test_unknown_models_are_not_found_with_resource_info(stub) -> None:
     unknown = "z" * 128  # well-formed and as long as allowed
     for fn, request, field in [
         (stub.Score, ranker_pb2.ScoreRequest(model_ids=[VIT, unknown]), "model_ids[1]"),
@@ -141,7 +141,7 @@ def test_unknown_models_are_not_found_with_resource_info(stub) -> None:  # noqa:
         assert d.message.startswith(f"{field}: unknown model") and unknown not in d.message
 
 
-def test_reused_key_for_a_different_match_is_already_exists(stub) -> None:  # noqa: ANN001
+def test_reused_key_for_a_different_match_is_already_exists(stub) -> None:
     key = "k" * 128
     first = stub.RecordMatch(match(idempotency_key=key), timeout=10)
     assert stub.RecordMatch(match(idempotency_key=key), timeout=10) == ranker_pb2.RecordMatchResponse(
@@ -151,7 +151,7 @@ def test_reused_key_for_a_different_match_is_already_exists(stub) -> None:  # no
     assert key not in d.message
 
 
-def test_a_race_on_one_key_stores_exactly_one_match(stub) -> None:  # noqa: ANN001
+def test_a_race_on_one_key_stores_exactly_one_match(stub) -> None:
     key = f"race-{uuid.uuid4()}"
     same = match(idempotency_key=key, evidence="same")
     other = match(TURBO, LARGE, idempotency_key=key, evidence="other")

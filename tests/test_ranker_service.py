@@ -36,29 +36,29 @@ def ranker_config(db: str, **kw: object) -> RankerConfig:
 
 
 @pytest.fixture()
-def ranker(tmp_path: Path):  # noqa: ANN201
+def ranker(tmp_path: Path):
     with InProcessServer(create_server, ranker_config(f"sqlite:///{tmp_path / 'r.db'}")) as srv, srv.channel() as ch:
         yield ranker_pb2_grpc.RankerServiceStub(ch)
 
 
-def record(stub, a: str, b: str, outcome: int, task: str = "", key: str = "") -> ranker_pb2.RecordMatchResponse:  # noqa: ANN001
+def record(stub, a: str, b: str, outcome: int, task: str = "", key: str = "") -> ranker_pb2.RecordMatchResponse:
     return stub.RecordMatch(ranker_pb2.RecordMatchRequest(model_a=a, model_b=b, outcome=outcome, task=task,
                                                           evidence="test", idempotency_key=key or uuid.uuid4().hex),
                             timeout=10)
 
 
-def code_of(fn, *args) -> grpc.StatusCode:  # noqa: ANN001
+def code_of(fn, *args) -> grpc.StatusCode:
     return failure(fn, *args).code
 
 
-def failure(fn, *args) -> ErrorDetails:  # noqa: ANN001
+def failure(fn, *args) -> ErrorDetails:
     """The call's status code and google.rpc details (it must fail)."""
     with pytest.raises(grpc.RpcError) as info:
         fn(*args, timeout=10)
     return error_details(info.value)
 
 
-def test_score_vit_vs_sd35_large(ranker) -> None:  # noqa: ANN001
+def test_score_vit_vs_sd35_large(ranker) -> None:
     reply = ranker.Score(ranker_pb2.ScoreRequest(model_ids=[VIT, LARGE]), timeout=10)
     assert [s.model_id for s in reply.scores] == sorted([VIT, LARGE], key=lambda m: -{
         s.model_id: s.composite for s in reply.scores}[m])
@@ -69,7 +69,7 @@ def test_score_vit_vs_sd35_large(ranker) -> None:  # noqa: ANN001
     assert "/100 vs " in reply.verdict and reply.leaders
 
 
-def test_list_models_returns_the_whole_catalog_with_matches(ranker) -> None:  # noqa: ANN001
+def test_list_models_returns_the_whole_catalog_with_matches(ranker) -> None:
     record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_A_WINS)
     reply = ranker.ListModels(ranker_pb2.ListModelsRequest(), timeout=10)
     ids = [m.id for m in reply.models]
@@ -79,13 +79,13 @@ def test_list_models_returns_the_whole_catalog_with_matches(ranker) -> None:  # 
     assert all(m.capabilities or m.type for m in reply.models)
 
 
-def test_score_errors(ranker) -> None:  # noqa: ANN001
+def test_score_errors(ranker) -> None:
     assert code_of(ranker.Score, ranker_pb2.ScoreRequest()) == grpc.StatusCode.INVALID_ARGUMENT
     assert code_of(ranker.Score, ranker_pb2.ScoreRequest(model_ids=["gpt-99"])) == grpc.StatusCode.NOT_FOUND
     assert code_of(ranker.Score, ranker_pb2.ScoreRequest(model_ids=[VIT, VIT])) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-def test_record_match_validation_and_idempotency(ranker) -> None:  # noqa: ANN001
+def test_record_match_validation_and_idempotency(ranker) -> None:
     first = record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_B_WINS, key="k1")
     again = record(ranker, VIT, LARGE, ranker_pb2.OUTCOME_B_WINS, key="k1")
     assert not first.duplicate and again.duplicate and again.match_id == first.match_id
@@ -123,7 +123,7 @@ def test_record_match_validation_and_idempotency(ranker) -> None:  # noqa: ANN00
     assert code_of(ranker.GetModel, ranker_pb2.GetModelRequest(model_id="nope")) == grpc.StatusCode.NOT_FOUND
 
 
-def test_leaderboard_ratings_intervals_and_tasks(ranker) -> None:  # noqa: ANN001
+def test_leaderboard_ratings_intervals_and_tasks(ranker) -> None:
     rng = np.random.default_rng(0)
     strength = {VIT: 0.0, LARGE: 1.0, TURBO: 0.5, MEDIUM: -0.5}
     models = list(strength)

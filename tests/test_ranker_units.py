@@ -232,7 +232,7 @@ _SEED_FILE = Path(__file__).parent.parent / "services/ranker/catalog/vit-base-pa
     (lambda d: d.update(capabilities=[]), "field 'capabilities' tuple should have at least 1 item"),
     (lambda d: d["capabilities"][1].pop("title"), "field 'capabilities[1].title' is required"),
 ])
-def test_bad_catalog_file_names_file_and_field(tmp_path: Path, mutate, fragment: str) -> None:  # noqa: ANN001
+def test_bad_catalog_file_names_file_and_field(tmp_path: Path, mutate, fragment: str) -> None:
     doc = json.loads(_SEED_FILE.read_text())
     mutate(doc)
     (tmp_path / "broken.json").write_text(json.dumps(doc))
@@ -275,7 +275,7 @@ def test_committed_json_schema_is_current() -> None:
 
 # -- stores (SQLite here; PostgreSQL in test_ranker_postgres.py) ---------------------------------------
 @pytest.fixture(params=["sqlite", "postgres"])
-def store(request, tmp_path: Path):  # noqa: ANN001, ANN201
+def store(request, tmp_path: Path):
     if request.param == "sqlite":
         s = open_store(f"sqlite:///{tmp_path / 'r.db'}")
     else:
@@ -286,7 +286,7 @@ def store(request, tmp_path: Path):  # noqa: ANN001, ANN201
     s.close()
 
 
-def test_store_records_idempotently(store) -> None:  # noqa: ANN001
+def test_store_records_idempotently(store) -> None:
     m = Match("a", "b", 1, "general", "ev", f"key-{uuid.uuid4()}")
     first = store.record(m)
     again = store.record(m)
@@ -312,7 +312,7 @@ def test_store_records_idempotently(store) -> None:  # noqa: ANN001
      "tasks.json: field 'tasks[0]' ceiling must be above floor"),
     (lambda t: t["tasks"][0].pop("primary_metric"), "tasks.json: field 'tasks[0].primary_metric' is required"),
 ])
-def test_bad_tasks_file_names_the_field(tmp_path: Path, mutate, fragment: str) -> None:  # noqa: ANN001
+def test_bad_tasks_file_names_the_field(tmp_path: Path, mutate, fragment: str) -> None:
     shipped = _SEED_FILE.parent
     for path in shipped.glob("*.json"):
         (tmp_path / path.name).write_text(path.read_text())

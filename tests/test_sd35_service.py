@@ -37,14 +37,14 @@ def sd35_config(dirs: dict[str, Path], **kw: object) -> Sd35Config:
 
 
 @pytest.fixture(scope="module")
-def server(sd35_dirs: dict[str, Path], adapter_root: Path):  # noqa: ANN201
+def server(sd35_dirs: dict[str, Path], adapter_root: Path):
     config = sd35_config(sd35_dirs, adapter_root=str(adapter_root), max_queue=2, max_adapters=3)
     with InProcessServer(create_server, config) as srv:
         yield srv
 
 
 @pytest.fixture(scope="module")
-def stub(server: InProcessServer):  # noqa: ANN201
+def stub(server: InProcessServer):
     with server.channel() as ch:
         yield sd35_pb2_grpc.Sd35ServiceStub(ch)
 
@@ -54,7 +54,7 @@ def gen(variant: int = LARGE, **kw: object) -> sd35_pb2.GenerateRequest:
     return sd35_pb2.GenerateRequest(**fields)
 
 
-def run(stub, request: sd35_pb2.GenerateRequest, timeout: float = 60) -> list[sd35_pb2.GenerateResponse]:  # noqa: ANN001
+def run(stub, request: sd35_pb2.GenerateRequest, timeout: float = 60) -> list[sd35_pb2.GenerateResponse]:
     return list(stub.Generate(request, timeout=timeout))
 
 
@@ -101,7 +101,7 @@ def device_held(server: InProcessServer) -> Iterator[None]:
 
 
 # -- generation ----------------------------------------------------------------------------------------
-def test_event_sequence_and_result(stub) -> None:  # noqa: ANN001
+def test_event_sequence_and_result(stub) -> None:
     events = run(stub, gen(steps=6, num_images=2))
     kinds = [e.WhichOneof("event") for e in events]
     assert kinds[0] == "queued" and kinds[-1] == "result" and kinds.count("result") == 1
@@ -118,7 +118,7 @@ def test_event_sequence_and_result(stub) -> None:  # noqa: ANN001
     assert t.total_ms >= t.denoising_ms > 0 and t.text_encoding_ms > 0 and t.decode_ms > 0 and t.encode_ms > 0
 
 
-def test_progress_is_coalesced_when_steps_are_short(stub) -> None:  # noqa: ANN001
+def test_progress_is_coalesced_when_steps_are_short(stub) -> None:
     """Tiny steps take a few ms: at most one Progress per 50 ms, the first and the last step always."""
     events = run(stub, gen(steps=60))
     progress = [e.progress for e in events if e.WhichOneof("event") == "progress"]
@@ -128,7 +128,7 @@ def test_progress_is_coalesced_when_steps_are_short(stub) -> None:  # noqa: ANN0
     assert len(progress) <= 2 + progress[-1].elapsed_ms / PROGRESS_INTERVAL_MS < 60
 
 
-def test_variant_defaults_and_random_seeds(stub) -> None:  # noqa: ANN001
+def test_variant_defaults_and_random_seeds(stub) -> None:
     turbo = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=TURBO, width=64, height=64)))
     assert (turbo.steps, turbo.guidance_scale) == (4, 0.0)
     large = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=LARGE, width=64, height=64, steps=2)))
@@ -142,7 +142,7 @@ def test_variant_defaults_and_random_seeds(stub) -> None:  # noqa: ANN001
     assert unset[0].seeds[0] != unset[1].seeds[0]  # two draws from 2^63 values
 
 
-def test_unset_size_fits_each_variants_pixel_budget(stub) -> None:  # noqa: ANN001
+def test_unset_size_fits_each_variants_pixel_budget(stub) -> None:
     """The service default (128) is below Medium's minimum (256x256): a request that leaves the size unset
     gets the nearest size inside the variant's budget instead of INVALID_ARGUMENT."""
     medium = result(run(stub, sd35_pb2.GenerateRequest(prompt="x", variant=MEDIUM, steps=1)))
@@ -151,7 +151,7 @@ def test_unset_size_fits_each_variants_pixel_budget(stub) -> None:  # noqa: ANN0
     assert (large.width, large.height) == (128, 128)
 
 
-def test_same_seed_same_bytes_and_per_image_seeds(stub) -> None:  # noqa: ANN001
+def test_same_seed_same_bytes_and_per_image_seeds(stub) -> None:
     a = result(run(stub, gen(num_images=2)))
     b = result(run(stub, gen(num_images=2)))
     assert [i.data for i in a.images] == [i.data for i in b.images]
@@ -160,7 +160,7 @@ def test_same_seed_same_bytes_and_per_image_seeds(stub) -> None:  # noqa: ANN001
     assert other.images[0].data != a.images[0].data
 
 
-def test_output_formats_and_previews(stub) -> None:  # noqa: ANN001
+def test_output_formats_and_previews(stub) -> None:
     for fmt, mime in ((sd35_pb2.OUTPUT_FORMAT_JPEG, "image/jpeg"), (sd35_pb2.OUTPUT_FORMAT_WEBP, "image/webp")):
         r = result(run(stub, gen(output_format=fmt)))
         assert r.images[0].mime_type == mime and Image.open(io.BytesIO(r.images[0].data)).format in ("JPEG", "WEBP")
@@ -170,7 +170,7 @@ def test_output_formats_and_previews(stub) -> None:  # noqa: ANN001
     assert Image.open(io.BytesIO(previews[0].images[0].data)).size == (8, 8)  # latent resolution
 
 
-def test_model_info_reports_what_the_engine_applies(stub) -> None:  # noqa: ANN001
+def test_model_info_reports_what_the_engine_applies(stub) -> None:
     from versus.common.v1 import common_pb2
 
     info = stub.GetModelInfo(sd35_pb2.GetModelInfoRequest(), timeout=10)
@@ -233,7 +233,7 @@ BAD = {
 
 
 @pytest.mark.parametrize("case", BAD)
-def test_validation_names_every_bad_field(case: str, stub) -> None:  # noqa: ANN001
+def test_validation_names_every_bad_field(case: str, stub) -> None:
     request, fields = BAD[case]
     d = failure(lambda: run(stub, request))
     assert d.code == INVALID and d.reason == "INVALID_ARGUMENT" and d.domain == "versus", d
@@ -241,7 +241,7 @@ def test_validation_names_every_bad_field(case: str, stub) -> None:  # noqa: ANN
     assert len(d.message) < 400  # client input is quoted, never echoed in full
 
 
-def test_unknown_adapter_is_not_found_with_resource_info(stub) -> None:  # noqa: ANN001
+def test_unknown_adapter_is_not_found_with_resource_info(stub) -> None:
     d = failure(lambda: run(stub, gen(adapters=[sd35_pb2.AdapterWeight(name="nope", weight=1)])))
     assert (d.code, d.reason, d.resource_type, d.resource_name) == (NOT_FOUND, "ADAPTER_NOT_FOUND", "adapter", "nope")
     assert d.message.startswith("adapters[0].name")
@@ -249,7 +249,7 @@ def test_unknown_adapter_is_not_found_with_resource_info(stub) -> None:  # noqa:
 
 @pytest.mark.parametrize("prompt", ["\x00" * 2000, "🙂" * 2000, "\u200b", "\ufeff" * 50, "a\u0301" * 1000,
                                     "<|endoftext|></s><pad>" * 90, "a\r\n\t\x0b\x0c" * 300, "\U000e0001" * 200])
-def test_hostile_prompts_generate(prompt: str, stub) -> None:  # noqa: ANN001
+def test_hostile_prompts_generate(prompt: str, stub) -> None:
     """Tokenizers meet NUL bytes, control and zero-width characters, special-token text, long input."""
     r = result(run(stub, gen(prompt=prompt, negative_prompt=prompt, steps=1, max_sequence_length=512)))
     assert len(r.images) == 1
@@ -266,7 +266,7 @@ def test_variant_not_hosted_is_not_found(sd35_dirs: dict[str, Path]) -> None:
 
 
 # -- cancellation, deadlines, the queue ----------------------------------------------------------------------
-def test_cancel_stops_within_one_step_and_pipeline_is_reusable(server: InProcessServer, stub) -> None:  # noqa: ANN001
+def test_cancel_stops_within_one_step_and_pipeline_is_reusable(server: InProcessServer, stub) -> None:
     steps_before = metric(server, "versus_step_seconds_count", model="large")
     cancelled = metric(server, "versus_cancellations_total", model="large", reason="cancelled")
     deadline = metric(server, "versus_cancellations_total", model="large", reason="deadline")
@@ -286,7 +286,7 @@ def test_cancel_stops_within_one_step_and_pipeline_is_reusable(server: InProcess
     assert result(run(stub, gen())).images  # immediately reusable
 
 
-def test_deadline_stops_generation(server: InProcessServer, stub) -> None:  # noqa: ANN001
+def test_deadline_stops_generation(server: InProcessServer, stub) -> None:
     steps_before = metric(server, "versus_step_seconds_count", model="large")
     cancelled = metric(server, "versus_cancellations_total", model="large", reason="cancelled")
     deadline = metric(server, "versus_cancellations_total", model="large", reason="deadline")
@@ -297,11 +297,11 @@ def test_deadline_stops_generation(server: InProcessServer, stub) -> None:  # no
     assert metric(server, "versus_step_seconds_count", model="large") - steps_before < 100
 
 
-def _first(call) -> sd35_pb2.GenerateResponse:  # noqa: ANN001
+def _first(call) -> sd35_pb2.GenerateResponse:
     return next(iter(call))
 
 
-def _cancel_and_wait(server: InProcessServer, call) -> None:  # noqa: ANN001
+def _cancel_and_wait(server: InProcessServer, call) -> None:
     """Cancel a call and wait until the server has seen it go."""
     before = metric(server, "grpc_server_handled_total", grpc_method="Generate", grpc_code="CANCELLED")
     call.cancel()
@@ -309,7 +309,7 @@ def _cancel_and_wait(server: InProcessServer, call) -> None:  # noqa: ANN001
              == before + 1)
 
 
-def test_queue_is_ordered_bounded_and_cancelled_waiters_never_start(server: InProcessServer, stub) -> None:  # noqa: ANN001
+def test_queue_is_ordered_bounded_and_cancelled_waiters_never_start(server: InProcessServer, stub) -> None:
     images = metric(server, "versus_images_generated_total", model="large")
     dropped = metric(server, "versus_cancellations_total", model="large", reason="cancelled_in_queue")
     with device_held(server):
@@ -337,7 +337,7 @@ def test_queue_is_ordered_bounded_and_cancelled_waiters_never_start(server: InPr
     assert finished["second"].timings.queue_ms >= t.text_encoding_ms + t.denoising_ms + t.decode_ms
 
 
-def test_retry_hint_grows_with_the_work_ahead(server: InProcessServer, stub) -> None:  # noqa: ANN001
+def test_retry_hint_grows_with_the_work_ahead(server: InProcessServer, stub) -> None:
     with device_held(server):
         calls = [stub.Generate(gen(prompt="running", steps=4), timeout=60),
                  stub.Generate(gen(prompt="w1", steps=2), timeout=60),
@@ -361,19 +361,19 @@ def test_retry_hint_grows_with_the_work_ahead(server: InProcessServer, stub) -> 
 
 
 # -- adapters ------------------------------------------------------------------------------------------------
-def load(stub, name: str, path: str = "loras/example.safetensors", variant: int = LARGE):  # noqa: ANN001, ANN201
+def load(stub, name: str, path: str = "loras/example.safetensors", variant: int = LARGE):
     return stub.LoadAdapter(sd35_pb2.LoadAdapterRequest(name=name, path=path, variant=variant), timeout=60).adapter
 
 
-def unload(stub, name: str, variant: int = LARGE) -> None:  # noqa: ANN001
+def unload(stub, name: str, variant: int = LARGE) -> None:
     stub.UnloadAdapter(sd35_pb2.UnloadAdapterRequest(name=name, variant=variant), timeout=60)
 
 
-def listed(stub) -> list[str]:  # noqa: ANN001
+def listed(stub) -> list[str]:
     return [a.name for a in stub.ListAdapters(sd35_pb2.ListAdaptersRequest(), timeout=10).adapters]
 
 
-def test_lora_load_effect_unload(stub) -> None:  # noqa: ANN001
+def test_lora_load_effect_unload(stub) -> None:
     base = result(run(stub, gen())).images[0].data
     loaded = load(stub, "ex")
     assert (loaded.rank, loaded.path, loaded.variant) == (4, "loras/example.safetensors", LARGE)
@@ -430,13 +430,13 @@ BAD_FILES = ["random", "empty", "truncated", "header-only", "bad-json", "no-lora
 
 
 @pytest.mark.parametrize("name", BAD_FILES)
-def test_file_that_is_not_a_lora_is_invalid_argument(name: str, stub, hostile_files: Path) -> None:  # noqa: ANN001
+def test_file_that_is_not_a_lora_is_invalid_argument(name: str, stub, hostile_files: Path) -> None:
     d = failure(lambda: load(stub, "bad", f"hostile/{name}.safetensors"))
     assert (d.code, d.reason, [f for f, _ in d.violations]) == (INVALID, "INVALID_ADAPTER", ["path"]), d
     assert listed(stub) == []
 
 
-def test_failed_loads_leave_the_pipeline_as_it_was(stub, hostile_files: Path) -> None:  # noqa: ANN001
+def test_failed_loads_leave_the_pipeline_as_it_was(stub, hostile_files: Path) -> None:
     base = result(run(stub, gen())).images[0].data
     for name in BAD_FILES:
         with pytest.raises(grpc.RpcError):
@@ -467,7 +467,7 @@ BAD_PATHS = {
 
 
 @pytest.mark.parametrize("case", BAD_PATHS)
-def test_adapter_paths_a_client_gets_wrong(case: str, stub, hostile_files: Path) -> None:  # noqa: ANN001
+def test_adapter_paths_a_client_gets_wrong(case: str, stub, hostile_files: Path) -> None:
     path, code, reason = BAD_PATHS[case]
     d = failure(lambda: load(stub, "bad", path))
     assert (d.code, d.reason) == (code, reason), d
@@ -481,14 +481,14 @@ BAD_NAMES = {"empty": "", "dot": "a.b", "nul": "a\x00b", "newline": "ok\n", "spa
 
 
 @pytest.mark.parametrize("case", BAD_NAMES)
-def test_adapter_names_are_checked_before_anything_else(case: str, stub) -> None:  # noqa: ANN001
+def test_adapter_names_are_checked_before_anything_else(case: str, stub) -> None:
     for call in (lambda: load(stub, BAD_NAMES[case]), lambda: unload(stub, BAD_NAMES[case])):
         d = failure(call)
         assert (d.code, [f for f, _ in d.violations]) == (INVALID, ["name"]), d
         assert len(d.message) < 400  # quoted, not echoed: a 20,000-character name fits in the trailers
 
 
-def test_concurrent_loads_of_one_name_have_one_winner(stub) -> None:  # noqa: ANN001
+def test_concurrent_loads_of_one_name_have_one_winner(stub) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     def attempt(call: Callable[[], object]) -> str:
@@ -509,7 +509,7 @@ def test_concurrent_loads_of_one_name_have_one_winner(stub) -> None:  # noqa: AN
     assert listed(stub) == []
 
 
-def test_adapter_limit_is_resource_exhausted_without_retry(stub) -> None:  # noqa: ANN001
+def test_adapter_limit_is_resource_exhausted_without_retry(stub) -> None:
     names = ["one", "two", "three"]  # max_adapters=3
     for name in names:
         load(stub, name)
@@ -521,7 +521,7 @@ def test_adapter_limit_is_resource_exhausted_without_retry(stub) -> None:  # noq
             unload(stub, name)
 
 
-def test_adapter_unloaded_while_a_request_waits_is_not_found(server: InProcessServer, stub) -> None:  # noqa: ANN001
+def test_adapter_unloaded_while_a_request_waits_is_not_found(server: InProcessServer, stub) -> None:
     load(stub, "brief")
     with device_held(server):
         first = stub.Generate(gen(prompt="first", steps=2), timeout=60)
@@ -544,7 +544,7 @@ def test_adapter_loading_disabled_without_root(sd35_dirs: dict[str, Path]) -> No
 
 
 # -- metrics ----------------------------------------------------------------------------------------------------
-def test_metrics(server: InProcessServer, stub) -> None:  # noqa: ANN001
+def test_metrics(server: InProcessServer, stub) -> None:
     run(stub, gen())
     m = server.metrics()
     for name in ("versus_generation_seconds_count", "versus_step_seconds_count", "versus_images_generated_total"):

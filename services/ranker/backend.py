@@ -128,7 +128,7 @@ class RankerBackend(ServiceBackend):
             await self.run(self.store.close)
         self._fit_pool.shutdown(wait=True)
 
-    async def _db(self, fn, *args):  # noqa: ANN001, ANN202
+    async def _db(self, fn, *args):
         self.require_ready()
         return await self.run(fn, *args)
 
@@ -172,7 +172,7 @@ class RankerBackend(ServiceBackend):
         stats, times = await self._graph()
         return score_report(entries, self.weights, stats, times, self.tasks)
 
-    async def _graph(self):  # noqa: ANN202 - (GraphStats, times matched)
+    async def _graph(self):  # (GraphStats, times matched)
         """Match-graph statistics over all tasks, recomputed only when a match was recorded."""
         version = await self._db(self.store.version)
         if self._graph_cache is None or self._graph_cache[0] != version:
@@ -222,7 +222,7 @@ class RankerBackend(ServiceBackend):
         self._cache[key] = (version, board)
         return board
 
-    def _fit(self, task: str, table) -> Leaderboard:  # noqa: ANN001 - store.MatchTable
+    def _fit(self, task: str, table) -> Leaderboard:  # store.MatchTable
         ids = sorted(set(table.model_a) | set(table.model_b))
         if not ids:
             return Leaderboard(task, (), 0, 0, "", ("no matches recorded" + (f" for task {task!r}" if task else ""),))

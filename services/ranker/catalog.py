@@ -337,7 +337,7 @@ def default_catalog_dir() -> Path:
     return Path(str(resources.files("services.ranker").joinpath("catalog")))
 
 
-def _validate(model: type[BaseModel], path: Path):  # noqa: ANN202
+def _validate(model: type[BaseModel], path: Path):
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:

@@ -109,7 +109,7 @@ class _SqlStore:
         self._lock = threading.Lock()
         self._db = None  # set by the subclass: a DB-API connection with .execute()
 
-    def _execute(self, sql: str, args: tuple = ()):  # noqa: ANN202
+    def _execute(self, sql: str, args: tuple = ()):
         try:
             return self._db.execute(sql, args)
         except self._unavailable as exc:  # locked, disk full, I/O error, connection lost

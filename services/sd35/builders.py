@@ -71,7 +71,7 @@ def clip_bpe_file() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
 
 
-def clip_tokenizer(pad_token: str = "<|endoftext|>"):  # noqa: ANN201 - transformers.CLIPTokenizer
+def clip_tokenizer(pad_token: str = "<|endoftext|>"):  # transformers.CLIPTokenizer
     """The real CLIP tokenizer (49,408 tokens), built the way OpenAI's SimpleTokenizer builds it."""
     from transformers import CLIPTokenizer
 
@@ -91,7 +91,7 @@ _T5_WORDS = ("a photo of the an and in on with at to from by for is are red blue
              "tench goldfish shark hen ostrich robin eagle owl frog turtle lizard snake spider crab jellyfish").split()
 
 
-def t5_tokenizer():  # noqa: ANN201 - transformers.T5TokenizerFast
+def t5_tokenizer():  # transformers.T5TokenizerFast
     """A small T5 Unigram tokenizer: specials, common words, then single characters as fallback."""
     from transformers import T5Tokenizer
 
@@ -103,7 +103,7 @@ def t5_tokenizer():  # noqa: ANN201 - transformers.T5TokenizerFast
 
 
 # -- pipelines ------------------------------------------------------------------------------------
-def _clip_encoder(seed: int, vocab_size: int):  # noqa: ANN202
+def _clip_encoder(seed: int, vocab_size: int):
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)

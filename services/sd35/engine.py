@@ -57,7 +57,7 @@ class Sd35Runner:
     """A StableDiffusion3Pipeline loaded from a directory (or built in memory, for benchmarks)."""
 
     def __init__(self, spec: VariantSpec, source: str, *, device: str = "auto", dtype: str = "auto",
-                 cpu_offload: bool = False, drop_t5: bool = False, compile: bool = False, pipeline=None,  # noqa: ANN001
+                 cpu_offload: bool = False, drop_t5: bool = False, compile: bool = False, pipeline=None,
                  torch_threads: int = 0) -> None:
         self.spec = spec
         self.torch_threads = torch_threads
@@ -221,7 +221,7 @@ class Sd35Runner:
         out = GenerationOutput([])
         started = time.perf_counter()
 
-        def on_step_end(_pipe, i, _t, kwargs):  # noqa: ANN001, ANN202
+        def on_step_end(_pipe, i, _t, kwargs):
             if hooks is not None:
                 hooks.on_step(i + 1, p.steps, (time.perf_counter() - started) * 1e3)
                 if hooks.on_preview and p.preview_every and (i + 1) % p.preview_every == 0 and i + 1 < p.steps:
