@@ -235,6 +235,26 @@ def test_turbo_four_steps_and_speed_against_large(stub) -> None:
     assert speed.value > 1.5 and "Large time" in speed.detail
 
 
+def test_precision_probe_times_int8_against_fp32(gateway_stack: GatewayStack, vit_tiny_dir) -> None:
+    from services.vit.config import VitConfig
+    from services.vit.server import create_server as create_vit
+
+    def vit(precision: str) -> InProcessServer:
+        return InProcessServer(create_vit, VitConfig.from_env(
+            {}, model=str(vit_tiny_dir), precision=precision, torch_threads=1, port=0, metrics_port=0,
+            host="127.0.0.1", metrics_host="127.0.0.1", drain_delay_s=0.0, log_format="text"))
+
+    with vit("fp32") as fp32, vit("int8") as int8:
+        targets = f"fp32={fp32.target},int8={int8.target}"
+        with fresh_gateway(gateway_stack, vit_precisions=targets) as gw, gw.channel() as ch:
+            c = gateway_pb2_grpc.GatewayServiceStub(ch).Compare(request(VIT, LARGE), timeout=300).comparison
+    claim = row(c, VIT, "quantization-onnx-export", "2-4x")
+    assert claim.mark in (MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE"), MARK.Value("EVIDENCE_MARK_CONTRADICTED"))
+    speed = claim.measurements[0]
+    assert speed.name == "int8_speedup" and speed.value > 0 and speed.probe == "vit.precision.int8"
+    assert "vs fp32" in speed.detail and not claim.unavailable_reason
+
+
 # -- streaming, rendering, listing ---------------------------------------------------------------------------
 def test_compare_stream_sends_progress_then_the_comparison(stub) -> None:
     events = list(stub.CompareStream(request(VIT, LARGE, live=False), timeout=120))

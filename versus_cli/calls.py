@@ -8,13 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from services.common.client import ClientSettings
+from services.common.convert import enum_value
 
-
-def enum_value(enum: Any, prefix: str, name: str) -> int:
-    """A contract enum's value from its CLI spelling: ``("VARIANT", "large-turbo")`` → VARIANT_LARGE_TURBO.
-
-    The names come from the generated contract, so the CLI keeps no table of its own."""
-    return int(enum.Value(f"{prefix}_{name.upper().replace('-', '_')}"))
+__all__ = ["enum_value", "generate_images", "output_paths", "progress_bar"]
 
 
 def progress_bar(step: int, total: int, elapsed_ms: float, width: int = 30) -> str:

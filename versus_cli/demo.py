@@ -79,9 +79,11 @@ def run_demo(models_dir: Path, out_dir: Path, json_out: str = "") -> int:
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     common = ["--torch-threads", "1", "--drain-delay-s", "0"]
+    vit_args = ["--model", str(vit), "--model-id", "google/vit-base-patch16-224", *common]
     services = {
-        "vit": ServiceProcess("vit", ["--model", str(vit), "--model-id", "google/vit-base-patch16-224", *common],
-                              log_path=logs / "vit.log"),
+        # fp32 is the reference the precision probe times int8 against (a second deployment of the same model)
+        "vit": ServiceProcess("vit", [*vit_args, "--precision", "fp32"], log_path=logs / "vit.log"),
+        "vit-int8": ServiceProcess("vit", [*vit_args, "--precision", "int8"], log_path=logs / "vit-int8.log"),
         "sd35": ServiceProcess("sd35", [*(a for v, p in sd35.items() for a in ("--model", f"{v}={p}")),
                                         "--adapter-root", str(adapters), "--default-size", "128", *common],
                                log_path=logs / "sd35.log"),
@@ -91,13 +93,16 @@ def run_demo(models_dir: Path, out_dir: Path, json_out: str = "") -> int:
     codes: dict[str, int] = {}
     comparison = None
     try:
-        for name in ("vit", "sd35", "ranker"):
-            services[name].start(timeout_s=600)
-            _say(f"{name} SERVING on {services[name].target} (metrics :{services[name].metrics_port})")
+        for svc in services.values():  # all load at the same time
+            svc.launch()
+        for name, svc in services.items():
+            svc.wait_ready(timeout_s=600)
+            _say(f"{name} SERVING on {svc.target} (metrics :{svc.metrics_port})")
         services["gateway"] = ServiceProcess("gateway", [
-            "--vit", services["vit"].target, "--sd35", services["sd35"].target, "--ranker", services["ranker"].target,
-            "--lora-probe-path", "loras/example.safetensors", "--http-port", "-1", "--drain-delay-s", "0"],
-            log_path=logs / "gateway.log")
+            "--vit", services["vit"].target, "--vit-precisions", f"int8={services['vit-int8'].target}",
+            "--sd35", services["sd35"].target, "--ranker", services["ranker"].target,
+            "--lora-probe-path", "loras/example.safetensors", "--imagenet-classes", "tench,goldfish,volcano",
+            "--http-port", "-1", "--drain-delay-s", "0"], log_path=logs / "gateway.log")
         services["gateway"].start(timeout_s=120)
         _say(f"gateway SERVING on {services['gateway'].target}")
         settings = ClientSettings(services["gateway"].target)

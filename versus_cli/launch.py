@@ -78,13 +78,28 @@ class ServiceProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 120.0, credentials: grpc.ChannelCredentials | None = None) -> ServiceProcess:
-        port_file = Path(self._tmp.name) / "ports.json"
+    @property
+    def _port_file(self) -> Path:
+        return Path(self._tmp.name) / "ports.json"
+
+    def launch(self) -> ServiceProcess:
+        """Start the process and return at once (several services can load at the same time);
+        :meth:`wait_ready` then waits for it to serve."""
         self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115 - closed in _cleanup
         log = self._log or subprocess.DEVNULL
         cmd = [sys.executable, "-m", "versus_cli", "serve", self.service, "--host", "127.0.0.1", "--port", "0",
-               "--metrics-port", "0", "--metrics-host", "127.0.0.1", "--port-file", str(port_file), *self.args]
+               "--metrics-port", "0", "--metrics-host", "127.0.0.1", "--port-file", str(self._port_file), *self.args]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log)
+        return self
+
+    def start(self, timeout_s: float = 120.0, credentials: grpc.ChannelCredentials | None = None) -> ServiceProcess:
+        """Launch and wait until health says SERVING (or raise ServiceStartError with its own words)."""
+        return self.launch().wait_ready(timeout_s, credentials)
+
+    def wait_ready(self, timeout_s: float = 120.0, credentials: grpc.ChannelCredentials | None = None
+                   ) -> ServiceProcess:
+        assert self.proc is not None, "launch() first"
+        port_file = self._port_file
         deadline = time.monotonic() + timeout_s
         try:
             while not port_file.exists() or not port_file.read_text():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from versus.common.v1 import common_pb2
 
 from services.common.backend import Capability, ModelInfo
@@ -16,6 +18,17 @@ PRECISION_TO_PROTO = {
     "int8": common_pb2.PRECISION_INT8,
 }
 PRECISION_FROM_PROTO = {v: k for k, v in PRECISION_TO_PROTO.items()}
+
+
+def enum_value(enum: Any, prefix: str, name: str) -> int:
+    """A contract enum value from its lower-case spelling: ``(Variant, "VARIANT", "large-turbo")`` →
+    ``VARIANT_LARGE_TURBO`` — the one naming rule every service and tool uses (ValueError if unknown)."""
+    return int(enum.Value(f"{prefix}_{name.upper().replace('-', '_')}"))
+
+
+def enum_name(enum: Any, prefix: str, value: int) -> str:
+    """The inverse of :func:`enum_value`: ``VARIANT_LARGE_TURBO`` → ``"large-turbo"``."""
+    return str(enum.Name(value)).removeprefix(prefix + "_").lower().replace("_", "-")
 
 
 def capability_to_proto(c: Capability) -> common_pb2.Capability:

@@ -29,7 +29,8 @@ class GatewayConfig(ServerConfig):
                            "empty: no ViT (its evidence is unavailable).")
     sd35: str = setting("", "sd35 service target; empty: no SD3.5.")
     ranker: str = setting("", "ranker service target; empty: no catalog, scores or matches.")
-    vit_precisions: str = setting("", "Extra vit services at other precisions for the precision probe, "
+    vit_precisions: str = setting("", "Other deployments of the served ViT at other precisions for the precision "
+                                      "probe, timed against fp32 (the main vit service, or an 'fp32=' entry): "
                                       "e.g. 'int8=127.0.0.1:50061,bf16=...'.")
     served: str = setting(DEFAULT_SERVED, "Catalog id → the service serving it live: 'ID=vit' or 'ID=sd35/VARIANT', "
                                           "comma-separated.")
@@ -87,9 +88,9 @@ class GatewayConfig(ServerConfig):
         out = {}
         for part in filter(None, (p.strip() for p in self.vit_precisions.split(","))):
             precision, _, target = part.partition("=")
-            if precision not in ("bf16", "fp16", "int8") or not target:
+            if precision not in ("fp32", "bf16", "fp16", "int8") or not target:
                 raise ConfigError(f"{self.env_name('vit_precisions')}: {part!r} is not PRECISION=TARGET "
-                                  "(PRECISION one of bf16, fp16, int8)")
+                                  "(PRECISION one of fp32, bf16, fp16, int8)")
             out[precision] = target
         return out
 

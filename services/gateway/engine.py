@@ -30,6 +30,7 @@ from versus.vit.v1 import vit_pb2
 
 from services.common.admission import Admission
 from services.common.client import ErrorDetails
+from services.common.convert import enum_name
 from services.common.errors import InvalidArgument, NotFound, quote
 from services.common.metrics import Metrics
 from services.gateway import evidence, quality
@@ -344,7 +345,7 @@ class _Run:
             self.unavailable("sd35", exc)
             return
         for v in reply.variants:  # type: ignore[attr-defined]
-            name = sd35_pb2.Variant.Name(v.variant).removeprefix("VARIANT_").lower().replace("_", "-")
+            name = enum_name(sd35_pb2.Variant, "VARIANT", v.variant)
             self.variants[name] = VariantInfo(name, v, weights_of(f"sd35/{name}", v.model))
 
     # -- probes ------------------------------------------------------------------------------------------
@@ -424,15 +425,20 @@ class _Run:
             if result is not None:
                 served.probes[name] = result
                 self.progress("probe", f"{name}: {'ok' if result.ok else 'see evidence'}", 0.3)
-        targets = self.cfg.precision_targets() if self._wanted(served.model_id, "vit.precision") else {}
-        if not targets and self._wanted(served.model_id, "vit.precision"):
-            served.probes["vit.precision"] = unavailable(
-                "vit.precision", f"this deployment serves {w.precision} only: no other precision is configured "
-                                 "to compare with (GATEWAY_VIT_PRECISIONS)", w)
-        for precision, target in targets.items():
+        if not self._wanted(served.model_id, "vit.precision"):
+            return
+        targets = self.cfg.precision_targets()
+        base = "vit" if w.precision == "fp32" else "vit-fp32" if "fp32" in targets else ""
+        others = {p: t for p, t in targets.items() if p != "fp32"}
+        if not base or not others:
+            why = (f"this deployment serves {w.precision} only: no other precision is configured to compare with"
+                   if not others else f"this deployment serves {w.precision}: no fp32 deployment to time against")
+            served.probes["vit.precision"] = unavailable("vit.precision", f"{why} (GATEWAY_VIT_PRECISIONS)", w)
+            return
+        for precision, target in others.items():
             name = f"vit.precision.{precision}"
             result = await self._probe("vit", w, f"{name}@{target}",
-                                       lambda p=precision: vp.precision(f"vit-{p}", p), kind=name)
+                                       lambda p=precision: vp.precision(f"vit-{p}", p, base), kind=name)
             if result is not None:
                 served.probes[name] = result
 

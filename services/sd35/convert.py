@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from versus.common.v1 import common_pb2
 from versus.sd35.v1 import sd35_pb2
 
-from services.common.convert import model_info_to_proto
+from services.common.convert import enum_value, model_info_to_proto
 from services.common.errors import InvalidArgument
 from services.sd35.adapters import AdapterInfo
 from services.sd35.requests import FORMATS, Event, Preview, Progress, Queued, Request, Result
@@ -21,10 +21,10 @@ if TYPE_CHECKING:  # the backend loads torch; this module must not
     from services.sd35.backend import ServiceDescription, VariantDescription
 
 #: variant name ↔ ``versus.sd35.v1.Variant`` (``large-turbo`` ↔ ``VARIANT_LARGE_TURBO``).
-VARIANT_TO_PROTO = {name: sd35_pb2.Variant.Value("VARIANT_" + name.upper().replace("-", "_")) for name in VARIANTS}
+VARIANT_TO_PROTO = {name: enum_value(sd35_pb2.Variant, "VARIANT", name) for name in VARIANTS}
 VARIANT_FROM_PROTO = {value: name for name, value in VARIANT_TO_PROTO.items()}
 #: output format name ↔ ``versus.sd35.v1.OutputFormat`` (UNSPECIFIED means PNG).
-FORMAT_TO_PROTO = {name: sd35_pb2.OutputFormat.Value("OUTPUT_FORMAT_" + name.upper()) for name in FORMATS}
+FORMAT_TO_PROTO = {name: enum_value(sd35_pb2.OutputFormat, "OUTPUT_FORMAT", name) for name in FORMATS}
 FORMAT_FROM_PROTO = {sd35_pb2.OUTPUT_FORMAT_UNSPECIFIED: "png"} | {v: k for k, v in FORMAT_TO_PROTO.items()}
 
 
