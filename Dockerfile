@@ -14,14 +14,15 @@ WORKDIR /src
 COPY requirements.lock ./
 # torch from PyTorch's CPU index first (PyPI's Linux wheel pulls ~3 GB of CUDA libraries), then the lock.
 RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && pip install -r requirements.lock \
-    && pip install --no-deps open-clip-torch==3.3.0
+    && pip install -r requirements.lock
 COPY protos protos
 COPY pyproject.toml README.md ./
 COPY services services
 COPY versus_cli versus_cli
 # The contracts are their own distribution (protos/); the services and tools stand on them.
-RUN pip install --no-deps ./protos . && pip check
+RUN pip install --no-deps ./protos . && pip check \
+    # open-clip-torch only for the CLIP BPE vocabulary it ships (the SD3.5 builders); not its torchvision.
+    && pip install --no-deps open-clip-torch==3.3.0
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="versus" org.opencontainers.image.version="0.1.0" \
