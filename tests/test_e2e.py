@@ -100,7 +100,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, vit_base_dir: Path, sd35_dirs: dic
                          timeout=900, cwd=ROOT)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     doc = json.loads(doc_path.read_text())
-    assert doc["exit_codes"] == {"gateway": 0, "ranker": 0, "sd35": 0, "vit": 0, "vit-int8": 0}
+    assert doc["exit_codes"] == {"gateway": 0, "ranker": 0, "sd35": 0, "vit": 0}
     assert doc["duels"] == 9 and doc["probes_run"] > 20  # 3 classes x 1 seed x 3 pairs of SD3.5 variants
     marks = doc["marks"]["vit-base-patch16-224"]
     assert "EVIDENCE_MARK_CONTRADICTED" in marks and "EVIDENCE_MARK_VERIFIED_LIVE" in marks
