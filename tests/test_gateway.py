@@ -255,6 +255,23 @@ def test_precision_probe_times_int8_against_fp32(gateway_stack: GatewayStack, vi
     assert "vs fp32" in speed.detail and not claim.unavailable_reason
 
 
+def test_per_service_tokens(gateway_stack: GatewayStack, vit_tiny_dir, tmp_path) -> None:
+    from services.vit.config import VitConfig
+    from services.vit.server import create_server as create_vit
+
+    token = tmp_path / "vit-token"
+    token.write_text("s3cret\n")
+    cfg = VitConfig.from_env({}, model=str(vit_tiny_dir), token="s3cret", torch_threads=1, port=0, metrics_port=0,
+                             host="127.0.0.1", metrics_host="127.0.0.1", drain_delay_s=0.0, log_format="text")
+    with InProcessServer(create_vit, cfg) as vit:
+        with fresh_gateway(gateway_stack, vit=vit.target) as gw, gw.channel() as ch:
+            c = gateway_pb2_grpc.GatewayServiceStub(ch).Compare(request(VIT, LARGE, live=False), timeout=120).comparison
+        assert ("vit", "UNAUTHENTICATED", "UNAUTHENTICATED") in [(u.component, u.code, u.reason) for u in c.unavailable]
+        with fresh_gateway(gateway_stack, vit=vit.target, vit_token_file=str(token)) as gw, gw.channel() as ch:
+            c = gateway_pb2_grpc.GatewayServiceStub(ch).Compare(request(VIT, LARGE, live=False), timeout=120).comparison
+        assert not [u for u in c.unavailable if u.component == "vit"] and c.models[0].served_by == "vit"
+
+
 # -- streaming, rendering, listing ---------------------------------------------------------------------------
 def test_compare_stream_sends_progress_then_the_comparison(stub) -> None:
     events = list(stub.CompareStream(request(VIT, LARGE, live=False), timeout=120))

@@ -36,6 +36,9 @@ class GatewayConfig(ServerConfig):
                                           "comma-separated.")
     downstream_token: str = setting("", "Bearer token sent to the model services and the ranker.")
     downstream_token_file: str = setting("", "File holding that token (e.g. a mounted Secret).")
+    vit_token_file: str = setting("", "Token file for the vit services (overrides downstream_token for them).")
+    sd35_token_file: str = setting("", "Token file for the sd35 service (overrides downstream_token for it).")
+    ranker_token_file: str = setting("", "Token file for the ranker (overrides downstream_token for it).")
     downstream_tls_ca: str = setting("", "PEM CA of the downstream services' certificates; enables TLS to them.")
     downstream_tls_cert: str = setting("", "Client certificate for mTLS to the downstream services.")
     downstream_tls_key: str = setting("", "Client key for mTLS to the downstream services.")
@@ -97,11 +100,16 @@ class GatewayConfig(ServerConfig):
     def classes(self) -> list[str]:
         return [c.strip() for c in self.imagenet_classes.split(",") if c.strip()]
 
-    def resolved_downstream_token(self) -> str:
-        if self.downstream_token_file:
-            try:
-                with open(self.downstream_token_file, encoding="utf-8") as fh:
-                    return fh.read().strip()
-            except OSError as exc:
-                raise ConfigError(f"{self.env_name('downstream_token_file')}: {exc}") from exc
+    def resolved_downstream_token(self, component: str = "") -> str:
+        """The token for ``component`` ("vit", "vit-int8", "sd35", "ranker"): its own file when set, else the
+        shared one (read when the server starts)."""
+        own = f"{component.split('-')[0]}_token_file" if component else ""
+        for name in (own, "downstream_token_file"):
+            path = getattr(self, name, "") if name else ""
+            if path:
+                try:
+                    with open(path, encoding="utf-8") as fh:
+                        return fh.read().strip()
+                except OSError as exc:
+                    raise ConfigError(f"{self.env_name(name)}: {exc}") from exc
         return self.downstream_token

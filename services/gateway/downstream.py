@@ -84,7 +84,7 @@ class Downstream:
     """The gateway's clients. Create inside the event loop; ``close()`` on shutdown."""
 
     def __init__(self, config: GatewayConfig) -> None:
-        self._token = config.resolved_downstream_token()
+        self._tokens = {c: config.resolved_downstream_token(c) for c in ("vit", "sd35", "ranker")}
         self._credentials = self._tls(config)
         self._server_name = config.downstream_server_name
         self.targets: dict[str, Target] = {}
@@ -116,10 +116,11 @@ class Downstream:
     def has(self, component: str) -> bool:
         return component in self.targets
 
-    def metadata(self, request_id: str = "") -> tuple[tuple[str, str], ...]:
+    def metadata(self, component: str, request_id: str = "") -> tuple[tuple[str, str], ...]:
         md: list[tuple[str, str]] = []
-        if self._token:
-            md.append(("authorization", f"Bearer {self._token}"))
+        token = self._tokens.get(component.split("-")[0], "")
+        if token:
+            md.append(("authorization", f"Bearer {token}"))
         if request_id:
             md.append(("x-request-id", request_id))
         return tuple(md)
@@ -134,7 +135,7 @@ class Downstream:
                                                           "no time left in the comparison's budget",
                                                           reason="BUDGET_EXHAUSTED"))
         try:
-            return await getattr(target.stub, method)(request, timeout=timeout_s, metadata=self.metadata())
+            return await getattr(target.stub, method)(request, timeout=timeout_s, metadata=self.metadata(component))
         except grpc.aio.AioRpcError as err:
             raise DownstreamError(component, error_details(err)) from None
 
@@ -145,7 +146,7 @@ class Downstream:
             raise NotConfigured(component)
         try:
             return [event async for event in getattr(target.stub, method)(
-                request, timeout=max(0.001, timeout_s), metadata=self.metadata())]
+                request, timeout=max(0.001, timeout_s), metadata=self.metadata(component))]
         except grpc.aio.AioRpcError as err:
             raise DownstreamError(component, error_details(err)) from None
 
