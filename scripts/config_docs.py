@@ -16,11 +16,12 @@ DOC = ROOT / "docs" / "CONFIGURATION.md"
 
 
 def config_classes() -> list[tuple[str, type]]:
+    from services.gateway.config import GatewayConfig
     from services.ranker.config import RankerConfig
     from services.sd35.config import Sd35Config
     from services.vit.config import VitConfig
 
-    return [("vit", VitConfig), ("sd35", Sd35Config), ("ranker", RankerConfig)]
+    return [("vit", VitConfig), ("sd35", Sd35Config), ("ranker", RankerConfig), ("gateway", GatewayConfig)]
 
 
 def render() -> str:
