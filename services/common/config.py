@@ -82,7 +82,6 @@ class ServerConfig:
     log_level: str = setting("INFO", "Log level.", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     log_format: str = setting("json", "Log format.", choices=("json", "text"))
     port_file: str = setting("", "Once serving, write the bound ports as JSON here (for scripts using port 0).")
-    torch_threads: int = setting(0, "torch intra-op threads; 0 keeps torch's default. Set it when pods share cores.")
 
     def __post_init__(self) -> None:
         self._check_choices()

@@ -15,6 +15,7 @@ class Sd35Config(ServerConfig):
 
     ENV_PREFIX = "SD35"
 
+    torch_threads: int = setting(0, "torch intra-op threads; 0 keeps torch's default. Set it when pods share cores.")
     port: int = setting(50052, "gRPC port; 0 picks a free port.")
     metrics_port: int = setting(9102, "Prometheus /metrics HTTP port; 0 picks a free port, -1 disables.")
     models: tuple[str, ...] = setting((), "Hosted variants as VARIANT=DIR (variants: large, large-turbo, medium).",

@@ -39,6 +39,7 @@ class VitConfig(ServerConfig):
         choices=PRECISIONS,
     )
     device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
+    torch_threads: int = setting(0, "torch intra-op threads; 0 keeps torch's default. Set it when pods share cores.")
     allow_download: bool = setting(False, "Allow fetching hub ids from the network (offline by default).")
     max_batch_size: int = setting(32, "Largest compute batch, in images.")
     max_wait_ms: float = setting(0.0, "Hold a non-full batch this long for more images; 0 = never wait.")
