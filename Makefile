@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps demo lint test test-fast protos bench-vit bench-ranker bench-sd35 clean help
+.PHONY: setup system-deps demo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-overload bench-gateway bench-gpu-vit clean help
 
 help:
 	@echo "make demo      build models, start the services, run the demo"
@@ -66,6 +66,18 @@ bench-ranker: setup
 
 bench-sd35: setup
 	$(PY) bench/sd35.py
+
+bench-vit-backends: setup
+	$(PY) bench/vit_backends.py
+
+bench-vit-overload: setup
+	$(PY) bench/vit_overload.py
+
+bench-gateway: setup
+	$(PY) bench/gateway.py
+
+bench-gpu-vit: setup  # on a machine with a CUDA GPU
+	$(PY) bench/gpu_vit.py
 
 clean:
 	rm -rf $(VENV) .models .pytest_cache

@@ -65,7 +65,8 @@ def test_cli_classify_and_embed_json(vit_digits_dir: Path, tmp_path: Path) -> No
         path = tmp_path / f"digit{i}.png"
         held.images[i].save(path)
         files.append(str(path))
-    with ServiceProcess("vit", ["--model", str(vit_digits_dir), "--token", "tok"], log_path=tmp_path / "log") as svc:
+    args = ["--model", str(vit_digits_dir), "--token", "tok", "--precision", "fp32"]  # compared with fp32 in process
+    with ServiceProcess("vit", args, log_path=tmp_path / "log") as svc:
         base = [sys.executable, "-m", "versus_cli"]
         out = subprocess.run([*base, "classify", "--target", svc.target, "--token", "tok", *files, "--top-k", "2",
                               "--json"], capture_output=True, text=True, check=True)

@@ -552,3 +552,17 @@ def test_metrics(server: InProcessServer, stub) -> None:
     assert 'versus_queue_depth{model="large"}' in m
     assert metric_sum(m, "versus_model_ready", model="medium") == 1
     assert metric_sum(m, "grpc_server_handled_total", grpc_code="OK", grpc_method="Generate") > 0
+
+
+def test_raw_output_is_the_pngs_pixels_without_encoding(stub) -> None:  # noqa: ANN001
+    """OUTPUT_FORMAT_RAW: width x height x 3 RGB bytes, the same pixels the PNG of the same request holds."""
+    import io
+
+    from PIL import Image
+
+    png = result(run(stub, gen(seed=5, output_format=sd35_pb2.OUTPUT_FORMAT_PNG)))
+    raw = result(run(stub, gen(seed=5, output_format=sd35_pb2.OUTPUT_FORMAT_RAW)))
+    assert raw.images[0].mime_type == "application/x-raw-rgb"
+    assert len(raw.images[0].data) == raw.width * raw.height * 3
+    with Image.open(io.BytesIO(png.images[0].data)) as decoded:
+        assert decoded.convert("RGB").tobytes() == raw.images[0].data

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -63,6 +63,9 @@ class ServiceBackend(abc.ABC):
         self.metrics = metrics
         self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix=f"{name}-device")
         self._ready = False
+        #: Set by the server: call it when readiness changes after start-up (health follows; ignored once
+        #: the server stops).
+        self.on_readiness: Callable[[bool], Awaitable[None]] | None = None
 
     @property
     def ready(self) -> bool:

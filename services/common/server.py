@@ -117,7 +117,9 @@ class VersusServer:
         self._shutdown_task: asyncio.Task[None] | None = None
 
     async def set_serving(self, serving: bool) -> None:
-        """Flip overall and per-service health."""
+        """Flip overall and per-service health; once stopping has begun nothing reports SERVING again."""
+        if serving and self._stopped:
+            return
         status = SERVING if serving else NOT_SERVING
         for name in ("", *self.service_names):
             await self.health.set(name, status)
@@ -129,6 +131,7 @@ class VersusServer:
         await self.grpc_server.start()
         self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         log.info("server listening; loading model", extra={"port": self.port, "services": self.service_names})
+        self.backend.on_readiness = self.set_serving  # a backend whose readiness changes later (a remote engine)
         try:
             await self.backend.start()
         except BaseException:

@@ -45,9 +45,12 @@ class GenerationOutput:
 
 def encode_image(image: Image.Image, fmt: str, png_level: int = 1) -> bytes:
     """PIL image → file bytes (deterministic for a given image). PNG is lossless at every level;
-    level 1 encodes a 1024x1024 image several times faster than PIL's default 6, for larger files."""
-    buf = io.BytesIO()
+    level 1 encodes a 1024x1024 image several times faster than PIL's default 6, for larger files; "raw"
+    is the pixels themselves (RGB, row-major), for callers that decode anyway."""
     pil_format, _ = FORMATS[fmt]
+    if pil_format == "RAW":  # width x height x 3 RGB bytes: nothing to encode
+        return image.convert("RGB").tobytes()
+    buf = io.BytesIO()
     options = {"quality": 95} if pil_format in ("JPEG", "WEBP") else {"compress_level": png_level}
     image.save(buf, format=pil_format, **options)
     return buf.getvalue()

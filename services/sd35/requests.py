@@ -34,7 +34,8 @@ MAX_ADAPTER_WEIGHT = 4.0
 ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ADAPTER_NAME_RULE = "must be 1..64 characters of [A-Za-z0-9_-]"
 #: Output formats: name → (PIL format, MIME type).
-FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp"),
+           "raw": ("RAW", "application/x-raw-rgb")}
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,8 +174,6 @@ class VitBackend(ServiceBackend):
         self.remote = config.backend == "triton"
         self.heads = HeadRegistry(config.max_heads, Path(config.heads_dir) if config.heads_dir else None,
                                   rescan_s=config.heads_rescan_s)
-        #: Called with the new readiness when Triton's model goes down or comes back (the server's health).
-        self.on_readiness: Callable[[bool], Awaitable[None]] | None = None
         self._watcher: asyncio.Task[None] | None = None
         watch_gpu_memory(metrics)
         self._pre_pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="vit-pre")

@@ -45,6 +45,14 @@ def triton_error(exc: BaseException, *, retry_after_s: float = 0.1) -> VersusErr
     return cls(message)
 
 
+#: gRPC channel settings toward Triton (see connect()).
+TRITON_CHANNEL_ARGS = [
+    ("grpc.lb_policy_name", "round_robin"), ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000), ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_send_message_length", 2**31 - 1), ("grpc.max_receive_message_length", 2**31 - 1),
+]
+
+
 class TritonVitModel(VitEngine):
     """A ViT served by Triton; preprocessing and labels come from the local model directory."""
 
@@ -75,7 +83,9 @@ class TritonVitModel(VitEngine):
         """Wait (up to ``timeout_s``) for the model to be ready, check its configuration, warm it up."""
         from tritonclient.grpc.aio import InferenceServerClient
 
-        self._client = InferenceServerClient(self.url)
+        # channel_args replace tritonclient's defaults: round_robin over every address the URL resolves to
+        # (a headless Service of Triton pods), keepalive, and the message sizes restated.
+        self._client = InferenceServerClient(self.url, channel_args=TRITON_CHANNEL_ARGS)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
         while not await self.ready():

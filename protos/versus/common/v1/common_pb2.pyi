@@ -152,7 +152,7 @@ class ModelInfo(_message.Message):
     device: _builtins.str
     """Device the model runs on: "cpu", "cuda:0", or "triton:<url>"."""
     backend: _builtins.str
-    """Execution backend: "torch" or "triton"."""
+    """Execution backend: "torch", "onnx" or "triton" (vit); "diffusers" (sd35); "numpy" (ranker); "grpc" (gateway)."""
     license: _builtins.str
     """SPDX id or license name, e.g. "apache-2.0"."""
     @_builtins.property

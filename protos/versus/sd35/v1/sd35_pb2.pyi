@@ -52,6 +52,11 @@ class _OutputFormatEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OutputFo
     OUTPUT_FORMAT_PNG: _OutputFormat.ValueType  # 1
     OUTPUT_FORMAT_JPEG: _OutputFormat.ValueType  # 2
     OUTPUT_FORMAT_WEBP: _OutputFormat.ValueType  # 3
+    OUTPUT_FORMAT_RAW: _OutputFormat.ValueType  # 4
+    """Raw pixels for service-to-service callers that decode anyway: width x height x 3 bytes, RGB, uint8,
+    row-major (Result.width / height give the shape), mime type "application/x-raw-rgb". No encoding
+    cost on the server (a 1024x1024 PNG costs 150-240 ms of CPU); 3 MiB per 1024x1024 image.
+    """
 
 class OutputFormat(_OutputFormat, metaclass=_OutputFormatEnumTypeWrapper): ...
 
@@ -60,6 +65,11 @@ OUTPUT_FORMAT_UNSPECIFIED: OutputFormat.ValueType  # 0
 OUTPUT_FORMAT_PNG: OutputFormat.ValueType  # 1
 OUTPUT_FORMAT_JPEG: OutputFormat.ValueType  # 2
 OUTPUT_FORMAT_WEBP: OutputFormat.ValueType  # 3
+OUTPUT_FORMAT_RAW: OutputFormat.ValueType  # 4
+"""Raw pixels for service-to-service callers that decode anyway: width x height x 3 bytes, RGB, uint8,
+row-major (Result.width / height give the shape), mime type "application/x-raw-rgb". No encoding
+cost on the server (a 1024x1024 PNG costs 150-240 ms of CPU); 3 MiB per 1024x1024 image.
+"""
 Global___OutputFormat: _TypeAlias = OutputFormat  # noqa: Y015
 
 @_typing.final
