@@ -59,7 +59,7 @@ def test_full_comparison_has_every_part(comparison: gateway_pb2.Comparison) -> N
     assert (vit.served_by, large.served_by) == ("vit", "sd35/large")
     assert vit.entry.display_name and vit.score.composite > 0 and large.score.composite > 0
     assert {f.name for f in c.facts} >= {"Type", "Parameters", "License", "Pricing", "Rank score", "Quality",
-                                         "Served by", "Latency p50 (1 image)"}
+                                         "Served by", "Latency, 1 image (ViT: p50 of 7)"}
     assert c.quality and c.quality[0].generator == LARGE and c.quality[0].images == 2  # tench, goldfish
     assert all(j.image_png.startswith(b"\x89PNG") and j.width == 128 for j in c.judgements)
     assert any("random weights" in n and "mechanism" in n for n in c.notes)

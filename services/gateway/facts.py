@@ -89,7 +89,7 @@ ROWS: list[tuple[str, Callable[[gateway_pb2.ModelReport], Cell]]] = [
     ("Match graph", lambda r: _sub(r.score, "match_graph")),
     ("Times matched", lambda r: (str(r.times_matched), "ranker match graph")),
     ("Served by", _served),
-    ("Latency p50 (1 image)", lambda r: _measured(r, "latency_p50_ms", "{:.1f} ms") if r.served_by == "vit"
+    ("Latency, 1 image (ViT: p50 of 7)", lambda r: _measured(r, "latency_p50_ms", "{:.1f} ms") if r.served_by == "vit"
      else _measured(r, "generate_ms", "{:.0f} ms")),
     ("Throughput", lambda r: _measured(r, "throughput_img_s", "{:.1f} img/s")),
 ]
