@@ -67,8 +67,8 @@ def test_full_comparison_has_every_part(comparison: gateway_pb2.Comparison) -> N
 
 
 def test_structural_probes_check_the_served_shape(comparison: gateway_pb2.Comparison) -> None:
-    detail = row(comparison, VIT, "imagenet-1k-classification", "Pre-trained").detail
-    assert row(comparison, VIT, "imagenet-1k-classification", "Pre-trained").mark == MARK.Value(
+    detail = row(comparison, VIT, "imagenet-1k-classification", "distribution").detail
+    assert row(comparison, VIT, "imagenet-1k-classification", "distribution").mark == MARK.Value(
         "EVIDENCE_MARK_VERIFIED_LIVE")
     assert "saw 1000 label scores summing to 1.0000" in detail and "= argmax" in detail
     emb = row(comparison, VIT, "embedding-extraction")
@@ -126,6 +126,25 @@ def test_provenance_on_every_number(comparison: gateway_pb2.Comparison) -> None:
 
 
 # -- trouble -------------------------------------------------------------------------------------------
+def test_live_rows_state_what_their_probes_checked(comparison: gateway_pb2.Comparison) -> None:
+    """A live row never borrows the catalog's wording (a size probe does not verify "high quality")."""
+    from services.gateway.evidence import PROBE_CLAIMS
+
+    for r in rows(comparison, LARGE) + rows(comparison, VIT):
+        if r.probes and r.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and not r.claimed_value:
+            assert any(statement in r.claim for statement in PROBE_CLAIMS.values()), r.claim
+
+
+def test_a_huge_id_list_is_refused_at_once_with_one_violation(stub) -> None:
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Compare(gateway_pb2.CompareRequest(model_ids=["x!"] * 200_000), timeout=30)
+    d = error_details(info.value)
+    assert d.code == grpc.StatusCode.INVALID_ARGUMENT and d.violations == (
+        ("model_ids", "compare 2..4 models, got 200000"),)
+    assert time.monotonic() - t0 < 5
+
+
 def test_bad_and_unknown_ids(stub) -> None:
     cases = [(request(VIT), "INVALID_ARGUMENT", "model_ids"),
              (request(VIT, "Bad Id!"), "INVALID_ARGUMENT", "model_ids[1]"),
@@ -176,6 +195,11 @@ def test_the_budget_and_the_callers_deadline_bound_the_comparison(gateway_stack:
         t0 = time.monotonic()
         c = stub.Compare(request(VIT, MEDIUM), timeout=2.0).comparison  # the caller's deadline, not the budget
         assert time.monotonic() - t0 < 2.0 and c.models
+        # the probe runs those impatient callers started went on on the gateway's own budget: a patient
+        # caller now gets every mark, none of them "budget exhausted"
+        c = stub.Compare(request(VIT, LARGE, budget_s=300), timeout=300).comparison
+        assert not [u for u in c.unavailable if "budget" in u.message], c.unavailable
+        assert row(c, LARGE, "megapixel-output").mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE")
 
 
 # -- sharing and counting --------------------------------------------------------------------------------

@@ -95,7 +95,7 @@ class ServiceBackend(abc.ABC):
         for model in self.model_names():
             self.metrics.model_ready.labels(model).set(0)
         await self.stopping()
-        self.executor.shutdown(wait=True)
+        await asyncio.to_thread(self.executor.shutdown, True)  # waits for the device thread, off the loop
 
     # -- for subclasses ------------------------------------------------------------------------------
     @abc.abstractmethod

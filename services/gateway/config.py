@@ -72,6 +72,10 @@ class GatewayConfig(ServerConfig):
             raise ConfigError("cache_ttl_s, tie_margin, probe_size and probe_steps must be >= 0")
         if self.probe_size % 16:
             raise ConfigError(f"{self.env_name('probe_size')} must be a multiple of 16")
+        if (self.downstream_tls_cert or self.downstream_tls_key) and not self.downstream_tls_ca:
+            raise ConfigError(f"{self.env_name('downstream_tls_cert')}/{self.env_name('downstream_tls_key')} "
+                              f"(mTLS) need {self.env_name('downstream_tls_ca')}: without it the channels are "
+                              "plaintext and the token would travel in the clear")
         if self.downstream_token and self.downstream_token_file:
             raise ConfigError(f"set {self.env_name('downstream_token')} or "
                               f"{self.env_name('downstream_token_file')}, not both")

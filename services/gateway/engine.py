@@ -57,6 +57,9 @@ MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
 CLASS_NAME = re.compile(r"[A-Za-z0-9 '.,()-]{1,64}")
 MAX_MODELS, MAX_CLASSES, MAX_PER_CLASS, MAX_BUDGET_S = 4, 16, 8, 600.0
 INFO_TTL_S = 5.0
+QUALITY_TOP5_BAR = 0.5
+#: Generations in flight per SD3.5 service from one comparison (its queue refuses beyond max_queue).
+GENERATE_CONCURRENCY = 2
 Progress = Callable[[str, str, float], None]
 
 
@@ -84,7 +87,7 @@ def validate(request: gateway_pb2.CompareRequest, config: GatewayConfig) -> Opti
     classes = list(p.imagenet_classes)
     if len(classes) > MAX_CLASSES:
         problems.append(("probes.imagenet_classes", f"at most {MAX_CLASSES} classes, got {len(classes)}"))
-    for i, name in enumerate(classes[:MAX_CLASSES]):
+    for i, name in enumerate(classes[:MAX_CLASSES]):  # (at most MAX_CLASSES violations + the ids' 4 + 2)
         if not CLASS_NAME.fullmatch(name):
             problems.append((f"probes.imagenet_classes[{i}]", f"must be 1..64 plain characters, got {quote(name)}"))
     if not 0 <= p.images_per_class <= MAX_PER_CLASS:
@@ -99,14 +102,16 @@ def validate(request: gateway_pb2.CompareRequest, config: GatewayConfig) -> Opti
 
 
 def _id_problems(ids: list[str]) -> list[tuple[str, str]]:
-    problems = []
+    """At most MAX_MODELS ids are looked at (a request with 20 million ids costs no more than one with 5)."""
     if not 2 <= len(ids) <= MAX_MODELS:
-        problems.append(("model_ids", f"compare 2..{MAX_MODELS} models, got {len(ids)}"))
+        return [("model_ids", f"compare 2..{MAX_MODELS} models, got {len(ids)}")]
+    problems, seen = [], set()
     for i, model_id in enumerate(ids):
         if not MODEL_ID.fullmatch(model_id):
             problems.append((f"model_ids[{i}]", f"must be 1..128 characters of [a-z0-9._-], got {quote(model_id)}"))
-        elif model_id in ids[:i]:
+        elif model_id in seen:
             problems.append((f"model_ids[{i}]", f"{quote(model_id)} is listed twice"))
+        seen.add(model_id)
     return problems
 
 
@@ -164,7 +169,11 @@ class Gateway:
             pending.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._info_calls[key] = pending
             pending.add_done_callback(lambda _t: self._info_calls.pop(key, None))
-        reply = await asyncio.shield(pending)
+        try:
+            reply = await asyncio.wait_for(asyncio.shield(pending), max(0.001, timeout))
+        except TimeoutError:
+            raise DownstreamError(component, ErrorDetails(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer within the "
+                                                          "budget", reason="BUDGET_EXHAUSTED")) from None
         self._info[key] = (time.monotonic() + INFO_TTL_S, reply)
         return reply
 
@@ -240,6 +249,9 @@ class _Run:
         self.cfg = gw.config
         self.opts = opts
         self.budget = budget
+        #: Probe runs are shared with (and cached for) other comparisons, so they run on the gateway's own
+        #: budget, not on this caller's: a caller with a short deadline stops waiting, the run goes on.
+        self.probe_budget = Budget(time.monotonic() + gw.config.compare_budget_s, gw.config.call_timeout_s)
         self._progress = progress
         self._fraction = 0.0
         self.c = gateway_pb2.Comparison(model_ids=list(opts.model_ids), comparison_id=opts.comparison_id(),
@@ -251,6 +263,8 @@ class _Run:
         self.served: dict[str, _Served] = {}
         self.judgements: list[gateway_pb2.Judgement] = []
         self.labels: list[str] = []
+        self.classes: list[str] = []
+        self.generators: list[str] = []
 
     def progress(self, stage: str, detail: str, fraction: float) -> None:
         """Report progress; concurrent stages report their own estimates, so the fraction never goes back."""
@@ -277,6 +291,7 @@ class _Run:
         await self._catalog()
         self.progress("probe", "asking the model services what they serve", 0.08)
         await self._infos()
+        await self._classes()  # the client's classes are checked against the judge before any probe runs
         await self._probes()
         await self._quality()
         duels = await self._head_to_head()
@@ -396,14 +411,15 @@ class _Run:
 
     async def _probes(self) -> None:
         jobs: list[Awaitable[None]] = []
-        for served in self.served.values():
+        compared = [self.served[m] for m in self.opts.model_ids if m in self.served]  # not the extra duellists
+        for served in compared:
             served.probes["info"] = self._info_result(served)
             if served.service == "vit":
                 jobs.append(self._vit_probes(served))
             else:
                 jobs.append(self._sd35_probes(served))
         if jobs:
-            self.progress("probe", f"probing {len(self.served)} served model(s)", 0.15)
+            self.progress("probe", f"probing {len(compared)} served model(s)", 0.15)
             await asyncio.gather(*jobs)
 
     def _wanted(self, model_id: str, probe: str) -> bool:
@@ -415,7 +431,7 @@ class _Run:
 
     async def _vit_probes(self, served: _Served) -> None:
         assert self.vit is not None
-        vp = VitProbes(self.ds, self.vit, self.budget)
+        vp = VitProbes(self.ds, self.vit, self.probe_budget)
         w = served.weights
         for name, fn in (("vit.distribution", vp.distribution), ("vit.embedding", vp.embedding),
                          ("vit.batching", vp.latency_and_batching), ("vit.transfer", vp.transfer)):
@@ -443,7 +459,8 @@ class _Run:
                 served.probes[name] = result
 
     def _sd35(self, variant: str) -> Sd35Probes:
-        return Sd35Probes(self.ds, self.variants[variant], self.budget, self.cfg.probe_size, self.cfg.probe_steps)
+        return Sd35Probes(self.ds, self.variants[variant], self.probe_budget, self.cfg.probe_size,
+                          self.cfg.probe_steps)
 
     async def _sd35_probes(self, served: _Served) -> None:
         variant = served.service[5:]
@@ -458,12 +475,12 @@ class _Run:
             if result is not None:
                 served.probes[short] = result
                 self.progress("probe", f"sd35 {variant} {short}: {'ok' if result.ok else 'see evidence'}", 0.45)
-        if variant == "large-turbo" and "large" in self.variants:
+        turbo = served.probes.get("generate")
+        if variant == "large-turbo" and "large" in self.variants and turbo is not None and turbo.ran:
             large = self.variants["large"]
             base = await self._probe("sd35/large", large.weights, "sd35.large.generate",
                                      self._sd35("large").size_and_determinism)
-            turbo = served.probes.get("generate")
-            if base is not None and base.ran and turbo is not None and turbo.ran:
+            if base is not None and base.ran:
                 speed = base.data["ms"] / turbo.data["ms"]
                 served.probes["turbo"] = ProbeResult(
                     "sd35.large-turbo.vs-large", True,
@@ -486,7 +503,7 @@ class _Run:
     async def _judge_labels(self) -> list[str]:
         assert self.vit is not None
         n = self.vit.response.num_labels
-        vp = VitProbes(self.ds, self.vit, self.budget)
+        vp = VitProbes(self.ds, self.vit, self.probe_budget)
 
         async def fetch() -> ProbeResult:
             reply = await vp._call("Classify", vit_pb2.ClassifyRequest(images=[_blank_png()], top_k=n))
@@ -498,29 +515,46 @@ class _Run:
         result = await self._probe("vit", self.vit.weights, "vit.labels", fetch)
         return result.data.get("labels", []) if result is not None and result.ran else []
 
-    async def _quality(self) -> None:
-        generators = self._generators()
-        if not generators:
+    async def _classes(self) -> None:
+        """The ImageNet classes of the quality probe, as the judge names them. A class the client sent that
+        is not a judge label is INVALID_ARGUMENT; a default from the config that is not is dropped (noted)."""
+        self.classes: list[str] = []
+        self.generators = self._generators()
+        if not self.generators:
             return
         if self.vit is None:
             self.unavailable("quality", "no ViT judge is reachable: cross-model quality and head-to-head skipped")
             return
         self.labels = await self._judge_labels()
         if not self.labels:
-            self.unavailable("quality", "the ViT judge's labels could not be read")
-            return
+            if self.opts.live:
+                self.unavailable("quality", "the ViT judge's labels could not be read")
+            return  # not live and nothing cached: no quality evidence this time
+        from_client = self.opts.classes != tuple(self.cfg.classes())
         for i, name in enumerate(self.opts.classes):
-            if quality.class_index(self.labels, name) < 0:
+            index = quality.class_index(self.labels, name)
+            if index >= 0:
+                self.classes.append(self.labels[index].split(",")[0].strip())
+            elif from_client:
                 raise InvalidArgument(f"probes.imagenet_classes[{i}]",
                                       f"{quote(name)} is not a label of the judge ({self.vit.response.model.id})")
-        jobs = [(g, c, self.cfg.probe_seed + k) for g in generators for c in self.opts.classes
+            else:
+                self.c.notes.append(f"The default class {name!r} is not a label of the judge; it was skipped.")
+
+    async def _quality(self) -> None:
+        generators = self.generators if self.classes else []
+        if not generators:
+            return
+        gate = asyncio.Semaphore(GENERATE_CONCURRENCY)  # the SD3.5 queue would refuse a larger burst
+        jobs = [(g, c, self.cfg.probe_seed + k) for g in generators for c in self.classes
                 for k in range(self.opts.per_class)]
         self.progress("quality", f"{len(jobs)} images: 'a photo of a {{class}}' judged by the ViT service", 0.55)
         done = 0
 
         async def one(generator: str, cls: str, seed: int) -> None:
             nonlocal done
-            judged = await self._judgement(generator, cls, seed)
+            async with gate:
+                judged = await self._judgement(generator, cls, seed)
             done += 1
             if judged is not None:
                 self.judgements.append(judged)
@@ -543,11 +577,13 @@ class _Run:
         w.CopyFrom(served.weights)
         if self.vit is not None and self.vit.weights.kind != "real":
             w.kind = self.vit.weights.kind if w.kind == "real" else w.kind
-        detail = (f"{s.images} images of 'a photo of a {{class}}' for {', '.join(self.opts.classes)} judged by "
+        detail = (f"{s.images} images of 'a photo of a {{class}}' for {', '.join(self.classes)} judged by "
                   f"{self.vit.response.model.id if self.vit else 'vit'} ({self.vit.weights.kind if self.vit else '?'} "
                   f"weights): top-1 hit {s.top1_hit_rate:.0%}, top-5 hit {s.top5_hit_rate:.0%}, mean p(class) "
                   f"{s.mean_class_probability:.4f}")
-        served.probes["quality"] = ProbeResult(f"quality.{generator}", True, detail, [
+        # On real weights the claim holds when the judge finds the prompted class in the top 5 of at least
+        # half the images; on other weights this is a mechanism check and never decides the mark.
+        served.probes["quality"] = ProbeResult(f"quality.{generator}", s.top5_hit_rate >= QUALITY_TOP5_BAR, detail, [
             measurement("prompt_top1_hit_rate", s.top1_hit_rate, "fraction", "quality", detail, w, at),
             measurement("prompt_top5_hit_rate", s.top5_hit_rate, "fraction", "quality", detail, w, at),
         ], {}, w, at)
@@ -571,7 +607,7 @@ class _Run:
             return None
         assert self.vit is not None
         png = image.data["png"]
-        vp = VitProbes(self.ds, self.vit, self.budget)
+        vp = VitProbes(self.ds, self.vit, self.probe_budget)
         judge_probe = f"vit.judge.{hashlib.sha256(png).hexdigest()[:24]}"
 
         async def classify() -> ProbeResult:

@@ -57,6 +57,22 @@ LIVE_CHECKS: dict[str, tuple[str, ...]] = {
     "open-self-hosted-inference": ("info",),
     "prompt-adherence": ("quality",),
 }
+#: What each probe itself verifies: the claim a live row states (never the catalog's wording, which a
+#: structural probe may not check — "high-quality images in 4 steps" is not what a size probe sees).
+PROBE_CLAIMS = {
+    "vit.distribution": "returns a probability distribution over all its labels whose top-1 is the logits' argmax",
+    "vit.embedding": "embeddings of the advertised width from every layer, identical on repeat",
+    "vit.batching": "serves batched requests (throughput at 10 images per request measured against 1)",
+    "vit.transfer": "a linear head trained on its embeddings classifies new examples (transfer learning)",
+    "vit.precision": "runs at reduced precision (speed and agreement measured against fp32)",
+    "info": "served here as described (backend, weights format and provenance reported by GetModelInfo)",
+    "generate": "an image of the requested size, byte-identical for the same request and seed",
+    "resolution": "the advertised pixel limits hold at their edges",
+    "lora": "a LoRA adapter changes the output; without it the base output returns",
+    "guidance": "guidance scale and negative prompts change the output",
+    "quality": "prompt adherence: the ViT judge finds the prompted ImageNet class in the images",
+}
+
 #: Claim metrics a live probe measures: metric → (measurement name, direction). "min": the measured value
 #: must reach the claim; "eq": equal it.
 LIVE_METRICS = {
@@ -173,6 +189,7 @@ def _live_capability(capability_id: str, claim: str, ev: ModelEvidence) -> gatew
         row.mark = UNAVAILABLE
         row.unavailable_reason = row.detail = "no probe result (not run within the budget)"
         return row
+    row.claim = "; ".join(dict.fromkeys(PROBE_CLAIMS.get(w, w) for w in LIVE_CHECKS[capability_id]))
     row.probes.extend(p.probe for p in probes)
     missing = [p for p in probes if not p.ran]
     if missing:
@@ -229,7 +246,7 @@ def _from_sources(capability_id: str, claim: ranker_pb2.Claim | None, text: str,
 
 def capability_evidence(ev: ModelEvidence, tolerance_pt: float) -> list[gateway_pb2.CapabilityEvidence]:
     """One row per claim of every capability of the model (the description is the claim when there is
-    none), each with its mark."""
+    none), each with its mark, plus one row per live-checked capability stating what its probes verified."""
     rows: list[gateway_pb2.CapabilityEvidence] = []
     claims_by_cap: dict[str, list[ranker_pb2.Claim]] = {}
     for claim in ev.entry.claims:
@@ -237,8 +254,10 @@ def capability_evidence(ev: ModelEvidence, tolerance_pt: float) -> list[gateway_
     for cap in ev.entry.capabilities:
         claims = claims_by_cap.get(cap.id, [])
         live = _live_capability(cap.id, cap.description, ev)
-        if live is not None or not claims:
-            rows.append(live or _from_sources(cap.id, None, cap.description, ev))
+        if live is not None:  # what the probe verified, in its own words; the claims follow
+            rows.append(live)
+        elif not claims:
+            rows.append(_from_sources(cap.id, None, cap.description, ev))
         for claim in claims:
             rows.append(_claim_row(claim, ev, tolerance_pt))
     return rows

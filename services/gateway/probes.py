@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import logging
 import math
 import statistics
 import time
@@ -18,14 +19,30 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import grpc
 from PIL import Image, ImageDraw
 from versus.common.v1 import common_pb2
 from versus.gateway.v1 import gateway_pb2
 from versus.sd35.v1 import sd35_pb2
 from versus.vit.v1 import vit_pb2
 
+from services.common.client import ErrorDetails
 from services.common.convert import PRECISION_FROM_PROTO, enum_value
 from services.gateway.downstream import Downstream, DownstreamError
+
+#: Deadline of a probe's clean-up call (DeleteHead, UnloadAdapter), apart from the spent budget.
+CLEANUP_TIMEOUT_S = 10.0
+
+
+async def cleanup(call: Awaitable[Any]) -> None:
+    """A clean-up call whose failure (already gone, service down) must not replace the probe's result."""
+    try:
+        await call
+    except DownstreamError as exc:
+        log.info("probe clean-up failed", extra={"component": exc.component, "error": exc.details.describe()})
+
+
+log = logging.getLogger(__name__)
 
 
 def now_iso() -> str:
@@ -207,13 +224,15 @@ class VitProbes:
                 buf = io.BytesIO()
                 image.save(buf, format="PNG")
                 examples.append(vit_pb2.LabelledImage(image=common_pb2.Image(data=buf.getvalue()), label=label))
-        created = await self._call("CreateHead", vit_pb2.CreateHeadRequest(name=head, examples=examples, epochs=50))
         try:
+            created = await self._call("CreateHead", vit_pb2.CreateHeadRequest(name=head, examples=examples,
+                                                                                epochs=50))
             probe = vit_pb2.ClassifyRequest(images=[examples[1].image, examples[6].image], top_k=1, head=head)
             reply = await self._call("Classify", probe)
             got = [r.labels[0].label for r in reply.results]
-        finally:
-            await self._call("DeleteHead", vit_pb2.DeleteHeadRequest(name=head))
+        finally:  # never leave a probe head behind (its own timeout: the budget may be spent by now)
+            await cleanup(self.ds.call(self.info.component, "DeleteHead", vit_pb2.DeleteHeadRequest(name=head),
+                                       CLEANUP_TIMEOUT_S))
         ok = got == ["red", "blue"]
         detail = (f"CreateHead '{head}' on 8 labelled images (red/blue): training accuracy "
                   f"{created.head.training_accuracy:.2f}; classified a red and a blue example as {got}; deleted it")
@@ -293,7 +312,10 @@ class Sd35Probes:
             req.adapters.add(name=adapter, weight=weight)
         t0 = time.perf_counter()
         events = await self.ds.stream("sd35", "Generate", req, self.budget.timeout())
-        result = next(e.result for e in events if e.WhichOneof("event") == "result")
+        result = next((e.result for e in events if e.WhichOneof("event") == "result"), None)
+        if result is None or not result.images:
+            raise DownstreamError("sd35", ErrorDetails(grpc.StatusCode.UNKNOWN, "Generate ended without an image",
+                                                       reason="NO_RESULT"))
         return Generated(result.images[0].data, result.width, result.height, result.steps, result.seeds[0],
                          (time.perf_counter() - t0) * 1e3)
 
@@ -343,6 +365,8 @@ class Sd35Probes:
                 await self.generate("a wide landscape", 3, size=side, steps=1)
                 refusals.append((side, "ACCEPTED", ""))
             except DownstreamError as exc:
+                if exc.details.code.name != "INVALID_ARGUMENT":
+                    raise  # an outage or a timeout says nothing about the limits: the probe is unavailable
                 fields = ",".join(f for f, _ in exc.details.violations)
                 refusals.append((side, exc.details.code.name, fields))
         ok = (edge.width, edge.height) == (max_side, max_side) and all(
@@ -376,10 +400,10 @@ class Sd35Probes:
             base = await self.generate("a watercolor fox", 5)
             styled = await self.generate("a watercolor fox", 5, adapters=((adapter, 1.0),))
             again = await self.generate("a watercolor fox", 5)
-        finally:
+        finally:  # never leave the probe's adapter loaded (it holds one of the variant's adapter slots)
             if loaded_here:
-                await self.ds.call("sd35", "UnloadAdapter", sd35_pb2.UnloadAdapterRequest(
-                    name=loaded_here, variant=variant_enum(self.v.name)), self.budget.timeout())
+                await cleanup(self.ds.call("sd35", "UnloadAdapter", sd35_pb2.UnloadAdapterRequest(
+                    name=loaded_here, variant=variant_enum(self.v.name)), CLEANUP_TIMEOUT_S))
         ok = styled.png != base.png and again.png == base.png
         changed = "changed" if styled.png != base.png else "UNCHANGED"
         restored = "byte-identical to the base" if again.png == base.png else "DIFFERENT from the base"
@@ -396,3 +420,5 @@ async def guarded(probe: str, fn: Callable[[], Awaitable[ProbeResult]], weights:
         return unavailable(probe, exc, weights)
     except TimeoutError:
         return unavailable(probe, "budget exhausted", weights)
+    except (IndexError, ValueError, OSError) as exc:  # a reply that is not what the contract promises
+        return unavailable(probe, f"malformed reply ({type(exc).__name__}: {str(exc)[:120]})", weights)

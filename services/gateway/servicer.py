@@ -37,6 +37,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
         task = asyncio.ensure_future(self.gateway.compare(request, timeout_s=context.time_remaining(),
                                                           progress=progress))
+        getter: asyncio.Future[gateway_pb2.CompareEvent] | None = None
         try:
             while not task.done() or not events.empty():
                 getter = asyncio.ensure_future(events.get())
@@ -48,6 +49,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             yield gateway_pb2.CompareEvent(comparison=task.result())
         finally:
             task.cancel()
+            if getter is not None:
+                getter.cancel()
 
     async def RenderComparison(self, request: gateway_pb2.RenderComparisonRequest,
                                context: grpc.aio.ServicerContext) -> gateway_pb2.RenderComparisonResponse:
@@ -55,11 +58,12 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
         if not request.comparison.models:
             raise EmptyComparison()
+        # Jinja2 + matplotlib take tens of ms to seconds: off the event loop, like the web pages
         if request.format == gateway_pb2.RENDER_FORMAT_HTML:
-            return gateway_pb2.RenderComparisonResponse(content=render_html(request.comparison),
-                                                        mime_type=_MIME[request.format])
-        return gateway_pb2.RenderComparisonResponse(content=render_markdown(request.comparison),
-                                                    mime_type="text/markdown; charset=utf-8")
+            content = await asyncio.to_thread(render_html, request.comparison)
+            return gateway_pb2.RenderComparisonResponse(content=content, mime_type=_MIME[request.format])
+        content = await asyncio.to_thread(render_markdown, request.comparison)
+        return gateway_pb2.RenderComparisonResponse(content=content, mime_type="text/markdown; charset=utf-8")
 
     async def ListModels(self, request: gateway_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> gateway_pb2.ListModelsResponse:
