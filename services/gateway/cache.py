@@ -22,20 +22,26 @@ class _Entry(Generic[T]):
     expires: float
 
 
+def lookup_counter(metrics: Metrics) -> Counter:
+    """``versus_gateway_probe_cache_total{probe,result}``, shared by the caches of one gateway."""
+    return Counter("versus_gateway_probe_cache", "Probe lookups by result (hit, shared, run, miss).",
+                   ("probe", "result"), registry=metrics.registry)
+
+
 class ProbeCache(Generic[T]):
     """``get(key, run, live)``: a fresh cached value, else the in-flight run's, else (when ``live``)
     a new run shared by every caller that asks meanwhile. ``ok`` says whether a result is a success:
     successes live ``ttl_s``, failures (a probe that could not run) only ``failure_ttl_s``, so an outage
     is retried soon but a flood of comparisons does not hammer a service that is down."""
 
-    def __init__(self, ttl_s: float, metrics: Metrics, *, max_entries: int = 4096, failure_ttl_s: float = 10.0) -> None:
+    def __init__(self, ttl_s: float, lookups: Counter, *, max_entries: int = 4096,
+                 failure_ttl_s: float = 10.0) -> None:
         self.ttl_s = ttl_s
         self.failure_ttl_s = min(ttl_s, failure_ttl_s)
         self.max_entries = max_entries
         self._values: dict[Hashable, _Entry[T]] = {}
         self._running: dict[Hashable, asyncio.Future[T]] = {}
-        self.lookups = Counter("versus_gateway_probe_cache", "Probe lookups by result (hit, shared, run, miss).",
-                               ("probe", "result"), registry=metrics.registry)
+        self.lookups = lookups  # one counter for every cache of a gateway (see lookup_counter)
 
     def fresh(self, key: Hashable) -> T | None:
         entry = self._values.get(key)

@@ -34,7 +34,7 @@ from services.common.convert import enum_name
 from services.common.errors import InvalidArgument, NotFound, quote
 from services.common.metrics import Metrics
 from services.gateway import evidence, quality
-from services.gateway.cache import ProbeCache
+from services.gateway.cache import ProbeCache, lookup_counter
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstream, DownstreamError
 from services.gateway.probes import (
@@ -136,13 +136,14 @@ class Gateway:
         self.config = config
         self.metrics = metrics
         self.m = GatewayMetrics(metrics)
-        self.cache: ProbeCache[object] = ProbeCache(config.cache_ttl_s, metrics)
+        lookups = lookup_counter(metrics)
+        self.cache: ProbeCache[object] = ProbeCache(config.cache_ttl_s, lookups)
+        #: GetModelInfo / ListModels answers: fresh for INFO_TTL_S, one call shared by concurrent comparisons
+        self.info_cache: ProbeCache[object] = ProbeCache(INFO_TTL_S, lookups)
         self.admission = Admission(config.max_concurrent_compares, model="gateway", metrics=metrics,
                                    what="comparisons")
         self.served = config.served_map()
         self.ds: Downstream | None = None
-        self._info: dict[str, tuple[float, object]] = {}
-        self._info_calls: dict[str, asyncio.Future[object]] = {}
 
     async def start(self) -> None:
         self.ds = Downstream(self.config)
@@ -159,22 +160,18 @@ class Gateway:
     # -- small read-through views ----------------------------------------------------------------
     async def _cached_call(self, component: str, method: str, request: object, timeout: float) -> object:
         """A read-only call whose answer stays good for INFO_TTL_S; concurrent callers share one call."""
-        key = f"{component}/{method}/{request.SerializeToString().hex()}"  # type: ignore[attr-defined]
-        hit = self._info.get(key)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        pending = self._info_calls.get(key)
-        if pending is None:
-            pending = asyncio.ensure_future(self.downstream.call(component, method, request, timeout))
-            pending.add_done_callback(lambda t: t.cancelled() or t.exception())
-            self._info_calls[key] = pending
-            pending.add_done_callback(lambda _t: self._info_calls.pop(key, None))
+        key = (component, method, request.SerializeToString())  # type: ignore[attr-defined]
+
+        async def call() -> object:
+            return await self.downstream.call(component, method, request, timeout)
+
         try:
-            reply = await asyncio.wait_for(asyncio.shield(pending), max(0.001, timeout))
+            reply, _ = await asyncio.wait_for(
+                self.info_cache.get(key, f"{component}.{method}", call, live=True, ok=lambda _r: True),
+                max(0.001, timeout))
         except TimeoutError:
             raise DownstreamError(component, ErrorDetails(grpc.StatusCode.DEADLINE_EXCEEDED, "no answer within the "
                                                           "budget", reason="BUDGET_EXHAUSTED")) from None
-        self._info[key] = (time.monotonic() + INFO_TTL_S, reply)
         return reply
 
     async def list_models(self) -> gateway_pb2.ListModelsResponse:
