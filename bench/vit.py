@@ -16,15 +16,13 @@ from __future__ import annotations
 import argparse
 import io
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import git_rev, machine, median, reexec_with, write_section  # noqa: E402
+from bench.report import git_rev, machine, median, reexec_with, run_clients, write_section  # noqa: E402
 from versus_cli.launch import SERVICE_ENV  # noqa: E402
 
 THREADS = 2
@@ -86,30 +84,12 @@ def run_service(model_dir: Path, images: list, clients: int, requests: int) -> t
         req = [vit_pb2.ClassifyRequest(images=[common_pb2.Image(data=d)], top_k=5) for d in images]
         for r in req[:3]:
             stub.Classify(r, timeout=120)
-        latencies: list[float] = []
-        overheads: list[float] = []  # client-observed latency minus the server's model compute
-        serving: list[float] = []  # ... and minus decode + preprocessing (work the raw baseline does too)
-        lock = threading.Lock()
-        counter = iter(range(requests))
-
-        def client(_: int) -> None:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                t0 = time.perf_counter()
-                reply = stub.Classify(req[i % len(req)], timeout=600)
-                ms = (time.perf_counter() - t0) * 1e3
-                with lock:
-                    latencies.append(ms)
-                    overheads.append(ms - reply.timings.compute_ms)
-                    serving.append(ms - reply.timings.compute_ms - reply.timings.preprocess_ms)
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(client, range(clients)))
-        wall = time.perf_counter() - t0
+        wall, results = run_clients(lambda i: stub.Classify(req[i % len(req)], timeout=600), requests, clients)
+        latencies = [ms for ms, _ in results]
+        # client-observed latency minus the server's model compute, and minus decode + preprocessing too
+        # (work the raw baseline does as well)
+        overheads = [ms - reply.timings.compute_ms for ms, reply in results]
+        serving = [ms - reply.timings.compute_ms - reply.timings.preprocess_ms for ms, reply in results]
         import urllib.request
 
         text = urllib.request.urlopen(f"http://127.0.0.1:{svc.metrics_port}/metrics", timeout=10).read().decode()

@@ -29,14 +29,13 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.report import git_rev, machine, reexec_with, write_section  # noqa: E402
+from bench.report import git_rev, machine, reexec_with, run_clients, write_section  # noqa: E402
 from bench.vit import sample_png  # noqa: E402
 from versus_cli.launch import SERVICE_ENV  # noqa: E402
 
@@ -57,27 +56,9 @@ class Load:
 # -- load generation ----------------------------------------------------------------------------------
 def drive(call: Callable[[int], None], requests: int, clients: int = CLIENTS) -> Load:
     """``clients`` threads issue ``requests`` calls in all; returns img/s and p50 latency."""
-    lock = threading.Lock()
-
     def run(n: int) -> tuple[float, list[float]]:
-        latencies: list[float] = []
-        counter = iter(range(n))
-
-        def client(_: int) -> None:
-            while True:
-                with lock:
-                    i = next(counter, None)
-                if i is None:
-                    return
-                t0 = time.perf_counter()
-                call(i)
-                with lock:
-                    latencies.append((time.perf_counter() - t0) * 1e3)
-
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(clients) as pool:
-            list(pool.map(client, range(clients)))
-        return time.perf_counter() - t0, latencies
+        wall, results = run_clients(call, n, clients)
+        return wall, [ms for ms, _ in results]
 
     run(clients)  # warm-up: one request per client
     wall, latencies = run(requests)
