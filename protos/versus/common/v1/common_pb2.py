@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dversus/common/v1/common.proto\x12\x10versus.common.v1\"(\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"<\n\nCapability\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\xd6\x02\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x12\n\nparameters\x18\x04 \x01(\x03\x12.\n\tprecision\x18\x05 \x01(\x0e\x32\x1b.versus.common.v1.Precision\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x0f\n\x07license\x18\x08 \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\t \x03(\x0b\x32\x1c.versus.common.v1.Capability\x12?\n\nproperties\x18\n \x03(\x0b\x32+.versus.common.v1.ModelInfo.PropertiesEntry\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"X\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"I\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t*v\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x12\n\x0ePRECISION_FP32\x10\x01\x12\x12\n\x0ePRECISION_BF16\x10\x02\x12\x12\n\x0ePRECISION_FP16\x10\x03\x12\x12\n\x0ePRECISION_INT8\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dversus/common/v1/common.proto\x12\x10versus.common.v1\"(\n\x05Image\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12\x11\n\tmime_type\x18\x02 \x01(\t\"<\n\nCapability\x12\n\n\x02id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"\x8c\x03\n\tModelInfo\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x12\n\nparameters\x18\x04 \x01(\x03\x12.\n\tprecision\x18\x05 \x01(\x0e\x32\x1b.versus.common.v1.Precision\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x0f\n\x07license\x18\x08 \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\t \x03(\x0b\x32\x1c.versus.common.v1.Capability\x12?\n\nproperties\x18\n \x03(\x0b\x32+.versus.common.v1.ModelInfo.PropertiesEntry\x12\x34\n\x07weights\x18\x0b \x01(\x0b\x32#.versus.common.v1.ServedWeightsInfo\x1a\x31\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\">\n\nWeightFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\"\x89\x01\n\x11ServedWeightsInfo\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x15\n\rreported_kind\x18\x04 \x01(\t\x12+\n\x05\x66iles\x18\x05 \x03(\x0b\x32\x1c.versus.common.v1.WeightFile\"X\n\x07Timings\x12\x10\n\x08queue_ms\x18\x01 \x01(\x01\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x15\n\rpreprocess_ms\x18\x03 \x01(\x01\x12\x10\n\x08total_ms\x18\x04 \x01(\x01\"I\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05\x66ield\x18\x04 \x01(\t*v\n\tPrecision\x12\x19\n\x15PRECISION_UNSPECIFIED\x10\x00\x12\x12\n\x0ePRECISION_FP32\x10\x01\x12\x12\n\x0ePRECISION_BF16\x10\x02\x12\x12\n\x0ePRECISION_FP16\x10\x03\x12\x12\n\x0ePRECISION_INT8\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,18 +33,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_MODELINFO_PROPERTIESENTRY']._loaded_options = None
   _globals['_MODELINFO_PROPERTIESENTRY']._serialized_options = b'8\001'
-  _globals['_PRECISION']._serialized_start=665
-  _globals['_PRECISION']._serialized_end=783
+  _globals['_PRECISION']._serialized_start=923
+  _globals['_PRECISION']._serialized_end=1041
   _globals['_IMAGE']._serialized_start=51
   _globals['_IMAGE']._serialized_end=91
   _globals['_CAPABILITY']._serialized_start=93
   _globals['_CAPABILITY']._serialized_end=153
   _globals['_MODELINFO']._serialized_start=156
-  _globals['_MODELINFO']._serialized_end=498
-  _globals['_MODELINFO_PROPERTIESENTRY']._serialized_start=449
-  _globals['_MODELINFO_PROPERTIESENTRY']._serialized_end=498
-  _globals['_TIMINGS']._serialized_start=500
-  _globals['_TIMINGS']._serialized_end=588
-  _globals['_ITEMERROR']._serialized_start=590
-  _globals['_ITEMERROR']._serialized_end=663
+  _globals['_MODELINFO']._serialized_end=552
+  _globals['_MODELINFO_PROPERTIESENTRY']._serialized_start=503
+  _globals['_MODELINFO_PROPERTIESENTRY']._serialized_end=552
+  _globals['_WEIGHTFILE']._serialized_start=554
+  _globals['_WEIGHTFILE']._serialized_end=616
+  _globals['_SERVEDWEIGHTSINFO']._serialized_start=619
+  _globals['_SERVEDWEIGHTSINFO']._serialized_end=756
+  _globals['_TIMINGS']._serialized_start=758
+  _globals['_TIMINGS']._serialized_end=846
+  _globals['_ITEMERROR']._serialized_start=848
+  _globals['_ITEMERROR']._serialized_end=921
 # @@protoc_insertion_point(module_scope)

@@ -139,6 +139,7 @@ class ModelInfo(_message.Message):
     LICENSE_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     PROPERTIES_FIELD_NUMBER: _builtins.int
+    WEIGHTS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Model identifier (hub id or directory name), e.g. "google/vit-base-patch16-224"."""
     family: _builtins.str
@@ -163,6 +164,13 @@ class ModelInfo(_message.Message):
     def properties(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form, service-specific facts (image size, labels count, ...). Values are strings."""
 
+    @_builtins.property
+    def weights(self) -> Global___ServedWeightsInfo:
+        """The weight files served, with their digests. What a service says about its own weights is a
+        description, not a proof: the gateway compares the per-file sha256 with the digests the catalog
+        records from the checkpoint's own repository before it calls weights real.
+        """
+
     def __init__(
         self,
         *,
@@ -176,14 +184,91 @@ class ModelInfo(_message.Message):
         license: _builtins.str = ...,
         capabilities: _abc.Iterable[Global___Capability] | None = ...,
         properties: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        weights: Global___ServedWeightsInfo | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["weights", b"weights"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "capabilities", b"capabilities", "device", b"device", "family", b"family", "id", b"id", "license", b"license", "parameters", b"parameters", "precision", b"precision", "properties", b"properties", "variant", b"variant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "capabilities", b"capabilities", "device", b"device", "family", b"family", "id", b"id", "license", b"license", "parameters", b"parameters", "precision", b"precision", "properties", b"properties", "variant", b"variant", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ModelInfo: _TypeAlias = ModelInfo  # noqa: Y015
+
+@_typing.final
+class WeightFile(_message.Message):
+    """One weight file a service serves."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Path relative to the model directory or hub snapshot, "/"-separated ("model.safetensors",
+    "transformer/diffusion_pytorch_model.safetensors").
+    """
+    sha256: _builtins.str
+    """sha256 of the file's bytes, 64 lowercase hex characters. (The Hugging Face cache names LFS blobs
+    by this digest.)
+    """
+    size_bytes: _builtins.int
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        sha256: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "sha256", b"sha256", "size_bytes", b"size_bytes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WeightFile: _TypeAlias = WeightFile  # noqa: Y015
+
+@_typing.final
+class ServedWeightsInfo(_message.Message):
+    """Where a service's weights came from and their digests, as the service reports them."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SOURCE_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    REPORTED_KIND_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    source: _builtins.str
+    """Where the weights were loaded from: a hub id ("google/vit-base-patch16-224") or a local directory."""
+    revision: _builtins.str
+    """Hub revision (the snapshot's commit) when loaded through a hub cache; empty otherwise."""
+    digest: _builtins.str
+    """sha256 over every weight file's relative path and sha256 (ModelInfo.properties["weights_digest"])."""
+    reported_kind: _builtins.str
+    """What the service says about its weights: "random" or "trained-here" (built by this project, per the
+    versus-weights.json marker), "external" (no marker: someone else's weights, unverified), "unknown".
+    Input, never proof.
+    """
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeightFile]:
+        """Every weight file (.safetensors, .onnx), sorted by path."""
+
+    def __init__(
+        self,
+        *,
+        source: _builtins.str = ...,
+        revision: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        reported_kind: _builtins.str = ...,
+        files: _abc.Iterable[Global___WeightFile] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "files", b"files", "reported_kind", b"reported_kind", "revision", b"revision", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServedWeightsInfo: _TypeAlias = ServedWeightsInfo  # noqa: Y015
 
 @_typing.final
 class Timings(_message.Message):

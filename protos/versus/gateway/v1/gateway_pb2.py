@@ -22,64 +22,65 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from versus.common.v1 import common_pb2 as versus_dot_common_dot_v1_dot_common__pb2
 from versus.ranker.v1 import ranker_pb2 as versus_dot_ranker_dot_v1_dot_ranker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fversus/gateway/v1/gateway.proto\x12\x11versus.gateway.v1\x1a\x1dversus/ranker/v1/ranker.proto\"\x90\x01\n\x0cProbeOptions\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\x18\n\x10imagenet_classes\x18\x02 \x03(\t\x12\x18\n\x10images_per_class\x18\x03 \x01(\x05\x12\x10\n\x08\x62udget_s\x18\x04 \x01(\x01\x12\x16\n\x0erecord_matches\x18\x05 \x01(\x08\x12\x14\n\x0chead_to_head\x18\x06 \x01(\x08\"T\n\x0e\x43ompareRequest\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\x12/\n\x06probes\x18\x02 \x01(\x0b\x32\x1f.versus.gateway.v1.ProbeOptions\"p\n\x06Source\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07locator\x18\x02 \x01(\t\x12\r\n\x05\x61s_of\x18\x03 \x01(\t\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\tB\x08\n\x06_value\"\x8b\x01\n\rServedWeights\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x17\n\x0fserved_model_id\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\"\xb7\x01\n\x0bMeasurement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\r\n\x05probe\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x13\n\x0bmeasured_at\x18\x06 \x01(\t\x12\x31\n\x07weights\x18\x07 \x01(\x0b\x32 .versus.gateway.v1.ServedWeights\x12\x16\n\x0emechanism_only\x18\x08 \x01(\x08\"\xe4\x02\n\x12\x43\x61pabilityEvidence\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rcapability_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\r\n\x05\x63laim\x18\x04 \x01(\t\x12-\n\x04mark\x18\x05 \x01(\x0e\x32\x1f.versus.gateway.v1.EvidenceMark\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x1a\n\rclaimed_value\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04unit\x18\x08 \x01(\t\x12*\n\x07sources\x18\t \x03(\x0b\x32\x19.versus.gateway.v1.Source\x12\x34\n\x0cmeasurements\x18\n \x03(\x0b\x32\x1e.versus.gateway.v1.Measurement\x12\x0e\n\x06probes\x18\x0b \x03(\t\x12\x1a\n\x12unavailable_reason\x18\x0c \x01(\tB\x10\n\x0e_claimed_value\"-\n\x08\x46\x61\x63tCell\x12\r\n\x05value\x18\x01 \x01(\t\x12\x12\n\nprovenance\x18\x02 \x01(\t\"C\n\x07\x46\x61\x63tRow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x1b.versus.gateway.v1.FactCell\"\xd9\x01\n\tJudgement\x12\x11\n\tgenerator\x18\x01 \x01(\t\x12\x16\n\x0eimagenet_class\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x12\n\ntop1_label\x18\x05 \x01(\t\x12\x19\n\x11\x63lass_probability\x18\x06 \x01(\x01\x12\x10\n\x08top1_hit\x18\x07 \x01(\x08\x12\x10\n\x08top5_hit\x18\x08 \x01(\x08\x12\x11\n\timage_png\x18\t \x01(\x0c\x12\r\n\x05width\x18\n \x01(\x05\x12\x0e\n\x06height\x18\x0b \x01(\x05\"\x99\x01\n\x0eQualitySummary\x12\x11\n\tgenerator\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x01(\x05\x12\x15\n\rtop1_hit_rate\x18\x03 \x01(\x01\x12\x15\n\rtop5_hit_rate\x18\x04 \x01(\x01\x12\x1e\n\x16mean_class_probability\x18\x05 \x01(\x01\x12\x16\n\x0emechanism_only\x18\x06 \x01(\x08\"\xec\x01\n\x04\x44uel\x12\x0f\n\x07model_a\x18\x01 \x01(\t\x12\x0f\n\x07model_b\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x15\n\rprobability_a\x18\x05 \x01(\x01\x12\x15\n\rprobability_b\x18\x06 \x01(\x01\x12*\n\x07outcome\x18\x07 \x01(\x0e\x32\x19.versus.ranker.v1.Outcome\x12\x0c\n\x04task\x18\x08 \x01(\t\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x10\n\x08match_id\x18\n \x01(\x03\x12\x11\n\tduplicate\x18\x0b \x01(\x08\"O\n\x0bUnavailable\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xb9\x02\n\x0bModelReport\x12-\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1e.versus.ranker.v1.CatalogEntry\x12+\n\x05score\x18\x02 \x01(\x0b\x32\x1c.versus.ranker.v1.ModelScore\x12;\n\x0c\x63\x61pabilities\x18\x03 \x03(\x0b\x32%.versus.gateway.v1.CapabilityEvidence\x12\x34\n\x0cmeasurements\x18\x04 \x03(\x0b\x32\x1e.versus.gateway.v1.Measurement\x12\x11\n\tserved_by\x18\x05 \x01(\t\x12\x31\n\x07weights\x18\x06 \x01(\x0b\x32 .versus.gateway.v1.ServedWeights\x12\x15\n\rtimes_matched\x18\x07 \x01(\x03\"\xb7\x04\n\nComparison\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\x12\x15\n\rcomparison_id\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12.\n\x06models\x18\x04 \x03(\x0b\x32\x1e.versus.gateway.v1.ModelReport\x12)\n\x05\x66\x61\x63ts\x18\x05 \x03(\x0b\x32\x1a.versus.gateway.v1.FactRow\x12/\n\x06scores\x18\x06 \x01(\x0b\x32\x1f.versus.ranker.v1.ScoreResponse\x12\x0f\n\x07verdict\x18\x07 \x01(\t\x12\x30\n\njudgements\x18\x08 \x03(\x0b\x32\x1c.versus.gateway.v1.Judgement\x12\x32\n\x07quality\x18\t \x03(\x0b\x32!.versus.gateway.v1.QualitySummary\x12&\n\x05\x64uels\x18\n \x03(\x0b\x32\x17.versus.gateway.v1.Duel\x12=\n\x0bleaderboard\x18\x0b \x01(\x0b\x32(.versus.ranker.v1.GetLeaderboardResponse\x12\x33\n\x0bunavailable\x18\x0c \x03(\x0b\x32\x1e.versus.gateway.v1.Unavailable\x12\r\n\x05notes\x18\r \x03(\t\x12\x12\n\nelapsed_ms\x18\x0e \x01(\x01\x12\x12\n\nprobes_run\x18\x0f \x01(\x05\x12\x15\n\rprobes_cached\x18\x10 \x01(\x05\"D\n\x0f\x43ompareResponse\x12\x31\n\ncomparison\x18\x01 \x01(\x0b\x32\x1d.versus.gateway.v1.Comparison\"B\n\x0f\x43ompareProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x02\"\x84\x01\n\x0c\x43ompareEvent\x12\x36\n\x08progress\x18\x01 \x01(\x0b\x32\".versus.gateway.v1.CompareProgressH\x00\x12\x33\n\ncomparison\x18\x02 \x01(\x0b\x32\x1d.versus.gateway.v1.ComparisonH\x00\x42\x07\n\x05\x65vent\"}\n\x17RenderComparisonRequest\x12\x31\n\ncomparison\x18\x01 \x01(\x0b\x32\x1d.versus.gateway.v1.Comparison\x12/\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1f.versus.gateway.v1.RenderFormat\">\n\x18RenderComparisonResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"Q\n\x0c\x43\x61talogModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tserved_by\x18\x04 \x01(\t\"E\n\x12ListModelsResponse\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.versus.gateway.v1.CatalogModel*\xc5\x01\n\x0c\x45videnceMark\x12\x1d\n\x19\x45VIDENCE_MARK_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45VIDENCE_MARK_VERIFIED_LIVE\x10\x01\x12\x1b\n\x17\x45VIDENCE_MARK_SUPPORTED\x10\x02\x12\x1e\n\x1a\x45VIDENCE_MARK_CONTRADICTED\x10\x03\x12\x19\n\x15\x45VIDENCE_MARK_CLAIMED\x10\x04\x12\x1d\n\x19\x45VIDENCE_MARK_UNAVAILABLE\x10\x05*a\n\x0cRenderFormat\x12\x1d\n\x19RENDER_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16RENDER_FORMAT_MARKDOWN\x10\x01\x12\x16\n\x12RENDER_FORMAT_HTML\x10\x02\x32\x81\x03\n\x0eGatewayService\x12P\n\x07\x43ompare\x12!.versus.gateway.v1.CompareRequest\x1a\".versus.gateway.v1.CompareResponse\x12U\n\rCompareStream\x12!.versus.gateway.v1.CompareRequest\x1a\x1f.versus.gateway.v1.CompareEvent0\x01\x12k\n\x10RenderComparison\x12*.versus.gateway.v1.RenderComparisonRequest\x1a+.versus.gateway.v1.RenderComparisonResponse\x12Y\n\nListModels\x12$.versus.gateway.v1.ListModelsRequest\x1a%.versus.gateway.v1.ListModelsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fversus/gateway/v1/gateway.proto\x12\x11versus.gateway.v1\x1a\x1dversus/common/v1/common.proto\x1a\x1dversus/ranker/v1/ranker.proto\"\x90\x01\n\x0cProbeOptions\x12\x0c\n\x04live\x18\x01 \x01(\x08\x12\x18\n\x10imagenet_classes\x18\x02 \x03(\t\x12\x18\n\x10images_per_class\x18\x03 \x01(\x05\x12\x10\n\x08\x62udget_s\x18\x04 \x01(\x01\x12\x16\n\x0erecord_matches\x18\x05 \x01(\x08\x12\x14\n\x0chead_to_head\x18\x06 \x01(\x08\"T\n\x0e\x43ompareRequest\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\x12/\n\x06probes\x18\x02 \x01(\x0b\x32\x1f.versus.gateway.v1.ProbeOptions\"p\n\x06Source\x12\x0b\n\x03url\x18\x01 \x01(\t\x12\x0f\n\x07locator\x18\x02 \x01(\t\x12\r\n\x05\x61s_of\x18\x03 \x01(\t\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04unit\x18\x05 \x01(\t\x12\r\n\x05label\x18\x06 \x01(\tB\x08\n\x06_value\"\xf0\x01\n\rServedWeights\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x17\n\x0fserved_model_id\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x07 \x01(\t\x12\x15\n\rreported_kind\x18\x08 \x01(\t\x12+\n\x05\x66iles\x18\t \x03(\x0b\x32\x1c.versus.common.v1.WeightFile\x12\r\n\x05proof\x18\n \x01(\t\x12\x10\n\x08revision\x18\x0b \x01(\t\"\xb7\x01\n\x0bMeasurement\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\x12\x0c\n\x04unit\x18\x03 \x01(\t\x12\r\n\x05probe\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t\x12\x13\n\x0bmeasured_at\x18\x06 \x01(\t\x12\x31\n\x07weights\x18\x07 \x01(\x0b\x32 .versus.gateway.v1.ServedWeights\x12\x16\n\x0emechanism_only\x18\x08 \x01(\x08\"\xc7\x03\n\x12\x43\x61pabilityEvidence\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x15\n\rcapability_id\x18\x02 \x01(\t\x12\r\n\x05title\x18\x03 \x01(\t\x12\r\n\x05\x63laim\x18\x04 \x01(\t\x12-\n\x04mark\x18\x05 \x01(\x0e\x32\x1f.versus.gateway.v1.EvidenceMark\x12\x0e\n\x06\x64\x65tail\x18\x06 \x01(\t\x12\x1a\n\rclaimed_value\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04unit\x18\x08 \x01(\t\x12*\n\x07sources\x18\t \x03(\x0b\x32\x19.versus.gateway.v1.Source\x12\x34\n\x0cmeasurements\x18\n \x03(\x0b\x32\x1e.versus.gateway.v1.Measurement\x12\x0e\n\x06probes\x18\x0b \x03(\t\x12\x1a\n\x12unavailable_reason\x18\x0c \x01(\t\x12\x35\n\nconditions\x18\r \x01(\x0b\x32!.versus.ranker.v1.ClaimConditions\x12\r\n\x05\x63heck\x18\x0e \x01(\t\x12\x1b\n\x13measured_conditions\x18\x0f \x01(\tB\x10\n\x0e_claimed_value\"-\n\x08\x46\x61\x63tCell\x12\r\n\x05value\x18\x01 \x01(\t\x12\x12\n\nprovenance\x18\x02 \x01(\t\"C\n\x07\x46\x61\x63tRow\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x05\x63\x65lls\x18\x02 \x03(\x0b\x32\x1b.versus.gateway.v1.FactCell\"\xbd\x02\n\tJudgement\x12\x11\n\tgenerator\x18\x01 \x01(\t\x12\x16\n\x0eimagenet_class\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x12\n\ntop1_label\x18\x05 \x01(\t\x12\x19\n\x11\x63lass_probability\x18\x06 \x01(\x01\x12\x10\n\x08top1_hit\x18\x07 \x01(\x08\x12\x10\n\x08top5_hit\x18\x08 \x01(\x08\x12\x11\n\timage_png\x18\t \x01(\x0c\x12\r\n\x05width\x18\n \x01(\x05\x12\x0e\n\x06height\x18\x0b \x01(\x05\x12\x10\n\x08judge_id\x18\x0c \x01(\t\x12\x14\n\x0cjudge_digest\x18\r \x01(\t\x12\x18\n\x10generator_digest\x18\x0e \x01(\t\x12\x11\n\tjudged_at\x18\x0f \x01(\t\x12\r\n\x05\x65rror\x18\x10 \x01(\t\"\xf5\x02\n\x0eQualitySummary\x12\x11\n\tgenerator\x18\x01 \x01(\t\x12\x0e\n\x06images\x18\x02 \x01(\x05\x12\x15\n\rtop1_hit_rate\x18\x03 \x01(\x01\x12\x15\n\rtop5_hit_rate\x18\x04 \x01(\x01\x12\x1e\n\x16mean_class_probability\x18\x05 \x01(\x01\x12\x16\n\x0emechanism_only\x18\x06 \x01(\x08\x12\x10\n\x08judge_id\x18\x07 \x01(\t\x12\x14\n\x0cjudge_digest\x18\x08 \x01(\t\x12\x18\n\x10generator_digest\x18\t \x01(\t\x12\x11\n\tjudged_at\x18\n \x01(\t\x12\x11\n\trequested\x18\x0b \x01(\x05\x12\x0c\n\x04lost\x18\x0c \x01(\x05\x12\x0e\n\x06\x66\x61iled\x18\r \x01(\x05\x12\x13\n\x0btop1_ci_low\x18\x0e \x01(\x01\x12\x14\n\x0ctop1_ci_high\x18\x0f \x01(\x01\x12\x13\n\x0btop5_ci_low\x18\x10 \x01(\x01\x12\x14\n\x0ctop5_ci_high\x18\x11 \x01(\x01\"\xcb\x02\n\x04\x44uel\x12\x0f\n\x07model_a\x18\x01 \x01(\t\x12\x0f\n\x07model_b\x18\x02 \x01(\t\x12\x0e\n\x06prompt\x18\x03 \x01(\t\x12\x0c\n\x04seed\x18\x04 \x01(\x03\x12\x15\n\rprobability_a\x18\x05 \x01(\x01\x12\x15\n\rprobability_b\x18\x06 \x01(\x01\x12*\n\x07outcome\x18\x07 \x01(\x0e\x32\x19.versus.ranker.v1.Outcome\x12\x0c\n\x04task\x18\x08 \x01(\t\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x12\x10\n\x08match_id\x18\n \x01(\x03\x12\x11\n\tduplicate\x18\x0b \x01(\x08\x12\x10\n\x08judge_id\x18\x0c \x01(\t\x12\x14\n\x0cjudge_digest\x18\r \x01(\t\x12\x10\n\x08\x64igest_a\x18\x0e \x01(\t\x12\x10\n\x08\x64igest_b\x18\x0f \x01(\t\x12\x11\n\tjudged_at\x18\x10 \x01(\t\"O\n\x0bUnavailable\x12\x11\n\tcomponent\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"\xb9\x02\n\x0bModelReport\x12-\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1e.versus.ranker.v1.CatalogEntry\x12+\n\x05score\x18\x02 \x01(\x0b\x32\x1c.versus.ranker.v1.ModelScore\x12;\n\x0c\x63\x61pabilities\x18\x03 \x03(\x0b\x32%.versus.gateway.v1.CapabilityEvidence\x12\x34\n\x0cmeasurements\x18\x04 \x03(\x0b\x32\x1e.versus.gateway.v1.Measurement\x12\x11\n\tserved_by\x18\x05 \x01(\t\x12\x31\n\x07weights\x18\x06 \x01(\x0b\x32 .versus.gateway.v1.ServedWeights\x12\x15\n\rtimes_matched\x18\x07 \x01(\x03\"\x80\x05\n\nComparison\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\x12\x15\n\rcomparison_id\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\t\x12.\n\x06models\x18\x04 \x03(\x0b\x32\x1e.versus.gateway.v1.ModelReport\x12)\n\x05\x66\x61\x63ts\x18\x05 \x03(\x0b\x32\x1a.versus.gateway.v1.FactRow\x12/\n\x06scores\x18\x06 \x01(\x0b\x32\x1f.versus.ranker.v1.ScoreResponse\x12\x0f\n\x07verdict\x18\x07 \x01(\t\x12\x30\n\njudgements\x18\x08 \x03(\x0b\x32\x1c.versus.gateway.v1.Judgement\x12\x32\n\x07quality\x18\t \x03(\x0b\x32!.versus.gateway.v1.QualitySummary\x12&\n\x05\x64uels\x18\n \x03(\x0b\x32\x17.versus.gateway.v1.Duel\x12=\n\x0bleaderboard\x18\x0b \x01(\x0b\x32(.versus.ranker.v1.GetLeaderboardResponse\x12\x33\n\x0bunavailable\x18\x0c \x03(\x0b\x32\x1e.versus.gateway.v1.Unavailable\x12\r\n\x05notes\x18\r \x03(\t\x12\x12\n\nelapsed_ms\x18\x0e \x01(\x01\x12\x12\n\nprobes_run\x18\x0f \x01(\x05\x12\x15\n\rprobes_cached\x18\x10 \x01(\x05\x12G\n\x15mechanism_leaderboard\x18\x11 \x01(\x0b\x32(.versus.ranker.v1.GetLeaderboardResponse\"D\n\x0f\x43ompareResponse\x12\x31\n\ncomparison\x18\x01 \x01(\x0b\x32\x1d.versus.gateway.v1.Comparison\"B\n\x0f\x43ompareProgress\x12\r\n\x05stage\x18\x01 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\x12\x10\n\x08\x66raction\x18\x03 \x01(\x02\"\x84\x01\n\x0c\x43ompareEvent\x12\x36\n\x08progress\x18\x01 \x01(\x0b\x32\".versus.gateway.v1.CompareProgressH\x00\x12\x33\n\ncomparison\x18\x02 \x01(\x0b\x32\x1d.versus.gateway.v1.ComparisonH\x00\x42\x07\n\x05\x65vent\"}\n\x17RenderComparisonRequest\x12\x31\n\ncomparison\x18\x01 \x01(\x0b\x32\x1d.versus.gateway.v1.Comparison\x12/\n\x06\x66ormat\x18\x02 \x01(\x0e\x32\x1f.versus.gateway.v1.RenderFormat\">\n\x18RenderComparisonResponse\x12\x0f\n\x07\x63ontent\x18\x01 \x01(\t\x12\x11\n\tmime_type\x18\x02 \x01(\t\"\x13\n\x11ListModelsRequest\"Q\n\x0c\x43\x61talogModel\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x11\n\tserved_by\x18\x04 \x01(\t\"E\n\x12ListModelsResponse\x12/\n\x06models\x18\x01 \x03(\x0b\x32\x1f.versus.gateway.v1.CatalogModel*\xc5\x01\n\x0c\x45videnceMark\x12\x1d\n\x19\x45VIDENCE_MARK_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x45VIDENCE_MARK_VERIFIED_LIVE\x10\x01\x12\x1b\n\x17\x45VIDENCE_MARK_SUPPORTED\x10\x02\x12\x1e\n\x1a\x45VIDENCE_MARK_CONTRADICTED\x10\x03\x12\x19\n\x15\x45VIDENCE_MARK_CLAIMED\x10\x04\x12\x1d\n\x19\x45VIDENCE_MARK_UNAVAILABLE\x10\x05*a\n\x0cRenderFormat\x12\x1d\n\x19RENDER_FORMAT_UNSPECIFIED\x10\x00\x12\x1a\n\x16RENDER_FORMAT_MARKDOWN\x10\x01\x12\x16\n\x12RENDER_FORMAT_HTML\x10\x02\x32\x81\x03\n\x0eGatewayService\x12P\n\x07\x43ompare\x12!.versus.gateway.v1.CompareRequest\x1a\".versus.gateway.v1.CompareResponse\x12U\n\rCompareStream\x12!.versus.gateway.v1.CompareRequest\x1a\x1f.versus.gateway.v1.CompareEvent0\x01\x12k\n\x10RenderComparison\x12*.versus.gateway.v1.RenderComparisonRequest\x1a+.versus.gateway.v1.RenderComparisonResponse\x12Y\n\nListModels\x12$.versus.gateway.v1.ListModelsRequest\x1a%.versus.gateway.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'versus.gateway.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EVIDENCEMARK']._serialized_start=3457
-  _globals['_EVIDENCEMARK']._serialized_end=3654
-  _globals['_RENDERFORMAT']._serialized_start=3656
-  _globals['_RENDERFORMAT']._serialized_end=3753
-  _globals['_PROBEOPTIONS']._serialized_start=86
-  _globals['_PROBEOPTIONS']._serialized_end=230
-  _globals['_COMPAREREQUEST']._serialized_start=232
-  _globals['_COMPAREREQUEST']._serialized_end=316
-  _globals['_SOURCE']._serialized_start=318
-  _globals['_SOURCE']._serialized_end=430
-  _globals['_SERVEDWEIGHTS']._serialized_start=433
-  _globals['_SERVEDWEIGHTS']._serialized_end=572
-  _globals['_MEASUREMENT']._serialized_start=575
-  _globals['_MEASUREMENT']._serialized_end=758
-  _globals['_CAPABILITYEVIDENCE']._serialized_start=761
-  _globals['_CAPABILITYEVIDENCE']._serialized_end=1117
-  _globals['_FACTCELL']._serialized_start=1119
-  _globals['_FACTCELL']._serialized_end=1164
-  _globals['_FACTROW']._serialized_start=1166
-  _globals['_FACTROW']._serialized_end=1233
-  _globals['_JUDGEMENT']._serialized_start=1236
-  _globals['_JUDGEMENT']._serialized_end=1453
-  _globals['_QUALITYSUMMARY']._serialized_start=1456
-  _globals['_QUALITYSUMMARY']._serialized_end=1609
-  _globals['_DUEL']._serialized_start=1612
-  _globals['_DUEL']._serialized_end=1848
-  _globals['_UNAVAILABLE']._serialized_start=1850
-  _globals['_UNAVAILABLE']._serialized_end=1929
-  _globals['_MODELREPORT']._serialized_start=1932
-  _globals['_MODELREPORT']._serialized_end=2245
-  _globals['_COMPARISON']._serialized_start=2248
-  _globals['_COMPARISON']._serialized_end=2815
-  _globals['_COMPARERESPONSE']._serialized_start=2817
-  _globals['_COMPARERESPONSE']._serialized_end=2885
-  _globals['_COMPAREPROGRESS']._serialized_start=2887
-  _globals['_COMPAREPROGRESS']._serialized_end=2953
-  _globals['_COMPAREEVENT']._serialized_start=2956
-  _globals['_COMPAREEVENT']._serialized_end=3088
-  _globals['_RENDERCOMPARISONREQUEST']._serialized_start=3090
-  _globals['_RENDERCOMPARISONREQUEST']._serialized_end=3215
-  _globals['_RENDERCOMPARISONRESPONSE']._serialized_start=3217
-  _globals['_RENDERCOMPARISONRESPONSE']._serialized_end=3279
-  _globals['_LISTMODELSREQUEST']._serialized_start=3281
-  _globals['_LISTMODELSREQUEST']._serialized_end=3300
-  _globals['_CATALOGMODEL']._serialized_start=3302
-  _globals['_CATALOGMODEL']._serialized_end=3383
-  _globals['_LISTMODELSRESPONSE']._serialized_start=3385
-  _globals['_LISTMODELSRESPONSE']._serialized_end=3454
-  _globals['_GATEWAYSERVICE']._serialized_start=3756
-  _globals['_GATEWAYSERVICE']._serialized_end=4141
+  _globals['_EVIDENCEMARK']._serialized_start=4176
+  _globals['_EVIDENCEMARK']._serialized_end=4373
+  _globals['_RENDERFORMAT']._serialized_start=4375
+  _globals['_RENDERFORMAT']._serialized_end=4472
+  _globals['_PROBEOPTIONS']._serialized_start=117
+  _globals['_PROBEOPTIONS']._serialized_end=261
+  _globals['_COMPAREREQUEST']._serialized_start=263
+  _globals['_COMPAREREQUEST']._serialized_end=347
+  _globals['_SOURCE']._serialized_start=349
+  _globals['_SOURCE']._serialized_end=461
+  _globals['_SERVEDWEIGHTS']._serialized_start=464
+  _globals['_SERVEDWEIGHTS']._serialized_end=704
+  _globals['_MEASUREMENT']._serialized_start=707
+  _globals['_MEASUREMENT']._serialized_end=890
+  _globals['_CAPABILITYEVIDENCE']._serialized_start=893
+  _globals['_CAPABILITYEVIDENCE']._serialized_end=1348
+  _globals['_FACTCELL']._serialized_start=1350
+  _globals['_FACTCELL']._serialized_end=1395
+  _globals['_FACTROW']._serialized_start=1397
+  _globals['_FACTROW']._serialized_end=1464
+  _globals['_JUDGEMENT']._serialized_start=1467
+  _globals['_JUDGEMENT']._serialized_end=1784
+  _globals['_QUALITYSUMMARY']._serialized_start=1787
+  _globals['_QUALITYSUMMARY']._serialized_end=2160
+  _globals['_DUEL']._serialized_start=2163
+  _globals['_DUEL']._serialized_end=2494
+  _globals['_UNAVAILABLE']._serialized_start=2496
+  _globals['_UNAVAILABLE']._serialized_end=2575
+  _globals['_MODELREPORT']._serialized_start=2578
+  _globals['_MODELREPORT']._serialized_end=2891
+  _globals['_COMPARISON']._serialized_start=2894
+  _globals['_COMPARISON']._serialized_end=3534
+  _globals['_COMPARERESPONSE']._serialized_start=3536
+  _globals['_COMPARERESPONSE']._serialized_end=3604
+  _globals['_COMPAREPROGRESS']._serialized_start=3606
+  _globals['_COMPAREPROGRESS']._serialized_end=3672
+  _globals['_COMPAREEVENT']._serialized_start=3675
+  _globals['_COMPAREEVENT']._serialized_end=3807
+  _globals['_RENDERCOMPARISONREQUEST']._serialized_start=3809
+  _globals['_RENDERCOMPARISONREQUEST']._serialized_end=3934
+  _globals['_RENDERCOMPARISONRESPONSE']._serialized_start=3936
+  _globals['_RENDERCOMPARISONRESPONSE']._serialized_end=3998
+  _globals['_LISTMODELSREQUEST']._serialized_start=4000
+  _globals['_LISTMODELSREQUEST']._serialized_end=4019
+  _globals['_CATALOGMODEL']._serialized_start=4021
+  _globals['_CATALOGMODEL']._serialized_end=4102
+  _globals['_LISTMODELSRESPONSE']._serialized_start=4104
+  _globals['_LISTMODELSRESPONSE']._serialized_end=4173
+  _globals['_GATEWAYSERVICE']._serialized_start=4475
+  _globals['_GATEWAYSERVICE']._serialized_end=4860
 # @@protoc_insertion_point(module_scope)

@@ -21,6 +21,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from versus.common.v1 import common_pb2 as _common_pb2
 from versus.ranker.v1 import ranker_pb2 as _ranker_pb2
 import builtins as _builtins
 import sys
@@ -216,6 +217,10 @@ class ServedWeights(_message.Message):
     PRECISION_FIELD_NUMBER: _builtins.int
     DEVICE_FIELD_NUMBER: _builtins.int
     BACKEND_FIELD_NUMBER: _builtins.int
+    REPORTED_KIND_FIELD_NUMBER: _builtins.int
+    FILES_FIELD_NUMBER: _builtins.int
+    PROOF_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """"vit", "sd35/large", ..."""
     served_model_id: _builtins.str
@@ -223,12 +228,29 @@ class ServedWeights(_message.Message):
     digest: _builtins.str
     """sha256 over the weight files (hex), as the service reports it; empty if it reports none."""
     kind: _builtins.str
-    """"real" (external weights), "random" (built here from a config), "trained-here" (trained by the
-    project, e.g. vit-digits), or "unknown".
+    """What the gateway established, never what the service says of itself:
+    "real": every served weight file's sha256 equals the digest the catalog records from the
+      checkpoint's own repository, and the served id equals the catalog's hub id;
+    "operator-attested": the digest equals one the deployer pinned in the gateway's config (may decide
+      quality claims; every such mark says so);
+    "trained-here" / "random": built by this project (decide claims about this deployment only);
+    "external-unverified": anything else (a mechanism check); "unknown": no description was read.
     """
     precision: _builtins.str
     device: _builtins.str
     backend: _builtins.str
+    reported_kind: _builtins.str
+    """What the service reported about its own weights (input, not proof)."""
+    proof: _builtins.str
+    """How kind was established, in words ("2 of 2 files match the catalog's digests (source, date)",
+    "the catalog records no published digests for this checkpoint").
+    """
+    revision: _builtins.str
+    """Hub revision, when the service loaded the weights through a hub cache."""
+    @_builtins.property
+    def files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WeightFile]:
+        """The served weight files with their sha256, as reported."""
+
     def __init__(
         self,
         *,
@@ -239,10 +261,14 @@ class ServedWeights(_message.Message):
         precision: _builtins.str = ...,
         device: _builtins.str = ...,
         backend: _builtins.str = ...,
+        reported_kind: _builtins.str = ...,
+        files: _abc.Iterable[_common_pb2.WeightFile] | None = ...,
+        proof: _builtins.str = ...,
+        revision: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "digest", b"digest", "kind", b"kind", "precision", b"precision", "served_model_id", b"served_model_id", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "digest", b"digest", "files", b"files", "kind", b"kind", "precision", b"precision", "proof", b"proof", "reported_kind", b"reported_kind", "revision", b"revision", "served_model_id", b"served_model_id", "service", b"service"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -314,6 +340,9 @@ class CapabilityEvidence(_message.Message):
     MEASUREMENTS_FIELD_NUMBER: _builtins.int
     PROBES_FIELD_NUMBER: _builtins.int
     UNAVAILABLE_REASON_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
+    CHECK_FIELD_NUMBER: _builtins.int
+    MEASURED_CONDITIONS_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     capability_id: _builtins.str
     title: _builtins.str
@@ -327,6 +356,10 @@ class CapabilityEvidence(_message.Message):
     unit: _builtins.str
     unavailable_reason: _builtins.str
     """For UNAVAILABLE: the reason (e.g. "vit: UNAVAILABLE (reason UNAVAILABLE): failed to connect")."""
+    check: _builtins.str
+    """The declared live check behind a live mark ("vit.batching"), empty for source or claimed marks."""
+    measured_conditions: _builtins.str
+    """The conditions the live measurement held under ("cpu, fp32, 224 px, batch 10, random weights")."""
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Source]:
         """Sources that support or contradict the claim, with their numbers."""
@@ -338,6 +371,10 @@ class CapabilityEvidence(_message.Message):
     @_builtins.property
     def probes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Probes that ran for it."""
+
+    @_builtins.property
+    def conditions(self) -> _ranker_pb2.ClaimConditions:
+        """The conditions the claim was made under (from the catalog)."""
 
     def __init__(
         self,
@@ -354,10 +391,13 @@ class CapabilityEvidence(_message.Message):
         measurements: _abc.Iterable[Global___Measurement] | None = ...,
         probes: _abc.Iterable[_builtins.str] | None = ...,
         unavailable_reason: _builtins.str = ...,
+        conditions: _ranker_pb2.ClaimConditions | None = ...,
+        check: _builtins.str = ...,
+        measured_conditions: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value", "claimed_value", b"claimed_value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value", "claimed_value", b"claimed_value", "conditions", b"conditions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value", "capability_id", b"capability_id", "claim", b"claim", "claimed_value", b"claimed_value", "detail", b"detail", "mark", b"mark", "measurements", b"measurements", "model_id", b"model_id", "probes", b"probes", "sources", b"sources", "title", b"title", "unavailable_reason", b"unavailable_reason", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value", "capability_id", b"capability_id", "check", b"check", "claim", b"claim", "claimed_value", b"claimed_value", "conditions", b"conditions", "detail", b"detail", "mark", b"mark", "measured_conditions", b"measured_conditions", "measurements", b"measurements", "model_id", b"model_id", "probes", b"probes", "sources", b"sources", "title", b"title", "unavailable_reason", b"unavailable_reason", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__claimed_value: _TypeAlias = _typing.Literal["claimed_value"]  # noqa: Y015
     _WhichOneofArgType__claimed_value: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value"]  # noqa: Y015
@@ -433,6 +473,11 @@ class Judgement(_message.Message):
     IMAGE_PNG_FIELD_NUMBER: _builtins.int
     WIDTH_FIELD_NUMBER: _builtins.int
     HEIGHT_FIELD_NUMBER: _builtins.int
+    JUDGE_ID_FIELD_NUMBER: _builtins.int
+    JUDGE_DIGEST_FIELD_NUMBER: _builtins.int
+    GENERATOR_DIGEST_FIELD_NUMBER: _builtins.int
+    JUDGED_AT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
     generator: _builtins.str
     """The catalog model that generated the image."""
     imagenet_class: _builtins.str
@@ -448,6 +493,17 @@ class Judgement(_message.Message):
     """The generated image (PNG), for the report."""
     width: _builtins.int
     height: _builtins.int
+    judge_id: _builtins.str
+    """Provenance: the judge's served model id and weights digest, the generator's weights digest, and
+    the RFC 3339 time the judgement was made.
+    """
+    judge_digest: _builtins.str
+    generator_digest: _builtins.str
+    judged_at: _builtins.str
+    error: _builtins.str
+    """Set when the generation or the judgement failed by a fault of the service (an answer out of
+    contract): the image counts as a miss and the error is shown. Outages are not judgements.
+    """
     def __init__(
         self,
         *,
@@ -462,10 +518,15 @@ class Judgement(_message.Message):
         image_png: _builtins.bytes = ...,
         width: _builtins.int = ...,
         height: _builtins.int = ...,
+        judge_id: _builtins.str = ...,
+        judge_digest: _builtins.str = ...,
+        generator_digest: _builtins.str = ...,
+        judged_at: _builtins.str = ...,
+        error: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_probability", b"class_probability", "generator", b"generator", "height", b"height", "image_png", b"image_png", "imagenet_class", b"imagenet_class", "prompt", b"prompt", "seed", b"seed", "top1_hit", b"top1_hit", "top1_label", b"top1_label", "top5_hit", b"top5_hit", "width", b"width"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["class_probability", b"class_probability", "error", b"error", "generator", b"generator", "generator_digest", b"generator_digest", "height", b"height", "image_png", b"image_png", "imagenet_class", b"imagenet_class", "judge_digest", b"judge_digest", "judge_id", b"judge_id", "judged_at", b"judged_at", "prompt", b"prompt", "seed", b"seed", "top1_hit", b"top1_hit", "top1_label", b"top1_label", "top5_hit", b"top5_hit", "width", b"width"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -483,6 +544,17 @@ class QualitySummary(_message.Message):
     TOP5_HIT_RATE_FIELD_NUMBER: _builtins.int
     MEAN_CLASS_PROBABILITY_FIELD_NUMBER: _builtins.int
     MECHANISM_ONLY_FIELD_NUMBER: _builtins.int
+    JUDGE_ID_FIELD_NUMBER: _builtins.int
+    JUDGE_DIGEST_FIELD_NUMBER: _builtins.int
+    GENERATOR_DIGEST_FIELD_NUMBER: _builtins.int
+    JUDGED_AT_FIELD_NUMBER: _builtins.int
+    REQUESTED_FIELD_NUMBER: _builtins.int
+    LOST_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    TOP1_CI_LOW_FIELD_NUMBER: _builtins.int
+    TOP1_CI_HIGH_FIELD_NUMBER: _builtins.int
+    TOP5_CI_LOW_FIELD_NUMBER: _builtins.int
+    TOP5_CI_HIGH_FIELD_NUMBER: _builtins.int
     generator: _builtins.str
     images: _builtins.int
     top1_hit_rate: _builtins.float
@@ -490,6 +562,20 @@ class QualitySummary(_message.Message):
     mean_class_probability: _builtins.float
     mechanism_only: _builtins.bool
     """True when the generator's or the judge's weights are not real (a mechanism check)."""
+    judge_id: _builtins.str
+    judge_digest: _builtins.str
+    generator_digest: _builtins.str
+    judged_at: _builtins.str
+    requested: _builtins.int
+    """Images the comparison asked for, and how many were lost to an outage (not counted in images)."""
+    lost: _builtins.int
+    failed: _builtins.int
+    """Images that failed by fault (counted in images as misses)."""
+    top1_ci_low: _builtins.float
+    """Wilson 95% score intervals of the hit rates."""
+    top1_ci_high: _builtins.float
+    top5_ci_low: _builtins.float
+    top5_ci_high: _builtins.float
     def __init__(
         self,
         *,
@@ -499,10 +585,21 @@ class QualitySummary(_message.Message):
         top5_hit_rate: _builtins.float = ...,
         mean_class_probability: _builtins.float = ...,
         mechanism_only: _builtins.bool = ...,
+        judge_id: _builtins.str = ...,
+        judge_digest: _builtins.str = ...,
+        generator_digest: _builtins.str = ...,
+        judged_at: _builtins.str = ...,
+        requested: _builtins.int = ...,
+        lost: _builtins.int = ...,
+        failed: _builtins.int = ...,
+        top1_ci_low: _builtins.float = ...,
+        top1_ci_high: _builtins.float = ...,
+        top5_ci_low: _builtins.float = ...,
+        top5_ci_high: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["generator", b"generator", "images", b"images", "mean_class_probability", b"mean_class_probability", "mechanism_only", b"mechanism_only", "top1_hit_rate", b"top1_hit_rate", "top5_hit_rate", b"top5_hit_rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failed", b"failed", "generator", b"generator", "generator_digest", b"generator_digest", "images", b"images", "judge_digest", b"judge_digest", "judge_id", b"judge_id", "judged_at", b"judged_at", "lost", b"lost", "mean_class_probability", b"mean_class_probability", "mechanism_only", b"mechanism_only", "requested", b"requested", "top1_ci_high", b"top1_ci_high", "top1_ci_low", b"top1_ci_low", "top1_hit_rate", b"top1_hit_rate", "top5_ci_high", b"top5_ci_high", "top5_ci_low", b"top5_ci_low", "top5_hit_rate", b"top5_hit_rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -525,6 +622,11 @@ class Duel(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     MATCH_ID_FIELD_NUMBER: _builtins.int
     DUPLICATE_FIELD_NUMBER: _builtins.int
+    JUDGE_ID_FIELD_NUMBER: _builtins.int
+    JUDGE_DIGEST_FIELD_NUMBER: _builtins.int
+    DIGEST_A_FIELD_NUMBER: _builtins.int
+    DIGEST_B_FIELD_NUMBER: _builtins.int
+    JUDGED_AT_FIELD_NUMBER: _builtins.int
     model_a: _builtins.str
     model_b: _builtins.str
     prompt: _builtins.str
@@ -538,6 +640,12 @@ class Duel(_message.Message):
     """Derived from the comparison key, prompt, seed and pair."""
     match_id: _builtins.int
     duplicate: _builtins.bool
+    judge_id: _builtins.str
+    """Provenance: the judge, the weights digests of both generators and the judge, and when."""
+    judge_digest: _builtins.str
+    digest_a: _builtins.str
+    digest_b: _builtins.str
+    judged_at: _builtins.str
     def __init__(
         self,
         *,
@@ -552,10 +660,15 @@ class Duel(_message.Message):
         idempotency_key: _builtins.str = ...,
         match_id: _builtins.int = ...,
         duplicate: _builtins.bool = ...,
+        judge_id: _builtins.str = ...,
+        judge_digest: _builtins.str = ...,
+        digest_a: _builtins.str = ...,
+        digest_b: _builtins.str = ...,
+        judged_at: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "idempotency_key", b"idempotency_key", "match_id", b"match_id", "model_a", b"model_a", "model_b", b"model_b", "outcome", b"outcome", "probability_a", b"probability_a", "probability_b", b"probability_b", "prompt", b"prompt", "seed", b"seed", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest_a", b"digest_a", "digest_b", b"digest_b", "duplicate", b"duplicate", "idempotency_key", b"idempotency_key", "judge_digest", b"judge_digest", "judge_id", b"judge_id", "judged_at", b"judged_at", "match_id", b"match_id", "model_a", b"model_a", "model_b", b"model_b", "outcome", b"outcome", "probability_a", b"probability_a", "probability_b", b"probability_b", "prompt", b"prompt", "seed", b"seed", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -658,6 +771,7 @@ class Comparison(_message.Message):
     ELAPSED_MS_FIELD_NUMBER: _builtins.int
     PROBES_RUN_FIELD_NUMBER: _builtins.int
     PROBES_CACHED_FIELD_NUMBER: _builtins.int
+    MECHANISM_LEADERBOARD_FIELD_NUMBER: _builtins.int
     comparison_id: _builtins.str
     """Stable id of the request (hex digest of the sorted ids and probe options)."""
     created_at: _builtins.str
@@ -690,6 +804,12 @@ class Comparison(_message.Message):
     def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Plain-words notes for the reader (e.g. "The ViT service serves random weights: ...")."""
 
+    @_builtins.property
+    def mechanism_leaderboard(self) -> _ranker_pb2.GetLeaderboardResponse:
+        """The leaderboard of the mechanism task the duels ran under, when they were mechanism checks (shown
+        apart from the real leaderboard, which is filled only when real duels exist).
+        """
+
     def __init__(
         self,
         *,
@@ -709,10 +829,11 @@ class Comparison(_message.Message):
         elapsed_ms: _builtins.float = ...,
         probes_run: _builtins.int = ...,
         probes_cached: _builtins.int = ...,
+        mechanism_leaderboard: _ranker_pb2.GetLeaderboardResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["leaderboard", b"leaderboard", "scores", b"scores"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["leaderboard", b"leaderboard", "mechanism_leaderboard", b"mechanism_leaderboard", "scores", b"scores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison_id", b"comparison_id", "created_at", b"created_at", "duels", b"duels", "elapsed_ms", b"elapsed_ms", "facts", b"facts", "judgements", b"judgements", "leaderboard", b"leaderboard", "model_ids", b"model_ids", "models", b"models", "notes", b"notes", "probes_cached", b"probes_cached", "probes_run", b"probes_run", "quality", b"quality", "scores", b"scores", "unavailable", b"unavailable", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison_id", b"comparison_id", "created_at", b"created_at", "duels", b"duels", "elapsed_ms", b"elapsed_ms", "facts", b"facts", "judgements", b"judgements", "leaderboard", b"leaderboard", "mechanism_leaderboard", b"mechanism_leaderboard", "model_ids", b"model_ids", "models", b"models", "notes", b"notes", "probes_cached", b"probes_cached", "probes_run", b"probes_run", "quality", b"quality", "scores", b"scores", "unavailable", b"unavailable", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

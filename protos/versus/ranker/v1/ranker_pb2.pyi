@@ -178,6 +178,7 @@ class Claim(_message.Message):
     SOURCE_FIELD_NUMBER: _builtins.int
     LOCATOR_FIELD_NUMBER: _builtins.int
     AS_OF_FIELD_NUMBER: _builtins.int
+    CONDITIONS_FIELD_NUMBER: _builtins.int
     capability_id: _builtins.str
     text: _builtins.str
     claimed_by: _builtins.str
@@ -191,6 +192,10 @@ class Claim(_message.Message):
     as_of: _builtins.str
     @_builtins.property
     def compared_with(self) -> _containers.RepeatedCompositeFieldContainer[Global___Comparison]: ...
+    @_builtins.property
+    def conditions(self) -> Global___ClaimConditions:
+        """The conditions the claim was made under; a live measurement decides it only when it meets them."""
+
     def __init__(
         self,
         *,
@@ -204,16 +209,64 @@ class Claim(_message.Message):
         source: _builtins.str = ...,
         locator: _builtins.str = ...,
         as_of: _builtins.str = ...,
+        conditions: Global___ClaimConditions | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "conditions", b"conditions", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "as_of", b"as_of", "capability_id", b"capability_id", "claimed_by", b"claimed_by", "compared_with", b"compared_with", "locator", b"locator", "metric", b"metric", "source", b"source", "text", b"text", "unit", b"unit", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_value", b"_value", "as_of", b"as_of", "capability_id", b"capability_id", "claimed_by", b"claimed_by", "compared_with", b"compared_with", "conditions", b"conditions", "locator", b"locator", "metric", b"metric", "source", b"source", "text", b"text", "unit", b"unit", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__value: _TypeAlias = _typing.Literal["value"]  # noqa: Y015
     _WhichOneofArgType__value: _TypeAlias = _typing.Literal["_value", b"_value"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__value) -> _WhichOneofReturnType__value | None: ...
 
 Global___Claim: _TypeAlias = Claim  # noqa: Y015
+
+@_typing.final
+class ClaimConditions(_message.Message):
+    """Conditions a claim holds under ("10x batch size = ~9x throughput" is about a GPU). A measurement made
+    under other conditions is shown with the reason it cannot decide the claim.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEVICE_CLASS_FIELD_NUMBER: _builtins.int
+    PRECISION_FIELD_NUMBER: _builtins.int
+    RESOLUTION_FIELD_NUMBER: _builtins.int
+    BATCH_FIELD_NUMBER: _builtins.int
+    WEIGHTS_DEPENDENT_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
+    device_class: _builtins.str
+    """"gpu", "cpu", or empty (any device)."""
+    precision: _builtins.str
+    """"fp32", "bf16", "fp16", "int8", or empty (any)."""
+    resolution: _builtins.int
+    """Image side in pixels, 0 = any (224, 1024)."""
+    batch: _builtins.int
+    """Images per request, 0 = any."""
+    weights_dependent: _builtins.bool
+    """True when the claim is about the weights' values (accuracy, agreement, prompt adherence): only real
+    or operator-attested weights decide it. False for speed, shape, limit and determinism claims, which
+    hold for any weights of the served architecture.
+    """
+    text: _builtins.str
+    """The conditions in the claimant's own words ("on GPU"), empty when it states none."""
+    def __init__(
+        self,
+        *,
+        device_class: _builtins.str = ...,
+        precision: _builtins.str = ...,
+        resolution: _builtins.int = ...,
+        batch: _builtins.int = ...,
+        weights_dependent: _builtins.bool = ...,
+        text: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch", b"batch", "device_class", b"device_class", "precision", b"precision", "resolution", b"resolution", "text", b"text", "weights_dependent", b"weights_dependent"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimConditions: _TypeAlias = ClaimConditions  # noqa: Y015
 
 @_typing.final
 class LicenseTerms(_message.Message):
@@ -315,6 +368,10 @@ class CatalogEntry(_message.Message):
     NOT_FOUND_FIELD_NUMBER: _builtins.int
     LICENSE_TERMS_FIELD_NUMBER: _builtins.int
     PRICING_TERMS_FIELD_NUMBER: _builtins.int
+    PARAMETERS_SOURCE_FIELD_NUMBER: _builtins.int
+    HUB_ID_FIELD_NUMBER: _builtins.int
+    PUBLISHED_FILES_FIELD_NUMBER: _builtins.int
+    PUBLISHED_FILES_SOURCE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     display_name: _builtins.str
     type: _builtins.str
@@ -328,6 +385,12 @@ class CatalogEntry(_message.Message):
     """One-line summary of pricing_terms, e.g. "free: self-hosted open weights (see licence)"."""
     checkpoint: _builtins.str
     """The exact weights the signals refer to."""
+    parameters_source: _builtins.str
+    """Where the parameter count comes from (a primary source with its place, or how Versus measured it)."""
+    hub_id: _builtins.str
+    """The checkpoint's hub id ("google/vit-base-patch16-224"), empty when it has none."""
+    published_files_source: _builtins.str
+    """Where published_files were read (URL, place, date), or "not found: ..."."""
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Capability]: ...
     @_builtins.property
@@ -340,6 +403,13 @@ class CatalogEntry(_message.Message):
     def license_terms(self) -> Global___LicenseTerms: ...
     @_builtins.property
     def pricing_terms(self) -> Global___PricingTerms: ...
+    @_builtins.property
+    def published_files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WeightFile]:
+        """The sha256 of each weight file as published by the checkpoint's own repository. Empty when none
+        could be read (published_files_source then says "not found" and where it was looked for): served
+        weights are then never proven real.
+        """
+
     def __init__(
         self,
         *,
@@ -357,10 +427,14 @@ class CatalogEntry(_message.Message):
         not_found: _abc.Iterable[Global___AbsentSignal] | None = ...,
         license_terms: Global___LicenseTerms | None = ...,
         pricing_terms: Global___PricingTerms | None = ...,
+        parameters_source: _builtins.str = ...,
+        hub_id: _builtins.str = ...,
+        published_files: _abc.Iterable[_common_pb2.WeightFile] | None = ...,
+        published_files_source: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["license_terms", b"license_terms", "pricing_terms", b"pricing_terms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "checkpoint", b"checkpoint", "claims", b"claims", "display_name", b"display_name", "family", b"family", "id", b"id", "license", b"license", "license_terms", b"license_terms", "not_found", b"not_found", "parameters", b"parameters", "pricing", b"pricing", "pricing_terms", b"pricing_terms", "signals", b"signals", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "checkpoint", b"checkpoint", "claims", b"claims", "display_name", b"display_name", "family", b"family", "hub_id", b"hub_id", "id", b"id", "license", b"license", "license_terms", b"license_terms", "not_found", b"not_found", "parameters", b"parameters", "parameters_source", b"parameters_source", "pricing", b"pricing", "pricing_terms", b"pricing_terms", "published_files", b"published_files", "published_files_source", b"published_files_source", "signals", b"signals", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -414,6 +488,7 @@ class ModelScore(_message.Message):
     SUB_SCORES_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     TIMES_MATCHED_FIELD_NUMBER: _builtins.int
+    SHARED_COMPOSITE_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     display_name: _builtins.str
     composite: _builtins.float
@@ -421,7 +496,11 @@ class ModelScore(_message.Message):
     confidence: _builtins.float
     """Share of total weight backed by signals, 0..1."""
     times_matched: _builtins.int
-    """Matches recorded for this model."""
+    """Matches recorded for this model under real (non-mechanism) tasks, or under ScoreRequest.task."""
+    shared_composite: _builtins.float
+    """The composite over ScoreResponse.shared_dimensions only (the dimensions every scored model has), so
+    a pair is ranked on what both have; composite stays this model's own blend, labelled as such.
+    """
     @_builtins.property
     def sub_scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___SubScore]: ...
     def __init__(
@@ -433,10 +512,11 @@ class ModelScore(_message.Message):
         sub_scores: _abc.Iterable[Global___SubScore] | None = ...,
         confidence: _builtins.float = ...,
         times_matched: _builtins.int = ...,
+        shared_composite: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["composite", b"composite", "confidence", b"confidence", "display_name", b"display_name", "model_id", b"model_id", "sub_scores", b"sub_scores", "times_matched", b"times_matched"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["composite", b"composite", "confidence", b"confidence", "display_name", b"display_name", "model_id", b"model_id", "shared_composite", b"shared_composite", "sub_scores", b"sub_scores", "times_matched", b"times_matched"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -469,16 +549,22 @@ class ScoreRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MODEL_IDS_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    task: _builtins.str
+    """Match-graph task whose matches feed times_matched and the match-graph sub-score. Empty = every
+    non-mechanism task. A "mechanism." task is INVALID_ARGUMENT: mechanism results never reach a score.
+    """
     @_builtins.property
     def model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
         self,
         *,
         model_ids: _abc.Iterable[_builtins.str] | None = ...,
+        task: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_ids", b"model_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_ids", b"model_ids", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -491,9 +577,11 @@ class ScoreResponse(_message.Message):
     SCORES_FIELD_NUMBER: _builtins.int
     LEADERS_FIELD_NUMBER: _builtins.int
     VERDICT_FIELD_NUMBER: _builtins.int
+    SHARED_DIMENSIONS_FIELD_NUMBER: _builtins.int
+    UNSHARED_DIMENSIONS_FIELD_NUMBER: _builtins.int
     verdict: _builtins.str
     """E.g. "A scores higher at 58/100 vs B at 51/100. B leads on adoption and ecosystem, while A is
-    stronger on quality."
+    stronger on quality." Ranked on shared_dimensions; it names the dimensions it could not compare.
     """
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelScore]:
@@ -501,16 +589,26 @@ class ScoreResponse(_message.Message):
 
     @_builtins.property
     def leaders(self) -> _containers.RepeatedCompositeFieldContainer[Global___DimensionLeader]: ...
+    @_builtins.property
+    def shared_dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Dimensions every scored model has a signal for (the pairwise ranking uses only these)."""
+
+    @_builtins.property
+    def unshared_dimensions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Dimensions some scored model lacks: not compared."""
+
     def __init__(
         self,
         *,
         scores: _abc.Iterable[Global___ModelScore] | None = ...,
         leaders: _abc.Iterable[Global___DimensionLeader] | None = ...,
         verdict: _builtins.str = ...,
+        shared_dimensions: _abc.Iterable[_builtins.str] | None = ...,
+        unshared_dimensions: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaders", b"leaders", "scores", b"scores", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["leaders", b"leaders", "scores", b"scores", "shared_dimensions", b"shared_dimensions", "unshared_dimensions", b"unshared_dimensions", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -586,7 +684,9 @@ class GetLeaderboardRequest(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     task: _builtins.str
-    """Empty = all tasks; otherwise 1..64 characters of [a-z0-9._-], starting with a letter or digit."""
+    """Empty = all non-mechanism tasks (a "mechanism." task is shown only when named); otherwise 1..64
+    characters of [a-z0-9._-], starting with a letter or digit.
+    """
     def __init__(
         self,
         *,
