@@ -3,28 +3,44 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Pinned command-line tools from npm (.tools/package.json + its lock): the buf CLI, the KEDA CRD schema models.
+TOOLS := .tools
+TOOLS_STAMP := $(TOOLS)/node_modules/.installed
+BUF := $(TOOLS)/node_modules/.bin/buf
+PROTOS ?= protos
 
-.PHONY: setup system-deps demo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-overload bench-gateway bench-gpu-vit clean help
+.PHONY: setup system-deps tools buf-check demo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-overload bench-gateway bench-gpu-vit clean help
 
 help:
 	@echo "make demo      build models, start the services, run the demo"
 	@echo "make test      linters (ruff, import-linter) + the full test suite"
-	@echo "make lint      ruff + the import-linter layer contracts"
+	@echo "make lint      ruff + the import-linter layer contracts + buf lint/breaking on protos/"
 	@echo "make test-fast unit + in-process tests only (-m 'not slow')"
 	@echo "make protos    regenerate versus/**/*_pb2*.py(i) from protos/"
 	@echo "make bench-vit ViT benchmark -> docs/BENCHMARKS.md"
 
-setup: $(STAMP) system-deps
+setup: system-deps $(STAMP) tools
+
+tools: $(TOOLS_STAMP)
+
+# npm ci installs exactly the lock; buf's binary arrives in the optional @bufbuild/buf-linux-x64 (or the
+# package for this platform). No npm → stop here: the contract checks must not be skipped silently.
+$(TOOLS_STAMP): $(TOOLS)/package.json $(TOOLS)/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is needed to install buf (apt-get install npm)" >&2; exit 1; }
+	npm ci --prefix $(TOOLS) --no-audit --no-fund --loglevel=error
+	$(BUF) --version >/dev/null
+	touch $@
 
 # Real components the tests start themselves, from Debian's packages when missing (root only):
 # PostgreSQL (the ranker's PostgreSQL store), Chromium (the report pages in a headless browser) and
-# Prometheus (scraping live services; promtool for the alert rules).
-SYSTEM_PACKAGES := postgresql chromium prometheus
+# Prometheus (scraping live services; promtool for the alert rules); npm for the pinned tools in .tools/ (buf).
+SYSTEM_PACKAGES := postgresql chromium prometheus npm
 system-deps:
 	@missing=""; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	  command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	  if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      echo "installing$$missing (Debian packages)"; \
@@ -48,6 +64,14 @@ demo: setup
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	@$(MAKE) --no-print-directory buf-check
+
+# The contracts: buf's lint rules (exceptions and their reasons in protos/buf.yaml), then no breaking change
+# against the released image protos/buf.baseline.binpb. PROTOS= points it at another copy (tests/test_buf.py).
+buf-check:
+	@test -x $(BUF) || { echo "error: buf is not installed ($(BUF)): run make setup" >&2; exit 1; }
+	cd $(PROTOS) && $(abspath $(BUF)) lint
+	cd $(PROTOS) && $(abspath $(BUF)) breaking --against buf.baseline.binpb
 
 test: setup lint
 	$(PY) -m pytest
@@ -80,4 +104,4 @@ bench-gpu-vit: setup  # on a machine with a CUDA GPU
 	$(PY) bench/gpu_vit.py
 
 clean:
-	rm -rf $(VENV) .models .pytest_cache
+	rm -rf $(VENV) .models .pytest_cache $(TOOLS)/node_modules
