@@ -10,12 +10,7 @@ from typing import Any
 from services.common.client import ClientSettings
 from services.common.convert import enum_value
 
-__all__ = ["enum_value", "generate_images", "output_paths", "progress_bar"]
-
-
-def progress_bar(step: int, total: int, elapsed_ms: float, width: int = 30) -> str:
-    done = int(width * step / max(1, total))
-    return f"\r[{'#' * done}{'.' * (width - done)}] step {step}/{total}  {elapsed_ms / 1000:.1f}s"
+__all__ = ["enum_value", "generate_images", "output_paths"]
 
 
 def generate_images(settings: ClientSettings, request: Any, *, timeout: float,

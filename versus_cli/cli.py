@@ -240,22 +240,12 @@ def _generate_request(args: argparse.Namespace):
 def cmd_generate(args: argparse.Namespace) -> int:
     from versus.sd35.v1 import sd35_pb2
 
-    from versus_cli.calls import generate_images, output_paths, progress_bar
+    from versus_cli.calls import generate_images, output_paths
+    from versus_cli.terminal import GenerationProgress, console
 
     request = _generate_request(args)
-
-    def show(event) -> None:
-        kind = event.WhichOneof("event")
-        if kind == "queued":
-            print(f"\rqueued, {event.queued.position} ahead", end="", file=sys.stderr, flush=True)
-        elif kind == "progress":
-            p = event.progress
-            print(progress_bar(p.step, p.total_steps, p.elapsed_ms), end="", file=sys.stderr, flush=True)
-
-    settings = _client_settings(args)
-    result = generate_images(settings, request, timeout=args.timeout, on_event=None if args.quiet else show)
-    if not args.quiet:
-        print(file=sys.stderr)
+    with GenerationProgress(None if args.quiet else console(stderr=True)) as show:
+        result = generate_images(_client_settings(args), request, timeout=args.timeout, on_event=show)
     paths = output_paths(args.output, len(result.images))
     for path, image in zip(paths, result.images, strict=True):
         path.write_bytes(image.data)

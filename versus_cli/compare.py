@@ -1,16 +1,21 @@
-"""``versus compare``: stream a comparison from the gateway with a progress bar, print its summary,
-write ``comparison.md`` and ``comparison.html`` (rendered by the gateway's RenderComparison)."""
+"""``versus compare``: stream a comparison from the gateway with progress (versus_cli.terminal), print its
+summary as rich tables, write ``comparison.md`` and ``comparison.html`` (rendered by the gateway's
+RenderComparison)."""
 
 from __future__ import annotations
 
 import argparse
-import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from services.common.client import ClientSettings
+from rich import box
+from rich.console import Console
+from rich.padding import Padding
+from rich.table import Table
 
-MARKS = {1: "verified live", 2: "supported", 3: "contradicted", 4: "claimed", 5: "unavailable"}
+from services.common.client import ClientSettings
+from versus_cli.terminal import StreamProgress, console, mark_words
 
 
 def compare_request(args: argparse.Namespace) -> Any:
@@ -22,29 +27,28 @@ def compare_request(args: argparse.Namespace) -> Any:
     return gateway_pb2.CompareRequest(model_ids=args.models, probes=probes)
 
 
-def _bar(fraction: float, stage: str, detail: str, width: int = 28) -> str:
-    done = int(width * max(0.0, min(1.0, fraction)))
-    text = f"{stage}: {detail}"
-    return f"\r[{'#' * done}{'.' * (width - done)}] {fraction:4.0%} {text[:70]:<70}"
+def show_compare_progress(events: Iterable[Any], out: Console | None) -> Any:
+    """Follow a CompareStream's events, showing progress on ``out`` (None: silent); returns the Comparison."""
+    with StreamProgress(out) as progress:
+        for event in events:
+            kind = event.WhichOneof("event")
+            if kind == "progress":
+                p = event.progress
+                progress.update(p.fraction, f"{p.stage}: {p.detail}", key=(p.stage, p.detail))
+            elif kind == "comparison":
+                return event.comparison
+    raise ConnectionError("the CompareStream ended without a comparison")
 
 
 def run_compare(settings: ClientSettings, request: Any, *, timeout: float, quiet: bool = False,
-                out: Any = sys.stderr) -> Any:
-    """CompareStream, drawing progress on ``out``; returns the Comparison."""
+                out: Console | None = None) -> Any:
+    """CompareStream, showing progress on ``out`` (default: stderr) unless ``quiet``; returns the Comparison."""
     from versus.gateway.v1 import gateway_pb2_grpc
 
     with settings.channel() as channel:
         stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        for event in stub.CompareStream(request, timeout=timeout, metadata=settings.metadata()):
-            kind = event.WhichOneof("event")
-            if kind == "progress" and not quiet:
-                p = event.progress
-                print(_bar(p.fraction, p.stage, p.detail), end="", file=out, flush=True)
-            elif kind == "comparison":
-                if not quiet:
-                    print(file=out)
-                return event.comparison
-    raise ConnectionError("the CompareStream ended without a comparison")
+        events = stub.CompareStream(request, timeout=timeout, metadata=settings.metadata())
+        return show_compare_progress(events, None if quiet else out or console(stderr=True))
 
 
 def write_reports(settings: ClientSettings, comparison: Any, out_dir: Path, *, timeout: float) -> list[Path]:
@@ -64,34 +68,48 @@ def write_reports(settings: ClientSettings, comparison: Any, out_dir: Path, *, t
     return written
 
 
-def print_summary(c: Any, files: list[Path], out: Any = sys.stdout) -> None:
-    """The headline, the feature table, the marks and the verdict, as text."""
-    names = [m.entry.display_name or m.entry.id for m in c.models]
-    print(" vs ".join(names), file=out)
-    width = max(len(r.name) for r in c.facts) if c.facts else 10
-    cols = [max(24, len(n)) for n in names]
-    print(f"{'':<{width}}  " + "  ".join(f"{n[:w]:<{w}}" for n, w in zip(names, cols, strict=True)), file=out)
+def _facts_table(c: Any, names: list[str]) -> Table:
+    """The feature table; long ids and values wrap inside their cells (rich), never cut."""
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False)
+    table.add_column("")
+    for name in names:
+        table.add_column(name, overflow="fold")
     for row in c.facts:
-        print(f"{row.name:<{width}}  " + "  ".join(f"{cell.value[:w]:<{w}}"
-                                                  for cell, w in zip(row.cells, cols, strict=True)), file=out)
-    print(file=out)
-    for m in c.models:
-        counts: dict[str, int] = {}
+        table.add_row(row.name, *(cell.value for cell in row.cells))
+    return table
+
+
+def _mark_counts(capabilities: Iterable[Any]) -> str:
+    counts: dict[str, int] = {}
+    for cap in capabilities:
+        words = mark_words(cap.mark)
+        counts[words] = counts.get(words, 0) + 1
+    return ", ".join(f"{n} {words}" for words, n in counts.items())
+
+
+def print_summary(c: Any, files: list[Path], out: Console | None = None) -> None:
+    """The headline, the feature table, the marks and the verdict, on ``out`` (default: stdout)."""
+    from versus.gateway.v1 import gateway_pb2
+
+    out = out or console()
+    names = [m.entry.display_name or m.entry.id for m in c.models]
+    out.print(" vs ".join(names))
+    if c.facts:
+        out.print(_facts_table(c, names))
+    for m, name in zip(c.models, names, strict=True):
+        out.print(f"{name}: {_mark_counts(m.capabilities)}")
         for cap in m.capabilities:
-            counts[MARKS.get(cap.mark, "?")] = counts.get(MARKS.get(cap.mark, "?"), 0) + 1
-        print(f"{m.entry.display_name or m.entry.id}: " + ", ".join(f"{n} {k}" for k, n in counts.items()), file=out)
-        for cap in m.capabilities:
-            if cap.mark == 3:
-                print(f"  contradicted: {cap.claim} — {cap.detail[:300]}", file=out)
+            if cap.mark == gateway_pb2.EVIDENCE_MARK_CONTRADICTED:
+                out.print(Padding(f"{mark_words(cap.mark)}: {cap.claim} — {cap.detail}", (0, 0, 0, 2)))
     for q in c.quality:
-        print(f"prompt adherence {q.generator}: top-1 {q.top1_hit_rate:.0%}, top-5 {q.top5_hit_rate:.0%} over "
-              f"{q.images} images{' (mechanism check)' if q.mechanism_only else ''}", file=out)
+        out.print(f"prompt adherence {q.generator}: top-1 {q.top1_hit_rate:.0%}, top-5 {q.top5_hit_rate:.0%} over "
+                  f"{q.images} images{' (mechanism check)' if q.mechanism_only else ''}")
     if c.leaderboard.ratings:
-        print(f"leaderboard ({c.leaderboard.task or 'all'}): " + ", ".join(
-            f"{r.model_id} {r.rating:.0f} [{r.ci_low:.0f}, {r.ci_high:.0f}]" for r in c.leaderboard.ratings), file=out)
+        out.print(f"leaderboard ({c.leaderboard.task or 'all'}): " + ", ".join(
+            f"{r.model_id} {r.rating:.0f} [{r.ci_low:.0f}, {r.ci_high:.0f}]" for r in c.leaderboard.ratings))
     for note in c.notes:
-        print(f"note: {note}", file=out)
-    print(f"\n{c.verdict}", file=out)
-    print(f"({c.elapsed_ms / 1000:.1f} s; {c.probes_run} probes run, {c.probes_cached} from cache)", file=out)
+        out.print(f"note: {note}")
+    out.print(f"\n{c.verdict}")
+    out.print(f"({c.elapsed_ms / 1000:.1f} s; {c.probes_run} probes run, {c.probes_cached} from cache)")
     for f in files:
-        print(f"wrote {f}", file=out)
+        out.print(f"wrote {f}")
