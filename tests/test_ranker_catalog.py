@@ -3,12 +3,14 @@ quality with documented floors and ceilings, claims as data, and the worked exam
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 from services.ranker.catalog import AGGREGATOR_DOMAINS, denied_domain, load_catalog, load_tasks
+from services.ranker.errors import CatalogError
 from services.ranker.scoring import DEFAULT_WEIGHTS, GraphStats, score_report
 
 VIT, LARGE = "vit-base-patch16-224", "stable-diffusion-3.5-large"
@@ -59,31 +61,90 @@ def test_the_deny_list_catches_aggregators_and_subdomains() -> None:
     assert {"promptlayer.com", "unfragile.ai"} <= set(AGGREGATOR_DOMAINS)
 
 
-def test_every_task_has_a_primary_metric_with_floor_and_ceiling_from_the_catalog() -> None:
+def test_every_task_has_a_primary_metric_with_floor_and_ceiling_of_one_protocol_or_none() -> None:
     assert set(TASKS) == {"image-classification", "text-to-image"}
     assert {e.type for e in CATALOG.values()} <= set(TASKS)
     assert TASKS["image-classification"].task.primary_metric == "imagenet1k_top1"
     assert TASKS["text-to-image"].task.primary_metric == "geneval_overall"
-    for scale in TASKS.values():
+    scaled = [s for s in TASKS.values() if s.floor is not None]
+    assert [s.task.id for s in scaled] == ["image-classification"]
+    for scale in scaled:
         assert scale.floor.signal.value < scale.ceiling.signal.value
+        assert scale.floor.signal.source == scale.ceiling.signal.source  # one source
         for ref in (scale.floor, scale.ceiling):
             assert CATALOG[ref.model_id].type == scale.task.id and ref.signal.source.startswith("https://")
+            assert ref.signal.protocol == scale.task.protocol  # one protocol
             assert f"`{ref.model_id}`" in RANKING_MD and f"{ref.signal.value:g}" in RANKING_MD  # documented
+
+
+def test_geneval_values_of_other_teams_are_shown_apart_not_placed() -> None:
+    """GenEval's floor was the GenEval authors' run and its ceiling another paper's: no scale now."""
+    t2i = TASKS["text-to-image"]
+    assert t2i.floor is None and t2i.ceiling is None and "one protocol" in t2i.task.scale_absent
+    for model, value in ((LARGE, "0.71"), ("stable-diffusion-3.5-medium", "0.63"), ("sdxl-1.0", "0.55")):
+        quality = report(model).scores[0].sub("quality")
+        assert quality.missing and f"geneval_overall = {value}" in quality.explanation
+        assert "shown apart, not placed" in quality.explanation and "placed between" not in quality.explanation
+
+
+def test_a_quality_value_of_another_protocol_is_shown_apart(tmp_path: Path) -> None:
+    shipped = Path(__file__).parent.parent / "services/ranker/catalog"
+    for path in shipped.glob("*.json"):
+        (tmp_path / path.name).write_text(path.read_text())
+    doc = json.loads((shipped / "deit-base-patch16-224.json").read_text())
+    doc["signals"][0]["protocol"] = "someone-elses-run"
+    (tmp_path / "deit-base-patch16-224.json").write_text(json.dumps(doc))
+    catalog = load_catalog(tmp_path)
+    deit = score_report([catalog["deit-base-patch16-224"]], DEFAULT_WEIGHTS, GraphStats({}, {}, 0, 0), {},
+                        load_tasks(tmp_path, catalog)).scores[0].sub("quality")
+    assert deit.missing and "shown apart, not placed (another protocol): imagenet1k_top1 = 81.992" in deit.explanation
+    ceiling = json.loads((shipped / "vit-large-patch16-224.json").read_text())
+    ceiling["signals"][0]["protocol"] = "someone-elses-run"
+    (tmp_path / "vit-large-patch16-224.json").write_text(json.dumps(ceiling))
+    with pytest.raises(CatalogError, match="no sourced imagenet1k_top1 of protocol 'timm-results-imagenet'"):
+        load_tasks(tmp_path, load_catalog(tmp_path))
 
 
 def test_worked_example_for_the_seed_pair() -> None:
     """The numbers docs/RANKING.md works through (no matches recorded)."""
-    by_id = {s.model_id: s for s in report(VIT, LARGE).scores}
+    pair = report(VIT, LARGE)
+    by_id = {s.model_id: s for s in pair.scores}
     vit, large = by_id[VIT], by_id[LARGE]
     assert round(vit.sub("quality").score, 1) == 58.3 and not vit.sub("quality").missing
     assert vit.sub("ecosystem").score == 87.5
     assert (vit.composite, vit.confidence) == (68.9, 0.55)
-    assert large.sub("quality").score == 100.0 and large.sub("ecosystem").score == 62.5
-    assert (large.composite, large.confidence) == (86.4, 0.55)
+    assert large.sub("quality").missing and large.sub("ecosystem").score == 62.5
+    assert (large.composite, large.confidence) == (62.5, 0.2)
     for s in (vit, large):
         assert s.sub("adoption").missing and s.sub("match_graph").missing
-    for number in ("58.3", "87.5", "68.9", "62.5", "86.4", "0.55"):
+    assert pair.shared_dimensions == ("ecosystem",)
+    assert (vit.shared_composite, large.shared_composite) == (87.5, 62.5)
+    assert pair.verdict.startswith("vit-base-patch16-224 scores higher at 88/100 vs Stable Diffusion 3.5 Large at "
+                                   "62/100 on ecosystem.")
+    assert "Not compared: adoption, quality and match graph" in pair.verdict
+    for number in ("58.3", "87.5", "68.9", "62.5", "0.55", "0.2", pair.verdict.split(" (")[0]):
+        assert number in " ".join(RANKING_MD.split()), number
+
+
+def test_a_pair_is_ranked_on_the_dimensions_both_have() -> None:
+    """vit-base (81.79) must not outrank DeiT-B (81.99) because DeiT's framework count was not read."""
+    pair = report(VIT, "deit-base-patch16-224")
+    vit, deit = (next(s for s in pair.scores if s.model_id == m) for m in (VIT, "deit-base-patch16-224"))
+    assert vit.composite > deit.composite  # each model's own blend stays, labelled as such
+    assert [s.model_id for s in pair.scores] == ["deit-base-patch16-224", VIT]
+    assert pair.shared_dimensions == ("quality",) and pair.unshared_dimensions == ("adoption", "ecosystem",
+                                                                                   "match_graph")
+    assert (deit.shared_composite, vit.shared_composite) == (60.4, 58.3)
+    assert pair.verdict.startswith("DeiT-B/16 (224) scores higher at 60/100 vs vit-base-patch16-224 at 58/100 on "
+                                   "quality.")
+    assert "Not compared: adoption, ecosystem and match graph" in pair.verdict
+    for number in ("60.4", "58.3"):
         assert number in RANKING_MD, number
+
+
+def test_models_without_a_shared_dimension_are_not_ranked() -> None:
+    verdict = report(VIT, "flux.1-dev").verdict
+    assert "have no dimension with data in common, so they are not ranked against each other" in verdict
 
 
 def test_quality_explanations_carry_raw_value_source_and_date() -> None:
@@ -93,7 +154,7 @@ def test_quality_explanations_carry_raw_value_source_and_date() -> None:
     assert "read 2026-11-27" in vit_q and "floor 76.13 (resnet-50" in vit_q and "ceiling 85.834" in vit_q
     assert "= 58.3" in vit_q
     assert "geneval_overall = 0.71" in large_q and "arxiv.org/abs/2511.22699" in large_q and "Table 9" in large_q
-    assert "floor 0.55 (sdxl-1.0" in large_q and "djghosh13/geneval" in large_q
+    assert "protocol geneval-z-image-team" in large_q and "no quality scale" in large_q
 
 
 @pytest.mark.parametrize("model", ["flux.1-dev", "clip-vit-base-patch16", "stable-diffusion-3.5-large-turbo",
@@ -128,11 +189,51 @@ def test_pricing_and_license_are_facts() -> None:
                                                                                       "unrestricted")
     assert large.license.commercial_use == "revenue-threshold" and large.license.revenue_threshold_usd == 1_000_000
     assert "US $1,000,000" in large.license.summary()
-    assert dalle.license.open_weights is False and dalle.pricing.kind == "paid-api"
+    assert dalle.license.open_weights is None and dalle.pricing.kind == "not-found"
     assert dalle.pricing.price_usd is None  # not found in a primary source: absent, not guessed
     for entry in CATALOG.values():
         if entry.license.id == "not-found":
             assert entry.license.source is None and "not read" in entry.license.note
+            # nothing derived from a licence nobody read (FLUX.1 [dev] said "free" before)
+            assert entry.license.open_weights is None and entry.license.commercial_use == "not-found"
+            assert entry.pricing.kind == "not-found" or entry.pricing.source is not None, entry.id
+    assert CATALOG["flux.1-dev"].pricing.summary() == "not found"
+
+
+@pytest.mark.parametrize("mutate, fragment", [
+    (lambda d: d["license"].update(open_weights=True), "derives no open_weights or commercial_use"),
+    (lambda d: d["license"].update(commercial_use="unrestricted"), "derives no open_weights or commercial_use"),
+    (lambda d: d.update(pricing={"kind": "free-self-hosted"}), "pricing is not derived from a licence"),
+])
+def test_nothing_is_derived_from_a_licence_that_was_not_found(tmp_path: Path, mutate, fragment: str) -> None:
+    doc = json.loads((Path(__file__).parent.parent / "services/ranker/catalog/flux.1-dev.json").read_text())
+    mutate(doc)
+    (tmp_path / "flux.json").write_text(json.dumps(doc))
+    with pytest.raises(CatalogError, match=fragment):
+        load_catalog(tmp_path)
+
+
+def test_claims_carry_the_conditions_of_their_own_wording() -> None:
+    claims = {c.text: c.conditions for _, c in CATALOG[VIT].claims()}
+    batch = claims["10x batch size = ~9x throughput"]
+    assert (batch.device_class, batch.batch, batch.text, batch.weights_dependent) == ("gpu", 10, "on GPU", False)
+    int8 = claims["2-4x faster at int8 with < 1-2% accuracy loss"]
+    assert int8.precision == "int8" and int8.weights_dependent  # the agreement half needs real weights
+    for entry in CATALOG.values():
+        for _, claim in entry.claims():
+            accuracy = claim.metric.startswith(("imagenet", "geneval")) or "accuracy" in claim.text
+            assert claim.conditions.weights_dependent == accuracy, (entry.id, claim.text)
+    turbo = next(c for _, c in CATALOG["stable-diffusion-3.5-large-turbo"].claims())
+    assert not turbo.conditions.weights_dependent and not turbo.conditions.device_class
+
+
+def test_parameters_and_weight_digests_say_where_they_come_from() -> None:
+    for entry in CATALOG.values():
+        assert entry.parameters is None or entry.parameters_source.strip(), entry.id
+        # nothing could be read from a hub here: every entry says where it looked, none guesses
+        assert not entry.published_files and entry.published_files_source.startswith("not found: "), entry.id
+        if entry.hub_id:
+            assert f"huggingface.co/{entry.hub_id}" in entry.published_files_source, entry.id
 
 
 def test_absent_signals_say_not_found() -> None:
@@ -141,3 +242,18 @@ def test_absent_signals_say_not_found() -> None:
             assert a.note.startswith(("not found", "not applicable")), (entry.id, a)
         assert {a.name for a in entry.not_found if a.dimension == "adoption"} or any(
             s.dimension == "adoption" for s in entry.signals), entry.id
+
+
+def test_explanations_reach_the_feature_table_whole() -> None:
+    """The floor and ceiling citations come last in a quality explanation: nothing may cut them."""
+    from versus.gateway.v1 import gateway_pb2
+
+    from services.gateway.facts import fact_rows
+    from services.ranker.servicer import score_response
+
+    scored = score_response(report(VIT)).scores[0]
+    quality = next(x for x in scored.sub_scores if x.dimension == "quality").explanation
+    assert len(quality) > 300 and quality.endswith("= 58.3")
+    rows = fact_rows(gateway_pb2.Comparison(models=[gateway_pb2.ModelReport(score=scored)]))
+    cell = next(r for r in rows if r.name == "Quality").cells[0]
+    assert cell.provenance == f"ranker: {quality}"

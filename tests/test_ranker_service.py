@@ -117,8 +117,8 @@ def test_record_match_validation_and_idempotency(ranker) -> None:
     quality = next(s for s in m.signals if s.dimension == "quality")
     assert (quality.value, quality.locator.split(":")[0]) == (81.786, "row vit_base_patch16_224.orig_in21k_ft_in1k")
     dalle = ranker.GetModel(ranker_pb2.GetModelRequest(model_id="dall-e-3"), timeout=10).model
-    assert not dalle.license_terms.open_weights and dalle.license_terms.HasField("open_weights")
-    assert dalle.pricing_terms.kind == "paid-api" and not dalle.pricing_terms.HasField("price_usd")
+    assert not dalle.license_terms.HasField("open_weights")  # not found: not derived
+    assert dalle.pricing_terms.kind == "not-found" and not dalle.pricing_terms.HasField("price_usd")
     assert dalle.parameters == 0  # not found
     assert code_of(ranker.GetModel, ranker_pb2.GetModelRequest(model_id="nope")) == grpc.StatusCode.NOT_FOUND
 
@@ -158,6 +158,65 @@ def test_leaderboard_ratings_intervals_and_tasks(ranker) -> None:
     assert not empty.ratings and "no matches" in empty.notes[0]
     scores = ranker.Score(ranker_pb2.ScoreRequest(model_ids=[VIT, LARGE]), timeout=10)
     assert all(not next(x for x in s.sub_scores if x.dimension == "match_graph").missing for s in scores.scores)
+
+
+def _observable(stub) -> tuple:
+    """Everything a real score shows about the seed models: Score, GetModel and ListModels."""
+    score = stub.Score(ranker_pb2.ScoreRequest(model_ids=[VIT, LARGE, TURBO]), timeout=10)
+    models = [stub.GetModel(ranker_pb2.GetModelRequest(model_id=m), timeout=10).times_matched
+              for m in (VIT, LARGE, TURBO)]
+    listed = stub.ListModels(ranker_pb2.ListModelsRequest(), timeout=10).times_matched
+    return score.SerializeToString(deterministic=True), models, list(listed)
+
+
+def test_mechanism_matches_never_reach_a_real_score(ranker) -> None:
+    """Random-weight duels (mechanism.* tasks) move nothing real: times matched, match graph, composite."""
+    record(ranker, LARGE, VIT, ranker_pb2.OUTCOME_A_WINS, task="general")
+    before = _observable(ranker)
+    for i in range(6):
+        record(ranker, LARGE, TURBO, ranker_pb2.OUTCOME_B_WINS if i % 2 else ranker_pb2.OUTCOME_TIE,
+               task="mechanism.t2i-imagenet-judge")
+    assert _observable(ranker) == before
+    score = ranker.Score(ranker_pb2.ScoreRequest(model_ids=[LARGE, TURBO]), timeout=10)
+    turbo = next(s for s in score.scores if s.model_id == TURBO)
+    assert turbo.times_matched == 0 and next(x for x in turbo.sub_scores if x.dimension == "match_graph").missing
+    real = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(), timeout=60)
+    assert real.matches == 1 and {r.model_id for r in real.ratings} == {LARGE, VIT}
+    mechanism = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(task="mechanism.t2i-imagenet-judge"),
+                                      timeout=60)
+    assert mechanism.matches == 6 and {r.model_id for r in mechanism.ratings} == {LARGE, TURBO}
+    only = ranker.GetLeaderboard(ranker_pb2.GetLeaderboardRequest(), timeout=60)  # still apart after the fit
+    assert only.matches == 1
+
+
+def test_score_task_picks_the_matches_and_refuses_mechanism_tasks(ranker) -> None:
+    record(ranker, LARGE, VIT, ranker_pb2.OUTCOME_A_WINS, task="general")
+    record(ranker, TURBO, VIT, ranker_pb2.OUTCOME_A_WINS, task="other")
+    by_task = {task: {s.model_id: s.times_matched for s in ranker.Score(
+        ranker_pb2.ScoreRequest(model_ids=[VIT, LARGE, TURBO], task=task), timeout=10).scores}
+        for task in ("", "general", "other")}
+    assert by_task[""] == {VIT: 2, LARGE: 1, TURBO: 1}
+    assert by_task["general"] == {VIT: 1, LARGE: 1, TURBO: 0}
+    assert by_task["other"] == {VIT: 1, LARGE: 0, TURBO: 1}
+    for bad in ("mechanism.t2i-imagenet-judge", "Bad Task!"):
+        err = failure(ranker.Score, ranker_pb2.ScoreRequest(model_ids=[VIT], task=bad))
+        assert err.code == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in err.violations] == ["task"]
+    assert "mechanism results never reach a score" in failure(
+        ranker.Score, ranker_pb2.ScoreRequest(model_ids=[VIT], task="mechanism.x")).message
+
+
+def test_catalog_entries_carry_conditions_sources_and_shared_scores(ranker) -> None:
+    vit = ranker.GetModel(ranker_pb2.GetModelRequest(model_id=VIT), timeout=10).model
+    batch = next(c for c in vit.claims if c.text == "10x batch size = ~9x throughput")
+    assert (batch.conditions.device_class, batch.conditions.batch, batch.conditions.text) == ("gpu", 10, "on GPU")
+    assert not batch.conditions.weights_dependent
+    assert vit.parameters_source.startswith("measured:") and vit.hub_id == "google/vit-base-patch16-224"
+    assert not vit.published_files and vit.published_files_source.startswith("not found: ")
+    pair = ranker.Score(ranker_pb2.ScoreRequest(model_ids=[VIT, "deit-base-patch16-224"]), timeout=10)
+    assert list(pair.shared_dimensions) == ["quality"] and "ecosystem" in pair.unshared_dimensions
+    assert [s.model_id for s in pair.scores] == ["deit-base-patch16-224", VIT]
+    assert [round(s.shared_composite, 1) for s in pair.scores] == [60.4, 58.3]
+    assert all(len(x.explanation) > 300 for x in pair.scores[1].sub_scores if x.dimension == "quality")
 
 
 def test_bad_catalog_stops_startup(tmp_path: Path) -> None:

@@ -123,21 +123,22 @@ def test_overlapping_intervals_share_a_rank() -> None:
 def _entry(model_id: str, signals: list[dict]) -> object:
     return parse_entry(f"{model_id}.json", {
         "id": model_id, "display_name": model_id.upper(), "checkpoint": model_id, "type": "t", "family": "f",
-        "parameters": 1, "license": {"id": "not-found", "commercial_use": "not-found"},
-        "pricing": {"kind": "free-self-hosted"}, "capabilities": [{"id": "c", "title": "C", "description": "d"}],
+        "parameters": 1, "parameters_source": "test", "published_files_source": "not found: a test entry",
+        "license": {"id": "not-found", "commercial_use": "not-found"},
+        "pricing": {"kind": "not-found"}, "capabilities": [{"id": "c", "title": "C", "description": "d"}],
         "signals": signals})
 
 
 def _sig(dimension: str, value: float, max_: float = 100.0) -> dict:
     return {"dimension": dimension, "name": f"{dimension}_metric", "value": value, "unit": "u",
             "source": "https://example.org/paper", "locator": "Table 1", "as_of": "2026-01-01", "measured": True,
-            "scale": {"kind": "linear", "min": 0, "max": max_}}
+            "scale": {"kind": "linear", "min": 0, "max": max_}} | ({"protocol": "p"} if dimension == "quality" else {})
 
 
 def _tasks() -> dict[str, TaskScale]:
     """Task 't': quality_metric placed between a floor of 0 and a ceiling of 100."""
     floor, ceiling = _entry("lo", [_sig("quality", 0)]), _entry("hi", [_sig("quality", 100)])
-    task = Task(id="t", primary_metric="quality_metric", unit="u", description="d", floor_model="lo",
+    task = Task(id="t", primary_metric="quality_metric", unit="u", description="d", protocol="p", floor_model="lo",
                 ceiling_model="hi")
     return {"t": TaskScale(task, Reference("lo", floor.signals[0]), Reference("hi", ceiling.signals[0]))}
 
@@ -301,6 +302,16 @@ def test_store_records_idempotently(store) -> None:
     last = store.record(Match("a", "c", 1, "other", "", f"key-{uuid.uuid4()}"))[0]
     assert store.version() == (last, 3)
     assert not hasattr(store.table(), "last_id")  # the table is one query, no side lookups
+
+
+def test_store_keeps_mechanism_tasks_apart(store) -> None:
+    store.record(Match("a", "b", 1, "general", "", f"key-{uuid.uuid4()}"))
+    for _ in range(3):
+        store.record(Match("a", "c", 2, "mechanism.t2i-imagenet-judge", "", f"key-{uuid.uuid4()}"))
+    store.record(Match("a", "c", 2, "mechanismless", "", f"key-{uuid.uuid4()}"))  # only the prefix "mechanism."
+    assert store.times_matched() == {"a": 2, "b": 1, "c": 1}
+    assert store.times_matched("mechanism.t2i-imagenet-judge") == {"a": 3, "c": 3}
+    assert len(store.table().outcome) == 2 and len(store.table("mechanism.t2i-imagenet-judge").outcome) == 3
 
 
 @pytest.mark.parametrize("mutate, fragment", [

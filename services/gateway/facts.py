@@ -21,8 +21,8 @@ def _sub(score: ranker_pb2.ModelScore, dimension: str) -> Cell:
     if sub is None:
         return ("—", "not scored (ranker unavailable)")
     if sub.missing:
-        return ("missing", f"ranker: {sub.explanation[:300]}")
-    return (f"{sub.score:.1f}/100", f"ranker: {sub.explanation[:300]}")
+        return ("missing", f"ranker: {sub.explanation}")
+    return (f"{sub.score:.1f}/100", f"ranker: {sub.explanation}")
 
 
 def _measured(report: gateway_pb2.ModelReport, name: str, fmt: str) -> Cell:

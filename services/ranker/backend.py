@@ -20,7 +20,7 @@ from services.ranker.catalog import ID_PATTERN, MAX_ID_CHARS, CatalogEntry, Task
 from services.ranker.config import RankerConfig
 from services.ranker.errors import UnknownModel
 from services.ranker.scoring import ScoreReport, graph_stats, parse_weights, score_report
-from services.ranker.store import OUTCOMES, Match, MatchStore, open_store
+from services.ranker.store import MECHANISM_PREFIX, OUTCOMES, Match, MatchStore, is_mechanism, open_store
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +70,18 @@ def _raise(violations: list[Violation]) -> None:
         raise InvalidArgument(field, problem, more=more)
 
 
+#: Fitted results kept per task (leaderboards, match-graph statistics); the oldest is dropped beyond it.
+MAX_CACHED_TASKS = 64
+
+
+def _bounded_put(cache: dict, key: str, value: tuple) -> tuple:
+    cache.pop(key, None)
+    while len(cache) >= MAX_CACHED_TASKS:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+    return value
+
+
 @dataclass(frozen=True)
 class RatingRow:
     model_id: str
@@ -109,7 +121,7 @@ class RankerBackend(ServiceBackend):
         self.store: MatchStore | None = None
         self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-fit")
         self._cache: dict[str, tuple[tuple[int, int], Leaderboard]] = {}
-        self._graph_cache: tuple | None = None
+        self._graph_cache: dict[str, tuple] = {}
 
     # -- the backend contract -----------------------------------------------------------------------
     def load(self) -> None:
@@ -145,18 +157,23 @@ class RankerBackend(ServiceBackend):
                                resource_type="model", resource_name=model_id) from None
 
     async def get_model(self, model_id: str) -> tuple[CatalogEntry, int]:
-        """A catalog entry and how many matches it played."""
+        """A catalog entry and how many real (non-mechanism) matches it played."""
         entry = self.entry(model_id)
-        return entry, (await self._db(self.store.times_matched)).get(entry.id, 0)
+        return entry, (await self._graph(""))[1].get(entry.id, 0)
 
     async def list_models(self) -> list[tuple[CatalogEntry, int]]:
-        """Every catalog entry, sorted by id, with how many matches each played."""
-        played = await self._db(self.store.times_matched)
+        """Every catalog entry, sorted by id, with how many real (non-mechanism) matches each played."""
+        played = (await self._graph(""))[1]
         return [(self.catalog[i], played.get(i, 0)) for i in sorted(self.catalog)]
 
     # -- scores -----------------------------------------------------------------------------------
-    async def score(self, model_ids: Sequence[str]) -> ScoreReport:
-        """Scores for 1..max_models_per_score distinct catalog models (all ids checked before any lookup)."""
+    async def score(self, model_ids: Sequence[str], task: str = "") -> ScoreReport:
+        """Scores for 1..max_models_per_score distinct catalog models (all ids checked before any lookup);
+        ``task`` ('' = every non-mechanism task) feeds times matched and the match-graph sub-score."""
+        if task and (problem := task_problem(task) or (
+                f"{quote(task)} is a mechanism task: mechanism results never reach a score" if is_mechanism(task)
+                else None)):
+            raise InvalidArgument("task", problem)
         if not model_ids:
             raise InvalidArgument("model_ids", "at least one model id is required")
         if len(model_ids) > self.config.max_models_per_score:
@@ -169,19 +186,21 @@ class RankerBackend(ServiceBackend):
                 raise InvalidArgument(f"model_ids[{i}]", f"repeats model_ids[{seen[m]}]")
             seen[m] = i
         entries = [self._known(m, f"model_ids[{i}]") for i, m in enumerate(model_ids)]
-        stats, times = await self._graph()
+        stats, times = await self._graph(task)
         return score_report(entries, self.weights, stats, times, self.tasks)
 
-    async def _graph(self):  # (GraphStats, times matched)
-        """Match-graph statistics over all tasks, recomputed only when a match was recorded."""
+    async def _graph(self, task: str):  # (GraphStats, times matched)
+        """Match-graph statistics of ``task`` ('' = every non-mechanism task), recomputed only when a match
+        was recorded."""
         version = await self._db(self.store.version)
-        if self._graph_cache is None or self._graph_cache[0] != version:
-            table = await self._db(self.store.table, "")
-            times = await self._db(self.store.times_matched)
+        cached = self._graph_cache.get(task)
+        if cached is None or cached[0] != version:
+            table = await self._db(self.store.table, task)
+            times = await self._db(self.store.times_matched, task)
             stats = await asyncio.get_running_loop().run_in_executor(
                 self._fit_pool, graph_stats, table, self.config.ridge)
-            self._graph_cache = (version, stats, times)
-        return self._graph_cache[1], self._graph_cache[2]
+            cached = _bounded_put(self._graph_cache, task, (version, stats, times))
+        return cached[1], cached[2]
 
     # -- matches ------------------------------------------------------------------------------------
     def validate_match(self, a: str, b: str, outcome: int, task: str, evidence: str, key: str) -> Match:
@@ -208,7 +227,8 @@ class RankerBackend(ServiceBackend):
 
     # -- leaderboard --------------------------------------------------------------------------------
     async def leaderboard(self, task: str = "") -> Leaderboard:
-        """Bradley-Terry ratings of ``task`` ('' = every task), refitted only after a new match."""
+        """Bradley-Terry ratings of ``task`` ('' = every non-mechanism task; a mechanism task only when named),
+        refitted only after a new match."""
         _raise([("task", p)] if task and (p := task_problem(task)) else [])
         key = task or "*"
         version = await self._db(self.store.version)  # cheap; the table is read only on a miss
@@ -219,13 +239,14 @@ class RankerBackend(ServiceBackend):
         started = time.perf_counter()
         board = await asyncio.get_running_loop().run_in_executor(self._fit_pool, self._fit, task, table)
         self.metrics.compute_seconds.labels("ranker-bt").observe(time.perf_counter() - started)
-        self._cache[key] = (version, board)
+        _bounded_put(self._cache, key, (version, board))
         return board
 
     def _fit(self, task: str, table) -> Leaderboard:  # store.MatchTable
         ids = sorted(set(table.model_a) | set(table.model_b))
         if not ids:
-            return Leaderboard(task, (), 0, 0, "", ("no matches recorded" + (f" for task {task!r}" if task else ""),))
+            return Leaderboard(task, (), 0, 0, "", ("no matches recorded" + (
+                f" for task {task!r}" if task else f" outside the {MECHANISM_PREFIX}* tasks"),))
         index = {m: i for i, m in enumerate(ids)}
         a = np.array([index[m] for m in table.model_a])
         b = np.array([index[m] for m in table.model_b])

@@ -18,7 +18,7 @@ Same inputs, same scores: nothing here is random or time-dependent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -48,6 +48,7 @@ class ModelScore:
     sub_scores: tuple[SubScore, ...]
     confidence: float
     times_matched: int
+    shared_composite: float = 0.0
 
     def sub(self, dimension: str) -> SubScore:
         return next(s for s in self.sub_scores if s.dimension == dimension)
@@ -58,6 +59,8 @@ class ScoreReport:
     scores: tuple[ModelScore, ...]
     leaders: dict[str, str]
     verdict: str
+    shared_dimensions: tuple[str, ...] = ()
+    unshared_dimensions: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ def parse_weights(text: str) -> dict[str, float]:
 
 
 def graph_stats(table: MatchTable, ridge: float = 1e-4) -> GraphStats:
-    """Bradley-Terry strengths over all matches (all tasks) and distinct opponents per model."""
+    """Bradley-Terry strengths over the matches of ``table`` (the store gives real tasks only, never a
+    mechanism task's) and distinct opponents per model."""
     ids = sorted(set(table.model_a) | set(table.model_b))
     if not ids:
         return GraphStats({}, {}, 0, 0)
@@ -128,24 +132,42 @@ def _signal_sub(entry: CatalogEntry, dimension: str, weight: float) -> SubScore:
                     + _absent(entry, dimension), False)
 
 
+def _quality_value(s: Signal) -> str:
+    kind = "measured" if s.measured else "claimed"
+    return (f"{s.name} = {s.value:g} {s.unit} ({kind}; protocol {s.protocol}; {_cite(s)}"
+            + (f"; {s.conditions}" if s.conditions else "") + ")")
+
+
+def _apart(entry: CatalogEntry, metric: str, protocol: str | None) -> str:
+    """The model's values of ``metric`` not of the scale's ``protocol`` (all of them when there is no
+    scale): shown, never placed."""
+    other = [_quality_value(s) for s in entry.signals
+             if s.dimension == "quality" and s.name == metric and s.protocol != protocol]
+    why = "another protocol" if protocol else "no scale to place them on"
+    return (f"; shown apart, not placed ({why}): " + "; ".join(other)) if other else ""
+
+
 def quality_sub(entry: CatalogEntry, weight: float, tasks: Mapping[str, TaskScale]) -> SubScore:
-    """Where the model's sourced primary metric falls between its task's floor and ceiling, 0..100."""
+    """Where the model's sourced primary metric (of its task's protocol) falls between the task's floor and
+    ceiling, 0..100. Values from another protocol are listed apart; a task without a scale has none."""
     scale = tasks.get(entry.type)
     if scale is None:
         return SubScore("quality", 0.0, weight, f"task {entry.type!r} defines no primary metric", True)
-    metric = scale.task.primary_metric
-    s = primary_signal(entry, metric)
+    metric, protocol = scale.task.primary_metric, scale.task.protocol
+    apart = _apart(entry, metric, None if scale.floor is None else protocol)
+    if scale.floor is None or scale.ceiling is None:
+        return SubScore("quality", 0.0, weight, f"task {scale.task.id} has no quality scale: {scale.task.scale_absent}"
+                        + (apart or f"; no sourced {metric} for this model") + _absent(entry, "quality"), True)
+    s = primary_signal(entry, metric, protocol)
     if s is None:
-        return SubScore("quality", 0.0, weight, f"no sourced {metric} for this model" + _absent(entry, "quality"),
-                        True)
+        return SubScore("quality", 0.0, weight, f"no sourced {metric} of protocol {protocol} for this model" + apart
+                        + _absent(entry, "quality"), True)
     lo, hi = scale.floor.signal.value, scale.ceiling.signal.value
     score = scale.place(s.value)
-    kind = "measured" if s.measured else "claimed"
-    text = (f"{metric} = {s.value:g} {s.unit} ({kind}; {_cite(s)}"
-            + (f"; {s.conditions}" if s.conditions else "") + ") placed between the "
+    text = (_quality_value(s) + " placed between the "
             f"{scale.task.id} floor {lo:g} ({scale.floor.model_id}; {_cite(scale.floor.signal)}) and ceiling "
             f"{hi:g} ({scale.ceiling.model_id}; {_cite(scale.ceiling.signal)}): "
-            f"100 × ({s.value:g} − {lo:g}) / ({hi:g} − {lo:g}) = {score:.1f}")
+            f"100 × ({s.value:g} − {lo:g}) / ({hi:g} − {lo:g}) = {score:.1f}" + apart)
     return SubScore("quality", score, weight, text, False)
 
 
@@ -170,9 +192,19 @@ def score_model(entry: CatalogEntry, weights: Mapping[str, float], stats: GraphS
     present = [s for s in subs if not s.missing and s.weight > 0]
     total = sum(weights.values())
     used = sum(s.weight for s in present)
-    composite = sum(s.weight * s.score for s in present) / used if used else 0.0
-    return ModelScore(entry.id, entry.display_name, round(composite, 1), tuple(subs), round(used / total, 3),
+    return ModelScore(entry.id, entry.display_name, _blend(present), tuple(subs), round(used / total, 3),
                       times_matched)
+
+
+def _blend(subs: Sequence[SubScore]) -> float:
+    """Σ wᵈ·sᵈ / Σ wᵈ over ``subs`` (0 when none has weight), rounded to 0.1."""
+    used = sum(s.weight for s in subs)
+    return round(sum(s.weight * s.score for s in subs) / used, 1) if used else 0.0
+
+
+def shared_dimensions(scores: Sequence[ModelScore]) -> tuple[str, ...]:
+    """Dimensions every scored model has data for (and that carry weight): the pairwise ranking's basis."""
+    return tuple(d for d in ALL_DIMENSIONS if all(not s.sub(d).missing and s.sub(d).weight > 0 for s in scores))
 
 
 def leaders(scores: Sequence[ModelScore]) -> dict[str, str]:
@@ -190,23 +222,27 @@ def _join(items: Sequence[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def verdict(scores: Sequence[ModelScore]) -> str:
-    """One or two sentences in the seed's form, from the sorted scores."""
+def verdict(scores: Sequence[ModelScore], shared: Sequence[str]) -> str:
+    """One or two sentences in the seed's form, from the scores sorted on ``shared`` dimensions only; it
+    names the dimensions it could not compare."""
     if len(scores) == 1:
         s = scores[0]
         return f"{s.display_name} scores {s.composite:.0f}/100 (confidence {s.confidence:.0%})."
     first, second = scores[0], scores[1]
-    if round(first.composite) == round(second.composite):
-        head = f"{first.display_name} and {second.display_name} tie at {first.composite:.0f}/100."
+    basis = f" on {_join([_LABEL[d] for d in shared])}" if shared else ""
+    if not shared:
+        head = (f"{first.display_name} and {second.display_name} have no dimension with data in common, so they are "
+                "not ranked against each other.")
+    elif round(first.shared_composite) == round(second.shared_composite):
+        head = f"{first.display_name} and {second.display_name} tie at {first.shared_composite:.0f}/100{basis}."
     elif len(scores) == 2:
-        head = (f"{first.display_name} scores higher at {first.composite:.0f}/100 vs {second.display_name} at "
-                f"{second.composite:.0f}/100.")
+        head = (f"{first.display_name} scores higher at {first.shared_composite:.0f}/100 vs {second.display_name} at "
+                f"{second.shared_composite:.0f}/100{basis}.")
     else:
-        rest = ", ".join(f"{s.display_name} ({s.composite:.0f})" for s in scores[1:])
-        head = f"{first.display_name} ranks first at {first.composite:.0f}/100, ahead of {rest}."
-    both = [d for d in ALL_DIMENSIONS if not first.sub(d).missing and not second.sub(d).missing]
-    second_leads = [_LABEL[d] for d in both if second.sub(d).score > first.sub(d).score]
-    first_leads = [_LABEL[d] for d in both if first.sub(d).score > second.sub(d).score]
+        rest = ", ".join(f"{s.display_name} ({s.shared_composite:.0f})" for s in scores[1:])
+        head = f"{first.display_name} ranks first at {first.shared_composite:.0f}/100{basis}, ahead of {rest}."
+    second_leads = [_LABEL[d] for d in shared if second.sub(d).score > first.sub(d).score]
+    first_leads = [_LABEL[d] for d in shared if first.sub(d).score > second.sub(d).score]
     if second_leads and first_leads:
         tail = (f" {second.display_name} leads on {_join(second_leads)}, while {first.display_name} is stronger on "
                 f"{_join(first_leads)}.")
@@ -218,11 +254,18 @@ def verdict(scores: Sequence[ModelScore]) -> str:
         tail = ""
     gaps = [f"{s.display_name} has no {_join([_LABEL[x.dimension] for x in s.sub_scores if x.missing])} data"
             for s in scores[:2] if any(x.missing for x in s.sub_scores)]
-    return head + tail + (" " + "; ".join(gaps) + "." if gaps else "")
+    unshared = [_LABEL[d] for d in ALL_DIMENSIONS if d not in shared]
+    not_compared = f" Not compared: {_join(unshared)} ({'; '.join(gaps)})." if gaps and unshared else ""
+    return head + tail + not_compared
 
 
 def score_report(entries: Sequence[CatalogEntry], weights: Mapping[str, float], stats: GraphStats,
                  times: Mapping[str, int], tasks: Mapping[str, TaskScale]) -> ScoreReport:
-    scores = sorted((score_model(e, weights, stats, times.get(e.id, 0), tasks) for e in entries),
-                    key=lambda s: (-s.composite, s.model_id))
-    return ScoreReport(tuple(scores), leaders(scores), verdict(scores))
+    """Each model's own composite, plus a shared composite over the dimensions every model has; the
+    ranking (and the verdict) uses the shared one, so a missing fact never lifts one model over another."""
+    own = [score_model(e, weights, stats, times.get(e.id, 0), tasks) for e in entries]
+    shared = shared_dimensions(own)
+    scores = sorted((replace(s, shared_composite=_blend([s.sub(d) for d in shared])) for s in own),
+                    key=lambda s: (-s.shared_composite, -s.composite, s.model_id))
+    unshared = tuple(d for d in ALL_DIMENSIONS if d not in shared)
+    return ScoreReport(tuple(scores), leaders(scores), verdict(scores, shared), shared, unshared)

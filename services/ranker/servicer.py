@@ -16,12 +16,13 @@ def score_response(report: ScoreReport) -> ranker_pb2.ScoreResponse:
     return ranker_pb2.ScoreResponse(
         scores=[ranker_pb2.ModelScore(
             model_id=s.model_id, display_name=s.display_name, composite=s.composite, confidence=s.confidence,
-            times_matched=s.times_matched,
+            times_matched=s.times_matched, shared_composite=s.shared_composite,
             sub_scores=[ranker_pb2.SubScore(dimension=x.dimension, score=x.score, weight=x.weight,
                                             explanation=x.explanation, missing=x.missing) for x in s.sub_scores])
             for s in report.scores],
         leaders=[ranker_pb2.DimensionLeader(dimension=d, model_id=m) for d, m in report.leaders.items()],
-        verdict=report.verdict)
+        verdict=report.verdict, shared_dimensions=report.shared_dimensions,
+        unshared_dimensions=report.unshared_dimensions)
 
 
 def _iso(value: object) -> str:
@@ -32,6 +33,9 @@ def _entry(e: CatalogEntry) -> ranker_pb2.CatalogEntry:
     lic, price = e.license, e.pricing
     return ranker_pb2.CatalogEntry(
         id=e.id, display_name=e.display_name, type=e.type, family=e.family, parameters=e.parameters or 0,
+        parameters_source=e.parameters_source, hub_id=e.hub_id, published_files_source=e.published_files_source,
+        published_files=[common_pb2.WeightFile(path=f.path, sha256=f.sha256, size_bytes=f.size_bytes or 0)
+                         for f in e.published_files],
         license=lic.summary(), pricing=price.summary(), checkpoint=e.checkpoint,
         capabilities=[common_pb2.Capability(id=c.id, title=c.title, description=c.description) for c in e.capabilities],
         signals=[ranker_pb2.Signal(dimension=s.dimension, name=s.name, value=s.value, unit=s.unit, source=s.source,
@@ -40,6 +44,7 @@ def _entry(e: CatalogEntry) -> ranker_pb2.CatalogEntry:
         claims=[ranker_pb2.Claim(capability_id=cap, text=c.text, claimed_by=c.claimed_by, metric=c.metric,
                                  value=c.value, unit=c.unit, source=c.source or "", locator=c.locator,
                                  as_of=_iso(c.as_of),
+                                 conditions=ranker_pb2.ClaimConditions(**c.conditions.model_dump()),
                                  compared_with=[ranker_pb2.Comparison(subject=x.subject, value=x.value)
                                                 for x in c.compared_with])
                 for cap, c in e.claims()],
@@ -68,7 +73,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
 
     async def Score(self, request: ranker_pb2.ScoreRequest,
                     context: grpc.aio.ServicerContext) -> ranker_pb2.ScoreResponse:
-        return score_response(await self.backend.score(list(request.model_ids)))
+        return score_response(await self.backend.score(list(request.model_ids), request.task))
 
     async def RecordMatch(self, request: ranker_pb2.RecordMatchRequest,
                           context: grpc.aio.ServicerContext) -> ranker_pb2.RecordMatchResponse:

@@ -19,6 +19,13 @@ from services.common.errors import ConfigError, Unavailable, quote
 from services.ranker.errors import IdempotencyConflict
 
 OUTCOMES = (1, 2, 3)  # A_WINS, B_WINS, TIE (the proto's values)
+#: Tasks under this prefix are mechanism checks (random or project-built weights): they are stored and shown
+#: on their own leaderboard when named, and never reach a real task's table or a times-matched count.
+MECHANISM_PREFIX = "mechanism."
+
+
+def is_mechanism(task: str) -> bool:
+    return task.startswith(MECHANISM_PREFIX)
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,10 @@ class MatchStore(Protocol):
         """Durably store ``match``; returns (match id, duplicate). Raises IdempotencyConflict."""
 
     def table(self, task: str = "") -> MatchTable:
-        """Matches of ``task`` ('' = all tasks)."""
+        """Matches of ``task`` ('' = every non-mechanism task)."""
 
-    def times_matched(self) -> dict[str, int]:
-        """Matches per model id, over all tasks."""
+    def times_matched(self, task: str = "") -> dict[str, int]:
+        """Matches per model id under ``task`` ('' = every non-mechanism task)."""
 
     def version(self) -> tuple[int, int]:
         """(largest match id, number of matches): changes whenever a match is recorded."""
@@ -129,11 +136,16 @@ class _SqlStore:
                                      (match.idempotency_key,)).fetchone()
         return _resolve_duplicate(match, existing)
 
+    def _where(self, task: str) -> tuple[str, tuple]:
+        """The task filter: one task, or every task outside the mechanism prefix."""
+        if task:
+            return self._sql("WHERE task = ?"), (task,)
+        return self._sql("WHERE substr(task, 1, ?) <> ?"), (len(MECHANISM_PREFIX), MECHANISM_PREFIX)
+
     def table(self, task: str = "") -> MatchTable:
+        where, args = self._where(task)
         with self._lock:
-            where, args = ("WHERE task = ?", (task,)) if task else ("", ())
-            rows = self._execute(self._sql(f"SELECT model_a, model_b, outcome FROM matches {where} ORDER BY id"),
-                                 args).fetchall()
+            rows = self._execute(f"SELECT model_a, model_b, outcome FROM matches {where} ORDER BY id", args).fetchall()
         return _table(rows)
 
     def version(self) -> tuple[int, int]:
@@ -141,11 +153,12 @@ class _SqlStore:
             last, count = self._execute("SELECT COALESCE(MAX(id), 0), COUNT(*) FROM matches").fetchone()
         return int(last), int(count)
 
-    def times_matched(self) -> dict[str, int]:
+    def times_matched(self, task: str = "") -> dict[str, int]:
+        where, args = self._where(task)
         with self._lock:
             rows = self._execute(
-                "SELECT m, COUNT(*) FROM (SELECT model_a AS m FROM matches UNION ALL SELECT model_b FROM matches) t "
-                "GROUP BY m").fetchall()
+                f"SELECT m, COUNT(*) FROM (SELECT model_a AS m FROM matches {where} UNION ALL "
+                f"SELECT model_b FROM matches {where}) t GROUP BY m", args + args).fetchall()
         return {m: int(c) for m, c in rows}
 
     def close(self) -> None:
