@@ -34,6 +34,11 @@ OPEN_SERVICES = frozenset(
     }
 )
 
+#: Methods open like health: the Open Inference Protocol's liveness and readiness probes.
+OPEN_METHODS = frozenset(
+    f"/inference.GRPCInferenceService/{name}" for name in ("ServerLive", "ServerReady", "ModelReady")
+)
+
 REQUEST_ID_KEY = "x-request-id"
 #: A client's request id is echoed in trailers and logs only when it is this short and plain.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -150,7 +155,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         service, method = _split(details.method)
-        if service in OPEN_SERVICES:
+        if service in OPEN_SERVICES or details.method in OPEN_METHODS:
             return handler
         metadata = tuple(details.invocation_metadata or ())
         authorized = self._authorized(metadata)

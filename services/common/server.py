@@ -228,10 +228,12 @@ def build_service_server(
     add_to_server: Callable[[object, grpc.aio.Server], None],
     service_name: str,
     metrics: Metrics | None = None,
+    extra: Callable[[Backend], Sequence[ServiceBinding]] = lambda backend: (),
 ) -> tuple[VersusServer, int]:
-    """The usual shape of a service: one backend, one servicer, one gRPC service."""
+    """The usual shape of a service: one backend, one servicer, one gRPC service (plus ``extra(backend)``
+    services on the same port, such as the Open Inference Protocol)."""
     metrics = metrics or Metrics()
     backend = backend_cls(config, metrics)
     servicer = servicer_cls(backend)
     binding = ServiceBinding(service_name, lambda server: add_to_server(servicer, server))
-    return build_server(config, [binding], backend, metrics)
+    return build_server(config, [binding, *extra(backend)], backend, metrics)

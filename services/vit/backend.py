@@ -1,4 +1,4 @@
-"""The ViT data plane: validation, preprocessing, micro-batching and post-processing.
+"""The ViT data plane: validation, admission, preprocessing and micro-batching (post-processing: :mod:`.tasks`).
 
 Transport-free (no gRPC): the servicer converts protobuf to these calls and back.
 """
@@ -10,151 +10,44 @@ import logging
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from services.common.admission import Admission
-from services.common.backend import Capability, ModelInfo, ServiceBackend
+from services.common.backend import ModelInfo, ServiceBackend
 from services.common.batcher import ItemStats, MicroBatcher
 from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.common.metrics import Metrics
 from services.common.weights import WeightsProvenance, describe_weights
 from services.torch_runtime import watch_gpu_memory
 from services.vit.config import VitConfig
+from services.vit.engines import CAPABILITIES, make_engine
 from services.vit.errors import InvalidImage, TritonUnavailable
 from services.vit.heads import Head, HeadRegistry, fit_linear_probe
 from services.vit.images import check_header, decode_image, load_rgb
-from services.vit.model import FINAL_LAYER, ForwardOutput, VitEngine, VitModel, pool, softmax_top_k
-
-log = logging.getLogger(__name__)
-
-POOLINGS = ("cls", "mean")
-#: Field-path template of the images of a Classify/Embed request (errors name ``images[3].data``).
-IMAGES = "images[{}].data"
-
-CAPABILITIES = (
-    Capability(
-        "image-classification", "Image classification", "Top-k labels with softmax scores over the model's id2label."
-    ),
-    Capability(
-        "image-embeddings",
-        "Image embeddings",
-        "CLS or mean-pooled vectors from any hidden layer, optionally L2-normalised.",
-    ),
-    Capability(
-        "batch-inference",
-        "Batch inference",
-        "Dynamic micro-batching across concurrent requests, plus a bidirectional bulk stream.",
-    ),
-    Capability(
-        "custom-heads", "Custom heads", "Linear probes trained on the model's embeddings from labelled examples."
-    ),
-    Capability(
-        "safetensors-loading",
-        "Safetensors loading",
-        "from_pretrained on a directory or hub id; pickle checkpoints refused.",
-    ),
-    Capability(
-        "quantization",
-        "Reduced precision",
-        "fp32, bf16/fp16 and dynamic int8 quantization of Linear layers; int8 ONNX Runtime exports.",
-    ),
-    Capability(
-        "onnx-export",
-        "ONNX export",
-        "versus export onnx: one ONNX file with a dynamic batch axis, parity-checked against torch.",
-    ),
-    Capability(
-        "backends", "Execution backends", "Eager torch, ONNX Runtime in process, or a Triton Inference Server."
-    ),
+from services.vit.model import FINAL_LAYER
+from services.vit.tasks import (
+    IMAGES,
+    POOLINGS,
+    Classification,
+    ClassifyTask,
+    EmbedTask,
+    Timings,
+    VitDescription,
+    WorkItem,
+    hidden_layers,
+    postprocess,
+    timings,
 )
 
-
-def make_engine(config: VitConfig) -> VitEngine:
-    """The engine for ``config.backend`` (ONNX Runtime and tritonclient are imported only when chosen)."""
-    if config.backend == "onnx":
-        from services.vit.onnx_engine import OnnxVitModel
-
-        return OnnxVitModel(config.model, precision=config.precision, device=config.device,
-                            threads=config.onnx_threads or config.torch_threads)
-    if config.backend == "triton":
-        from services.vit.triton_engine import TritonVitModel
-
-        return TritonVitModel(config.model, url=config.triton_url, model_name=config.triton_model,
-                              precision=config.precision, allow_download=config.allow_download)
-    return VitModel(config.model, precision=config.precision, device=config.device,
-                    allow_download=config.allow_download, torch_threads=config.torch_threads)
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    index: int
-    label: str
-    score: float
-
-
-@dataclass(frozen=True)
-class ClassifyTask:
-    top_k: int
-    head: Head | None = None
-    logits: bool = False
-
-
-@dataclass(frozen=True)
-class Classification:
-    labels: list[LabelScore]
-    logits: np.ndarray | None  # [num_labels] float32 when asked for
-
-
-@dataclass(frozen=True)
-class EmbedTask:
-    layers: tuple[int, ...]  # FINAL_LAYER for the final output
-    pooling: str
-    normalize: bool
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    pixels: np.ndarray | None  # [3, H, W] float32, or None when the device thread preprocesses
-    task: ClassifyTask | EmbedTask
-    image: object = None  # PIL image opened by check_header (preprocess=device)
-    field: str = ""
-
-
-@dataclass(frozen=True)
-class Timings:
-    queue_ms: float
-    compute_ms: float
-    preprocess_ms: float
-    total_ms: float
-
-
-@dataclass(frozen=True)
-class VitDescription:
-    """What GetModelInfo reports: the shared model info plus the ViT's own facts and limits."""
-
-    info: ModelInfo
-    image_size: int
-    num_labels: int
-    num_hidden_layers: int
-    hidden_size: int
-    max_images_per_request: int
-    max_batch_size: int
-
+log = logging.getLogger(__name__)
 
 async def _within(future: asyncio.Future, timeout_s: float):  # the future's result
     try:
         return await asyncio.wait_for(future, timeout_s)
     except TimeoutError:
         raise DeadlineExceeded("deadline passed while the images waited for decoding") from None
-
-
-def _timings(started: float, preprocess_s: float, stats: Sequence[ItemStats]) -> Timings:
-    queue = max((s.queue_s for s in stats), default=0.0)
-    compute = sum({s.batch_id: s.compute_s for s in stats}.values())
-    return Timings(queue * 1e3, compute * 1e3, preprocess_s * 1e3, (time.perf_counter() - started) * 1e3)
 
 
 class VitBackend(ServiceBackend):
@@ -330,7 +223,7 @@ class VitBackend(ServiceBackend):
     async def _remote(self, items: list[WorkItem], timeout_s: float | None) -> list[tuple[object, ItemStats]]:
         """Triton path: one call per request (Triton batches across requests); same metrics as the batcher's."""
         started = time.perf_counter()
-        out = await self.model.infer(np.stack([it.pixels for it in items]), _layers(items), timeout_s)  # type: ignore
+        out = await self.model.infer(np.stack([it.pixels for it in items]), hidden_layers(items), timeout_s)  # type: ignore
         compute_s = time.perf_counter() - started
         m = self.metrics
         m.compute_seconds.labels(self.model_id).observe(compute_s)
@@ -338,7 +231,7 @@ class VitBackend(ServiceBackend):
         m.items.labels(self.model_id).inc(len(items))
         m.queue_seconds.labels(self.model_id).observe(0.0)
         stats = ItemStats(0.0, compute_s, len(items), 0)
-        return [(r, stats) for r in self._postprocess(items, out)]
+        return [(r, stats) for r in postprocess(items, out, self.model.id2label)]
 
     async def _submit(
         self,
@@ -347,10 +240,13 @@ class VitBackend(ServiceBackend):
         timeout_s: float | None,
         field: str = IMAGES,
         offset: int = 0,
+        pixels: np.ndarray | None = None,
     ) -> tuple[list[object], Timings]:
         started = time.perf_counter()
-        with self.admission.hold(len(images)):  # refuse before any decoding when full
-            if self.on_device:  # header checks only: microseconds, fine on the event loop
+        with self.admission.hold(len(images) if pixels is None else len(pixels)):  # refuse before decoding
+            if pixels is not None:  # preprocessed by the client: straight to the batch
+                items = [WorkItem(row, task) for row in pixels]
+            elif self.on_device:  # header checks only: microseconds, fine on the event loop
                 items = self._prepare(images, field, task, offset)
             else:
                 future = asyncio.get_running_loop().run_in_executor(
@@ -364,7 +260,7 @@ class VitBackend(ServiceBackend):
                 results = await self._remote(items, remaining)
             else:
                 results = await self._batcher.submit(items, timeout_s=remaining)
-        return [r for r, _ in results], _timings(started, preprocess_s, [s for _, s in results])
+        return [r for r, _ in results], timings(started, preprocess_s, [s for _, s in results])
 
     # -- public API ------------------------------------------------------------------------------
     async def classify(
@@ -380,8 +276,24 @@ class VitBackend(ServiceBackend):
         self.require_ready()
         self._check_count(len(images), field)
         task = self.classify_task(top_k, head, logits)
-        outputs, timings = await self._submit(images, task, timeout_s, field)
-        return outputs, timings  # type: ignore[return-value]
+        outputs, spent = await self._submit(images, task, timeout_s, field)
+        return outputs, spent  # type: ignore[return-value]
+
+    async def classify_pixels(
+        self, pixels: np.ndarray, top_k: int | None = None, head: str = "", timeout_s: float | None = None,
+        field: str = "pixels", logits: bool = False,
+    ) -> tuple[list[Classification], Timings]:
+        """:meth:`classify` for images the client preprocessed: float32 ``[N, 3, S, S]`` (S = image size)."""
+        self.require_ready()
+        self._check_count(len(pixels), field)
+        size = self.model.image_size
+        if pixels.ndim != 4 or pixels.shape[1:] != (3, size, size):
+            raise InvalidArgument(field, f"shape {list(pixels.shape)} is not [N, 3, {size}, {size}]")
+        if not np.isfinite(pixels).all():
+            raise InvalidArgument(field, "holds NaN or infinite values")
+        task = self.classify_task(top_k, head, logits)
+        outputs, spent = await self._submit((), task, timeout_s, field, pixels=pixels.astype(np.float32, copy=False))
+        return outputs, spent  # type: ignore[return-value]
 
     async def embed(
         self,
@@ -397,8 +309,8 @@ class VitBackend(ServiceBackend):
         self.require_ready()
         self._check_count(len(images), field)
         task = self.embed_task(layers, pooling, normalize)
-        outputs, timings = await self._submit(images, task, timeout_s, field, offset)
-        return outputs, timings  # type: ignore[return-value]
+        outputs, spent = await self._submit(images, task, timeout_s, field, offset)
+        return outputs, spent  # type: ignore[return-value]
 
     async def create_head(
         self, name: str, images: Sequence[bytes], labels: Sequence[str], epochs: int = 0, timeout_s: float | None = None
@@ -460,43 +372,4 @@ class VitBackend(ServiceBackend):
         return results
 
     def _forward(self, items: list[WorkItem], pixels: list[np.ndarray]) -> list[object]:
-        return self._postprocess(items, self.model.forward(np.stack(pixels), _layers(items)))
-
-    def _postprocess(self, items: list[WorkItem], out: ForwardOutput) -> list[object]:
-        """Labels, head scores and pooled vectors from one batch's outputs (NumPy; any backend)."""
-        results: list[object] = []
-        for row, item in enumerate(items):
-            task = item.task
-            if isinstance(task, ClassifyTask):
-                results.append(self._labels(out.logits[row], out.final[row], task))
-            else:
-                results.append(
-                    [
-                        (
-                            layer,
-                            pool(
-                                out.final[row] if layer == FINAL_LAYER else out.hidden[layer][row],
-                                task.pooling,
-                                task.normalize,
-                            ),
-                        )
-                        for layer in task.layers
-                    ]
-                )
-        return results
-
-    def _labels(self, logits: np.ndarray, final: np.ndarray, task: ClassifyTask) -> Classification:
-        if task.head is None:
-            names = self.model.id2label
-        else:
-            names = task.head.labels
-            logits = task.head.logits(pool(final, "cls", True))
-        labels = [LabelScore(i, names[i], s) for i, s in softmax_top_k(logits, task.top_k)]
-        return Classification(labels, np.asarray(logits, np.float32) if task.logits else None)
-
-
-def _layers(items: Sequence[WorkItem]) -> frozenset[int]:
-    """Hidden layers some item of a batch asks for (the final output is always computed)."""
-    return frozenset(
-        lab for it in items if isinstance(it.task, EmbedTask) for lab in it.task.layers if lab != FINAL_LAYER
-    )
+        return postprocess(items, self.model.forward(np.stack(pixels), hidden_layers(items)), self.model.id2label)

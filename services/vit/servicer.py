@@ -11,8 +11,9 @@ from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 from services.common.convert import item_error, model_info_to_proto
 from services.common.errors import InvalidArgument, VersusError
-from services.vit.backend import Classification, Timings, VitBackend
+from services.vit.backend import VitBackend
 from services.vit.heads import Head
+from services.vit.tasks import Classification, Timings
 
 _POOLING = {vit_pb2.POOLING_UNSPECIFIED: "cls", vit_pb2.POOLING_CLS: "cls", vit_pb2.POOLING_MEAN: "mean"}
 def _timeout(context: grpc.aio.ServicerContext) -> float | None:

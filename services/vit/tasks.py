@@ -1,0 +1,119 @@
+"""What a ViT request asks of a batch and what it gets back, and the batch post-processing (NumPy only).
+
+The backend turns each request into :class:`WorkItem` objects carrying a task; the batcher runs
+them; :func:`postprocess` turns one batch's :class:`~services.vit.model.ForwardOutput` into each
+item's answer (labels with scores, or pooled vectors), whichever engine computed it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from services.common.backend import ModelInfo
+from services.common.batcher import ItemStats
+from services.vit.heads import Head
+from services.vit.model import FINAL_LAYER, ForwardOutput, pool, softmax_top_k
+
+POOLINGS = ("cls", "mean")
+#: Field-path template of the images of a Classify/Embed request (errors name ``images[3].data``).
+IMAGES = "images[{}].data"
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class ClassifyTask:
+    top_k: int
+    head: Head | None = None
+    logits: bool = False
+
+
+@dataclass(frozen=True)
+class Classification:
+    labels: list[LabelScore]
+    logits: np.ndarray | None  # [num_labels] float32 when asked for
+
+
+@dataclass(frozen=True)
+class EmbedTask:
+    layers: tuple[int, ...]  # FINAL_LAYER for the final output
+    pooling: str
+    normalize: bool
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    pixels: np.ndarray | None  # [3, H, W] float32, or None when the device thread preprocesses
+    task: ClassifyTask | EmbedTask
+    image: object = None  # PIL image opened by check_header (preprocess=device)
+    field: str = ""
+
+
+@dataclass(frozen=True)
+class Timings:
+    queue_ms: float
+    compute_ms: float
+    preprocess_ms: float
+    total_ms: float
+
+
+@dataclass(frozen=True)
+class VitDescription:
+    """What GetModelInfo reports: the shared model info plus the ViT's own facts and limits."""
+
+    info: ModelInfo
+    image_size: int
+    num_labels: int
+    num_hidden_layers: int
+    hidden_size: int
+    max_images_per_request: int
+    max_batch_size: int
+
+
+def timings(started: float, preprocess_s: float, stats: Sequence[ItemStats]) -> Timings:
+    """A request's timings from its items' batch statistics (compute counted once per batch)."""
+    queue = max((s.queue_s for s in stats), default=0.0)
+    compute = sum({s.batch_id: s.compute_s for s in stats}.values())
+    return Timings(queue * 1e3, compute * 1e3, preprocess_s * 1e3, (time.perf_counter() - started) * 1e3)
+
+
+def hidden_layers(items: Sequence[WorkItem]) -> frozenset[int]:
+    """Hidden layers some item of a batch asks for (the final output is always computed)."""
+    return frozenset(
+        lab for it in items if isinstance(it.task, EmbedTask) for lab in it.task.layers if lab != FINAL_LAYER
+    )
+
+
+def postprocess(items: Sequence[WorkItem], out: ForwardOutput, id2label: Sequence[str]) -> list[object]:
+    """Labels, head scores and pooled vectors from one batch's outputs (any backend)."""
+    results: list[object] = []
+    for row, item in enumerate(items):
+        task = item.task
+        if isinstance(task, ClassifyTask):
+            results.append(_labels(out.logits[row], out.final[row], task, id2label))
+        else:
+            results.append([
+                (layer, pool(out.final[row] if layer == FINAL_LAYER else out.hidden[layer][row], task.pooling,
+                             task.normalize))
+                for layer in task.layers
+            ])
+    return results
+
+
+def _labels(logits: np.ndarray, final: np.ndarray, task: ClassifyTask, id2label: Sequence[str]) -> Classification:
+    if task.head is None:
+        names = id2label
+    else:
+        names = task.head.labels
+        logits = task.head.logits(pool(final, "cls", True))
+    labels = [LabelScore(i, names[i], s) for i, s in softmax_top_k(logits, task.top_k)]
+    return Classification(labels, np.asarray(logits, np.float32) if task.logits else None)
