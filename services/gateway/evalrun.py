@@ -1,0 +1,246 @@
+"""Measuring registered deployments live on an eval set, and comparing two of them honestly.
+
+One run sends every usable image of the set to one deployment, one image per ModelInfer request, with
+at most ``concurrency`` requests in flight (it never floods the user's server), inside a wall-clock
+budget. RESOURCE_EXHAUSTED and UNAVAILABLE are retried after the server's RetryInfo delay, or with
+exponential back-off when it sends none. A run ends in one of four states:
+
+- ``complete``: every image answered;
+- ``partial``: the budget ran out or the endpoint went away part-way; the counts measured so far are
+  reported with their intervals, and the report says how many images were not measured;
+- ``unavailable``: nothing could be measured (the reason is the error's);
+- ``contradicted``: the endpoint answered out of its own contract (wrong shape or size, INTERNAL); what
+  it sent is shown and no accuracy is reported for it.
+
+The comparison of two runs uses only images both answered and both can label (images whose label a
+model cannot output are counted as unmatched for it, never silently dropped). A difference in accuracy
+is called only when McNemar's exact test on the discordant images gives p < ``alpha``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+
+from services.common.stats import mcnemar_exact, wilson
+from services.gateway.deployments import LabelMatch
+from services.gateway.evalset import EvalImage, EvalSet
+from services.gateway.oip_client import EndpointFault, EndpointOutage, OipClient
+
+MAX_RETRIES = 6
+BACKOFF_START_S, BACKOFF_MAX_S = 0.05, 2.0
+ALPHA = 0.05
+TOP_K = 5
+
+
+@dataclass
+class Run:
+    """One deployment's answers on an eval set."""
+
+    deployment: str
+    identity: str
+    started_at: str
+    state: str = "complete"  # complete | partial | unavailable | contradicted
+    reason: str = ""
+    top: dict[str, list[int]] = field(default_factory=dict)  # image path → top-5 label indices
+    latencies_ms: list[float] = field(default_factory=list)
+    wall_s: float = 0.0
+    retries: int = 0
+    not_measured: int = 0
+    weights_digest: str = ""
+    concurrency: int = 1
+
+    @property
+    def answered(self) -> int:
+        return len(self.top)
+
+
+@dataclass
+class Progress:
+    done: int = 0
+    total: int = 0
+
+
+async def run_deployment(client: OipClient, eval_set: EvalSet, *, deadline: float, concurrency: int,
+                         call_timeout_s: float, progress: Progress | None = None) -> Run:
+    """Send every image of the set to one deployment (see the module doc for the states)."""
+    spec = client.spec
+    run = Run(spec.id, spec.identity(), datetime.now(UTC).isoformat(timespec="seconds"), concurrency=concurrency)
+    if client.endpoint is None:
+        try:
+            await client.describe(min(call_timeout_s, max(0.0, deadline - time.monotonic())))
+        except EndpointOutage as exc:
+            return _ended(run, "unavailable", f"ModelMetadata: {exc.details.describe()[:200]}", eval_set.size)
+        except EndpointFault as exc:
+            return _ended(run, "contradicted", exc.seen, eval_set.size)
+    queue: asyncio.Queue[EvalImage] = asyncio.Queue()
+    for image in eval_set.images:
+        queue.put_nowait(image)
+    stop = asyncio.Event()
+    started = time.perf_counter()
+
+    async def worker() -> None:
+        while not stop.is_set() and not queue.empty():
+            image = queue.get_nowait()
+            try:
+                await _one(client, eval_set, image, run, deadline, call_timeout_s)
+            except EndpointFault as exc:
+                run.state, run.reason = "contradicted", f"{image.path}: {exc.seen}"
+                stop.set()
+            except (EndpointOutage, TimeoutError) as exc:
+                if run.state == "complete":
+                    why = exc.details.describe() if isinstance(exc, EndpointOutage) else "budget exhausted"
+                    run.state, run.reason = "partial", why[:200]
+                stop.set()
+            if progress is not None:
+                progress.done += 1
+
+    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    run.wall_s = time.perf_counter() - started
+    run.not_measured = eval_set.size - run.answered
+    if run.state == "partial" and not run.top:
+        run.state = "unavailable"
+    if run.state == "contradicted":
+        run.top.clear()
+    return run
+
+
+def _ended(run: Run, state: str, reason: str, size: int) -> Run:
+    run.state, run.reason, run.not_measured = state, reason, size
+    return run
+
+
+async def _one(client: OipClient, eval_set: EvalSet, image: EvalImage, run: Run, deadline: float,
+               call_timeout_s: float) -> None:
+    data = eval_set.read(image)
+    delay = BACKOFF_START_S
+    for attempt in range(MAX_RETRIES + 1):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        t0 = time.perf_counter()
+        try:
+            scores, params = await client.infer([data], min(call_timeout_s, left), request_id=image.sha256[:32])
+        except EndpointOutage as exc:
+            retryable = exc.details.code.name in ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
+            if not retryable or attempt == MAX_RETRIES:
+                raise
+            wait = exc.details.retry_after_s if exc.details.retry_after_s is not None else delay * random.uniform(
+                0.5, 1.0)
+            delay = min(BACKOFF_MAX_S, delay * 2)
+            run.retries += 1
+            if time.monotonic() + wait >= deadline:
+                raise TimeoutError from None
+            await asyncio.sleep(wait)
+            continue
+        run.latencies_ms.append((time.perf_counter() - t0) * 1e3)
+        run.top[image.path] = [int(i) for i in np.argsort(-scores[0], kind="stable")[:TOP_K]]
+        digest = params.get("weights_digest")
+        if isinstance(digest, str):
+            run.weights_digest = digest[:64]
+        return
+
+
+# -- what the runs show ---------------------------------------------------------------------------
+@dataclass
+class Accuracy:
+    hits: int
+    n: int
+
+    @property
+    def rate(self) -> float:
+        return self.hits / self.n if self.n else 0.0
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson(self.hits, self.n)
+
+
+@dataclass
+class DeploymentResult:
+    deployment: str
+    top1: Accuracy
+    top5: Accuracy
+    per_class: dict[str, Accuracy]
+    unmatched: int  # images whose label this model cannot output
+    unmatched_labels: list[str]
+    latency_p50_ms: float
+    latency_p95_ms: float
+    throughput_img_s: float
+
+
+def score(run: Run, eval_set: EvalSet, match: LabelMatch) -> DeploymentResult:
+    per_class: dict[str, list[int]] = {}
+    top1 = top5 = n = unmatched = 0
+    for image in eval_set.images:
+        if image.label not in match.index:
+            unmatched += 1
+            continue
+        top = run.top.get(image.path)
+        if top is None:
+            continue
+        want = match.index[image.label]
+        n += 1
+        hit = top[0] == want
+        top1 += hit
+        top5 += want in top
+        per_class.setdefault(image.label, [0, 0])
+        per_class[image.label][0] += hit
+        per_class[image.label][1] += 1
+    lat = sorted(run.latencies_ms)
+    p95 = lat[min(len(lat) - 1, int(round(0.95 * (len(lat) - 1))))] if lat else 0.0
+    return DeploymentResult(run.deployment, Accuracy(top1, n), Accuracy(top5, n),
+                            {k: Accuracy(*v) for k, v in sorted(per_class.items())}, unmatched,
+                            sorted(match.unmatched), statistics.median(lat) if lat else 0.0, p95,
+                            run.answered / run.wall_s if run.wall_s > 0 else 0.0)
+
+
+@dataclass
+class Paired:
+    """The paired comparison of two runs on the images both answered and both can label."""
+
+    n: int
+    both_right: int
+    both_wrong: int
+    only_a: int  # A right, B wrong
+    only_b: int
+    p_value: float
+    significant: bool
+    confusions: list[tuple[str, str, str, int]]  # (true label, A's answer, B's answer, images), most first
+    disagreements: list[tuple[str, str, str, str]]  # (image path, true label, A's answer, B's answer)
+
+
+def paired(run_a: Run, run_b: Run, eval_set: EvalSet, match_a: LabelMatch, match_b: LabelMatch,
+           labels_a: list[str], labels_b: list[str], *, alpha: float = ALPHA, max_shown: int = 24) -> Paired:
+    counts = Counter[str]()
+    confusions = Counter[tuple[str, str, str]]()
+    shown: list[tuple[str, str, str, str]] = []
+    for image in eval_set.images:
+        top_a, top_b = run_a.top.get(image.path), run_b.top.get(image.path)
+        if top_a is None or top_b is None or image.label not in match_a.index or image.label not in match_b.index:
+            continue
+        right_a = top_a[0] == match_a.index[image.label]
+        right_b = top_b[0] == match_b.index[image.label]
+        counts[("both_right" if right_b else "only_a") if right_a else ("only_b" if right_b else "both_wrong")] += 1
+        answer_a, answer_b = labels_a[top_a[0]], labels_b[top_b[0]]
+        if answer_a != answer_b:
+            confusions[(image.label, answer_a, answer_b)] += 1
+            if len(shown) < max_shown and right_a != right_b:
+                shown.append((image.path, image.label, answer_a, answer_b))
+    p = mcnemar_exact(counts["only_a"], counts["only_b"])
+    return Paired(sum(counts.values()), counts["both_right"], counts["both_wrong"], counts["only_a"], counts["only_b"],
+                  p, p < alpha, [(*k, v) for k, v in confusions.most_common(20)], shown)
+
+
+def outcome_of(right_a: bool, right_b: bool) -> str:
+    """A discordant image is a win for the model that was right; concordant images are ties."""
+    if right_a == right_b:
+        return "tie"
+    return "a" if right_a else "b"
