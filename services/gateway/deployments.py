@@ -59,6 +59,18 @@ def parse_deployment(text: str) -> DeploymentSpec:
         raise ConfigError(f"--deployment takes ID=TARGET,model=NAME[,...], got {text[:80]!r}")
     if not ID.fullmatch(dep_id):
         raise ConfigError(f"--deployment id must be 1..64 characters of [a-z0-9._-], got {dep_id[:40]!r}")
+    target, options = _split_target(dep_id, rest)
+    if not options.get("model"):
+        raise ConfigError(f"--deployment {dep_id}: model=NAME is required")
+    for key in ("labels", "processor", "token-file", "tls-ca", "label-map"):
+        if options.get(key) and not Path(options[key]).is_file():
+            raise ConfigError(f"--deployment {dep_id}: {key} file {options[key]} does not exist")
+    return DeploymentSpec(dep_id, target, options["model"], options.get("version", ""), options.get("labels", ""),
+                          options.get("processor", ""), options.get("output", ""), options.get("token-file", ""),
+                          options.get("tls-ca", ""), options.get("label-map", ""))
+
+
+def _split_target(dep_id: str, rest: str) -> tuple[str, dict[str, str]]:
     target_parts: list[str] = []
     options: dict[str, str] = {}
     for item in rest.split(","):
@@ -71,17 +83,9 @@ def parse_deployment(text: str) -> DeploymentSpec:
             raise ConfigError(f"--deployment {dep_id}: unknown option {item[:40]!r} (known: {', '.join(OPTIONS)})")
         else:
             target_parts.append(item)
-    target = ",".join(target_parts)
-    if not target:
+    if not any(target_parts):
         raise ConfigError(f"--deployment {dep_id}: no TARGET")
-    if not options.get("model"):
-        raise ConfigError(f"--deployment {dep_id}: model=NAME is required")
-    for key in ("labels", "processor", "token-file", "tls-ca", "label-map"):
-        if options.get(key) and not Path(options[key]).is_file():
-            raise ConfigError(f"--deployment {dep_id}: {key} file {options[key]} does not exist")
-    return DeploymentSpec(dep_id, target, options["model"], options.get("version", ""), options.get("labels", ""),
-                          options.get("processor", ""), options.get("output", ""), options.get("token-file", ""),
-                          options.get("tls-ca", ""), options.get("label-map", ""))
+    return ",".join(target_parts), options
 
 
 def read_labels(path: str) -> list[str]:

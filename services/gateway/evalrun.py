@@ -89,27 +89,37 @@ async def run_deployment(client: OipClient, eval_set: EvalSet, *, deadline: floa
     async def worker() -> None:
         while not stop.is_set() and not queue.empty():
             image = queue.get_nowait()
-            try:
-                await _one(client, eval_set, image, run, deadline, call_timeout_s)
-            except EndpointFault as exc:
-                run.state, run.reason = "contradicted", f"{image.path}: {exc.seen}"
-                stop.set()
-            except (EndpointOutage, TimeoutError) as exc:
-                if run.state == "complete":
-                    why = exc.details.describe() if isinstance(exc, EndpointOutage) else "budget exhausted"
-                    run.state, run.reason = "partial", why[:200]
+            if not await _guarded(client, eval_set, image, run, deadline, call_timeout_s):
                 stop.set()
             if progress is not None:
                 progress.done += 1
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
-    run.wall_s = time.perf_counter() - started
-    run.not_measured = eval_set.size - run.answered
+    return _finished(run, eval_set.size, time.perf_counter() - started)
+
+
+def _finished(run: Run, size: int, wall_s: float) -> Run:
+    run.wall_s, run.not_measured = wall_s, size - run.answered
     if run.state == "partial" and not run.top:
         run.state = "unavailable"
     if run.state == "contradicted":
-        run.top.clear()
+        run.top.clear()  # no accuracy pretends to exist for an endpoint that broke its contract
     return run
+
+
+async def _guarded(client: OipClient, eval_set: EvalSet, image: EvalImage, run: Run, deadline: float,
+                   call_timeout_s: float) -> bool:
+    """One image; False when the run must stop (a fault, or an outage that outlasted its retries)."""
+    try:
+        await _one(client, eval_set, image, run, deadline, call_timeout_s)
+        return True
+    except EndpointFault as exc:
+        run.state, run.reason = "contradicted", f"{image.path}: {exc.seen}"
+    except (EndpointOutage, TimeoutError) as exc:
+        if run.state == "complete":
+            why = exc.details.describe() if isinstance(exc, EndpointOutage) else "budget exhausted"
+            run.state, run.reason = "partial", why[:200]
+    return False
 
 
 def _ended(run: Run, state: str, reason: str, size: int) -> Run:
@@ -129,6 +139,8 @@ async def _one(client: OipClient, eval_set: EvalSet, image: EvalImage, run: Run,
         try:
             scores, params = await client.infer([data], min(call_timeout_s, left), request_id=image.sha256[:32])
         except EndpointOutage as exc:
+            if exc.details.code.name == "DEADLINE_EXCEEDED" and left < call_timeout_s:
+                raise TimeoutError from None  # the call's deadline was the budget's end
             retryable = exc.details.code.name in ("RESOURCE_EXHAUSTED", "UNAVAILABLE")
             if not retryable or attempt == MAX_RETRIES:
                 raise
