@@ -142,9 +142,20 @@ class CompareRequest(_message.Message):
 
     MODEL_IDS_FIELD_NUMBER: _builtins.int
     PROBES_FIELD_NUMBER: _builtins.int
+    EVAL_SET_FIELD_NUMBER: _builtins.int
+    EVAL_BUDGET_S_FIELD_NUMBER: _builtins.int
+    eval_set: _builtins.str
+    """A registered eval set (--eval-set NAME=PATH): the compared deployments (--deployment) are measured
+    live on it over the Open Inference Protocol (see EvalReport). Unknown: NOT_FOUND (resource_type
+    "eval_set"); model_ids that are not registered deployments: NOT_FOUND (resource_type "deployment").
+    """
+    eval_budget_s: _builtins.float
+    """Wall-clock budget of the eval run in seconds, 0..3600 (0 = the gateway default); apart from
+    probes.budget_s. A run cut short reports partial counts with their intervals.
+    """
     @_builtins.property
     def model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """2..4 distinct catalog model ids."""
+        """2..4 distinct catalog model ids; with eval_set, 2..4 distinct registered deployment ids."""
 
     @_builtins.property
     def probes(self) -> Global___ProbeOptions: ...
@@ -153,10 +164,12 @@ class CompareRequest(_message.Message):
         *,
         model_ids: _abc.Iterable[_builtins.str] | None = ...,
         probes: Global___ProbeOptions | None = ...,
+        eval_set: _builtins.str = ...,
+        eval_budget_s: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["probes", b"probes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["model_ids", b"model_ids", "probes", b"probes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_budget_s", b"eval_budget_s", "eval_set", b"eval_set", "model_ids", b"model_ids", "probes", b"probes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -772,6 +785,7 @@ class Comparison(_message.Message):
     PROBES_RUN_FIELD_NUMBER: _builtins.int
     PROBES_CACHED_FIELD_NUMBER: _builtins.int
     MECHANISM_LEADERBOARD_FIELD_NUMBER: _builtins.int
+    EVAL_FIELD_NUMBER: _builtins.int
     comparison_id: _builtins.str
     """Stable id of the request (hex digest of the sorted ids and probe options)."""
     created_at: _builtins.str
@@ -810,6 +824,10 @@ class Comparison(_message.Message):
         apart from the real leaderboard, which is filled only when real duels exist).
         """
 
+    @_builtins.property
+    def eval(self) -> Global___EvalReport:
+        """Registered deployments measured live on the user's eval set (CompareRequest.eval_set)."""
+
     def __init__(
         self,
         *,
@@ -830,10 +848,11 @@ class Comparison(_message.Message):
         probes_run: _builtins.int = ...,
         probes_cached: _builtins.int = ...,
         mechanism_leaderboard: _ranker_pb2.GetLeaderboardResponse | None = ...,
+        eval: Global___EvalReport | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["leaderboard", b"leaderboard", "mechanism_leaderboard", b"mechanism_leaderboard", "scores", b"scores"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["eval", b"eval", "leaderboard", b"leaderboard", "mechanism_leaderboard", b"mechanism_leaderboard", "scores", b"scores"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison_id", b"comparison_id", "created_at", b"created_at", "duels", b"duels", "elapsed_ms", b"elapsed_ms", "facts", b"facts", "judgements", b"judgements", "leaderboard", b"leaderboard", "mechanism_leaderboard", b"mechanism_leaderboard", "model_ids", b"model_ids", "models", b"models", "notes", b"notes", "probes_cached", b"probes_cached", "probes_run", b"probes_run", "quality", b"quality", "scores", b"scores", "unavailable", b"unavailable", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comparison_id", b"comparison_id", "created_at", b"created_at", "duels", b"duels", "elapsed_ms", b"elapsed_ms", "eval", b"eval", "facts", b"facts", "judgements", b"judgements", "leaderboard", b"leaderboard", "mechanism_leaderboard", b"mechanism_leaderboard", "model_ids", b"model_ids", "models", b"models", "notes", b"notes", "probes_cached", b"probes_cached", "probes_run", b"probes_run", "quality", b"quality", "scores", b"scores", "unavailable", b"unavailable", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1021,3 +1040,416 @@ class ListModelsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListModelsResponse: _TypeAlias = ListModelsResponse  # noqa: Y015
+
+@_typing.final
+class EvalSetInfo(_message.Message):
+    """The eval set a measurement was made on: every number measured on it carries this."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class SkippedEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    NAME_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    LABELS_FIELD_NUMBER: _builtins.int
+    SKIPPED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    digest: _builtins.str
+    """sha256 (hex) over every usable image's path, label and content digest."""
+    images: _builtins.int
+    """Usable images, and labels among them."""
+    labels: _builtins.int
+    @_builtins.property
+    def skipped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Files that could not be used, by reason ("unreadable", "outside-folder", "not-an-image", "no-label",
+        "too-large", "not-in-a-label-folder").
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        images: _builtins.int = ...,
+        labels: _builtins.int = ...,
+        skipped: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "images", b"images", "labels", b"labels", "name", b"name", "skipped", b"skipped"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvalSetInfo: _TypeAlias = EvalSetInfo  # noqa: Y015
+
+@_typing.final
+class DeploymentIdentity(_message.Message):
+    """A registered deployment: not a catalog checkpoint. Identified by id, endpoint, model and version,
+    and by the weights digest where its server reports one (ModelInfer parameter "weights_digest").
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    WEIGHTS_DIGEST_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    target: _builtins.str
+    model: _builtins.str
+    version: _builtins.str
+    weights_digest: _builtins.str
+    platform: _builtins.str
+    """From ModelMetadata: platform, and the input/output the measurement used."""
+    signature: _builtins.str
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        target: _builtins.str = ...,
+        model: _builtins.str = ...,
+        version: _builtins.str = ...,
+        weights_digest: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        signature: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "model", b"model", "platform", b"platform", "signature", b"signature", "target", b"target", "version", b"version", "weights_digest", b"weights_digest"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentIdentity: _TypeAlias = DeploymentIdentity  # noqa: Y015
+
+@_typing.final
+class ClassAccuracy(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    HITS_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    CI_LOW_FIELD_NUMBER: _builtins.int
+    CI_HIGH_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    hits: _builtins.int
+    images: _builtins.int
+    ci_low: _builtins.float
+    ci_high: _builtins.float
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        hits: _builtins.int = ...,
+        images: _builtins.int = ...,
+        ci_low: _builtins.float = ...,
+        ci_high: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ci_high", b"ci_high", "ci_low", b"ci_low", "hits", b"hits", "images", b"images", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClassAccuracy: _TypeAlias = ClassAccuracy  # noqa: Y015
+
+@_typing.final
+class DeploymentEval(_message.Message):
+    """One deployment measured on the eval set."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_FIELD_NUMBER: _builtins.int
+    MARK_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ANSWERED_FIELD_NUMBER: _builtins.int
+    NOT_MEASURED_FIELD_NUMBER: _builtins.int
+    UNMATCHED_FIELD_NUMBER: _builtins.int
+    UNMATCHED_LABELS_FIELD_NUMBER: _builtins.int
+    SCORED_FIELD_NUMBER: _builtins.int
+    TOP1_HITS_FIELD_NUMBER: _builtins.int
+    TOP5_HITS_FIELD_NUMBER: _builtins.int
+    TOP1_FIELD_NUMBER: _builtins.int
+    TOP1_CI_LOW_FIELD_NUMBER: _builtins.int
+    TOP1_CI_HIGH_FIELD_NUMBER: _builtins.int
+    TOP5_FIELD_NUMBER: _builtins.int
+    TOP5_CI_LOW_FIELD_NUMBER: _builtins.int
+    TOP5_CI_HIGH_FIELD_NUMBER: _builtins.int
+    PER_CLASS_FIELD_NUMBER: _builtins.int
+    LATENCY_P50_MS_FIELD_NUMBER: _builtins.int
+    LATENCY_P95_MS_FIELD_NUMBER: _builtins.int
+    THROUGHPUT_IMG_S_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    RETRIES_FIELD_NUMBER: _builtins.int
+    MEASURED_AT_FIELD_NUMBER: _builtins.int
+    mark: Global___EvidenceMark.ValueType
+    """VERIFIED_LIVE: every image answered; UNAVAILABLE: nothing measured (outage; reason says why) — with
+    partial counts when the run was cut short; CONTRADICTED: it answered out of its own contract (the
+    reason shows what was seen; no accuracy is reported).
+    """
+    state: _builtins.str
+    """"complete", "partial", "unavailable" or "contradicted"."""
+    reason: _builtins.str
+    answered: _builtins.int
+    """Images sent and answered; not measured (budget or outage); unmatched: labels it cannot output."""
+    not_measured: _builtins.int
+    unmatched: _builtins.int
+    scored: _builtins.int
+    """Accuracy over the answered, matched images, with Wilson 95% intervals."""
+    top1_hits: _builtins.int
+    top5_hits: _builtins.int
+    top1: _builtins.float
+    top1_ci_low: _builtins.float
+    top1_ci_high: _builtins.float
+    top5: _builtins.float
+    top5_ci_low: _builtins.float
+    top5_ci_high: _builtins.float
+    latency_p50_ms: _builtins.float
+    """One image per request, `concurrency` requests in flight."""
+    latency_p95_ms: _builtins.float
+    throughput_img_s: _builtins.float
+    concurrency: _builtins.int
+    retries: _builtins.int
+    """Requests retried after RESOURCE_EXHAUSTED / UNAVAILABLE (RetryInfo honoured)."""
+    measured_at: _builtins.str
+    @_builtins.property
+    def deployment(self) -> Global___DeploymentIdentity: ...
+    @_builtins.property
+    def unmatched_labels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def per_class(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassAccuracy]: ...
+    def __init__(
+        self,
+        *,
+        deployment: Global___DeploymentIdentity | None = ...,
+        mark: Global___EvidenceMark.ValueType = ...,
+        state: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        answered: _builtins.int = ...,
+        not_measured: _builtins.int = ...,
+        unmatched: _builtins.int = ...,
+        unmatched_labels: _abc.Iterable[_builtins.str] | None = ...,
+        scored: _builtins.int = ...,
+        top1_hits: _builtins.int = ...,
+        top5_hits: _builtins.int = ...,
+        top1: _builtins.float = ...,
+        top1_ci_low: _builtins.float = ...,
+        top1_ci_high: _builtins.float = ...,
+        top5: _builtins.float = ...,
+        top5_ci_low: _builtins.float = ...,
+        top5_ci_high: _builtins.float = ...,
+        per_class: _abc.Iterable[Global___ClassAccuracy] | None = ...,
+        latency_p50_ms: _builtins.float = ...,
+        latency_p95_ms: _builtins.float = ...,
+        throughput_img_s: _builtins.float = ...,
+        concurrency: _builtins.int = ...,
+        retries: _builtins.int = ...,
+        measured_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deployment", b"deployment"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered", b"answered", "concurrency", b"concurrency", "deployment", b"deployment", "latency_p50_ms", b"latency_p50_ms", "latency_p95_ms", b"latency_p95_ms", "mark", b"mark", "measured_at", b"measured_at", "not_measured", b"not_measured", "per_class", b"per_class", "reason", b"reason", "retries", b"retries", "scored", b"scored", "state", b"state", "throughput_img_s", b"throughput_img_s", "top1", b"top1", "top1_ci_high", b"top1_ci_high", "top1_ci_low", b"top1_ci_low", "top1_hits", b"top1_hits", "top5", b"top5", "top5_ci_high", b"top5_ci_high", "top5_ci_low", b"top5_ci_low", "top5_hits", b"top5_hits", "unmatched", b"unmatched", "unmatched_labels", b"unmatched_labels"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeploymentEval: _TypeAlias = DeploymentEval  # noqa: Y015
+
+@_typing.final
+class Confusion(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LABEL_FIELD_NUMBER: _builtins.int
+    ANSWER_A_FIELD_NUMBER: _builtins.int
+    ANSWER_B_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    label: _builtins.str
+    answer_a: _builtins.str
+    answer_b: _builtins.str
+    images: _builtins.int
+    def __init__(
+        self,
+        *,
+        label: _builtins.str = ...,
+        answer_a: _builtins.str = ...,
+        answer_b: _builtins.str = ...,
+        images: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_a", b"answer_a", "answer_b", b"answer_b", "images", b"images", "label", b"label"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Confusion: _TypeAlias = Confusion  # noqa: Y015
+
+@_typing.final
+class Disagreement(_message.Message):
+    """An image on which one deployment was right and the other wrong."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    ANSWER_A_FIELD_NUMBER: _builtins.int
+    ANSWER_B_FIELD_NUMBER: _builtins.int
+    THUMBNAIL_PNG_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    label: _builtins.str
+    answer_a: _builtins.str
+    answer_b: _builtins.str
+    thumbnail_png: _builtins.bytes
+    """A small PNG of the image, for the report."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        label: _builtins.str = ...,
+        answer_a: _builtins.str = ...,
+        answer_b: _builtins.str = ...,
+        thumbnail_png: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_a", b"answer_a", "answer_b", b"answer_b", "label", b"label", "path", b"path", "thumbnail_png", b"thumbnail_png"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Disagreement: _TypeAlias = Disagreement  # noqa: Y015
+
+@_typing.final
+class PairedTest(_message.Message):
+    """Two deployments on the images both answered and both can label: McNemar's exact test on the
+    discordant images decides whether they differ.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPLOYMENT_A_FIELD_NUMBER: _builtins.int
+    DEPLOYMENT_B_FIELD_NUMBER: _builtins.int
+    IMAGES_FIELD_NUMBER: _builtins.int
+    BOTH_RIGHT_FIELD_NUMBER: _builtins.int
+    BOTH_WRONG_FIELD_NUMBER: _builtins.int
+    ONLY_A_FIELD_NUMBER: _builtins.int
+    ONLY_B_FIELD_NUMBER: _builtins.int
+    P_VALUE_FIELD_NUMBER: _builtins.int
+    SIGNIFICANT_FIELD_NUMBER: _builtins.int
+    VERDICT_FIELD_NUMBER: _builtins.int
+    CONFUSIONS_FIELD_NUMBER: _builtins.int
+    DISAGREEMENTS_FIELD_NUMBER: _builtins.int
+    RECORDED_FIELD_NUMBER: _builtins.int
+    DUPLICATES_FIELD_NUMBER: _builtins.int
+    NONDETERMINISTIC_FIELD_NUMBER: _builtins.int
+    deployment_a: _builtins.str
+    deployment_b: _builtins.str
+    images: _builtins.int
+    both_right: _builtins.int
+    both_wrong: _builtins.int
+    only_a: _builtins.int
+    only_b: _builtins.int
+    p_value: _builtins.float
+    significant: _builtins.bool
+    verdict: _builtins.str
+    """"A is more accurate (p = 0.0001)" or "no significant difference on N images (p = 0.62)"."""
+    recorded: _builtins.int
+    """Outcomes recorded in the ranker (one per image: a win for the model that was right, else a tie),
+    those already recorded by an earlier run, and those whose rerun outcome differed (the deployments'
+    nondeterminism: counted, not recorded again).
+    """
+    duplicates: _builtins.int
+    nondeterministic: _builtins.int
+    @_builtins.property
+    def confusions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Confusion]: ...
+    @_builtins.property
+    def disagreements(self) -> _containers.RepeatedCompositeFieldContainer[Global___Disagreement]: ...
+    def __init__(
+        self,
+        *,
+        deployment_a: _builtins.str = ...,
+        deployment_b: _builtins.str = ...,
+        images: _builtins.int = ...,
+        both_right: _builtins.int = ...,
+        both_wrong: _builtins.int = ...,
+        only_a: _builtins.int = ...,
+        only_b: _builtins.int = ...,
+        p_value: _builtins.float = ...,
+        significant: _builtins.bool = ...,
+        verdict: _builtins.str = ...,
+        confusions: _abc.Iterable[Global___Confusion] | None = ...,
+        disagreements: _abc.Iterable[Global___Disagreement] | None = ...,
+        recorded: _builtins.int = ...,
+        duplicates: _builtins.int = ...,
+        nondeterministic: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["both_right", b"both_right", "both_wrong", b"both_wrong", "confusions", b"confusions", "deployment_a", b"deployment_a", "deployment_b", b"deployment_b", "disagreements", b"disagreements", "duplicates", b"duplicates", "images", b"images", "nondeterministic", b"nondeterministic", "only_a", b"only_a", "only_b", b"only_b", "p_value", b"p_value", "recorded", b"recorded", "significant", b"significant", "verdict", b"verdict"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PairedTest: _TypeAlias = PairedTest  # noqa: Y015
+
+@_typing.final
+class EvalReport(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVAL_SET_FIELD_NUMBER: _builtins.int
+    DEPLOYMENTS_FIELD_NUMBER: _builtins.int
+    PAIRS_FIELD_NUMBER: _builtins.int
+    TASK_FIELD_NUMBER: _builtins.int
+    LEADERBOARD_FIELD_NUMBER: _builtins.int
+    BUDGET_S_FIELD_NUMBER: _builtins.int
+    MEASURED_AT_FIELD_NUMBER: _builtins.int
+    task: _builtins.str
+    """The ranker task the outcomes went to: "eval.<set>.<digest prefix>" (neither a catalog nor a
+    mechanism task; it feeds only its own leaderboard).
+    """
+    budget_s: _builtins.float
+    measured_at: _builtins.str
+    @_builtins.property
+    def eval_set(self) -> Global___EvalSetInfo: ...
+    @_builtins.property
+    def deployments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DeploymentEval]: ...
+    @_builtins.property
+    def pairs(self) -> _containers.RepeatedCompositeFieldContainer[Global___PairedTest]: ...
+    @_builtins.property
+    def leaderboard(self) -> _ranker_pb2.GetLeaderboardResponse: ...
+    def __init__(
+        self,
+        *,
+        eval_set: Global___EvalSetInfo | None = ...,
+        deployments: _abc.Iterable[Global___DeploymentEval] | None = ...,
+        pairs: _abc.Iterable[Global___PairedTest] | None = ...,
+        task: _builtins.str = ...,
+        leaderboard: _ranker_pb2.GetLeaderboardResponse | None = ...,
+        budget_s: _builtins.float = ...,
+        measured_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["eval_set", b"eval_set", "leaderboard", b"leaderboard"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_s", b"budget_s", "deployments", b"deployments", "eval_set", b"eval_set", "leaderboard", b"leaderboard", "measured_at", b"measured_at", "pairs", b"pairs", "task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EvalReport: _TypeAlias = EvalReport  # noqa: Y015

@@ -59,6 +59,11 @@ class RankerServiceStub:
                 request_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.RegisterDeployment = channel.unary_unary(
+                '/versus.ranker.v1.RankerService/RegisterDeployment',
+                request_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentRequest.SerializeToString,
+                response_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentResponse.FromString,
+                _registered_method=True)
 
 
 class RankerServiceServicer:
@@ -102,6 +107,17 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterDeployment(self, request, context):
+        """Registers (or re-affirms) a deployment the gateway measures on a user's eval set, so RecordMatch and
+        GetLeaderboard accept its id next to catalog ids. A deployment is not a catalog checkpoint: it
+        never appears in Score, GetModel or ListModels, and its matches never touch catalog scores.
+        Idempotent for the same id and identity; ALREADY_EXISTS when the id is a catalog id or is registered
+        with another identity.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -129,6 +145,11 @@ def add_RankerServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsRequest.FromString,
                     response_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'RegisterDeployment': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterDeployment,
+                    request_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentRequest.FromString,
+                    response_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +287,33 @@ class RankerService:
             '/versus.ranker.v1.RankerService/ListModels',
             versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsRequest.SerializeToString,
             versus_dot_ranker_dot_v1_dot_ranker__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterDeployment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.ranker.v1.RankerService/RegisterDeployment',
+            versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentRequest.SerializeToString,
+            versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentResponse.FromString,
             options,
             channel_credentials,
             insecure,

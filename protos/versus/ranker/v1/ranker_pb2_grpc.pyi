@@ -59,6 +59,13 @@ class RankerServiceStub:
     """One catalog entry. INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown one."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_ranker_pb2.ListModelsRequest, _ranker_pb2.ListModelsResponse]
     """Every catalog entry, sorted by id, with the matches each played."""
+    RegisterDeployment: _grpc.UnaryUnaryMultiCallable[_ranker_pb2.RegisterDeploymentRequest, _ranker_pb2.RegisterDeploymentResponse]
+    """Registers (or re-affirms) a deployment the gateway measures on a user's eval set, so RecordMatch and
+    GetLeaderboard accept its id next to catalog ids. A deployment is not a catalog checkpoint: it
+    never appears in Score, GetModel or ListModels, and its matches never touch catalog scores.
+    Idempotent for the same id and identity; ALREADY_EXISTS when the id is a catalog id or is registered
+    with another identity.
+    """
 
 @_typing.type_check_only
 class RankerServiceAsyncStub(RankerServiceStub):
@@ -78,6 +85,13 @@ class RankerServiceAsyncStub(RankerServiceStub):
     """One catalog entry. INVALID_ARGUMENT for a malformed id, NOT_FOUND for an unknown one."""
     ListModels: _aio.UnaryUnaryMultiCallable[_ranker_pb2.ListModelsRequest, _ranker_pb2.ListModelsResponse]  # type: ignore[assignment]
     """Every catalog entry, sorted by id, with the matches each played."""
+    RegisterDeployment: _aio.UnaryUnaryMultiCallable[_ranker_pb2.RegisterDeploymentRequest, _ranker_pb2.RegisterDeploymentResponse]  # type: ignore[assignment]
+    """Registers (or re-affirms) a deployment the gateway measures on a user's eval set, so RecordMatch and
+    GetLeaderboard accept its id next to catalog ids. A deployment is not a catalog checkpoint: it
+    never appears in Score, GetModel or ListModels, and its matches never touch catalog scores.
+    Idempotent for the same id and identity; ALREADY_EXISTS when the id is a catalog id or is registered
+    with another identity.
+    """
 
 class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -124,5 +138,18 @@ class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ranker_pb2.ListModelsResponse, _abc.Awaitable[_ranker_pb2.ListModelsResponse]]:
         """Every catalog entry, sorted by id, with the matches each played."""
+
+    @_abc_1.abstractmethod
+    def RegisterDeployment(
+        self,
+        request: _ranker_pb2.RegisterDeploymentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranker_pb2.RegisterDeploymentResponse, _abc.Awaitable[_ranker_pb2.RegisterDeploymentResponse]]:
+        """Registers (or re-affirms) a deployment the gateway measures on a user's eval set, so RecordMatch and
+        GetLeaderboard accept its id next to catalog ids. A deployment is not a catalog checkpoint: it
+        never appears in Score, GetModel or ListModels, and its matches never touch catalog scores.
+        Idempotent for the same id and identity; ALREADY_EXISTS when the id is a catalog id or is registered
+        with another identity.
+        """
 
 def add_RankerServiceServicer_to_server(servicer: RankerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
