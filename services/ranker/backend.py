@@ -18,9 +18,18 @@ from services.common.metrics import Metrics
 from services.ranker import bt
 from services.ranker.catalog import ID_PATTERN, MAX_ID_CHARS, CatalogEntry, TaskScale, load_catalog, load_tasks
 from services.ranker.config import RankerConfig
-from services.ranker.errors import UnknownModel
+from services.ranker.errors import DeploymentConflict, UnknownModel
 from services.ranker.scoring import ScoreReport, graph_stats, parse_weights, score_report
-from services.ranker.store import MECHANISM_PREFIX, OUTCOMES, Match, MatchStore, is_mechanism, open_store
+from services.ranker.store import (
+    EVAL_PREFIX,
+    MECHANISM_PREFIX,
+    OUTCOMES,
+    Match,
+    MatchStore,
+    is_eval,
+    is_mechanism,
+    open_store,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,8 @@ _MODEL_ID = re.compile(ID_PATTERN.removeprefix("^").removesuffix("$"))
 MODEL_ID_RULE = f"must be 1..{MAX_ID_CHARS} characters of [a-z0-9._-], starting with a letter or digit"
 #: Idempotency keys: 1..128 characters, no control characters (U+0000-U+001F, U+007F-U+009F).
 MAX_KEY_CHARS = 128
+#: A deployment's identity text (endpoint, model, version, digest).
+MAX_IDENTITY_CHARS = 1024
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 DEFAULT_TASK = "general"
 
@@ -215,19 +226,39 @@ class RankerBackend(ServiceBackend):
                   ("evidence", "must not contain NUL (U+0000)" if "\x00" in evidence else None),
                   ("idempotency_key", key_problem(key))]
         _raise([(field, problem) for field, problem in checks if problem])
-        self._known(a, "model_a")
-        self._known(b, "model_b")
+        if not is_eval(task):
+            self._known(a, "model_a")
+            self._known(b, "model_b")
         return Match(a, b, outcome, task, evidence, key)
 
     async def record_match(self, a: str, b: str, outcome: int, task: str, evidence: str, key: str) -> tuple[int, bool]:
         match = self.validate_match(a, b, outcome, task, evidence, key)
+        if is_eval(match.task):  # deployments only, so an eval task can never reach a catalog score
+            for field, model in (("model_a", a), ("model_b", b)):
+                if not await self._db(self.store.is_deployment, model):
+                    raise UnknownModel(f"{field}: {quote(model)} is not a registered deployment (eval.* tasks take "
+                                       "deployments only; RegisterDeployment first)", resource_type="deployment",
+                                       resource_name=model)
         match_id, duplicate = await self._db(self.store.record, match)
         self.metrics.items.labels("ranker-matches").inc(0 if duplicate else 1)
         return match_id, duplicate
 
+    async def register_deployment(self, deployment_id: str, identity: str) -> bool:
+        """Make ``deployment_id`` known to RecordMatch (eval.* tasks) and GetLeaderboard; never a catalog id."""
+        checks = [("id", model_id_problem(deployment_id)),
+                  ("identity", None if 1 <= len(identity) <= MAX_IDENTITY_CHARS and not _CONTROL.search(identity)
+                   else f"must be 1..{MAX_IDENTITY_CHARS} characters without control characters")]
+        _raise([(field, problem) for field, problem in checks if problem])
+        if deployment_id in self.catalog:
+            raise DeploymentConflict(f"id: {quote(deployment_id)} is a catalog model; a deployment needs its own id")
+        existed = await self._db(self.store.register_deployment, deployment_id, identity)
+        if existed is None:
+            raise DeploymentConflict(f"id: {quote(deployment_id)} is registered with another identity")
+        return existed
+
     # -- leaderboard --------------------------------------------------------------------------------
     async def leaderboard(self, task: str = "") -> Leaderboard:
-        """Bradley-Terry ratings of ``task`` ('' = every non-mechanism task; a mechanism task only when named),
+        """Bradley-Terry ratings of ``task`` ('' = every catalog task; a mechanism or eval task only when named),
         refitted only after a new match."""
         _raise([("task", p)] if task and (p := task_problem(task)) else [])
         key = task or "*"
@@ -246,7 +277,7 @@ class RankerBackend(ServiceBackend):
         ids = sorted(set(table.model_a) | set(table.model_b))
         if not ids:
             return Leaderboard(task, (), 0, 0, "", ("no matches recorded" + (
-                f" for task {task!r}" if task else f" outside the {MECHANISM_PREFIX}* tasks"),))
+                f" for task {task!r}" if task else f" outside the {MECHANISM_PREFIX}* and {EVAL_PREFIX}* tasks"),))
         index = {m: i for i, m in enumerate(ids)}
         a = np.array([index[m] for m in table.model_a])
         b = np.array([index[m] for m in table.model_b])

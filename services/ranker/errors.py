@@ -15,3 +15,7 @@ class UnknownModel(NotFound):
 
 class IdempotencyConflict(AlreadyExists):
     """An idempotency key was reused for a different match."""
+
+
+class DeploymentConflict(AlreadyExists):
+    """A deployment id is a catalog id, or is registered with another identity."""

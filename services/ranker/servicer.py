@@ -85,6 +85,11 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
                              context: grpc.aio.ServicerContext) -> ranker_pb2.GetLeaderboardResponse:
         return _leaderboard(await self.backend.leaderboard(request.task))
 
+    async def RegisterDeployment(self, request: ranker_pb2.RegisterDeploymentRequest,
+                                 context: grpc.aio.ServicerContext) -> ranker_pb2.RegisterDeploymentResponse:
+        existed = await self.backend.register_deployment(request.id, request.identity)
+        return ranker_pb2.RegisterDeploymentResponse(existed=existed)
+
     async def GetModel(self, request: ranker_pb2.GetModelRequest,
                        context: grpc.aio.ServicerContext) -> ranker_pb2.GetModelResponse:
         entry, times_matched = await self.backend.get_model(request.model_id)

@@ -28,6 +28,15 @@ def is_mechanism(task: str) -> bool:
     return task.startswith(MECHANISM_PREFIX)
 
 
+#: Tasks under this prefix hold per-image outcomes of registered deployments measured on a user's eval set
+#: ("eval.<set>.<digest prefix>"): they feed only their own leaderboard, named, never a catalog score.
+EVAL_PREFIX = "eval."
+
+
+def is_eval(task: str) -> bool:
+    return task.startswith(EVAL_PREFIX)
+
+
 @dataclass(frozen=True)
 class Match:
     model_a: str
@@ -57,7 +66,13 @@ class MatchStore(Protocol):
         """Durably store ``match``; returns (match id, duplicate). Raises IdempotencyConflict."""
 
     def table(self, task: str = "") -> MatchTable:
-        """Matches of ``task`` ('' = every non-mechanism task)."""
+        """Matches of ``task`` ('' = every catalog task: neither mechanism.* nor eval.*)."""
+
+    def register_deployment(self, deployment_id: str, identity: str) -> bool | None:
+        """Record a deployment id (True: known with this identity; None: known with another)."""
+
+    def is_deployment(self, deployment_id: str) -> bool:
+        """Whether ``deployment_id`` was registered."""
 
     def times_matched(self, task: str = "") -> dict[str, int]:
         """Matches per model id under ``task`` ('' = every non-mechanism task)."""
@@ -82,6 +97,13 @@ CREATE TABLE IF NOT EXISTS matches (
 )
 """
 _INDEX = "CREATE INDEX IF NOT EXISTS matches_task ON matches (task)"
+_DEPLOYMENTS = """
+CREATE TABLE IF NOT EXISTS deployments (
+    id TEXT PRIMARY KEY,
+    identity TEXT NOT NULL,
+    created_at DOUBLE PRECISION NOT NULL
+)
+"""
 _COLUMNS = "idempotency_key, fingerprint, model_a, model_b, outcome, task, evidence, created_at"
 
 
@@ -137,10 +159,29 @@ class _SqlStore:
         return _resolve_duplicate(match, existing)
 
     def _where(self, task: str) -> tuple[str, tuple]:
-        """The task filter: one task, or every task outside the mechanism prefix."""
+        """The task filter: one task, or every catalog task (outside the mechanism and eval prefixes)."""
         if task:
             return self._sql("WHERE task = ?"), (task,)
-        return self._sql("WHERE substr(task, 1, ?) <> ?"), (len(MECHANISM_PREFIX), MECHANISM_PREFIX)
+        return self._sql("WHERE substr(task, 1, ?) <> ? AND substr(task, 1, ?) <> ?"), (
+            len(MECHANISM_PREFIX), MECHANISM_PREFIX, len(EVAL_PREFIX), EVAL_PREFIX)
+
+    def register_deployment(self, deployment_id: str, identity: str) -> bool | None:
+        """True when already registered with this identity, False when new, None when registered with
+        another identity."""
+        with self._lock:
+            row = self._execute(self._sql(
+                "INSERT INTO deployments (id, identity, created_at) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING "
+                "RETURNING id"), (deployment_id, identity, time.time())).fetchone()
+            if row is not None:
+                return False
+            existing = self._execute(self._sql("SELECT identity FROM deployments WHERE id = ?"),
+                                     (deployment_id,)).fetchone()
+        return True if existing is not None and existing[0] == identity else None
+
+    def is_deployment(self, deployment_id: str) -> bool:
+        with self._lock:
+            return self._execute(self._sql("SELECT 1 FROM deployments WHERE id = ?"),
+                                 (deployment_id,)).fetchone() is not None
 
     def table(self, task: str = "") -> MatchTable:
         where, args = self._where(task)
@@ -183,6 +224,7 @@ class SqliteStore(_SqlStore):
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.execute(_SCHEMA.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT"))
             self._db.execute(_INDEX)
+            self._db.execute(_DEPLOYMENTS)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open SQLite database {path}: {exc}") from exc
 
@@ -204,6 +246,7 @@ class PostgresStore(_SqlStore):
             self._db = psycopg.connect(url, autocommit=True, connect_timeout=10)
             self._db.execute(_SCHEMA.format(id_type="BIGSERIAL PRIMARY KEY"))
             self._db.execute(_INDEX)
+            self._db.execute(_DEPLOYMENTS)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot open PostgreSQL database: {exc}") from exc
 

@@ -684,7 +684,7 @@ class GetLeaderboardRequest(_message.Message):
 
     TASK_FIELD_NUMBER: _builtins.int
     task: _builtins.str
-    """Empty = all non-mechanism tasks (a "mechanism." task is shown only when named); otherwise 1..64
+    """Empty = all catalog tasks (a "mechanism." or "eval." task is shown only when named); otherwise 1..64
     characters of [a-z0-9._-], starting with a letter or digit.
     """
     def __init__(
