@@ -11,6 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from bench.loadgen import LoadResult, run_clients
+
+__all__ = ["LoadResult", "git_rev", "machine", "median", "reexec_with", "run_clients", "write_section"]
+
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "BENCHMARKS.md"
 HEADER = """# Benchmarks
@@ -59,30 +63,3 @@ def git_rev() -> str:
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-
-
-def run_clients(call, requests: int, clients: int) -> tuple[float, list[tuple[float, object]]]:
-    """``clients`` threads issue ``requests`` calls ``call(i)`` in all (i = 0..requests-1, each once);
-    returns (wall seconds, [(latency ms, what call returned)])."""
-    import threading
-    from concurrent.futures import ThreadPoolExecutor
-
-    lock = threading.Lock()
-    counter = iter(range(requests))
-    results: list[tuple[float, object]] = []
-
-    def client(_: int) -> None:
-        while True:
-            with lock:
-                i = next(counter, None)
-            if i is None:
-                return
-            t0 = time.perf_counter()
-            out = call(i)
-            with lock:
-                results.append(((time.perf_counter() - t0) * 1e3, out))
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    return time.perf_counter() - t0, results

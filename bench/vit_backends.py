@@ -3,7 +3,8 @@
     python bench/vit_backends.py [--quick]
 
 vit-base-random (google/vit-base-patch16-224's architecture), CPU, 2 threads everywhere, 32 concurrent
-clients each sending one 224² PNG per request (the server decodes and preprocesses):
+clients (bench/loadgen.py: asyncio in a process of its own) each sending one 224² PNG per request (the
+server decodes and preprocesses):
 
 1. Versus through each backend: torch fp32 / bf16 / int8, ONNX Runtime fp32 / int8 (dynamic), and the
    Triton backend (the bundled tritonserver running the fp32 ONNX model in its Python backend).
@@ -26,15 +27,14 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import oip_request  # noqa: E402
 from bench.report import git_rev, machine, reexec_with, run_clients, write_section  # noqa: E402
 from bench.vit import sample_png  # noqa: E402
 from versus_cli.launch import SERVICE_ENV  # noqa: E402
@@ -51,29 +51,23 @@ class Load:
     img_s: float
     p50_ms: float
     mean_batch: float = 0.0
+    client_cpu: float = 0.0  # the load generator's CPU, fraction of one core
 
 
 # -- load generation ----------------------------------------------------------------------------------
-def drive(call: Callable[[int], None], requests: int, clients: int = CLIENTS) -> Load:
-    """``clients`` threads issue ``requests`` calls in all; returns img/s and p50 latency."""
-    def run(n: int) -> tuple[float, list[float]]:
-        wall, results = run_clients(call, n, clients)
-        return wall, [ms for ms, _ in results]
-
-    run(clients)  # warm-up: one request per client
-    wall, latencies = run(requests)
-    return Load(requests / wall, statistics.median(latencies))
+def drive(target: str, method: str, payloads: list[bytes], requests: int, clients: int = CLIENTS) -> Load:
+    """``clients`` concurrent callers (bench/loadgen.py: asyncio in its own process) issue ``requests``
+    batch-1 calls in all, after one warm-up call each; img/s, p50 latency and the generator's CPU."""
+    result = run_clients(target, method, payloads, requests, clients)
+    return Load(result.rps, result.p50_ms, client_cpu=result.cpu_share)
 
 
 def drive_versus(target: str, images: list[bytes], requests: int, metrics_port: int) -> Load:
-    import grpc
     from versus.common.v1 import common_pb2
-    from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+    from versus.vit.v1 import vit_pb2
 
-    reqs = [vit_pb2.ClassifyRequest(images=[common_pb2.Image(data=d)], top_k=5) for d in images]
-    with grpc.insecure_channel(target) as channel:
-        stub = vit_pb2_grpc.VitServiceStub(channel)
-        load = drive(lambda i: stub.Classify(reqs[i % len(reqs)], timeout=600), requests)
+    reqs = [vit_pb2.ClassifyRequest(images=[common_pb2.Image(data=d)], top_k=5).SerializeToString() for d in images]
+    load = drive(target, "/versus.vit.v1.VitService/Classify", reqs, requests)
     load.mean_batch = mean_batch(metrics_port)
     return load
 
@@ -91,18 +85,9 @@ def mean_batch(metrics_port: int) -> float:
 
 def drive_triton_peer(url: str, images: list[bytes], requests: int) -> Load:
     import numpy as np
-    import tritonclient.grpc as tc
 
-    local = threading.local()
-
-    def call(i: int) -> None:
-        if not hasattr(local, "client"):
-            local.client = tc.InferenceServerClient(url)
-        inp = tc.InferInput("image", [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[images[i % len(images)]]], dtype=np.object_))
-        local.client.infer("vit", [inp], outputs=[tc.InferRequestedOutput("logits")])
-
-    return drive(call, requests)
+    reqs = [oip_request("vit", {"image": ("BYTES", np.array([[d]], dtype=np.object_))}, ("logits",)) for d in images]
+    return drive(url, "/inference.GRPCInferenceService/ModelInfer", reqs, requests)
 
 
 # -- raw baselines ------------------------------------------------------------------------------------
@@ -330,7 +315,7 @@ def main() -> None:
 
 def _median_load(loads: list[Load]) -> Load:
     return Load(statistics.median(x.img_s for x in loads), statistics.median(x.p50_ms for x in loads),
-                statistics.median(x.mean_batch for x in loads))
+                statistics.median(x.mean_batch for x in loads), statistics.median(x.client_cpu for x in loads))
 
 
 def write_report(quick: bool, raw: dict, svc: dict[str, Load], peer: Load, pair: dict, agree: dict,
@@ -342,6 +327,8 @@ def write_report(quick: bool, raw: dict, svc: dict[str, Load], peer: Load, pair:
     vs_peer_dev = svc["torch fp32, preprocess=device"].img_s / peer.img_s
     rounds = " / ".join(f"{a.img_s:.2f} vs {b.img_s:.2f}" for a, b in zip(pair["versus-pool"], pair["pytriton"],
                                                                           strict=True))
+    cpus = sorted([x.client_cpu for x in svc.values()] + [peer.client_cpu])
+    cpu_text = f"{statistics.median(cpus):.0%} (range {cpus[0]:.0%}–{cpus[-1]:.0%})"
     lines = [
         "## ViT backends under load (`vit-base-random`, CPU, 32 concurrent batch-1 clients)",
         "",
@@ -352,6 +339,9 @@ def write_report(quick: bool, raw: dict, svc: dict[str, Load], peer: Load, pair:
         "Raw = decode + processor + forward of the same engine in one process, best of batch 1/8/32, measured "
         "right before that engine's service run (the machine is shared and its load drifts: 1-minute load "
         f"average {loadavg[0]:.1f} at the start, {loadavg[1]:.1f} at the end, on {os.cpu_count()} CPUs).",
+        "The 32 clients are `bench/loadgen.py`: asyncio coroutines on one thread in a process of their own (no "
+        "longer 32 threads inside the measuring process, whose CPU was charged to the service), sending "
+        f"pre-serialized requests; the load generator used {cpu_text} of one core over the measured runs.",
         "",
         "| backend | service img/s | p50 ms | mean batch | raw best img/s (batch) | service ÷ raw |",
         "|---|---:|---:|---:|---:|---:|",

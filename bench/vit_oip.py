@@ -1,0 +1,200 @@
+"""Versus ÷ Triton over the Open Inference Protocol, same fp32 ONNX ViT, in one run → docs/BENCHMARKS.md
+(section ``vit-oip``).
+
+    python bench/vit_oip.py [--quick]
+
+- Peer: the bundled tritonserver (2.51; its only backend is Python) running ``model.onnx`` of
+  vit-base-random (ViT-B/16, fp32) under ONNX Runtime inside its Python backend — the repository
+  ``versus triton export --platform python --device cpu`` writes, started as ``versus triton
+  serve-local`` starts it — with dynamic batching up to 32, no queue delay, 2 ORT threads.
+- Versus: ``versus serve vit --backend onnx`` on the same ``model.onnx``, 2 ORT threads, batches up to 32.
+- The same client, protocol and request shape for both: ``bench/loadgen.py`` (asyncio, one thread, its
+  own process) sends ModelInfer with one preprocessed 224² image as FP32 [1, 3, 224, 224] raw contents
+  and asks for one FP32 [1, 1000] output (Triton's ``logits``; Versus' ``vit-tensor`` ``PROBABILITIES``).
+- 1, 8 and 32 concurrent clients; within each round the two servers alternate (order flipped every
+  round); medians over rounds. Versus' time per stage comes from its own /metrics over its runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.loadgen import oip_request, run_clients  # noqa: E402
+from bench.report import git_rev, machine, reexec_with, write_section  # noqa: E402
+from bench.vit import sample_png  # noqa: E402
+from bench.vit_backends import THREADS, versus_args  # noqa: E402
+from versus_cli.launch import SERVICE_ENV  # noqa: E402
+
+CONCURRENCY = (1, 8, 32)
+MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
+
+
+@dataclass
+class Run:
+    rps: float
+    p50_ms: float
+    client_cpu: float
+    stages: dict[str, float]  # Versus only: per-stage means from /metrics over this run
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Sums per metric sample name (labels summed) of the Versus ViT metrics this bench reads."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name.startswith("grpc_server_handling_seconds") and s.labels.get("grpc_method") != "ModelInfer":
+                continue
+            if s.name.endswith(("_sum", "_count")) or s.name == "versus_items_processed_total":
+                out[s.name] = out.get(s.name, 0.0) + s.value
+    return out
+
+
+def stages(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """Mean ms per request / per image / per batch between two scrapes."""
+    d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
+    per = lambda name: 1e3 * d[f"{name}_sum"] / max(1.0, d[f"{name}_count"])  # noqa: E731
+    return {"handling_ms": per("grpc_server_handling_seconds"), "queue_ms": per("versus_queue_seconds"),
+            "compute_ms_per_batch": per("versus_compute_seconds"),
+            "compute_ms_per_image": 1e3 * d["versus_compute_seconds_sum"] / max(1.0, d["versus_items_processed_total"]),
+            "mean_batch": d["versus_batch_size_sum"] / max(1.0, d["versus_batch_size_count"])}
+
+
+def payloads(export_dir: Path, n: int = 8) -> tuple[list[bytes], list[bytes]]:
+    """(peer requests, Versus requests): the same preprocessed images, each server's input name."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(export_dir)
+    images = [Image.open(io.BytesIO(sample_png(i))).convert("RGB") for i in range(n)]
+    pixels = [processor(images=im, return_tensors="np")["pixel_values"].astype(np.float32) for im in images]
+    peer = [oip_request("vit", {"pixel_values": ("FP32", p)}, ("logits",)) for p in pixels]
+    versus = [oip_request("vit-tensor", {"PIXELS": ("FP32", p)}, ("PROBABILITIES",)) for p in pixels]
+    return peer, versus
+
+
+def drive(target: str, reqs: list[bytes], requests: int, clients: int, metrics_port: int = 0) -> Run:
+    before = scrape(metrics_port) if metrics_port else {}
+    result = run_clients(target, MODEL_INFER, reqs, requests, clients)
+    spent = stages(before, scrape(metrics_port)) if metrics_port else {}
+    return Run(result.rps, result.p50_ms, result.cpu_share, spent)
+
+
+def measure(export_dir: Path, rounds: int, requests: dict[int, int]) -> dict[tuple[str, int], list[Run]]:
+    from services.vit.triton_repo import RepoOptions, write_repository
+    from versus_cli.export import LocalTriton
+    from versus_cli.launch import ServiceProcess
+
+    peer_reqs, versus_reqs = payloads(export_dir)
+    runs: dict[tuple[str, int], list[Run]] = {(s, c): [] for s in ("versus", "triton") for c in CONCURRENCY}
+    with tempfile.TemporaryDirectory() as tmp:
+        repo = Path(tmp) / "repo"
+        write_repository(export_dir, repo, RepoOptions(platform="python", device="cpu", max_batch_size=32,
+                                                       max_queue_delay_us=0, threads=THREADS))
+        with LocalTriton(repo) as triton, \
+                ServiceProcess("vit", versus_args(export_dir, "onnx", "auto"), log_path=Path(tmp) / "vit.log") as svc:
+            triton.wait_ready(300, ("vit",))
+            for r in range(rounds):
+                for clients in CONCURRENCY:
+                    order = ("versus", "triton") if r % 2 == 0 else ("triton", "versus")
+                    for server in order:
+                        if server == "versus":
+                            run = drive(svc.target, versus_reqs, requests[clients], clients, svc.metrics_port)
+                        else:
+                            run = drive(triton.url, peer_reqs, requests[clients], clients)
+                        runs[server, clients].append(run)
+                        print(f"round {r + 1} {server} x{clients}: {run.rps:.2f} req/s p50 {run.p50_ms:.0f} ms",
+                              flush=True)
+    return runs
+
+
+def med(runs: list[Run], attr: str) -> float:
+    return statistics.median(getattr(r, attr) for r in runs)
+
+
+def write_report(quick: bool, runs: dict[tuple[str, int], list[Run]], rounds: int, requests: dict[int, int],
+                 seconds: float, loadavg: tuple[float, float]) -> None:
+    rows, stage_rows = [], []
+    for c in CONCURRENCY:
+        v, t = runs["versus", c], runs["triton", c]
+        ratios = [a.rps / b.rps for a, b in zip(v, t, strict=True)]
+        rows.append(f"| {c} | {med(v, 'rps'):.2f} | {med(t, 'rps'):.2f} | **{statistics.median(ratios):.2f}** "
+                    f"({min(ratios):.2f}–{max(ratios):.2f}) | {med(v, 'p50_ms'):.0f} | {med(t, 'p50_ms'):.0f} | "
+                    f"{med(v + t, 'client_cpu'):.0%} |")
+        s = {k: statistics.median(r.stages[k] for r in v) for k in v[0].stages}
+        other = s["handling_ms"] - s["queue_ms"] - s["compute_ms_per_batch"]
+        stage_rows.append(f"| {c} | {s['handling_ms']:.1f} | {s['queue_ms']:.1f} | {s['compute_ms_per_batch']:.1f} "
+                          f"| {s['mean_batch']:.1f} | {s['compute_ms_per_image']:.1f} | {other:.1f} |")
+    lines = [
+        "## Versus ÷ Triton over the Open Inference Protocol (ViT-B/16 fp32 ONNX, CPU)",
+        "",
+        f"Command: `python bench/vit_oip.py{' --quick' if quick else ''}` (commit {git_rev()}, "
+        f"{seconds / 60:.1f} min). "
+        f"Machine: {machine()}; shared with other work (1-minute load average {loadavg[0]:.1f} at the start, "
+        f"{loadavg[1]:.1f} at the end), so the figures are medians over {rounds} round(s) in which the two servers "
+        "alternate (order flipped every round), and the ratios are per round.",
+        "",
+        "Peer: the bundled tritonserver 2.51 running vit-base-random's fp32 `model.onnx` under ONNX Runtime in its "
+        f"Python backend (`versus triton export --platform python --device cpu`), dynamic batching ≤ 32, {THREADS} "
+        f"ORT threads. Versus: `versus serve vit --backend onnx` on the same file, {THREADS} ORT threads, batches "
+        "≤ 32, model `vit-tensor`. One client for both — `bench/loadgen.py`, asyncio on one thread in its own "
+        "process — sends ModelInfer with one preprocessed 224² image (FP32 [1, 3, 224, 224], raw contents) and "
+        f"asks for one FP32 [1, 1000] output; requests per run: {requests}.",
+        "",
+        "| clients | Versus req/s | Triton req/s | Versus ÷ Triton (range over rounds) | Versus p50 ms | "
+        "Triton p50 ms | load generator CPU (one core) |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "Where Versus' time goes (its /metrics over its runs, medians over rounds; handling = the server's "
+        "RPC time, queue = an image's wait for a batch, compute = one ONNX Runtime run of a batch; other = "
+        "handling − queue − compute: decode of the request, the event loop, thread hops, encoding the reply):",
+        "",
+        "| clients | handling ms | queue ms | compute ms / batch | mean batch | compute ms / image | other ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+        *stage_rows,
+    ]
+    write_section("vit-oip", "\n".join(lines))
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models-dir", default=str(ROOT / ".models"))
+    parser.add_argument("--quick", action="store_true", help="one round, fewer requests (smoke run)")
+    args = parser.parse_args()
+    reexec_with(SERVICE_ENV)
+    from services.vit.builders import BUILDERS
+    from services.vit.onnx_export import export_onnx
+
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
+    models = Path(args.models_dir)
+    base, export = models / "vit-base-random", models / "vit-base-random-onnx"
+    if not (base / "model.safetensors").exists():
+        BUILDERS["vit-base-random"](base)
+    if not (export / "model.onnx").exists():
+        export_onnx(base, export, quantize_to="none", log_fn=print)
+    rounds = 1 if args.quick else 3
+    requests = {1: 8, 8: 24, 32: 64} if args.quick else {1: 24, 8: 64, 32: 128}
+    runs = measure(export, rounds, requests)
+    write_report(args.quick, runs, rounds, requests, time.perf_counter() - started, (load_before, os.getloadavg()[0]))
+
+
+if __name__ == "__main__":
+    main()
