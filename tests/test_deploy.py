@@ -70,6 +70,8 @@ def test_overlay_validates_against_schema(overlay: str, version: str) -> None:
     for doc in render(overlay):
         if doc["apiVersion"].startswith("monitoring.coreos.com"):
             continue  # a CRD: checked structurally in test_every_metrics_port_is_scraped
+        if doc["apiVersion"].startswith("keda.sh"):
+            continue  # KEDA's CRD: validated against its schema in tests/test_autoscaling.py
         kubernetes_validate.validate(doc, version, strict=True)
         validated += 1
     assert validated >= 30
@@ -86,9 +88,27 @@ def test_all_four_services_are_complete(overlay: str) -> None:
             assert object_name in by_kind(docs, kind), f"{overlay}: {kind}/{object_name} missing"
         assert by_kind(docs, "Service")[f"{name}-headless"]["spec"]["clusterIP"] == "None"
         if name != "ranker":  # SQLite on a ReadWriteOnce claim: one pod (PostgreSQL lifts it; docs/DEPLOY.md)
-            assert name in by_kind(docs, "HorizontalPodAutoscaler")
+            assert name in autoscalers(docs), f"{overlay}: {name} has no autoscaler"
     gateway_ports = {p["name"]: p["port"] for p in by_kind(docs, "Service")["gateway"]["spec"]["ports"]}
     assert gateway_ports == {"grpc": 50050, "http": 8080, "metrics": 9100}
+
+
+def autoscalers(docs: list[dict]) -> dict[str, list[str]]:
+    """Deployment name → the autoscalers that drive it: HPAs and KEDA ScaledObjects (which make an HPA of their own)."""
+    out: dict[str, list[str]] = {}
+    for doc in docs:
+        if doc["kind"] in ("HorizontalPodAutoscaler", "ScaledObject"):
+            out.setdefault(doc["spec"]["scaleTargetRef"]["name"], []).append(f"{doc['kind']}/{doc['metadata']['name']}")
+    return out
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_one_autoscaler_per_deployment(overlay: str) -> None:
+    """Two autoscalers on one Deployment fight over its replicas (the KEDA component deletes the CPU HPAs)."""
+    docs = render(overlay)
+    scaled = autoscalers(docs)
+    assert all(len(by) == 1 for by in scaled.values()), f"{overlay}: {scaled}"
+    assert set(scaled) <= set(by_kind(docs, "Deployment"))
 
 
 # -- pod policy -----------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -389,3 +390,69 @@ def test_the_rest_of_the_dashboard_returns_data_where_its_work_happened(live: di
         if not all(prom.query(for_prometheus(e)) for e in exprs):
             empty.append(f"{row}/{title}")
     assert not empty, f"panels with no data after their work ran: {empty}"
+
+
+# -- autoscaling: the triggers' queries on live series ------------------------------------------------------------
+def _scalar(prom: Prometheus, expr: str) -> float:
+    return sum(float(s["value"][1]) for s in prom.query(expr))
+
+
+def _wait_value(prom: Prometheus, expr: str, holds, timeout_s: float) -> float:  # noqa: ANN001 - a predicate
+    """Poll ``expr`` until its value satisfies ``holds``; returns that value."""
+    seen: list[float] = []
+
+    def check() -> bool:
+        seen.append(_scalar(prom, expr))
+        return holds(seen[-1])
+
+    prom.wait(check, timeout_s, f"{expr} as wanted")
+    return seen[-1]
+
+
+def _keep_vit_busy(target: str, stop: threading.Event) -> None:
+    """Four images a request through a batch size of 1 (vit-small-0): images wait in the batcher's queue."""
+    request = vit_pb2.ClassifyRequest(images=[_png(i) for i in range(4)], top_k=1)
+    with grpc.insecure_channel(target) as channel:
+        stub = vit_pb2_grpc.VitServiceStub(channel)
+        while not stop.is_set():
+            try:
+                stub.Classify(request, timeout=60)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
+                stop.wait(0.05)
+
+
+@pytest.mark.slow
+@needs_promtool
+def test_the_autoscaling_queries_rise_under_load(live: dict) -> None:
+    """The PromQL of the KEDA ScaledObjects (and the prometheus-adapter rule, its template filled for the pods)
+    rises in a real Prometheus while vit and sd35 queue work, and falls back when the work is done."""
+    from test_autoscaling import adapter_query, keda_query
+
+    prom, servers = live["prom"], live["servers"]
+    vit_query, sd35_query = keda_query("vit"), keda_query("sd35")
+    per_pod = adapter_query("versus_queue_depth", [pod for pods in servers.values() for pod, _ in pods])
+    for expr in (vit_query, sd35_query):
+        _wait_value(prom, expr, lambda v: v == 0, 60)
+    stop = threading.Event()
+    busy_vit = dict(servers["vit"])["vit-small-0"]
+    sd35 = dict(servers["sd35"])["sd35-0"]
+    long = sd35_pb2.GenerateRequest(prompt="a lighthouse", variant=sd35_pb2.VARIANT_LARGE, width=256, height=256,
+                                    steps=100, seed=3)
+    with grpc.insecure_channel(sd35.target) as channel, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        clients = [pool.submit(_keep_vit_busy, busy_vit.target, stop) for _ in range(3)]
+        stub = sd35_pb2_grpc.Sd35ServiceStub(channel)
+        generations = [stub.Generate(long, timeout=120) for _ in range(2)]  # one runs, one waits
+        try:
+            assert _wait_value(prom, vit_query, lambda v: v > 0, 60) > 0
+            assert _wait_value(prom, sd35_query, lambda v: v >= 1, 60) >= 1
+            rising = {s["metric"]["pod"] for s in prom.query(per_pod) if float(s["value"][1]) > 0}
+            assert rising & {"vit-small-0", "sd35-0"}, f"the adapter's per-pod query: {prom.query(per_pod)}"
+        finally:
+            stop.set()
+            for call in generations:
+                call.cancel()
+        for client in clients:
+            client.result(timeout=120)
+    for expr in (vit_query, sd35_query):
+        _wait_value(prom, expr, lambda v: v == 0, 60)

@@ -68,6 +68,7 @@ class Admission:
             raise QueueFull(f"server busy: {self.in_use}/{self.capacity} {self._what} admitted; "
                             f"retry after {retry:.2f}s", retry_after_s=retry)
         self.in_use += units
+        self._publish()
 
     def release(self, units: int) -> None:
         now = time.monotonic()
@@ -75,6 +76,11 @@ class Admission:
             self.service_time.observe(now - self._last_release, units)
         self._last_release = now
         self.in_use = max(0, self.in_use - units)
+        self._publish()
+
+    def _publish(self) -> None:
+        if self._metrics:
+            self._metrics.work_in_flight.labels(self._model).set(self.in_use)
 
     @contextlib.contextmanager
     def hold(self, units: int) -> Iterator[None]:

@@ -55,6 +55,15 @@ class Metrics:
             "versus_batch_size", "Items per compute batch.", ("model",), buckets=_BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("versus_queue_depth", "Work items waiting in the queue.", ("model",), registry=r)
+        # What autoscaling reads beside the queue (deploy/k8s/components/keda-queue-depth): admitted work that has
+        # not finished, whether it waits, is decoded or is computing.
+        self.work_in_flight = Gauge(
+            "versus_work_in_flight",
+            "Work units (images, generations, comparisons) admitted and not yet finished: queued, decoding or "
+            "computing.",
+            ("model",),
+            registry=r,
+        )
         self.rejected = Counter(
             "versus_rejected", "Work refused or dropped, by reason.", ("model", "reason"), registry=r
         )

@@ -139,7 +139,7 @@ class Scheduler:
             queue.waiting.clear()
             if queue.running is not None:
                 queue.running.cancel.set()
-            self.metrics.queue_depth.labels(queue.name).set(0)
+            self._update(queue)
 
     # -- queue bookkeeping (event loop) ------------------------------------------------------------
     def _drop_cancelled(self, queue: VariantQueue) -> None:
@@ -153,6 +153,7 @@ class Scheduler:
                 job.position = position
                 job.emit(Queued(position))
         self.metrics.queue_depth.labels(queue.name).set(len(queue.waiting))
+        self.metrics.work_in_flight.labels(queue.name).set(len(queue.waiting) + (queue.running is not None))
 
     def _kick(self, queue: VariantQueue) -> None:
         self._drop_cancelled(queue)
