@@ -65,3 +65,10 @@ def test_only_our_packages_are_in_buf_s_module() -> None:
                            timeout=120).stdout.split()
     assert files and all(f.startswith("versus/") for f in files), files
     assert len(files) == len(list((PROTOS / "versus").rglob("*.proto")))
+
+
+def test_make_lint_stops_loudly_without_buf(tmp_path: Path) -> None:
+    """No silent skip: without the buf binary the contract check fails and says how to install it."""
+    result = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), "buf-check", f"BUF={tmp_path}/buf"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "buf is not installed" in result.stderr and "make setup" in result.stderr
