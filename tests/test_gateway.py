@@ -58,8 +58,9 @@ def test_full_comparison_has_every_part(comparison: gateway_pb2.Comparison) -> N
     vit, large = c.models
     assert (vit.served_by, large.served_by) == ("vit", "sd35/large")
     assert vit.entry.display_name and vit.score.composite > 0 and large.score.composite > 0
-    assert {f.name for f in c.facts} >= {"Type", "Parameters", "License", "Pricing", "Rank score", "Quality",
-                                         "Served by", "Latency, 1 image (ViT: p50 of 7)"}
+    assert {f.name for f in c.facts} >= {"Type", "Parameters", "License", "Pricing", "Rank score (own composite)",
+                                         "Rank score on shared dimensions", "Quality", "Served by",
+                                         "Latency of this deployment, 1 image (ViT: p50 of 10)"}
     assert c.quality and c.quality[0].generator == LARGE and c.quality[0].images == 2  # tench, goldfish
     assert all(j.image_png.startswith(b"\x89PNG") and j.width == 128 for j in c.judgements)
     assert any("random weights" in n and "mechanism" in n for n in c.notes)
@@ -94,9 +95,10 @@ def test_every_mark_appears_with_its_reason(comparison: gateway_pb2.Comparison) 
     quant = row(comparison, VIT, "quantization-onnx-export", "2-4x")
     assert quant.mark == MARK.Value("EVIDENCE_MARK_UNAVAILABLE") and "GATEWAY_VIT_PRECISIONS" in quant.detail
     assert row(comparison, LARGE, "text-rendering").mark == MARK.Value("EVIDENCE_MARK_CLAIMED")
-    batch = row(comparison, VIT, "batch-inference", "10x batch")
-    assert batch.mark in (MARK.Value("EVIDENCE_MARK_CONTRADICTED"), MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE"))
-    assert batch.measurements[0].name == "batch10_throughput_ratio" and "measured" in batch.detail
+    batch = row(comparison, VIT, "batch-inference", "10x batch")  # a GPU claim, measured on a CPU: not decided
+    assert batch.mark in (MARK.Value("EVIDENCE_MARK_SUPPORTED"), MARK.Value("EVIDENCE_MARK_CLAIMED"))
+    assert any(m.name == "batch10_throughput_ratio" for m in batch.measurements)
+    assert "measured on cpu; the claim is about gpu" in batch.detail
 
 
 def test_the_84_percent_claim_is_contradicted_with_both_numbers_and_sources(comparison: gateway_pb2.Comparison) -> None:
@@ -128,11 +130,12 @@ def test_provenance_on_every_number(comparison: gateway_pb2.Comparison) -> None:
 # -- trouble -------------------------------------------------------------------------------------------
 def test_live_rows_state_what_their_probes_checked(comparison: gateway_pb2.Comparison) -> None:
     """A live row never borrows the catalog's wording (a size probe does not verify "high quality")."""
-    from services.gateway.evidence import PROBE_CLAIMS
+    from services.gateway.checks import CHECKS
 
     for r in rows(comparison, LARGE) + rows(comparison, VIT):
         if r.probes and r.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and not r.claimed_value:
-            assert any(statement in r.claim for statement in PROBE_CLAIMS.values()), r.claim
+            assert any(c.claim in r.claim for c in CHECKS), r.claim
+            assert "(served here: a " in r.title and "random" in r.title, r.title
 
 
 def test_a_huge_id_list_is_refused_at_once_with_one_violation(stub) -> None:
@@ -175,7 +178,10 @@ def test_a_downstream_that_is_down_or_wrong_marks_its_evidence_unavailable(gatew
     assert c.models[0].score.composite > 0 and c.verdict  # the ranker's part is intact
     contradicted = row(c, VIT, "imagenet-1k-classification", "84.0%")
     assert contradicted.mark == MARK.Value("EVIDENCE_MARK_CONTRADICTED")  # sources still decide it
-    assert not c.models[0].served_by and any("Unavailable: vit" in n for n in c.notes)
+    assert c.models[0].served_by == "vit" and c.models[0].weights.kind == "unknown"
+    assert any("Unavailable: vit" in n for n in c.notes)
+    live = [r for r in rows(c, VIT) if "served here" in r.title]
+    assert live and all(r.mark == MARK.Value("EVIDENCE_MARK_UNAVAILABLE") for r in live)
 
 
 def test_the_ranker_down_still_gives_live_evidence(gateway_stack: GatewayStack) -> None:
@@ -186,7 +192,9 @@ def test_the_ranker_down_still_gives_live_evidence(gateway_stack: GatewayStack) 
 
 
 def test_the_budget_and_the_callers_deadline_bound_the_comparison(gateway_stack: GatewayStack) -> None:
-    with fresh_gateway(gateway_stack) as gw, gw.channel() as ch:
+    # calls get the whole budget (a 1024 px edge queued behind Medium's 2 MP one on a shared 2-core machine can
+    # take over a minute): this test is about the budget, not about one call's deadline
+    with fresh_gateway(gateway_stack, call_timeout_s=240.0) as gw, gw.channel() as ch:
         stub = gateway_pb2_grpc.GatewayServiceStub(ch)
         t0 = time.monotonic()
         c = stub.Compare(request(VIT, LARGE, budget_s=1.0), timeout=60).comparison
@@ -234,13 +242,15 @@ def test_head_to_head_feeds_the_leaderboard_once(gateway_stack: GatewayStack, st
     assert generators == {LARGE, TURBO, MEDIUM}  # every served SD3.5 variant, same prompts and seeds
     assert len(first.duels) == 3 * 2 and all(d.task == "mechanism.t2i-imagenet-judge" for d in first.duels)
     assert all(d.match_id > 0 for d in first.duels) and len({d.idempotency_key for d in first.duels}) == 6
-    board = first.leaderboard
-    assert board.task == "mechanism.t2i-imagenet-judge" and board.matches >= 6
+    board = first.mechanism_leaderboard  # apart: no real duels, so no real leaderboard
+    assert board.task == "mechanism.t2i-imagenet-judge" and board.matches >= 6 and not first.leaderboard.task
+    assert all(d.judge_id and d.judge_digest and d.digest_a and d.digest_b and d.judged_at for d in first.duels)
+    assert all(m.times_matched == 0 for m in first.models)  # mechanism duels never count
     assert all(r.ci_low <= r.rating <= r.ci_high for r in board.ratings)
     again = stub.Compare(req, timeout=300).comparison  # a retry: nothing counts twice
     assert all(d.duplicate for d in again.duels)
     assert {d.match_id for d in again.duels} == {d.match_id for d in first.duels}
-    assert again.leaderboard.matches == board.matches
+    assert again.mechanism_leaderboard.matches == board.matches
     # the real task's leaderboard never saw a mechanism check
     with gateway_stack.ranker.channel() as ch:
         from versus.ranker.v1 import ranker_pb2_grpc
@@ -253,7 +263,11 @@ def test_head_to_head_feeds_the_leaderboard_once(gateway_stack: GatewayStack, st
 def test_turbo_four_steps_and_speed_against_large(stub) -> None:
     c = stub.Compare(request(LARGE, TURBO), timeout=300).comparison
     steps = row(c, TURBO, "four-step-generation", "generates in 4 steps")
-    assert steps.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and steps.measurements[0].value == 4
+    assert steps.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and steps.check == "sd35.generate"
+    assert next(m for m in steps.measurements if m.name == "default_steps").value == 4
+    live = next(r for r in rows(c, TURBO) if r.capability_id == "four-step-generation" and "served here" in r.title)
+    assert live.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and "sd35.vs-large" in live.check, live.detail
+    assert "4 vs 28 steps" in live.detail, live.detail
     turbo = next(m for m in c.models if m.entry.id == TURBO)
     speed = next(m for m in turbo.measurements if m.name == "turbo_vs_large_speedup")
     assert speed.value > 1.5 and "Large time" in speed.detail
@@ -273,7 +287,9 @@ def test_precision_probe_times_int8_against_fp32(gateway_stack: GatewayStack, vi
         with fresh_gateway(gateway_stack, vit_precisions=targets) as gw, gw.channel() as ch:
             c = gateway_pb2_grpc.GatewayServiceStub(ch).Compare(request(VIT, LARGE), timeout=300).comparison
     claim = row(c, VIT, "quantization-onnx-export", "2-4x")
-    assert claim.mark in (MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE"), MARK.Value("EVIDENCE_MARK_CONTRADICTED"))
+    # int8 needs both speed and agreement: on random weights agreement cannot decide, so only a slow int8 does
+    assert claim.mark != MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and claim.check == "vit.precision"
+    assert "2-4x" in claim.claim and ("below" in claim.detail or "says nothing about accuracy" in claim.detail)
     speed = claim.measurements[0]
     assert speed.name == "int8_speedup" and speed.value > 0 and speed.probe == "vit.precision.int8"
     assert "vs fp32" in speed.detail and not claim.unavailable_reason
@@ -310,7 +326,8 @@ def test_render_markdown_and_html(stub, comparison: gateway_pb2.Comparison) -> N
     assert md.mime_type.startswith("text/markdown") and "84.0%" in md.content and "contradicted" in md.content.lower()
     html = stub.RenderComparison(gateway_pb2.RenderComparisonRequest(
         comparison=comparison, format=gateway_pb2.RENDER_FORMAT_HTML), timeout=60)
-    assert html.mime_type.startswith("text/html") and html.content.count("<svg") >= 2
+    assert html.mime_type.startswith("text/html") and html.content.count("<svg") >= 1
+    assert "no real leaderboard is shown" in html.content  # no duels here: no leaderboard at all
     assert "data:image/png;base64," in html.content
     with pytest.raises(grpc.RpcError) as info:
         stub.RenderComparison(gateway_pb2.RenderComparisonRequest(), timeout=10)

@@ -121,6 +121,12 @@ def leaderboard() -> rk.GetLeaderboardResponse:
         notes=["2 models in one connected component"])
 
 
+JUDGED = {"judge_id": "vit-base-patch16-224", "judge_digest": "c" * 64, "generator_digest": "d" * 64,
+          "judged_at": "2026-12-01T10:00:05+00:00"}
+DUELLED = {"judge_id": "vit-base-patch16-224", "judge_digest": "c" * 64, "digest_a": "d" * 64, "digest_b": "e" * 64,
+           "judged_at": "2026-12-01T10:00:05+00:00"}
+
+
 def comparison() -> gw.Comparison:
     vit_entry = rk.CatalogEntry(id=VIT, display_name=VIT, type="image-classification", family="vit",
                                 parameters=86567656, license="Apache-2.0", pricing="free: self-hosted")
@@ -134,10 +140,10 @@ def comparison() -> gw.Comparison:
     judgements = [
         gw.Judgement(generator=SD, imagenet_class="goldfish", prompt="a photo of a goldfish", seed=1234,
                      top1_label="goldfish", class_probability=0.62, top1_hit=True, top5_hit=True,
-                     image_png=png((230, 120, 20)), width=32, height=24),
+                     image_png=png((230, 120, 20)), width=32, height=24, **JUDGED),
         gw.Judgement(generator=SD, imagenet_class="volcano", prompt="a photo of a volcano", seed=1234,
                      top1_label="alp", class_probability=0.08, top1_hit=False, top5_hit=True,
-                     image_png=png((90, 90, 90)), width=32, height=24),
+                     image_png=png((90, 90, 90)), width=32, height=24, **JUDGED),
     ]
     return gw.Comparison(
         model_ids=[VIT, SD], comparison_id="c0ffee12", created_at="2026-12-01T10:00:00Z",
@@ -153,14 +159,16 @@ def comparison() -> gw.Comparison:
                    gw.FactCell(value="Stability AI Community", provenance="not found")])],
         scores=s, verdict=s.verdict, judgements=judgements,
         quality=[gw.QualitySummary(generator=SD, images=2, top1_hit_rate=0.5, top5_hit_rate=1.0,
-                                   mean_class_probability=0.35, mechanism_only=True)],
+                                   mean_class_probability=0.35, mechanism_only=True, requested=3, lost=1, failed=0,
+                                   top1_ci_low=0.09, top1_ci_high=0.91, top5_ci_low=0.34, top5_ci_high=1.0,
+                                   **JUDGED)],
         duels=[gw.Duel(model_a=SD, model_b=TURBO, prompt="a photo of a goldfish", seed=1234, probability_a=0.62,
                        probability_b=0.71, outcome=rk.OUTCOME_B_WINS, task="mechanism.t2i-imagenet-judge",
-                       idempotency_key="c0ffee12:goldfish:1234", match_id=17),
+                       idempotency_key="c0ffee12:goldfish:1234", match_id=17, **DUELLED),
                gw.Duel(model_a=SD, model_b=TURBO, prompt="a photo of a volcano", seed=1234, probability_a=0.08,
                        probability_b=0.081, outcome=rk.OUTCOME_TIE, task="mechanism.t2i-imagenet-judge",
-                       idempotency_key="c0ffee12:volcano:1234", match_id=18, duplicate=True)],
-        leaderboard=leaderboard(),
+                       idempotency_key="c0ffee12:volcano:1234", match_id=18, duplicate=True, **DUELLED)],
+        mechanism_leaderboard=leaderboard(),
         unavailable=[gw.Unavailable(component="vit.precision", code="UNAVAILABLE", reason="UNAVAILABLE",
                                     message="vit-int8: failed to connect to all addresses")],
         notes=["The ViT service serves random weights (vit-base-random): its measurements check the mechanism, "
@@ -170,7 +178,8 @@ def comparison() -> gw.Comparison:
 
 SECTIONS = ("# vit-base-patch16-224 vs Stable Diffusion 3.5 Large", "## Headline", "## Verdict", "## Feature table",
             "## Capabilities and evidence", "## Scores", "## Evidence: live measurements", "## Cross-model quality",
-            "## Head-to-head", "## Leaderboard (mechanism.t2i-imagenet-judge)", "## Unavailable", "## Notes")
+            "## Head-to-head", "## Mechanism duels (mechanism.t2i-imagenet-judge): not a ranking", "## Leaderboard",
+            "## Unavailable", "## Notes")
 
 
 @pytest.fixture(scope="module")
@@ -243,7 +252,7 @@ def test_markdown_lists_every_capability_with_its_mark(markdown: str, c: gw.Comp
         for cap in report.capabilities:
             line = row(capabilities, f"| {cap.title} |")
             assert f" {words[cap.mark]} |" in line
-            assert columns(line) == 4
+            assert columns(line) == 5
             seen.add(cap.mark)
     assert seen == set(words)
     assert "vit-int8: UNAVAILABLE (reason UNAVAILABLE): failed to connect" in capabilities
@@ -279,14 +288,16 @@ def test_markdown_every_measurement_has_its_provenance(markdown: str, c: gw.Comp
 
 def test_markdown_quality_duels_leaderboard_unavailable_notes(markdown: str, c: gw.Comparison) -> None:
     quality = section(markdown, "## Cross-model quality")
-    assert "| stable-diffusion-3.5-large | 2 | 50.0% | 100.0% | 0.35 | mechanism check |" in quality
-    assert "| volcano | a photo of a volcano | 1234 | alp | 0.08 | miss | hit | 32×24 |" in quality
+    assert ("| stable-diffusion-3.5-large | 2 / 3 (1, 0) | 50.0% [0.09, 0.91] | 100.0% [0.34, 1] | 0.35 | mechanism "
+            "check | vit-base-patch16-224 (cccccccccccc), dddddddddddd, 2026-12-01T10:00:05+00:00 |") in quality
+    assert ("| volcano | a photo of a volcano | 1234 | alp | 0.08 | miss | hit | 32×24 | judge vit-base-patch16-224 "
+            "(cccccccccccc), generator dddddddddddd, 2026-12-01T10:00:05+00:00 |") in quality
     duels = section(markdown, "## Head-to-head")
-    assert f"| 0.62 | 0.71 | {TURBO} wins | mechanism.t2i-imagenet-judge | #17 |" in duels
+    assert f"| 0.62 | 0.71 | {TURBO} wins | mechanism.t2i-imagenet-judge | #17 | judge vit-base-patch16-224" in duels
     assert "| tie | mechanism.t2i-imagenet-judge | #18 (already recorded) |" in duels
-    board = section(markdown, "## Leaderboard (mechanism.t2i-imagenet-judge)")
-    assert f"| 1 | {TURBO} | 1,120 | 1,010 – 1,240 | 4 | 3–1–0 |" in board
-    assert "95% intervals from 200 bootstrap rounds" in board and "- 2 models in one connected component" in board
+    board = section(markdown, "## Mechanism duels (mechanism.t2i-imagenet-judge): not a ranking")
+    assert f"| {TURBO} | 1,120 | 1,010 – 1,240 | 4 | 3–1–0 |" in board and "count in no score" in board
+    assert "No real duels in this comparison, so no real leaderboard is shown." in section(markdown, "## Leaderboard")
     assert "| vit.precision | UNAVAILABLE | UNAVAILABLE | vit-int8: failed to connect to all addresses |" in \
         section(markdown, "## Unavailable")
     notes = section(markdown, "## Notes")
@@ -304,7 +315,7 @@ def test_markdown_escapes_hostile_text(markdown: str) -> None:
     assert "<script>" not in markdown
     line = row(markdown, "| Fine-tuning / transfer learning |")
     assert "&lt;script&gt;alert('pwned')&lt;/script&gt; \\| breaks tables" in line
-    assert columns(line) == 4
+    assert columns(line) == 5
 
 
 def test_markdown_of_a_comparison_with_the_ranker_down() -> None:
@@ -312,7 +323,7 @@ def test_markdown_of_a_comparison_with_the_ranker_down() -> None:
         component="ranker", code="UNAVAILABLE", reason="UNAVAILABLE", message="failed to connect")])
     text = render.render_markdown(bare)
     for needle in ("No verdict: the scores were unavailable", "No catalog facts", "No scores: the ranker was",
-                   "No live measurements", "No matches recorded yet", "| ranker | UNAVAILABLE |"):
+                   "No live measurements", "no real leaderboard is shown", "| ranker | UNAVAILABLE |"):
         assert needle in text
     assert render.MECHANISM_NOTE not in text
 
@@ -366,7 +377,7 @@ def test_html_has_both_charts_inline(page: str) -> None:
     assert "<?xml" not in page and "<!DOCTYPE svg" not in page
     subscores = page[page.index('id="subscores-chart"'):]
     assert subscores.index("<svg") < subscores.index("</figure>")
-    board = page[page.index('id="leaderboard-chart"'):]
+    board = page[page.index('id="mechanism-chart"'):]  # the duels were mechanism checks: their own section
     assert board.index("<svg") < board.index("</figure>") and TURBO in board[: board.index("</svg>")]
     # Two inlined matplotlib figures must not share element ids, and every url(#…) resolves in the page.
     ids = [a["id"] for _, a in tags(page) if "id" in a]

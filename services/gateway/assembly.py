@@ -32,7 +32,9 @@ def assemble(run: Run) -> None:
         if served:
             report.weights.CopyFrom(served.weights)
         report.measurements.extend(measurements)
-        ev = evidence.ModelEvidence(entry, served is not None, probes, measurements, run.opts.live, run.catalog)
+        ev = evidence.ModelEvidence(entry, served is not None, probes, measurements, run.opts.live, run.catalog,
+                                    served.described if served else "", served.reported if served else "",
+                                    served.info_error if served else None)
         report.capabilities.extend(evidence.capability_evidence(ev, run.cfg.claim_tolerance_pt))
     run.c.facts.extend(fact_rows(run.c))
     run.c.notes.extend(notes(run.c, run.opts.live))

@@ -49,6 +49,10 @@ class ProbeCache(Generic[T]):
             return entry.value
         return None
 
+    def would_run(self, key: Hashable) -> bool:
+        """True when ``get`` with ``live`` would start new work (nothing fresh, nothing in flight)."""
+        return self.fresh(key) is None and key not in self._running
+
     async def get(self, key: Hashable, probe: str, run: Callable[[], Awaitable[T]], *, live: bool,
                   ok: Callable[[T], bool]) -> tuple[T | None, str]:
         """(value, how): how is "hit", "shared", "run" or "miss" (not live and nothing fresh).

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from versus.common.v1 import common_pb2
+from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 from versus.sd35.v1 import sd35_pb2
 from versus.vit.v1 import vit_pb2
@@ -43,40 +45,69 @@ def _needs(run: Run, prefix: str) -> bool:
 
 
 async def read_infos(run: Run) -> None:
+    """Each compared model that a configured service hosts becomes :class:`Served`; when its service's
+    GetModelInfo fails, it is still served here, with the reason (its live rows are then UNAVAILABLE)."""
     from services.gateway.run import Served
 
+    errors: dict[str, gateway_pb2.Unavailable] = {}
     tasks = []
     if _needs(run, "vit"):
-        tasks.append(_vit_info(run))
+        tasks.append(_vit_info(run, errors))
     if _needs(run, "sd35"):
-        tasks.append(_sd35_info(run))
+        tasks.append(_sd35_info(run, errors))
     await asyncio.gather(*tasks)
     for model_id in run.opts.model_ids:
         service = run.gw.served.get(model_id, "")
-        weights = run.vit.weights if service == "vit" and run.vit else (
-            run.variants[service[5:]].weights if service.startswith("sd35/") and service[5:] in run.variants
-            else None)
-        if weights is not None:
-            run.served[model_id] = Served(model_id, service, weights)
-        elif service and run.ds.has(service.split("/")[0]) and service.startswith("sd35/") and run.variants:
+        component = service.split("/")[0]
+        if not service or not run.ds.has(component):
+            continue
+        if component in errors:
+            run.served[model_id] = Served(model_id, service, gateway_pb2.ServedWeights(service=service, kind="unknown"),
+                                          info_error=errors[component])
+        elif service == "vit" and run.vit is not None:
+            run.served[model_id] = Served(model_id, service, run.vit.weights, described=_vit_described(run.vit),
+                                          reported=_reported(run.vit.response.model, run.vit.weights))
+        elif service[5:] in run.variants:
+            v = run.variants[service[5:]]
+            run.served[model_id] = Served(model_id, service, v.weights, described=_sd35_described(v),
+                                          reported=_reported(v.info.model, v.weights))
+        elif run.variants:
             run.unavailable(service, f"the sd35 service does not host variant {service[5:]}")
 
 
-async def _vit_info(run: Run) -> None:
+def _reported(model: common_pb2.ModelInfo, w: gateway_pb2.ServedWeights) -> str:
+    props = model.properties
+    extra = f", text encoder 3: {props['text_encoder_3']}" if "text_encoder_3" in props else ""
+    return (f"GetModelInfo says {model.id} runs on {model.backend or '?'}/{model.device or '?'} at "
+            f"{w.precision or '?'}{extra}, weights sha256 {w.digest[:16] or 'not reported'} "
+            f"({props.get('weights_kind') or 'kind not reported'})")
+
+
+def _vit_described(vit: VitInfo) -> str:
+    r = vit.response
+    return f"a {r.num_hidden_layers}-layer {vit.weights.kind} ViT, {r.num_labels} labels"
+
+
+def _sd35_described(v: VariantInfo) -> str:
+    layers = v.info.model.properties.get("transformer_layers", "?")
+    return f"a {layers}-layer {v.weights.kind} {v.name} pipeline"
+
+
+async def _vit_info(run: Run, errors: dict[str, gateway_pb2.Unavailable]) -> None:
     try:
         reply = await run.gw.cached_call("vit", "GetModelInfo", vit_pb2.GetModelInfoRequest(), run.budget.timeout())
     except DownstreamError as exc:
-        run.unavailable("vit", exc)
+        errors["vit"] = run.unavailable("vit", exc)
         return
     run.vit = VitInfo("vit", reply, weights_of("vit", reply.model))  # type: ignore[attr-defined]
 
 
-async def _sd35_info(run: Run) -> None:
+async def _sd35_info(run: Run, errors: dict[str, gateway_pb2.Unavailable]) -> None:
     try:
         reply = await run.gw.cached_call("sd35", "GetModelInfo", sd35_pb2.GetModelInfoRequest(),
                                          run.budget.timeout())
     except DownstreamError as exc:
-        run.unavailable("sd35", exc)
+        errors["sd35"] = run.unavailable("sd35", exc)
         return
     for v in reply.variants:  # type: ignore[attr-defined]
         name = enum_name(sd35_pb2.Variant, "VARIANT", v.variant)

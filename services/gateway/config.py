@@ -47,13 +47,19 @@ class GatewayConfig(ServerConfig):
                                              "then are UNAVAILABLE 'budget exhausted').")
     call_timeout_s: float = setting(60.0, "Deadline of one downstream call (within the budget).")
     cache_ttl_s: float = setting(600.0, "How long a probe result stays fresh per (model, weights digest, probe).")
-    max_concurrent_compares: int = setting(8, "Comparisons running at once; beyond it RESOURCE_EXHAUSTED.")
+    max_concurrent_compares: int = setting(8, "Comparisons running new live probe work at once; beyond it "
+                                              "RESOURCE_EXHAUSTED with RetryInfo (catalog-only and cached comparisons "
+                                              "are never refused).")
     imagenet_classes: str = setting(DEFAULT_CLASSES, "Default ImageNet classes for 'a photo of a {class}'.")
-    images_per_class: int = setting(1, "Default seeds per class for the quality probe and head-to-head.")
+    images_per_class: int = setting(0, "Default seeds per class for the quality probe and head-to-head; 0 = enough "
+                                       "for a perfect generator's Wilson lower bound to clear the prompt-adherence "
+                                       "bar (4 images in all: 3/3 only reaches 0.44).")
     probe_seed: int = setting(1234, "First seed of the generation probes (image i of a class uses seed + i).")
     probe_size: int = setting(0, "Side of generated probe images in pixels; 0 = each variant's default size.")
     probe_steps: int = setting(0, "Denoising steps for quality/head-to-head images; 0 = each variant's default.")
-    tie_margin: float = setting(0.05, "Head-to-head: |ln p_a - ln p_b| below this is a tie.")
+    tie_margin: float = setting(0.05, "Head-to-head: |ln p_a - ln p_b| below this is a tie. 0.05 is a 5% relative "
+                                      "difference in the judge's probability: closer than that, numeric noise of the "
+                                      "judge (bf16/int8 deployments, batch effects) could flip the outcome.")
     lora_probe_path: str = setting("", "Adapter file (relative to the sd35 adapter root) the LoRA probe loads if no "
                                        "adapter is loaded; empty: probe only adapters already loaded.")
     claim_tolerance_pt: float = setting(1.0, "A numeric claim agrees with a source within this many units "
@@ -65,11 +71,11 @@ class GatewayConfig(ServerConfig):
         self.precision_targets()
         if not -1 <= self.http_port <= 65535:
             raise ConfigError(f"{self.env_name('http_port')}: ports are 0..65535 (-1 disables the pages)")
-        for name in ("compare_budget_s", "call_timeout_s", "max_concurrent_compares", "images_per_class"):
+        for name in ("compare_budget_s", "call_timeout_s", "max_concurrent_compares"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{self.env_name(name)} must be > 0")
-        if self.cache_ttl_s < 0 or self.tie_margin < 0 or self.probe_size < 0 or self.probe_steps < 0:
-            raise ConfigError("cache_ttl_s, tie_margin, probe_size and probe_steps must be >= 0")
+        if min(self.cache_ttl_s, self.images_per_class, self.tie_margin, self.probe_size, self.probe_steps) < 0:
+            raise ConfigError("cache_ttl_s, images_per_class, tie_margin, probe_size and probe_steps must be >= 0")
         if self.probe_size % 16:
             raise ConfigError(f"{self.env_name('probe_size')} must be a multiple of 16")
         if (self.downstream_tls_cert or self.downstream_tls_key) and not self.downstream_tls_ca:

@@ -14,6 +14,7 @@ from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
 from services.gateway.downstream import DownstreamError
+from services.gateway.probes import DECIDING_KINDS
 from services.gateway.quality import MECHANISM_TASK, TASK
 
 if TYPE_CHECKING:
@@ -21,7 +22,8 @@ if TYPE_CHECKING:
 
 
 def outcome(p_a: float, p_b: float, margin: float) -> int:
-    """A wins, B wins, or a tie within ``margin`` in log-probability."""
+    """A wins, B wins, or a tie within ``margin`` in log-probability (GatewayConfig.tie_margin: closer than
+    that, the judge's own numeric noise could decide the duel, so it is half a win each)."""
     la, lb = math.log(max(p_a, 1e-300)), math.log(max(p_b, 1e-300))
     if abs(la - lb) < margin:
         return ranker_pb2.OUTCOME_TIE
@@ -50,7 +52,9 @@ def duels(judgements: list[gateway_pb2.Judgement], generators: list[str], contex
                     model_a=a, model_b=b, prompt=prompt, seed=seed, probability_a=ja.class_probability,
                     probability_b=jb.class_probability, outcome=outcome(ja.class_probability, jb.class_probability,
                                                                          margin),
-                    task=task, idempotency_key=idempotency_key(context, prompt, seed, a, b)))
+                    task=task, idempotency_key=idempotency_key(context, prompt, seed, a, b),
+                    judge_id=ja.judge_id, judge_digest=ja.judge_digest, digest_a=ja.generator_digest,
+                    digest_b=jb.generator_digest, judged_at=max(ja.judged_at, jb.judged_at)))
     return out
 
 
@@ -59,7 +63,7 @@ async def head_to_head(run: Run) -> list[gateway_pb2.Duel]:
     if not run.opts.head_to_head or len(generators) < 2 or run.vit is None:
         return []
     kinds = {run.served[g].weights.kind for g in generators} | {run.vit.weights.kind}
-    task = TASK if kinds == {"real"} else MECHANISM_TASK
+    task = TASK if kinds <= set(DECIDING_KINDS) else MECHANISM_TASK
     digests = ",".join(f"{g}={run.served[g].weights.digest}" for g in generators)
     context = f"{task}|{digests}|judge={run.vit.weights.digest}|size={run.cfg.probe_size}|" \
               f"steps={run.cfg.probe_steps}"

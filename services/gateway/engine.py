@@ -100,8 +100,8 @@ class GatewayMetrics:
         self.compare_seconds = Histogram("versus_gateway_compare_seconds", "Time to build one comparison.",
                                          buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
                                          registry=r)
-        self.probes = Counter("versus_gateway_probe_runs", "Probes run, by probe and result (ok, failed, "
-                              "unavailable).", ("probe", "result"), registry=r)
+        self.probes = Counter("versus_gateway_probe_runs", "Probes run, by probe and result (ok: answered within "
+                              "contract, failed: out of contract, unavailable).", ("probe", "result"), registry=r)
         self.downstream_errors = Counter("versus_gateway_downstream_errors", "Downstream calls that failed.",
                                          ("component", "code"), registry=r)
 
@@ -117,8 +117,9 @@ class Gateway:
         self.cache: ProbeCache[object] = ProbeCache(config.cache_ttl_s, lookups)
         #: GetModelInfo / ListModels answers: fresh for INFO_TTL_S, one call shared by concurrent comparisons
         self.info_cache: ProbeCache[object] = ProbeCache(INFO_TTL_S, lookups)
+        #: Comparisons running new live probe work at once (catalog-only and cached ones take no slot).
         self.admission = Admission(config.max_concurrent_compares, model="gateway", metrics=metrics,
-                                   what="comparisons")
+                                   what="comparisons with live probe work")
         self.served = config.served_map()
         self.ds: Downstream | None = None
 
@@ -178,14 +179,16 @@ class Gateway:
                       progress: Progress | None = None) -> gateway_pb2.Comparison:
         opts = validate(request, self.config)
         started = time.perf_counter()
-        with self.admission.hold(1):
-            budget_s = opts.budget_s if timeout_s is None else min(opts.budget_s, max(0.0, timeout_s - 0.25))
-            run = Run(self, opts, Budget(time.monotonic() + budget_s, self.config.call_timeout_s), progress)
-            try:
-                comparison = await run.execute()
-            except BaseException:
-                self.m.compares.labels("error").inc()
-                raise
+        budget_s = opts.budget_s if timeout_s is None else min(opts.budget_s, max(0.0, timeout_s - 0.25))
+        run = Run(self, opts, Budget(time.monotonic() + budget_s, self.config.call_timeout_s), progress)
+        try:
+            comparison = await run.execute()
+        except BaseException:
+            self.m.compares.labels("error").inc()
+            raise
+        finally:
+            if run.admitted:
+                self.admission.release(1)
         comparison.elapsed_ms = (time.perf_counter() - started) * 1e3
         self.m.compare_seconds.observe(comparison.elapsed_ms / 1e3)
         self.m.compares.labels("ok").inc()

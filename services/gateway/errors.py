@@ -10,3 +10,10 @@ class EmptyComparison(InvalidArgument):
 
     def __init__(self) -> None:
         super().__init__("comparison", "holds no models: pass a Comparison returned by Compare")
+
+
+class UnknownFormat(InvalidArgument):
+    """RenderComparison was asked for a format this gateway does not know."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__("format", f"unknown render format {value}: RENDER_FORMAT_MARKDOWN or RENDER_FORMAT_HTML")

@@ -1,21 +1,26 @@
 """Every capability claim ends with one mark (DESIGN §6):
 
-- VERIFIED_LIVE: a probe ran now against the serving model and saw what the claim says;
+- VERIFIED_LIVE: a declared check (:mod:`services.gateway.checks`) ran now against the serving model
+  and its judgement of what it saw holds;
 - SUPPORTED: a cited primary source agrees;
-- CONTRADICTED: a source or a live measurement disagrees (both numbers shown);
-- CLAIMED: nothing checks it;
-- UNAVAILABLE: the probe could not run (the reason says why).
+- CONTRADICTED: a source disagrees, a check's judgement fails, or the service answered out of contract
+  (INTERNAL, UNKNOWN, a wrong count or shape, undecodable bytes, its own limits refused) — what was seen
+  is shown;
+- CLAIMED: nothing checks it — including what a service says of itself ("reported by the service");
+- UNAVAILABLE: the check could not run (service unreachable, UNAVAILABLE, DEADLINE_EXCEEDED,
+  RESOURCE_EXHAUSTED, CANCELLED, its GetModelInfo failed, the budget ran out), with the reason.
 
 Rules, in order, for one claim of one model:
-1. A numeric claim whose metric a live probe measures (``batch10_throughput_ratio``, ``int8_speedup``,
-   ``default_steps``) is verified when the measurement reaches the claimed value (within the relative
-   tolerance), else contradicted with both numbers.
+1. A numeric claim whose metric a check measures (``batch10_throughput_ratio``, ``int8_speedup``,
+   ``default_steps``) is decided by the measurement only when the claim's conditions (device class,
+   precision, resolution, batch, and for weights-dependent claims real or operator-attested weights) are
+   those the measurement held under; otherwise the row keeps its source mark and says what was measured
+   and why it cannot decide.
 2. A numeric claim whose metric the catalog sources state (``imagenet1k_top1``) is contradicted when any
    primary source differs by more than ``claim_tolerance_pt``, else supported.
-3. A capability with live probes, on a served model: verified when every probe passed, contradicted
-   when one ran and failed, unavailable when one could not run. Quality probes on weights that are not
-   real decide nothing: the mark comes from the sources and the measurement is attached as a mechanism
-   check.
+3. A capability with checks, on a served model, gets one live row: its checks' judgements combined
+   (contradicted over unavailable over verified). A weights-dependent check on other weights, or a
+   judgement that declines, decides nothing: the sources decide and the measurement is attached.
 4. Otherwise supported when the claim cites a source, else claimed.
 """
 
@@ -27,61 +32,25 @@ from dataclasses import dataclass, field
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
-from services.gateway.probes import ProbeResult
+from services.gateway.checks import (
+    BY_ID,
+    FOR_CAPABILITY,
+    SELF_DESCRIBED,
+    UNDECIDED,
+    WEIGHTS_AWARE,
+    Check,
+    Verdict,
+    check_of,
+)
+from services.gateway.probes import DECIDING_KINDS, ProbeResult
 
-Mark = int
 VERIFIED = gateway_pb2.EVIDENCE_MARK_VERIFIED_LIVE
 SUPPORTED = gateway_pb2.EVIDENCE_MARK_SUPPORTED
 CONTRADICTED = gateway_pb2.EVIDENCE_MARK_CONTRADICTED
 CLAIMED = gateway_pb2.EVIDENCE_MARK_CLAIMED
 UNAVAILABLE = gateway_pb2.EVIDENCE_MARK_UNAVAILABLE
-
-#: Capability id → the probes that check it (probe names without the "sd35.<variant>." prefix).
-LIVE_CHECKS: dict[str, tuple[str, ...]] = {
-    "imagenet-1k-classification": ("vit.distribution",),
-    "embedding-extraction": ("vit.embedding",),
-    "batch-inference": ("vit.batching",),
-    "fine-tuning": ("vit.transfer",),
-    "multi-framework-safetensors": ("info",),
-    "quantization-onnx-export": ("vit.precision",),
-    "text-to-image": ("generate",),
-    "seeded-determinism": ("generate",),
-    "four-step-generation": ("generate",),
-    "megapixel-output": ("resolution",),
-    "multi-resolution": ("resolution",),
-    "lora-fine-tuning": ("lora",),
-    "classifier-free-guidance": ("guidance",),
-    "diffusers-integration": ("info",),
-    "three-text-encoders": ("info",),
-    "skip-layer-guidance": ("info",),
-    "open-self-hosted-inference": ("info",),
-    "prompt-adherence": ("quality",),
-}
-#: What each probe itself verifies: the claim a live row states (never the catalog's wording, which a
-#: structural probe may not check — "high-quality images in 4 steps" is not what a size probe sees).
-PROBE_CLAIMS = {
-    "vit.distribution": "returns a probability distribution over all its labels whose top-1 is the logits' argmax",
-    "vit.embedding": "embeddings of the advertised width from every layer, identical on repeat",
-    "vit.batching": "serves batched requests (throughput at 10 images per request measured against 1)",
-    "vit.transfer": "a linear head trained on its embeddings classifies new examples (transfer learning)",
-    "vit.precision": "runs at reduced precision (speed and agreement measured against fp32)",
-    "info": "served here as described (backend, weights format and provenance reported by GetModelInfo)",
-    "generate": "an image of the requested size, byte-identical for the same request and seed",
-    "resolution": "the advertised pixel limits hold at their edges",
-    "lora": "a LoRA adapter changes the output; without it the base output returns",
-    "guidance": "guidance scale and negative prompts change the output",
-    "quality": "prompt adherence: the ViT judge finds the prompted ImageNet class in the images",
-}
-
-#: Claim metrics a live probe measures: metric → (measurement name, direction). "min": the measured value
-#: must reach the claim; "eq": equal it.
-LIVE_METRICS = {
-    "batch10_throughput_ratio": ("batch10_throughput_ratio", "min"),
-    "int8_speedup": ("int8_speedup", "min"),
-    "default_steps": ("default_steps", "eq"),
-}
-#: Relative tolerance for live numeric claims ("~9x" is met by 8.1x).
-LIVE_TOLERANCE = 0.10
+#: Claim metric → the check whose measurement may decide it.
+DECIDED_BY = {metric: check for check in BY_ID.values() for metric in check.decides}
 
 
 @dataclass
@@ -90,10 +59,53 @@ class ModelEvidence:
 
     entry: ranker_pb2.CatalogEntry
     served: bool
-    probes: dict[str, ProbeResult] = field(default_factory=dict)  # by short name ("generate", "vit.embedding")
+    probes: dict[str, ProbeResult] = field(default_factory=dict)  # by check id ("vit.batching", "sd35.generate")
     measurements: list[gateway_pb2.Measurement] = field(default_factory=list)
     live_requested: bool = True
     catalog: dict[str, ranker_pb2.CatalogEntry] = field(default_factory=dict)  # every entry fetched, for compared_with
+    described: str = ""  # what the deployment showed of itself ("a 2-layer random large pipeline")
+    reported: str = ""  # GetModelInfo's own words
+    info_error: gateway_pb2.Unavailable | None = None
+    undecided: dict[str, str] = field(default_factory=dict)  # capability → why its live check decided nothing
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _reason(u: gateway_pb2.Unavailable) -> str:
+    return f"{u.component}: {u.code or 'not run'} ({u.reason or 'no reason'}): {u.message}"
+
+
+def device_class(device: str) -> str:
+    return "gpu" if device.startswith("cuda") else device.split(":")[0] or "unknown"
+
+
+def measured_conditions(r: ProbeResult) -> str:
+    w = r.weights
+    parts = [device_class(w.device), r.data.get("precision") or w.precision or "?"]
+    parts += [f"{r.data['resolution']} px"] if r.data.get("resolution") else []
+    parts += [f"batch {r.data['batch']}"] if r.data.get("batch") else []
+    return ", ".join(parts + [f"{w.kind} weights"])
+
+
+def mismatch(cond: ranker_pb2.ClaimConditions, r: ProbeResult, weights_dependent: bool,
+             weights_judged: bool = False) -> str:
+    """Why a measurement cannot decide a claim made under ``cond``; empty when it can. ``weights_judged``:
+    the decider weighs the weights itself (it may still contradict on a part that holds for any weights)."""
+    w, d = r.weights, r.data
+    measured = {"device": device_class(w.device), "precision": d.get("precision") or w.precision}
+    if cond.device_class and cond.device_class != measured["device"]:
+        return f"measured on {measured['device']}; the claim is about {cond.device_class}"
+    if cond.precision and cond.precision != measured["precision"]:
+        return f"measured at {measured['precision']}; the claim is about {cond.precision}"
+    if cond.resolution and d.get("resolution") and cond.resolution != d["resolution"]:
+        return f"measured at {d['resolution']} px; the claim is about {cond.resolution} px"
+    if cond.batch and d.get("batch") and cond.batch != d["batch"]:
+        return f"measured at batch {d['batch']}; the claim is about batch {cond.batch}"
+    if (weights_dependent or cond.weights_dependent) and not weights_judged and w.kind not in DECIDING_KINDS:
+        return f"measured on {w.kind} weights; the claim is about the checkpoint's own weights"
+    return ""
 
 
 def _sources_for(metric: str, entry: ranker_pb2.CatalogEntry, skip_text: str = "") -> list[gateway_pb2.Source]:
@@ -107,10 +119,6 @@ def _sources_for(metric: str, entry: ranker_pb2.CatalogEntry, skip_text: str = "
     return out
 
 
-def _fmt(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def _sourced_numeric(claim: ranker_pb2.Claim, ev: ModelEvidence, tol: float) -> gateway_pb2.CapabilityEvidence:
     row = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit)
     sources = _sources_for(claim.metric, ev.entry, skip_text=claim.text)
@@ -122,8 +130,7 @@ def _sourced_numeric(claim: ranker_pb2.Claim, ev: ModelEvidence, tol: float) -> 
         if target is None:
             lines.append(f"compared with {other.subject} {_fmt(other.value)}: no catalog entry to check it")
             continue
-        theirs = _sources_for(claim.metric, target)
-        for s in theirs:
+        for s in _sources_for(claim.metric, target):
             sources.append(gateway_pb2.Source(url=s.url, locator=s.locator, as_of=s.as_of, value=s.value,
                                               unit=s.unit, label=f"{target.display_name}: {s.label}"))
             if abs(s.value - other.value) > tol:
@@ -149,80 +156,85 @@ def _find_subject(subject: str, catalog: dict[str, ranker_pb2.CatalogEntry]) -> 
     return None
 
 
+def _title(ev: ModelEvidence, capability_id: str) -> str:
+    return next((c.title for c in ev.entry.capabilities if c.id == capability_id), capability_id)
+
+
 def _row(ev: ModelEvidence, capability_id: str, claim: str, **kw: object) -> gateway_pb2.CapabilityEvidence:
-    title = next((c.title for c in ev.entry.capabilities if c.id == capability_id), capability_id)
-    return gateway_pb2.CapabilityEvidence(model_id=ev.entry.id, capability_id=capability_id, title=title,
-                                          claim=claim, **kw)
+    return gateway_pb2.CapabilityEvidence(model_id=ev.entry.id, capability_id=capability_id,
+                                          title=_title(ev, capability_id), claim=claim, **kw)
 
 
-def _probes_of(capability_id: str, ev: ModelEvidence) -> list[ProbeResult]:
-    wanted = LIVE_CHECKS.get(capability_id, ())
-    return [p for name, p in ev.probes.items() if any(name == w or name.startswith(w + ".") for w in wanted)]
+def _results(capability_id: str, ev: ModelEvidence) -> list[tuple[Check, ProbeResult]]:
+    checks = {c.id for c in FOR_CAPABILITY.get(capability_id, [])}
+    return [(check_of(key), r) for key, r in ev.probes.items() if check_of(key).id in checks]
 
 
-def _live_numeric(claim: ranker_pb2.Claim, ev: ModelEvidence) -> gateway_pb2.CapabilityEvidence | None:
-    measured_name, direction = LIVE_METRICS[claim.metric]
-    found = [m for m in ev.measurements if m.name == measured_name]
-    if not found:
+def _judged(check: Check, r: ProbeResult) -> Verdict:
+    if r.fault:
+        return Verdict(CONTRADICTED, f"out of contract: {r.fault}")
+    if check.weights_dependent and r.weights.kind not in DECIDING_KINDS:
+        return Verdict(UNDECIDED, f"measured on {r.weights.kind} weights: a mechanism check, the claim is about "
+                                  "the checkpoint's own weights")
+    return check.judge(r.data)
+
+
+def _live_row(capability_id: str, ev: ModelEvidence) -> gateway_pb2.CapabilityEvidence | None:
+    """Rule 3, or None when the capability has no check for this model or its checks decided nothing."""
+    checks = FOR_CAPABILITY.get(capability_id, [])
+    if not checks or not ev.served:
         return None
-    m = found[-1]
-    row = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit)
-    row.measurements.append(m)
-    row.probes.append(m.probe)
-    met = (m.value >= claim.value * (1 - LIVE_TOLERANCE)) if direction == "min" else abs(m.value - claim.value) < 1e-9
-    row.mark = VERIFIED if met else CONTRADICTED
-    row.detail = (f"claimed {_fmt(claim.value)} {claim.unit} ({claim.claimed_by or 'catalog'}); measured "
-                  f"{_fmt(m.value)} {m.unit} by {m.probe} on this deployment ({m.weights.device}, "
-                  f"{m.weights.precision}): {m.detail}")
-    return row
-
-
-def _live_capability(capability_id: str, claim: str, ev: ModelEvidence) -> gateway_pb2.CapabilityEvidence | None:
-    """Rule 3, or None when the capability has no live check for this model."""
-    if capability_id not in LIVE_CHECKS or not ev.served:
-        return None
-    probes = _probes_of(capability_id, ev)
-    row = _row(ev, capability_id, claim)
-    if not probes:
-        if not ev.live_requested:
-            return None  # not probed now and nothing cached: the sources decide
-        row.mark = UNAVAILABLE
-        row.unavailable_reason = row.detail = "no probe result (not run within the budget)"
-        return row
-    row.claim = "; ".join(dict.fromkeys(PROBE_CLAIMS.get(w, w) for w in LIVE_CHECKS[capability_id]))
-    row.probes.extend(p.probe for p in probes)
-    missing = [p for p in probes if not p.ran]
-    if missing:
-        u = missing[0].unavailable
-        row.mark = UNAVAILABLE
-        row.unavailable_reason = f"{u.component}: {u.code} ({u.reason or 'no reason'}): {u.message}".strip()
+    base = _title(ev, capability_id).split(" (")[0]
+    row = _row(ev, capability_id, "; ".join(dict.fromkeys(c.claim for c in checks)),
+               check=",".join(c.id for c in checks))
+    row.title = f"{base} (served here: {ev.described or 'this deployment'})"
+    results = _results(capability_id, ev)
+    if ev.info_error is not None and ev.live_requested:
+        row.mark, row.unavailable_reason = UNAVAILABLE, f"GetModelInfo failed: {_reason(ev.info_error)}"
         row.detail = row.unavailable_reason
         return row
-    for p in probes:
-        row.measurements.extend(p.measurements)
-    if capability_id == "prompt-adherence" and any(p.weights.kind != "real" for p in probes):
-        return None  # quality on non-real weights decides nothing (rule 3); measurements attach below
-    failed = [p for p in probes if not p.ok]
-    row.mark = CONTRADICTED if failed else VERIFIED
-    row.detail = " | ".join(f"{p.probe} at {p.at} on {p.weights.service} ({p.weights.kind} weights): {p.detail}"
-                            for p in probes)
+    if not results:
+        if not ev.live_requested:
+            return None  # not probed now and nothing cached: the sources decide
+        row.mark, row.unavailable_reason = UNAVAILABLE, "no check result (not run within the budget)"
+        row.detail = row.unavailable_reason
+        return row
+    row.probes.extend(r.probe for _, r in results)
+    row.check = ",".join(dict.fromkeys(c.id for c, _ in results))
+    row.measured_conditions = measured_conditions(results[0][1])
+    for _, r in results:
+        row.measurements.extend(r.measurements)
+    missing = [r.unavailable for _, r in results if r.unavailable is not None]
+    verdicts = [(c, r, _judged(c, r)) for c, r in results if r.unavailable is None]
+    if any(v.mark == UNDECIDED for _, _, v in verdicts) and not any(v.mark == CONTRADICTED for _, _, v in verdicts):
+        ev.undecided[capability_id] = " | ".join(f"{r.probe}: {r.detail} → {v.why}" for _, r, v in verdicts)
+        return None
+    if any(v.mark == CONTRADICTED for _, _, v in verdicts):
+        row.mark = CONTRADICTED
+    elif missing:
+        row.mark, row.unavailable_reason = UNAVAILABLE, _reason(missing[0])
+    else:
+        row.mark = VERIFIED
+    row.detail = " | ".join(f"{r.probe} at {r.at} on {r.weights.service} ({r.weights.kind} weights): {r.detail} "
+                            f"→ {v.why}" for _, r, v in verdicts)
+    if missing:
+        row.detail = "; ".join(filter(None, [row.detail, *(_reason(u) for u in missing)]))
     return row
 
 
 def _from_sources(capability_id: str, claim: ranker_pb2.Claim | None, text: str, ev: ModelEvidence
                   ) -> gateway_pb2.CapabilityEvidence:
-    """Rule 4 (plus the quality signals for prompt adherence)."""
+    """Rule 4 (plus the quality signals for prompt adherence), with what a check measured but could not decide."""
     row = _row(ev, capability_id, text)
+    quality = [s for s in ev.entry.signals if s.dimension == "quality" and s.source] \
+        if capability_id == "prompt-adherence" else []
+    terms = ev.entry.license_terms
     if claim is not None and claim.source:
         row.mark = SUPPORTED
         row.sources.append(gateway_pb2.Source(url=claim.source, locator=claim.locator, as_of=claim.as_of,
                                               label=claim.claimed_by))
         row.detail = f"stated by {claim.claimed_by or 'the publisher'}: {claim.source} ({claim.locator})"
-        return row
-    quality = [s for s in ev.entry.signals if s.dimension == "quality" and s.source] \
-        if capability_id == "prompt-adherence" else []
-    terms = ev.entry.license_terms
-    if "license" in capability_id and terms.source:
+    elif "license" in capability_id and terms.source:
         row.mark = SUPPORTED
         row.sources.append(gateway_pb2.Source(url=terms.source, as_of=terms.as_of, label=f"licence {terms.id}"))
         row.detail = f"licence {terms.id} ({terms.commercial_use}): {terms.source}, read {terms.as_of}"
@@ -231,55 +243,93 @@ def _from_sources(capability_id: str, claim: ranker_pb2.Claim | None, text: str,
         row.sources.extend(gateway_pb2.Source(url=s.source, locator=s.locator, as_of=s.as_of, value=s.value,
                                               unit=s.unit, label=f"catalog signal {s.name}") for s in quality)
         row.detail = "; ".join(f"{s.name} {_fmt(s.value)} ({s.source}, {s.locator})" for s in quality)
+    elif ev.served and capability_id in SELF_DESCRIBED:
+        row.mark = CLAIMED
+        row.detail = f"reported by the service: {ev.reported or 'no description read'}; no live check observes it"
     else:
         row.mark = CLAIMED
         row.detail = ("not probed now (live probes off, nothing cached)" if ev.served and not ev.live_requested
-                      and capability_id in LIVE_CHECKS else "no probe and no primary source checks it")
-    if capability_id == "prompt-adherence":
-        for p in _probes_of(capability_id, ev):
-            row.measurements.extend(p.measurements)
-            if p.weights.kind != "real":
-                row.detail += (f"; measured prompt adherence on {p.weights.kind} weights is a mechanism check only: "
-                               f"{p.detail}")
+                      and capability_id in FOR_CAPABILITY else "no probe and no primary source checks it")
+    if capability_id in ev.undecided:
+        row.check = ",".join(c.id for c in FOR_CAPABILITY[capability_id])
+        row.detail += f"; measured live but not decided: {ev.undecided[capability_id]}"
+        for _, r in _results(capability_id, ev):
+            row.measurements.extend(r.measurements)
+            row.measured_conditions = measured_conditions(r)
+    return row
+
+
+def _live_numeric(claim: ranker_pb2.Claim, ev: ModelEvidence) -> gateway_pb2.CapabilityEvidence | None:
+    """Rule 1, or None when no check measured the claim's metric on this model."""
+    check = DECIDED_BY[claim.metric]
+    found = [r for key, r in ev.probes.items() if check_of(key) is check
+             and (not r.observed or any(m.name == claim.metric for m in r.measurements))]
+    if not found or not ev.served:
+        return None
+    r = found[-1]
+    if r.unavailable is not None:
+        row = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit, mark=UNAVAILABLE)
+        row.unavailable_reason = row.detail = _reason(r.unavailable)
+    elif r.fault:
+        row = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit,
+                   mark=CONTRADICTED, detail=f"{r.probe}: the service answered out of contract: {r.fault}")
+    else:
+        why_not = mismatch(claim.conditions, r, check.weights_dependent, claim.metric in WEIGHTS_AWARE)
+        verdict = Verdict(UNDECIDED, why_not) if why_not else check.decides[claim.metric](claim.value, r, r.weights.kind
+                                                                                          in DECIDING_KINDS)
+        said = (f"claimed {_fmt(claim.value)} {claim.unit} ({claim.claimed_by or 'catalog'}"
+                f"{'; ' + claim.conditions.text if claim.conditions.text else ''}); {r.probe} on this deployment "
+                f"({measured_conditions(r)}): {r.detail}")
+        if verdict.mark == UNDECIDED:
+            row = _from_sources(claim.capability_id, claim, claim.text, ev)
+            row.claimed_value, row.unit = claim.value, claim.unit
+            row.detail = f"{row.detail}; {said} — {verdict.why}, so it cannot decide the claim"
+        else:
+            row = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit,
+                       mark=verdict.mark, detail=f"{said} → {verdict.why}")
+    row.check, row.measured_conditions = check.id, measured_conditions(r)
+    row.conditions.CopyFrom(claim.conditions)
+    row.probes.append(r.probe)
+    row.measurements.extend(r.measurements)
     return row
 
 
 def capability_evidence(ev: ModelEvidence, tolerance_pt: float) -> list[gateway_pb2.CapabilityEvidence]:
     """One row per claim of every capability of the model (the description is the claim when there is
-    none), each with its mark, plus one row per live-checked capability stating what its probes verified."""
+    none), each with its mark, plus one row per live-checked capability stating what its checks verified."""
     rows: list[gateway_pb2.CapabilityEvidence] = []
     claims_by_cap: dict[str, list[ranker_pb2.Claim]] = {}
     for claim in ev.entry.claims:
         claims_by_cap.setdefault(claim.capability_id, []).append(claim)
     for cap in ev.entry.capabilities:
         claims = claims_by_cap.get(cap.id, [])
-        live = _live_capability(cap.id, cap.description, ev)
-        if live is not None:  # what the probe verified, in its own words; the claims follow
+        live = _live_row(cap.id, ev)
+        if live is not None:  # what the checks verified, in their own words; the claims follow
             rows.append(live)
-        elif not claims:
+        elif not claims or cap.id in ev.undecided:
             rows.append(_from_sources(cap.id, None, cap.description, ev))
-        for claim in claims:
-            rows.append(_claim_row(claim, ev, tolerance_pt))
+        rows.extend(_claim_row(claim, ev, tolerance_pt) for claim in claims)
     return rows
 
 
 def _claim_row(claim: ranker_pb2.Claim, ev: ModelEvidence, tolerance_pt: float) -> gateway_pb2.CapabilityEvidence:
-    if claim.HasField("value") and claim.metric in LIVE_METRICS:
+    if claim.HasField("value") and claim.metric in DECIDED_BY:
         row = _live_numeric(claim, ev)
         if row is not None:
             return row
         if ev.served and ev.live_requested:
-            out = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit)
-            out.mark = UNAVAILABLE
-            blocked = [p.unavailable for p in _probes_of(claim.capability_id, ev) if p.unavailable is not None]
-            out.unavailable_reason = out.detail = (
-                f"{blocked[0].component}: {blocked[0].message}" if blocked
-                else f"no live measurement of {claim.metric} on this deployment")
+            out = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit,
+                       mark=UNAVAILABLE, check=DECIDED_BY[claim.metric].id)
+            out.conditions.CopyFrom(claim.conditions)
+            out.unavailable_reason = out.detail = (f"GetModelInfo failed: {_reason(ev.info_error)}" if ev.info_error
+                                                   else f"no live measurement of {claim.metric} on this deployment")
             return out
     if claim.HasField("value") and claim.metric:
-        return _sourced_numeric(claim, ev, tolerance_pt)
-    live = _live_capability(claim.capability_id, claim.text, ev)
-    return live or _from_sources(claim.capability_id, claim, claim.text, ev)
+        row = _sourced_numeric(claim, ev, tolerance_pt)
+    else:
+        row = _from_sources(claim.capability_id, claim, claim.text, ev)
+    row.conditions.CopyFrom(claim.conditions)
+    return row
 
 
 def mark_counts(rows: Iterable[gateway_pb2.CapabilityEvidence]) -> dict[str, int]:

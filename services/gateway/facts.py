@@ -29,16 +29,21 @@ def _measured(report: gateway_pb2.ModelReport, name: str, fmt: str) -> Cell:
     m = next((m for m in report.measurements if m.name == name), None)
     if m is None:
         return ("—", "not measured (not served here, or live probes off)")
-    kind = f"{m.weights.kind} weights" + (", mechanism check" if m.mechanism_only else "")
-    return (fmt.format(m.value), f"live probe {m.probe} at {m.measured_at} on {m.weights.service} "
-                                 f"({m.weights.device}, {m.weights.precision}, {kind}, sha256 {m.weights.digest[:12]})")
+    w = m.weights
+    kind = f"{w.kind} weights" + (", mechanism check" if m.mechanism_only else "")
+    # a speed belongs to the deployment that showed it, not to the catalog's model
+    return (f"{fmt.format(m.value)} on {w.service} ({w.device}, {w.precision}, {w.kind} weights)",
+            f"live probe {m.probe} at {m.measured_at}: {m.detail}; {w.served_model_id}, {w.backend}, {kind}, "
+            f"sha256 {w.digest[:12]}")
 
 
 def _parameters(report: gateway_pb2.ModelReport) -> Cell:
     entry = report.entry
     if entry.parameters:
         sig = next((s for s in entry.signals if s.name in ("parameters", "param_count")), None)
-        where = f"catalog: {sig.source} ({sig.locator}, read {sig.as_of})" if sig else "catalog entry"
+        where = (f"catalog: {entry.parameters_source}" if entry.parameters_source else
+                 f"catalog: {sig.source} ({sig.locator}, read {sig.as_of})" if sig else
+                 "catalog entry (no source recorded)")
         return (f"{entry.parameters / 1e6:,.1f} M", where)
     return NOT_FOUND
 
@@ -79,9 +84,12 @@ ROWS: list[tuple[str, Callable[[gateway_pb2.ModelReport], Cell]]] = [
     ("Parameters", _parameters),
     ("License", _license),
     ("Pricing", _pricing),
-    ("Rank score", lambda r: (f"{r.score.composite:.1f}/100 (confidence {r.score.confidence:.0%})",
-                              "ranker composite of the sub-scores below") if r.score.model_id
-     else ("—", "ranker unavailable")),
+    ("Rank score (own composite)", lambda r: (f"{r.score.composite:.1f}/100 (confidence {r.score.confidence:.0%})",
+                                              "ranker: this model's own blend of the sub-scores it has")
+     if r.score.model_id else ("—", "ranker unavailable")),
+    ("Rank score on shared dimensions", lambda r: (f"{r.score.shared_composite:.1f}/100", "ranker: the blend over the "
+                                                   "dimensions every compared model has (the verdict's basis)")
+     if r.score.model_id else ("—", "ranker unavailable")),
     ("Quality", lambda r: _sub(r.score, "quality")),
     ("Primary quality metric", _quality_metric),
     ("Adoption", lambda r: _sub(r.score, "adoption")),
@@ -89,9 +97,9 @@ ROWS: list[tuple[str, Callable[[gateway_pb2.ModelReport], Cell]]] = [
     ("Match graph", lambda r: _sub(r.score, "match_graph")),
     ("Times matched", lambda r: (str(r.times_matched), "ranker match graph")),
     ("Served by", _served),
-    ("Latency, 1 image (ViT: p50 of 7)", lambda r: _measured(r, "latency_p50_ms", "{:.1f} ms") if r.served_by == "vit"
-     else _measured(r, "generate_ms", "{:.0f} ms")),
-    ("Throughput", lambda r: _measured(r, "throughput_img_s", "{:.1f} img/s")),
+    ("Latency of this deployment, 1 image (ViT: p50 of 10)", lambda r: _measured(r, "latency_p50_ms", "{:.1f} ms")
+     if r.served_by == "vit" else _measured(r, "generate_ms", "{:.0f} ms")),
+    ("Throughput of this deployment", lambda r: _measured(r, "throughput_img_s", "{:.1f} img/s")),
 ]
 
 
@@ -108,17 +116,26 @@ def notes(c: gateway_pb2.Comparison, live: bool) -> list[str]:
     out = []
     for report in c.models:
         w = report.weights
-        if report.served_by and w.kind != "real":
+        if report.served_by and w.kind == "operator-attested":
+            out.append(f"{report.entry.display_name or report.entry.id} is served here with operator-attested "
+                       f"weights (sha256 {w.digest[:16]}, pinned by the deployer: {w.proof}); marks that depend on "
+                       "the weights rest on that attestation.")
+        elif report.served_by and w.kind != "real":
             out.append(f"{report.entry.display_name or report.entry.id} is served here with {w.kind} weights "
                        f"(sha256 {w.digest[:16]}): its live measurements check the serving mechanism — shapes, "
                        "determinism, limits, speed — not the model's quality. Quality comes only from the cited "
                        "sources.")
+    for q in c.quality:
+        out.append(f"Prompt adherence of {q.generator}: the budget bought {q.images} judged images of the "
+                   f"{q.requested} asked for ({q.lost} lost to outages, {q.failed} failed by fault and counted as "
+                   "misses); a rate is verified only when its Wilson 95% lower bound clears the bar.")
     if c.duels:
         task = c.duels[0].task
         if task.startswith("mechanism."):
             out.append(f"The head-to-head ran on weights that are not the real ones, so its outcomes were recorded "
                        f"under the task '{task}', apart from real evidence: they show the comparison works, not "
-                       "which model is better.")
+                       "which model is better. They count in no score, times matched or real leaderboard; their "
+                       "own leaderboard is shown apart.")
         recorded = sum(1 for d in c.duels if d.match_id)
         repeats = sum(1 for d in c.duels if d.duplicate)
         out.append(f"{len(c.duels)} duels; {recorded} recorded in the ranker, {repeats} of them already recorded by "

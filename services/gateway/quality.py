@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import io
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,14 +23,15 @@ from versus.gateway.v1 import gateway_pb2
 from versus.vit.v1 import vit_pb2
 
 from services.common.errors import InvalidArgument, quote
-from services.gateway.probes import ProbeResult, VitProbes, measurement, now_iso
+from services.gateway.checks import ADHERENCE_BAR
+from services.gateway.probes import DECIDING_KINDS, ProbeResult, VitProbes, expect, measurement, now_iso, unavailable
+from services.gateway.stats import images_to_verify, wilson
 
 if TYPE_CHECKING:
     from services.gateway.run import Run, Served
 
 TASK = "t2i-imagenet-judge"
 MECHANISM_TASK = "mechanism." + TASK
-QUALITY_TOP5_BAR = 0.5
 #: Generations in flight per SD3.5 service from one comparison (its queue refuses beyond max_queue).
 GENERATE_CONCURRENCY = 2
 
@@ -63,13 +65,24 @@ def judge(scores: list[tuple[int, str, float]], target: int) -> Judged:
     return Judged(scores[0][1], prob, rank)
 
 
-def summarise(judgements: list[gateway_pb2.Judgement], generator: str, mechanism: bool) -> gateway_pb2.QualitySummary:
+def summarise(judgements: list[gateway_pb2.Judgement], generator: str, mechanism: bool, requested: int = 0,
+              lost: int = 0) -> gateway_pb2.QualitySummary:
+    """Hit rates with Wilson 95% intervals. Judgements that failed by fault are misses (counted); images
+    lost to an outage are not judgements (``lost``)."""
     mine = [j for j in judgements if j.generator == generator]
     n = len(mine)
-    return gateway_pb2.QualitySummary(
-        generator=generator, images=n, top1_hit_rate=sum(j.top1_hit for j in mine) / n if n else 0.0,
-        top5_hit_rate=sum(j.top5_hit for j in mine) / n if n else 0.0,
-        mean_class_probability=sum(j.class_probability for j in mine) / n if n else 0.0, mechanism_only=mechanism)
+    top1, top5 = sum(j.top1_hit for j in mine), sum(j.top5_hit for j in mine)
+    s = gateway_pb2.QualitySummary(
+        generator=generator, images=n, top1_hit_rate=top1 / n if n else 0.0, top5_hit_rate=top5 / n if n else 0.0,
+        mean_class_probability=sum(j.class_probability for j in mine) / n if n else 0.0, mechanism_only=mechanism,
+        requested=requested or n + lost, lost=lost, failed=sum(1 for j in mine if j.error))
+    s.top1_ci_low, s.top1_ci_high = wilson(top1, n)
+    s.top5_ci_low, s.top5_ci_high = wilson(top5, n)
+    if mine:
+        first = mine[0]
+        s.judge_id, s.judge_digest, s.generator_digest = first.judge_id, first.judge_digest, first.generator_digest
+        s.judged_at = max(j.judged_at for j in mine)
+    return s
 
 
 # -- the stage ------------------------------------------------------------------------------------------
@@ -96,7 +109,7 @@ async def _judge_labels(run: Run) -> list[str]:
         labels = [""] * n
         for lab in reply.results[0].labels:
             labels[lab.index] = lab.label
-        return ProbeResult("vit.labels", True, "", [], {"labels": labels}, vit.weights, now_iso())
+        return ProbeResult("vit.labels", "", [], {"labels": labels}, vit.weights, now_iso())
 
     result = await run.probe("vit", vit.weights, "vit.labels", fetch)
     return result.data.get("labels", []) if result is not None and result.ran else []
@@ -129,99 +142,123 @@ async def choose_classes(run: Run) -> None:
             run.c.notes.append(f"The default class {name!r} is not a label of the judge; it was skipped.")
 
 
+def images_per_class(run: Run) -> int:
+    """The client's number, else the config's, else (0 = auto) enough for a perfect generator to verify."""
+    if run.opts.per_class:
+        return run.opts.per_class
+    return max(1, math.ceil(images_to_verify(ADHERENCE_BAR) / max(1, len(run.classes))))
+
+
 async def judge_generations(run: Run) -> None:
     generators = run.generators if run.classes else []
     if not generators:
         return
+    assert run.vit is not None
     gate = asyncio.Semaphore(GENERATE_CONCURRENCY)  # the SD3.5 queue would refuse a larger burst
-    jobs = [(g, c, run.cfg.probe_seed + k) for g in generators for c in run.classes
-            for k in range(run.opts.per_class)]
+    per_class = images_per_class(run)
+    jobs = [(g, c, run.cfg.probe_seed + k) for g in generators for c in run.classes for k in range(per_class)]
     run.progress("quality", f"{len(jobs)} images: 'a photo of a {{class}}' judged by the ViT service", 0.55)
-    done = 0
+    lost: dict[str, int] = {}
 
     async def one(generator: str, cls: str, seed: int) -> None:
-        nonlocal done
         async with gate:
             judged = await _judgement(run, generator, cls, seed)
-        done += 1
-        if judged is not None:
+        if judged is None:
+            lost[generator] = lost.get(generator, 0) + 1
+        else:
             run.judgements.append(judged)
+        done = len(run.judgements) + sum(lost.values())
         run.progress("quality", f"{done}/{len(jobs)} judged", 0.55 + 0.25 * done / len(jobs))
 
     await asyncio.gather(*(one(*j) for j in jobs))
     run.judgements.sort(key=lambda j: (j.generator, j.imagenet_class, j.seed))
     run.c.judgements.extend(run.judgements)
-    assert run.vit is not None
-    judge_real = run.vit.weights.kind == "real"
+    judge_ok = run.vit.weights.kind in DECIDING_KINDS
     for g in generators:
         w = run.served[g].weights
-        summary = summarise(run.judgements, g, mechanism=not (judge_real and w.kind == "real"))
+        summary = summarise(run.judgements, g, not (judge_ok and w.kind in DECIDING_KINDS),
+                            per_class * len(run.classes), lost.get(g, 0))
         run.c.quality.append(summary)
-        if summary.images:
-            _quality_probe(run, run.served[g], summary)
+        _quality_result(run, run.served[g], summary)
 
 
-def _quality_probe(run: Run, served: Served, s: gateway_pb2.QualitySummary) -> None:
+def _quality_result(run: Run, served: Served, s: gateway_pb2.QualitySummary) -> None:
+    """The prompt-adherence check's observation (judged by checks.BY_ID["quality"])."""
     at = now_iso()
+    if not s.images:
+        served.probes["quality"] = unavailable(f"quality.{served.model_id}", f"all {s.requested} images were lost "
+                                               "to outages (see unavailable)", served.weights)
+        return
+    assert run.vit is not None
     w = gateway_pb2.ServedWeights()
     w.CopyFrom(served.weights)
-    if run.vit is not None and run.vit.weights.kind != "real":
-        w.kind = run.vit.weights.kind if w.kind == "real" else w.kind
-    detail = (f"{s.images} images of 'a photo of a {{class}}' for {', '.join(run.classes)} judged by "
-              f"{run.vit.response.model.id if run.vit else 'vit'} ({run.vit.weights.kind if run.vit else '?'} "
-              f"weights): top-1 hit {s.top1_hit_rate:.0%}, top-5 hit {s.top5_hit_rate:.0%}, mean p(class) "
-              f"{s.mean_class_probability:.4f}")
-    # On real weights the claim holds when the judge finds the prompted class in the top 5 of at least
-    # half the images; on other weights this is a mechanism check and never decides the mark.
-    served.probes["quality"] = ProbeResult(f"quality.{served.model_id}", s.top5_hit_rate >= QUALITY_TOP5_BAR,
-                                           detail, [
+    if run.vit.weights.kind not in DECIDING_KINDS:  # the pair decides only when both may
+        w.kind = run.vit.weights.kind if w.kind in DECIDING_KINDS else w.kind
+    detail = (f"{s.images} of {s.requested} images judged ({s.lost} lost to outages, {s.failed} failed by fault, "
+              f"counted as misses) of 'a photo of a {{class}}' for {', '.join(run.classes)} by "
+              f"{s.judge_id} ({run.vit.weights.kind} weights, sha256 {s.judge_digest[:12]}): top-1 hit "
+              f"{s.top1_hit_rate:.0%} [{s.top1_ci_low:.2f}, {s.top1_ci_high:.2f}], top-5 hit {s.top5_hit_rate:.0%} "
+              f"[{s.top5_ci_low:.2f}, {s.top5_ci_high:.2f}] (Wilson 95%), mean p(class) {s.mean_class_probability:.4f}")
+    data = {"images": s.images, "top5_hits": round(s.top5_hit_rate * s.images), "top1_hits":
+            round(s.top1_hit_rate * s.images)}
+    served.probes["quality"] = ProbeResult(f"quality.{served.model_id}", detail, [
         measurement("prompt_top1_hit_rate", s.top1_hit_rate, "fraction", "quality", detail, w, at),
         measurement("prompt_top5_hit_rate", s.top5_hit_rate, "fraction", "quality", detail, w, at),
-    ], {}, w, at)
+    ], data, w, at)
 
 
 async def _judgement(run: Run, generator: str, cls: str, seed: int) -> gateway_pb2.Judgement | None:
+    """One generated image judged; None when an outage lost it. A fault (generation or judgement out of
+    contract) is a judgement with ``error`` set: a miss that is shown."""
     from services.gateway.checks import sd35_probes
 
-    served = run.served[generator]
-    variant = served.service[5:]
-    sp = sd35_probes(run, variant)
+    served, vit = run.served[generator], run.vit
+    assert vit is not None
+    sp = sd35_probes(run, served.service[5:])
     prompt = prompt_for(cls)
-    gen_probe = f"sd35.{variant}.image.{seed}.{prompt}"
+    gen_probe = f"sd35.{served.service[5:]}.image.{seed}.{prompt}"
+    out = gateway_pb2.Judgement(generator=generator, imagenet_class=cls, prompt=prompt, seed=seed,
+                                judge_id=vit.weights.served_model_id, judge_digest=vit.weights.digest,
+                                generator_digest=served.weights.digest)
 
     async def generate() -> ProbeResult:
         g = await sp.generate(prompt, seed)
-        return ProbeResult(gen_probe, True, "", [], {"png": g.png, "w": g.width, "h": g.height},
+        return ProbeResult(gen_probe, "", [], {"png": g.png, "w": g.decoded[0], "h": g.decoded[1]},
                            served.weights, now_iso())
 
     image = await run.probe(served.service, served.weights, gen_probe, generate, kind="sd35.image")
-    if image is None or not image.ran:
-        if image is not None and image.unavailable is not None:
-            run.add_unavailable(image.unavailable)
-        return None
-    assert run.vit is not None
-    vit = run.vit
+    if image is None or not image.observed:
+        return _lost_or_failed(run, out, image)
     png = image.data["png"]
+    out.image_png, out.width, out.height = png, image.data["w"], image.data["h"]
     vp = VitProbes(run.ds, vit, run.probe_budget)
     judge_probe = f"vit.judge.{hashlib.sha256(png).hexdigest()[:24]}"
 
     async def classify() -> ProbeResult:
-        reply = await vp._call("Classify", vit_pb2.ClassifyRequest(
-            images=[common_pb2.Image(data=png)], top_k=vit.response.num_labels))
+        reply = await vp._call("Classify", vit_pb2.ClassifyRequest(images=[common_pb2.Image(data=png)],
+                                                                    top_k=vit.response.num_labels))
+        expect(len(reply.results) == 1 and len(reply.results[0].labels) > 0, "Classify answered no labels")
         scores = [(lab.index, lab.label, lab.score) for lab in reply.results[0].labels]
-        return ProbeResult(judge_probe, True, "", [], {"scores": scores}, vit.weights, now_iso())
+        return ProbeResult(judge_probe, "", [], {"scores": scores}, vit.weights, now_iso())
 
-    judged_probe = await run.probe("vit", vit.weights, judge_probe, classify, kind="vit.judge")
-    if judged_probe is None or not judged_probe.ran:
-        if judged_probe is not None and judged_probe.unavailable is not None:
-            run.add_unavailable(judged_probe.unavailable)
-        return None
-    target = class_index(run.labels, cls)
-    j = judge(judged_probe.data["scores"], target)
-    return gateway_pb2.Judgement(
-        generator=generator, imagenet_class=cls, prompt=prompt, seed=seed, top1_label=j.top1_label,
-        class_probability=j.class_probability, top1_hit=j.rank == 1, top5_hit=j.rank <= 5, image_png=png,
-        width=image.data["w"], height=image.data["h"])
+    judged = await run.probe("vit", vit.weights, judge_probe, classify, kind="vit.judge")
+    if judged is None or not judged.observed:
+        return _lost_or_failed(run, out, judged)
+    j = judge(judged.data["scores"], class_index(run.labels, cls))
+    out.top1_label, out.class_probability, out.top1_hit, out.top5_hit = j.top1_label, j.class_probability, \
+        j.rank == 1, j.rank <= 5
+    out.judged_at = judged.at
+    return out
+
+
+def _lost_or_failed(run: Run, out: gateway_pb2.Judgement, result: ProbeResult | None
+                    ) -> gateway_pb2.Judgement | None:
+    if result is not None and result.fault:
+        out.error, out.judged_at = result.fault, result.at
+        return out
+    if result is not None and result.unavailable is not None:
+        run.add_unavailable(result.unavailable)
+    return None
 
 
 def _blank_png() -> common_pb2.Image:

@@ -208,8 +208,9 @@ def render_html(c: gateway_pb2.Comparison, *, links: bool = False) -> str:
     ``links`` adds navigation to the gateway's other pages (for the web app; a saved file has none).
     """
     context = _context(c)
-    context.update(subscores_svg=charts.subscores_svg(c.scores), leaderboard_svg=charts.leaderboard_svg(c.leaderboard),
-                   links=links)
+    context.update(subscores_svg=charts.subscores_svg(c.scores), leaderboard_svg=charts.leaderboard_svg(c.leaderboard)
+                   if c.leaderboard.task else "", mechanism_svg=charts.leaderboard_svg(c.mechanism_leaderboard)
+                   if c.mechanism_leaderboard.task else "", links=links)
     return environment().get_template("comparison.html.j2").render(context)
 
 

@@ -35,7 +35,13 @@ class Served:
     model_id: str
     service: str  # "vit" or "sd35/<variant>"
     weights: gateway_pb2.ServedWeights = field(default_factory=gateway_pb2.ServedWeights)
-    probes: dict[str, ProbeResult] = field(default_factory=dict)
+    probes: dict[str, ProbeResult] = field(default_factory=dict)  # by check id ("vit.batching", "sd35.generate")
+    #: What this deployment showed of itself, in words ("a 2-layer random pipeline"), for live row titles.
+    described: str = ""
+    #: GetModelInfo's own description (backend, device, files), shown as "reported by the service".
+    reported: str = ""
+    #: Why GetModelInfo failed: every live row of the model is then UNAVAILABLE with this reason.
+    info_error: gateway_pb2.Unavailable | None = None
 
 
 class Run:
@@ -52,6 +58,8 @@ class Run:
         self.probe_budget = Budget(time.monotonic() + gw.config.compare_budget_s, gw.config.call_timeout_s)
         self._progress = progress
         self._fraction = 0.0
+        #: Holds one of the gateway's live-work slots (taken at its first new probe run, released at the end).
+        self.admitted = False
         self.c = gateway_pb2.Comparison(model_ids=list(opts.model_ids), comparison_id=opts.comparison_id(),
                                         created_at=datetime.now(UTC).isoformat(timespec="seconds"))
         self.catalog: dict[str, ranker_pb2.CatalogEntry] = {}
@@ -87,15 +95,16 @@ class Run:
         if self._progress is not None:
             self._progress(stage, detail, self._fraction)
 
-    def unavailable(self, component: str, exc: DownstreamError | str) -> None:
+    def unavailable(self, component: str, exc: DownstreamError | str) -> gateway_pb2.Unavailable:
         if isinstance(exc, DownstreamError):
             d: ErrorDetails = exc.details
             self.gw.m.downstream_errors.labels(exc.component, d.code.name).inc()
             item = gateway_pb2.Unavailable(component=component, code=d.code.name, reason=d.reason,
-                                           message=d.message[:300])
+                                           message=d.message)
         else:
             item = gateway_pb2.Unavailable(component=component, message=exc)
         self.add_unavailable(item)
+        return item
 
     def add_unavailable(self, item: gateway_pb2.Unavailable) -> None:
         if item not in self.c.unavailable:
@@ -110,10 +119,14 @@ class Run:
         ``kind`` labels the metrics (probe names of generated images carry prompts and seeds)."""
         key = (component_key, weights.digest, probe)
         kind = kind or probe
+        if self.opts.live and not self.admitted and self.gw.cache.would_run(key):
+            # only new probe work is bounded: catalog-only and cached comparisons are never refused
+            self.gw.admission.acquire(1)
+            self.admitted = True
 
         async def run() -> ProbeResult:
             result = await guarded(probe, fn, weights)
-            outcome = "unavailable" if not result.ran else "ok" if result.ok else "failed"
+            outcome = "unavailable" if not result.ran else "failed" if result.fault else "ok"
             self.gw.m.probes.labels(kind, outcome).inc()
             return result
 

@@ -1,4 +1,8 @@
-"""Stage 5 of a comparison: the ranker's scores, verdict and leaderboard."""
+"""Stage 5 of a comparison: the ranker's scores and verdict, and the leaderboards.
+
+Score is asked for the real task when the duels were real, else for every non-mechanism task (empty);
+the real leaderboard is shown only when real duels exist, and mechanism duels' leaderboard apart
+(``Comparison.mechanism_leaderboard``). ``GetLeaderboard("")`` never holds mechanism results."""
 
 from __future__ import annotations
 
@@ -17,13 +21,15 @@ if TYPE_CHECKING:
 async def read_scores(run: Run, played: list[gateway_pb2.Duel]) -> None:
     if not run.catalog:
         return
-    calls = [run.ds.call("ranker", "Score", ranker_pb2.ScoreRequest(model_ids=list(run.opts.model_ids)),
-                         run.budget.timeout())]
     task = played[0].task if played else ""
-    calls.append(run.ds.call("ranker", "GetLeaderboard", ranker_pb2.GetLeaderboardRequest(task=task),
-                             run.budget.timeout()))
-    results = await asyncio.gather(*calls, return_exceptions=True)
-    for name, result in zip(("ranker.Score", "ranker.GetLeaderboard"), results, strict=True):
+    mechanism = task.startswith("mechanism.")
+    calls = {"ranker.Score": run.ds.call("ranker", "Score", ranker_pb2.ScoreRequest(
+        model_ids=list(run.opts.model_ids), task="" if mechanism else task), run.budget.timeout())}
+    if task:
+        calls["ranker.GetLeaderboard"] = run.ds.call("ranker", "GetLeaderboard",
+                                                     ranker_pb2.GetLeaderboardRequest(task=task), run.budget.timeout())
+    results = await asyncio.gather(*calls.values(), return_exceptions=True)
+    for name, result in zip(calls, results, strict=True):
         if isinstance(result, DownstreamError):
             run.unavailable(name, result)
         elif isinstance(result, BaseException):
@@ -32,4 +38,4 @@ async def read_scores(run: Run, played: list[gateway_pb2.Duel]) -> None:
             run.c.scores.CopyFrom(result)
             run.c.verdict = result.verdict
         else:
-            run.c.leaderboard.CopyFrom(result)
+            (run.c.mechanism_leaderboard if mechanism else run.c.leaderboard).CopyFrom(result)

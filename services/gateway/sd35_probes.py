@@ -1,4 +1,5 @@
-"""Live probes of one SD3.5 variant: generations that turn its claims into observations."""
+"""Live probes of one SD3.5 variant: generations that turn its claims into observations (judged by the
+checks in :mod:`services.gateway.checks`)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,10 @@ import math
 import time
 from dataclasses import dataclass
 
-import grpc
 from PIL import Image
 from versus.gateway.v1 import gateway_pb2
 from versus.sd35.v1 import sd35_pb2
 
-from services.common.client import ErrorDetails
 from services.common.convert import enum_value
 from services.gateway.downstream import Downstream, DownstreamError
 from services.gateway.probes import (
@@ -21,10 +20,16 @@ from services.gateway.probes import (
     ProbeResult,
     cleanup,
     digest_bytes,
+    expect,
     measurement,
     now_iso,
     unavailable,
 )
+
+#: Two prompts identical in their first 77 CLIP tokens (CLIP truncates there) and different after: only a
+#: third encoder that reads further (T5, up to max_sequence_length tokens) can tell them apart.
+_LONG = " ".join(["a small red fox sitting in tall green grass"] * 10)
+T5_PROMPTS = (f"{_LONG}, under a full moon at night", f"{_LONG}, in bright morning sunshine with snow")
 
 
 @dataclass
@@ -46,10 +51,11 @@ class Generated:
     steps: int
     seed: int
     total_ms: float
+    decoded: tuple[int, int]
 
 
 class Sd35Probes:
-    """Probes of one SD3.5 variant."""
+    """Probes of one SD3.5 variant. Each only observes."""
 
     def __init__(self, downstream: Downstream, variant: VariantInfo, budget: Budget, size: int = 0,
                  steps: int = 0) -> None:
@@ -62,6 +68,7 @@ class Sd35Probes:
 
     async def generate(self, prompt: str, seed: int, *, size: int = 0, steps: int = 0, guidance: float | None = None,
                        negative: str = "", adapters: tuple[tuple[str, float], ...] = ()) -> Generated:
+        """One image; a reply without one, or whose bytes do not decode, breaks the contract."""
         side = size or self.size
         req = sd35_pb2.GenerateRequest(prompt=prompt, negative_prompt=negative, variant=variant_enum(self.v.name),
                                        width=side, height=side, seed=seed,
@@ -75,77 +82,95 @@ class Sd35Probes:
         t0 = time.perf_counter()
         events = await self.ds.stream("sd35", "Generate", req, self.budget.timeout())
         result = next((e.result for e in events if e.WhichOneof("event") == "result"), None)
-        if result is None or not result.images:
-            raise DownstreamError("sd35", ErrorDetails(grpc.StatusCode.UNKNOWN, "Generate ended without an image",
-                                                       reason="NO_RESULT"))
-        return Generated(result.images[0].data, result.width, result.height, result.steps, result.seeds[0],
-                         (time.perf_counter() - t0) * 1e3)
+        expect(result is not None and len(result.images) == 1 and len(result.seeds) == 1,
+               f"Generate of one image ended with {len(result.images) if result else 'no'} result images")
+        png = result.images[0].data
+        with Image.open(io.BytesIO(png)) as img:  # OSError when the bytes are not an image: a fault
+            img.load()
+            decoded = img.size
+        return Generated(png, result.width, result.height, result.steps, result.seeds[0],
+                         (time.perf_counter() - t0) * 1e3, decoded)
 
     async def size_and_determinism(self) -> ProbeResult:
-        """An image of the requested size; the same request twice gives the same bytes."""
+        """An image of the requested size; the same request twice."""
         name, at = f"sd35.{self.v.name}.generate", now_iso()
         prompt = "a photo of a lighthouse at dusk"
         first = await self.generate(prompt, 7)
         second = await self.generate(prompt, 7)
-        with Image.open(io.BytesIO(first.png)) as img:
-            decoded = img.size
-        ok_size = decoded == (self.size, self.size) == (first.width, first.height)
         same = first.png == second.png
+        data = {"requested": [self.size, self.size], "decoded": list(first.decoded),
+                "reported": [first.width, first.height], "deterministic": same, "steps": first.steps,
+                "ms": first.total_ms, "resolution": self.size, "batch": 1}
         detail = (f"Generate '{prompt}' at {self.size}x{self.size}, seed 7, {first.steps} steps: decoded a "
-                  f"{decoded[0]}x{decoded[1]} PNG in {first.total_ms:.0f} ms; the same request again gave "
+                  f"{first.decoded[0]}x{first.decoded[1]} PNG (the reply says {first.width}x{first.height}) in "
+                  f"{first.total_ms:.0f} ms; the same request again gave "
                   f"{'byte-identical' if same else 'DIFFERENT'} bytes (sha256 {digest_bytes(first.png)})")
-        return ProbeResult(name, ok_size and same, detail, [
+        return ProbeResult(name, detail, [
             measurement("generate_ms", first.total_ms, "ms", name,
                         f"one {self.size}x{self.size} image, {first.steps} steps", self.w, at),
-            measurement("image_side_px", decoded[0], "px", name, "decoded width of the returned PNG", self.w, at),
+            measurement("image_side_px", first.decoded[0], "px", name, "decoded width of the returned PNG", self.w, at),
             *([measurement("default_steps", first.steps, "steps", name, "steps the variant runs when the request "
                            "leaves them unset", self.w, at)] if not self.steps else []),
-        ], {"size_ok": ok_size, "deterministic": same, "steps": first.steps, "ms": first.total_ms,
-            "ms_per_step": first.total_ms / max(1, first.steps)}, self.w, at)
+        ], data, self.w, at)
 
     async def guidance(self) -> ProbeResult:
-        """Classifier-free guidance and negative prompts change the output (same seed)."""
+        """Classifier-free guidance and negative prompts (same seed)."""
         name, at = f"sd35.{self.v.name}.guidance", now_iso()
         prompt = "a red bicycle"
         plain = await self.generate(prompt, 11, guidance=0.0)
         guided = await self.generate(prompt, 11, guidance=4.5)
         negative = await self.generate(prompt, 11, guidance=4.5, negative="blurry, dark")
-        ok = plain.png != guided.png and guided.png != negative.png
-        detail = (f"seed 11, guidance 0 vs 4.5: {'different' if plain.png != guided.png else 'IDENTICAL'} images; "
-                  f"adding a negative prompt: {'different' if guided.png != negative.png else 'IDENTICAL'}")
-        return ProbeResult(name, ok, detail, [], {}, self.w, at)
+        data = {"guidance_changes": plain.png != guided.png, "negative_changes": guided.png != negative.png}
+        detail = (f"seed 11, guidance 0 vs 4.5: {'different' if data['guidance_changes'] else 'IDENTICAL'} images; "
+                  f"adding a negative prompt: {'different' if data['negative_changes'] else 'IDENTICAL'}")
+        return ProbeResult(name, detail, [], data, self.w, at)
+
+    async def _edge(self, side: int) -> tuple[str, str]:
+        """(what happened, the refusal's fields) for one 1-step square generation of ``side``."""
+        try:
+            g = await self.generate("a wide landscape", 3, size=side, steps=1)
+        except DownstreamError as exc:
+            if exc.details.code.name != "INVALID_ARGUMENT":
+                raise  # an outage says nothing about the limits (a fault is judged by guarded)
+            return "INVALID_ARGUMENT", ",".join(f for f, _ in exc.details.violations)
+        return f"{g.decoded[0]}x{g.decoded[1]}", ""
 
     async def resolution_edges(self) -> ProbeResult:
-        """The advertised pixel limits hold at their edges: the largest allowed square generates (1 step);
-        one step beyond, and a side that is not a multiple of 16, are refused naming the field."""
-        name, at = f"sd35.{self.v.name}.resolution", now_iso()
-        max_side = int(math.isqrt(self.v.info.max_pixels)) // 16 * 16
-        edge = await self.generate("a wide landscape", 3, size=max_side, steps=1)
-        refusals = []
-        for side in (max_side + 16, max_side - 8):
-            try:
-                await self.generate("a wide landscape", 3, size=side, steps=1)
-                refusals.append((side, "ACCEPTED", ""))
-            except DownstreamError as exc:
-                if exc.details.code.name != "INVALID_ARGUMENT":
-                    raise  # an outage or a timeout says nothing about the limits: the probe is unavailable
-                fields = ",".join(f for f, _ in exc.details.violations)
-                refusals.append((side, exc.details.code.name, fields))
-        ok = (edge.width, edge.height) == (max_side, max_side) and all(
-            code == "INVALID_ARGUMENT" and "width" in fields for _, code, fields in refusals)
-        detail = (f"max_pixels {self.v.info.max_pixels} → {max_side}x{max_side} at 1 step: got "
-                  f"{edge.width}x{edge.height}; " + "; ".join(f"{s}x{s}: {c} ({f or 'no field'})"
-                                                              for s, c, f in refusals))
-        return ProbeResult(name, ok, detail, [
-            measurement("max_side_px", max_side, "px", name, "largest square inside max_pixels that generated",
-                        self.w, at),
-            measurement("max_megapixels", self.v.info.max_pixels / 1e6, "MP", name, "advertised pixel budget",
-                        self.w, at),
-        ], {"max_side": max_side, "min_pixels": self.v.info.min_pixels, "max_pixels": self.v.info.max_pixels},
-            self.w, at)
+        """Both pixel edges: the smallest and the largest square the variant advertises generate (1 step); one
+        step beyond each, and a side that is not a multiple of 16, are refused naming the field."""
+        name, at, info = f"sd35.{self.v.name}.resolution", now_iso(), self.v.info
+        max_side = math.isqrt(info.max_pixels) // 16 * 16
+        if info.max_side:
+            max_side = min(max_side, info.max_side)
+        min_side = max(16, math.ceil(math.sqrt(info.min_pixels) / 16) * 16)
+        accept = {side: await self._edge(side) for side in dict.fromkeys((min_side, max_side))}
+        beyond = [max_side + 16, max_side - 8] + ([min_side - 16] if info.min_pixels and min_side > 16 else [])
+        refuse = {side: await self._edge(side) for side in beyond}
+        data = {"min_side": min_side, "max_side": max_side, "accepted": {str(k): v[0] for k, v in accept.items()},
+                "refused": {str(k): list(v) for k, v in refuse.items()}, "resolution": max_side}
+        detail = (f"advertised {info.min_pixels}..{info.max_pixels} pixels (max side {info.max_side or 'unset'}): "
+                  + "; ".join(f"{s}x{s} at 1 step → {got}" for s, (got, _) in accept.items()) + "; "
+                  + "; ".join(f"{s}x{s} → {got} ({fields or 'no field'})" for s, (got, fields) in refuse.items()))
+        return ProbeResult(name, detail, [
+            measurement("max_side_px", max_side, "px", name, "largest square inside the advertised limits", self.w, at),
+            measurement("min_side_px", min_side, "px", name, "smallest square inside the advertised limits", self.w,
+                        at),
+        ], data, self.w, at)
+
+    async def t5(self) -> ProbeResult:
+        """Two prompts identical in their first 77 CLIP tokens and different after, same seed."""
+        name, at = f"sd35.{self.v.name}.t5", now_iso()
+        a = await self.generate(T5_PROMPTS[0], 13, steps=2)
+        b = await self.generate(T5_PROMPTS[1], 13, steps=2)
+        t5 = self.v.info.model.properties.get("text_encoder_3", "")
+        data = {"differ": a.png != b.png, "t5_reported": t5}
+        detail = (f"two {len(T5_PROMPTS[0].split())}-word prompts identical in their first 77 CLIP tokens and "
+                  f"different after, seed 13, 2 steps: {'different' if data['differ'] else 'IDENTICAL'} images "
+                  f"(the service reports text_encoder_3={t5 or 'nothing'})")
+        return ProbeResult(name, detail, [], data, self.w, at)
 
     async def lora(self, load_path: str) -> ProbeResult:
-        """A LoRA changes the output; generating without it again restores the base bytes."""
+        """A LoRA's effect; generating without it again."""
         name, at = f"sd35.{self.v.name}.lora", now_iso()
         listed = await self.ds.call("sd35", "ListAdapters", sd35_pb2.ListAdaptersRequest(), self.budget.timeout())
         mine = [a for a in listed.adapters if a.variant == variant_enum(self.v.name)]
@@ -166,10 +191,8 @@ class Sd35Probes:
             if loaded_here:
                 await cleanup(self.ds.call("sd35", "UnloadAdapter", sd35_pb2.UnloadAdapterRequest(
                     name=loaded_here, variant=variant_enum(self.v.name)), CLEANUP_TIMEOUT_S))
-        ok = styled.png != base.png and again.png == base.png
-        changed = "changed" if styled.png != base.png else "UNCHANGED"
-        restored = "byte-identical to the base" if again.png == base.png else "DIFFERENT from the base"
+        data = {"adapter": adapter, "changed": styled.png != base.png, "restored": again.png == base.png}
+        changed = "changed" if data["changed"] else "UNCHANGED"
+        restored = "byte-identical to the base" if data["restored"] else "DIFFERENT from the base"
         detail = f"adapter '{adapter}' at weight 1.0, seed 5: output {changed}; without it again: {restored}"
-        return ProbeResult(name, ok, detail, [], {"adapter": adapter}, self.w, at)
-
-
+        return ProbeResult(name, detail, [], data, self.w, at)

@@ -9,7 +9,7 @@ import grpc
 from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.gateway.backend import GatewayBackend
-from services.gateway.errors import EmptyComparison
+from services.gateway.errors import EmptyComparison, UnknownFormat
 
 _MIME = {gateway_pb2.RENDER_FORMAT_HTML: "text/html; charset=utf-8"}
 
@@ -56,6 +56,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                                context: grpc.aio.ServicerContext) -> gateway_pb2.RenderComparisonResponse:
         from services.gateway.render import render_html, render_markdown
 
+        if request.format not in gateway_pb2.RenderFormat.values():
+            raise UnknownFormat(request.format)
         if not request.comparison.models:
             raise EmptyComparison()
         # Jinja2 + matplotlib take tens of ms to seconds: off the event loop, like the web pages

@@ -12,8 +12,14 @@ separate "mechanism." task, so they never give the leaderboard meaning.
 Limits: 2..4 distinct catalog model ids (1..128 characters of [a-z0-9._-]); 0..16 ImageNet classes
 of 1..64 characters; images_per_class 0..8; budget_s 0..600. A breach is INVALID_ARGUMENT with a
 google.rpc.BadRequest field violation ("model_ids[2]", "probes.imagenet_classes[0]"); an unknown
-model id is NOT_FOUND (google.rpc.ResourceInfo resource_type "model"). A downstream service that is
-down, slow or failing never fails the comparison: its evidence is UNAVAILABLE with the reason.
+model id is NOT_FOUND (google.rpc.ResourceInfo resource_type "model"). A downstream service never
+fails the comparison: one that is unreachable or answers UNAVAILABLE, DEADLINE_EXCEEDED,
+RESOURCE_EXHAUSTED or CANCELLED (an outage, or the budget ran out) makes the evidence that needed it
+UNAVAILABLE with the reason; one that answers INTERNAL, UNKNOWN or out of contract (wrong count or
+shape, undecodable bytes, empty labels, refusing its own advertised limits) makes it CONTRADICTED,
+showing what was seen. Only new live probe work is admission-bounded (RESOURCE_EXHAUSTED with
+google.rpc.RetryInfo); catalog-only and cached comparisons are never refused. An unknown enum value
+(RenderComparisonRequest.format) is INVALID_ARGUMENT.
 """
 
 from collections import abc as _abc
@@ -42,29 +48,41 @@ class _EvidenceMarkEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Evidence
     DESCRIPTOR: _descriptor.EnumDescriptor
     EVIDENCE_MARK_UNSPECIFIED: _EvidenceMark.ValueType  # 0
     EVIDENCE_MARK_VERIFIED_LIVE: _EvidenceMark.ValueType  # 1
-    """A probe ran now against the serving model and saw what the claim says."""
+    """A declared check ran now against the serving model and its judgement of what it observed holds, under
+    the claim's conditions. Never from what a service says about itself (GetModelInfo).
+    """
     EVIDENCE_MARK_SUPPORTED: _EvidenceMark.ValueType  # 2
     """A cited primary source agrees with the claim."""
     EVIDENCE_MARK_CONTRADICTED: _EvidenceMark.ValueType  # 3
-    """A source or a live measurement disagrees: both numbers are shown."""
+    """A source or a live measurement disagrees (both numbers are shown), or the service answered out of
+    contract (INTERNAL, UNKNOWN, wrong count or shape, undecodable bytes, its own limits refused).
+    """
     EVIDENCE_MARK_CLAIMED: _EvidenceMark.ValueType  # 4
-    """Nothing checks it."""
+    """Nothing checks it, including what a service reports about itself ("reported by the service")."""
     EVIDENCE_MARK_UNAVAILABLE: _EvidenceMark.ValueType  # 5
-    """The probe could not run (service down, not served, budget exhausted): the reason says why."""
+    """The check could not run (service unreachable, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+    CANCELLED, its GetModelInfo failed, budget exhausted): the reason says why.
+    """
 
 class EvidenceMark(_EvidenceMark, metaclass=_EvidenceMarkEnumTypeWrapper): ...
 
 EVIDENCE_MARK_UNSPECIFIED: EvidenceMark.ValueType  # 0
 EVIDENCE_MARK_VERIFIED_LIVE: EvidenceMark.ValueType  # 1
-"""A probe ran now against the serving model and saw what the claim says."""
+"""A declared check ran now against the serving model and its judgement of what it observed holds, under
+the claim's conditions. Never from what a service says about itself (GetModelInfo).
+"""
 EVIDENCE_MARK_SUPPORTED: EvidenceMark.ValueType  # 2
 """A cited primary source agrees with the claim."""
 EVIDENCE_MARK_CONTRADICTED: EvidenceMark.ValueType  # 3
-"""A source or a live measurement disagrees: both numbers are shown."""
+"""A source or a live measurement disagrees (both numbers are shown), or the service answered out of
+contract (INTERNAL, UNKNOWN, wrong count or shape, undecodable bytes, its own limits refused).
+"""
 EVIDENCE_MARK_CLAIMED: EvidenceMark.ValueType  # 4
-"""Nothing checks it."""
+"""Nothing checks it, including what a service reports about itself ("reported by the service")."""
 EVIDENCE_MARK_UNAVAILABLE: EvidenceMark.ValueType  # 5
-"""The probe could not run (service down, not served, budget exhausted): the reason says why."""
+"""The check could not run (service unreachable, UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED,
+CANCELLED, its GetModelInfo failed, budget exhausted): the reason says why.
+"""
 Global___EvidenceMark: _TypeAlias = EvidenceMark  # noqa: Y015
 
 class _RenderFormat:

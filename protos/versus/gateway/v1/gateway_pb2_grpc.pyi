@@ -12,8 +12,14 @@ separate "mechanism." task, so they never give the leaderboard meaning.
 Limits: 2..4 distinct catalog model ids (1..128 characters of [a-z0-9._-]); 0..16 ImageNet classes
 of 1..64 characters; images_per_class 0..8; budget_s 0..600. A breach is INVALID_ARGUMENT with a
 google.rpc.BadRequest field violation ("model_ids[2]", "probes.imagenet_classes[0]"); an unknown
-model id is NOT_FOUND (google.rpc.ResourceInfo resource_type "model"). A downstream service that is
-down, slow or failing never fails the comparison: its evidence is UNAVAILABLE with the reason.
+model id is NOT_FOUND (google.rpc.ResourceInfo resource_type "model"). A downstream service never
+fails the comparison: one that is unreachable or answers UNAVAILABLE, DEADLINE_EXCEEDED,
+RESOURCE_EXHAUSTED or CANCELLED (an outage, or the budget ran out) makes the evidence that needed it
+UNAVAILABLE with the reason; one that answers INTERNAL, UNKNOWN or out of contract (wrong count or
+shape, undecodable bytes, empty labels, refusing its own advertised limits) makes it CONTRADICTED,
+showing what was seen. Only new live probe work is admission-bounded (RESOURCE_EXHAUSTED with
+google.rpc.RetryInfo); catalog-only and cached comparisons are never refused. An unknown enum value
+(RenderComparisonRequest.format) is INVALID_ARGUMENT.
 """
 
 from collections import abc as _abc

@@ -1,0 +1,245 @@
+"""Misbehaving model services for the gateway's checks: real gRPC servers on loopback that implement the
+vit and sd35 servicer interfaces from the generated stubs. Honest by default; each ``lies`` flag breaks
+exactly one promise of the contract, the way a check guards against. They stand for faulty services,
+never for a model's output in a test of the model."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import math
+import threading
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+from PIL import Image
+from versus.common.v1 import common_pb2
+from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
+from versus.vit.v1 import vit_pb2, vit_pb2_grpc
+
+LABELS = [f"label{i}" for i in range(10)]
+WIDTH, LAYERS = 8, 2
+
+
+def _seed(*parts: object) -> bytes:
+    return hashlib.sha256(repr(parts).encode()).digest()
+
+
+def _colour(data: bytes) -> tuple[float, float, float]:
+    with Image.open(io.BytesIO(data)) as img:
+        r, g, b = img.convert("RGB").resize((1, 1)).getpixel((0, 0))
+    return r, g, b
+
+
+class FakeVit(vit_pb2_grpc.VitServiceServicer):
+    """A 10-label, 8-wide "ViT" computed from the image bytes. ``lies``: sum, argmax, unsorted, order,
+    truncate, jitter, head, internal, empty, down, count, real."""
+
+    def __init__(self, lies: frozenset[str] = frozenset(), precision: int = common_pb2.PRECISION_FP32) -> None:
+        self.lies = lies
+        self.precision = precision
+        self.heads: dict[str, dict[str, tuple[float, float, float]]] = {}
+        self.calls = 0
+
+    async def _gate(self, context: grpc.aio.ServicerContext) -> None:
+        self.calls += 1
+        if "slow" in self.lies:
+            await asyncio.sleep(0.2)
+        if "down" in self.lies:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
+        if "internal" in self.lies:
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+    def _logits(self, data: bytes) -> list[float]:
+        digest = _seed(data)
+        return [digest[i] / 32.0 for i in range(len(LABELS))]
+
+    def _classification(self, data: bytes, top_k: int, logits_wanted: bool, head: str) -> vit_pb2.Classification:
+        if head:
+            means = self.heads[head]
+            colour = _colour(data)
+            best = min(means, key=lambda k: sum((a - b) ** 2 for a, b in zip(means[k], colour, strict=True)))
+            label = "label0" if "head" in self.lies else best
+            return vit_pb2.Classification(labels=[vit_pb2.Label(index=0, label=label, score=1.0)])
+        logits = self._logits(data)
+        exp = [math.exp(v) for v in logits]
+        probs = [e / sum(exp) for e in exp]
+        if "sum" in self.lies:
+            probs = [p * 0.5 for p in probs]
+        order = sorted(range(len(probs)), key=lambda i: -probs[i])
+        if "argmax" in self.lies:
+            order[0], order[1] = order[1], order[0]
+        labels = [vit_pb2.Label(index=i, label=LABELS[i], score=probs[i]) for i in order[:top_k or 5]]
+        if "empty" in self.lies:
+            labels = []
+        return vit_pb2.Classification(labels=labels, logits=logits if logits_wanted else [])
+
+    async def Classify(self, request, context):
+        await self._gate(context)
+        results = [self._classification(img.data, request.top_k, request.return_logits, request.head)
+                   for img in request.images]
+        if "order" in self.lies and len(results) > 1:
+            results.reverse()
+        if "count" in self.lies:
+            results = results[:-1]
+        return vit_pb2.ClassifyResponse(results=results, model_id="fake-vit")
+
+    async def Embed(self, request, context):
+        await self._gate(context)
+        out = []
+        for img in request.images:
+            base = [b / 255.0 + 0.01 for b in _seed(img.data)[:WIDTH]]
+            if "jitter" in self.lies:
+                base[0] += time.perf_counter() % 1e-3
+            width = WIDTH - 1 if "truncate" in self.lies else WIDTH
+            layers = list(request.layers) or [LAYERS]
+            vectors = []
+            for layer in layers:
+                v = [x * (layer + 1) for x in base][:width]
+                if request.normalize:
+                    norm = math.sqrt(sum(x * x for x in v))
+                    v = [x / norm for x in v]
+                vectors.append(vit_pb2.Embedding(layer=layer, values=v))
+            out.append(vit_pb2.ImageEmbeddings(embeddings=vectors))
+        return vit_pb2.EmbedResponse(results=out, model_id="fake-vit", dimension=WIDTH)
+
+    async def GetModelInfo(self, request, context):
+        if "info-down" in self.lies:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not ready")
+        kind, digest = ("real", "f" * 64) if "real" in self.lies else ("random", "a" * 64)
+        return vit_pb2.GetModelInfoResponse(
+            model=common_pb2.ModelInfo(id="fake-vit", family="vit", precision=self.precision, device="cpu",
+                                       backend="torch", properties={"weights_kind": kind, "weights_digest": digest}),
+            image_size=224, num_labels=len(LABELS), num_hidden_layers=LAYERS, hidden_size=WIDTH,
+            max_images_per_request=64, max_batch_size=32)
+
+    async def CreateHead(self, request, context):
+        await self._gate(context)
+        sums: dict[str, list[tuple[float, float, float]]] = {}
+        for ex in request.examples:
+            sums.setdefault(ex.label, []).append(_colour(ex.image.data))
+        self.heads[request.name] = {k: tuple(sum(c[i] for c in v) / len(v) for i in range(3)) for k, v in sums.items()}
+        return vit_pb2.CreateHeadResponse(head=vit_pb2.HeadInfo(name=request.name, labels=sorted(sums),
+                                                                examples=len(request.examples), training_accuracy=1.0))
+
+    async def DeleteHead(self, request, context):
+        self.heads.pop(request.name, None)
+        return vit_pb2.DeleteHeadResponse()
+
+
+def _png(colour: tuple[int, int, int], side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class FakeSd35(sd35_pb2_grpc.Sd35ServiceServicer):
+    """Large and Large Turbo "pipelines" that paint one colour from what a real pipeline would condition
+    on. ``lies``: size, nondeterministic, guidance, refuse-max, accept-beyond, t5, lora, turbo-slow,
+    undecodable, internal, down."""
+
+    MAX_PIXELS, STEPS = 256 * 256, {sd35_pb2.VARIANT_LARGE: 28, sd35_pb2.VARIANT_LARGE_TURBO: 4}
+
+    def __init__(self, lies: frozenset[str] = frozenset()) -> None:
+        self.lies = lies
+
+    def _max_side(self) -> int:
+        return math.isqrt(self.MAX_PIXELS) // 16 * 16
+
+    async def Generate(self, request, context) -> AsyncIterator[sd35_pb2.GenerateResponse]:
+        if "down" in self.lies:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
+        if "internal" in self.lies:
+            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+        side = request.width
+        too_big = side * side > self.MAX_PIXELS and "accept-beyond" not in self.lies
+        if too_big or side % 16 or ("refuse-max" in self.lies and side == self._max_side()):
+            await _refuse(context, "width", f"width {side} is outside the limits")
+        steps = request.steps if request.HasField("steps") else self.STEPS[request.variant]
+        if "turbo-slow" in self.lies and request.variant == sd35_pb2.VARIANT_LARGE_TURBO:
+            steps = 28
+        await asyncio.sleep(0.002 * steps)
+        prompt = " ".join(request.prompt.split()[:60]) if "t5" in self.lies else request.prompt
+        guidance = request.guidance_scale if "guidance" not in self.lies else 0
+        negative = request.negative_prompt if "guidance" not in self.lies else ""
+        adapters = [(a.name, a.weight) for a in request.adapters] if "lora" not in self.lies else []
+        extra = time.perf_counter() if "nondeterministic" in self.lies else 0
+        digest = _seed(prompt, request.seed, guidance, negative, adapters, steps, extra)
+        data = b"not a png" if "undecodable" in self.lies else _png(tuple(digest[:3]), side - (16 if "size" in
+                                                                                               self.lies else 0))
+        yield sd35_pb2.GenerateResponse(result=sd35_pb2.Result(
+            images=[common_pb2.Image(data=data, mime_type="image/png")], seeds=[request.seed], steps=steps,
+            width=side, height=side))
+
+    async def GetModelInfo(self, request, context):
+        if "info-down" in self.lies:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "not ready")
+        variants = []
+        for v, steps in self.STEPS.items():
+            model = common_pb2.ModelInfo(id="fake-sd35", backend="diffusers", device="cpu",
+                                         precision=common_pb2.PRECISION_FP32,
+                                         properties={"weights_kind": "random", "weights_digest": "b" * 64,
+                                                     "transformer_layers": "2", "text_encoder_3": "t5"})
+            variants.append(sd35_pb2.VariantInfo(variant=v, model=model, default_steps=steps, default_width=64,
+                                                 default_height=64, min_pixels=0, max_pixels=self.MAX_PIXELS))
+        return sd35_pb2.GetModelInfoResponse(variants=variants, max_prompt_chars=2000, max_queue=8, max_adapters=2)
+
+    async def ListAdapters(self, request, context):
+        return sd35_pb2.ListAdaptersResponse(adapters=[sd35_pb2.AdapterInfo(name="style", path="loras/style",
+                                                                            variant=sd35_pb2.VARIANT_LARGE)])
+
+
+async def _refuse(context: grpc.aio.ServicerContext, field: str, message: str) -> None:
+    """INVALID_ARGUMENT with a google.rpc BadRequest naming ``field``, as the real services answer."""
+    from google.protobuf import any_pb2
+    from google.rpc import code_pb2, error_details_pb2, status_pb2
+    from grpc_status import rpc_status
+
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[
+        error_details_pb2.BadRequest.FieldViolation(field=field, description=message)]))
+    status = rpc_status.to_status(status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=message, details=[detail]))
+    await context.abort(status.code, status.details, status.trailing_metadata)
+
+
+class Loopback:
+    """A servicer on a grpc.aio server bound to 127.0.0.1:0, on its own event loop thread."""
+
+    def __init__(self, servicer: object, add: object) -> None:
+        self.servicer, self._add = servicer, add
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.port = 0
+
+    def __enter__(self) -> Loopback:
+        self._thread.start()
+
+        async def start() -> tuple[grpc.aio.Server, int]:
+            server = grpc.aio.server()
+            self._add(self.servicer, server)  # type: ignore[operator]
+            port = server.add_insecure_port("127.0.0.1:0")
+            await server.start()
+            return server, port
+
+        self.server, self.port = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+def fake_vit(lies: str = "", **kw: object) -> Loopback:
+    return Loopback(FakeVit(frozenset(filter(None, lies.split(","))), **kw),
+                    vit_pb2_grpc.add_VitServiceServicer_to_server)
+
+
+def fake_sd35(lies: str = "") -> Loopback:
+    return Loopback(FakeSd35(frozenset(filter(None, lies.split(",")))), sd35_pb2_grpc.add_Sd35ServiceServicer_to_server)

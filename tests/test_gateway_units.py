@@ -1,0 +1,99 @@
+"""Units of the gateway's evidence: Wilson intervals, the default image count, the tie margin, the
+conditions a measurement must meet to decide a claim, and explanations that are never cut."""
+
+from __future__ import annotations
+
+import pytest
+from versus.common.v1 import common_pb2
+from versus.gateway.v1 import gateway_pb2 as gw
+from versus.ranker.v1 import ranker_pb2 as rk
+
+from services.gateway import checks, duels, evidence, facts
+from services.gateway.probes import ProbeResult
+from services.gateway.stats import images_to_verify, wilson
+
+
+def test_wilson_intervals_at_the_counts_a_comparison_affords() -> None:
+    assert wilson(3, 3)[0] == pytest.approx(0.4385, abs=1e-4)  # why 3 images can never verify at 0.5
+    assert wilson(4, 4)[0] > 0.5 > wilson(3, 3)[0]
+    low, high = wilson(1, 2)
+    assert 0 < low < 0.5 < high < 1 and wilson(0, 0) == (0.0, 1.0)
+
+
+def test_the_default_image_count_lets_a_perfect_generator_verify() -> None:
+    n = images_to_verify(checks.ADHERENCE_BAR)
+    assert n == 4
+    perfect = checks.BY_ID["quality"].judge({"images": n, "top5_hits": n, "top1_hits": n})
+    assert perfect.mark == checks.VERIFIED
+    short = checks.BY_ID["quality"].judge({"images": 3, "top5_hits": 3, "top1_hits": 3})
+    assert short.mark == checks.CONTRADICTED and "0.44" in short.why
+
+
+def test_the_tie_margin_turns_a_near_tie_into_half_a_win() -> None:
+    # 0.081 vs 0.08: |ln p_a - ln p_b| = 0.012 < 0.05, within the judge's numeric noise
+    assert duels.outcome(0.08, 0.081, 0.05) == rk.OUTCOME_TIE
+    assert duels.outcome(0.08, 0.081, 0.0) == rk.OUTCOME_B_WINS  # without the margin noise decides
+    assert duels.outcome(0.08, 0.12, 0.05) == rk.OUTCOME_B_WINS  # a real difference still wins
+
+
+def _batch_result(device: str, kind: str = "random") -> ProbeResult:
+    w = gw.ServedWeights(service="vit", device=device, precision="fp32", kind=kind)
+    m = gw.Measurement(name="batch10_throughput_ratio", value=9.5, unit="x", probe="vit.batching", weights=w)
+    return ProbeResult("vit.batching", "10 images ...", [m], {"misplaced": [], "images": 10, "batch": 10,
+                                                               "resolution": 224}, w, "2026-12-01T10:00:00+00:00")
+
+
+def _entry() -> rk.CatalogEntry:
+    cap = common_pb2.Capability(id="batch-inference", title="Batch inference")
+    return rk.CatalogEntry(id="vit", capabilities=[cap],
+                           claims=[rk.Claim(capability_id="batch-inference", text="10x batch size = ~9x throughput",
+                                            metric="batch10_throughput_ratio", value=9.0, unit="x",
+                                            conditions=rk.ClaimConditions(device_class="gpu", text="on GPU"))])
+
+
+@pytest.mark.parametrize(("device", "decided"), [("cpu", False), ("cuda:0", True)])
+def test_a_measurement_decides_only_a_claim_made_under_its_conditions(device: str, decided: bool) -> None:
+    ev = evidence.ModelEvidence(_entry(), True, {"vit.batching": _batch_result(device)}, described="a ViT")
+    claim_row = next(r for r in evidence.capability_evidence(ev, 1.0) if r.claim.startswith("10x"))
+    assert claim_row.check == "vit.batching" and claim_row.conditions.device_class == "gpu"
+    if decided:
+        assert claim_row.mark == gw.EVIDENCE_MARK_VERIFIED_LIVE
+    else:
+        assert claim_row.mark == gw.EVIDENCE_MARK_CLAIMED
+        assert "measured on cpu; the claim is about gpu" in claim_row.detail and claim_row.measurements
+
+
+def test_weights_dependent_claims_need_real_or_attested_weights() -> None:
+    r = _batch_result("cuda:0", "trained-here")
+    cond = rk.ClaimConditions(weights_dependent=True)
+    assert "trained-here weights" in evidence.mismatch(cond, r, False)
+    for kind in ("real", "operator-attested"):
+        r.weights.kind = kind
+        assert evidence.mismatch(cond, r, False) == ""
+
+
+def test_explanations_are_never_cut() -> None:
+    long = "floor " + "x" * 600 + " ceiling cited at the end"
+    score = rk.ModelScore(model_id="m", sub_scores=[rk.SubScore(dimension="quality", score=50, explanation=long)])
+    assert facts._sub(score, "quality")[1].endswith("ceiling cited at the end")
+    from services.gateway import render
+
+    c = gw.Comparison(model_ids=["m"], models=[gw.ModelReport(entry=rk.CatalogEntry(id="m"), score=score)],
+                      scores=rk.ScoreResponse(scores=[score]))
+    assert "ceiling cited at the end" in render.render_markdown(c)
+    assert "ceiling cited at the end" in render.render_html(c)
+
+
+def test_the_parameters_cell_names_its_source() -> None:
+    report = gw.ModelReport(entry=rk.CatalogEntry(id="m", parameters=86_000_000,
+                                                  parameters_source="model card, 'Model size' table"))
+    assert facts._parameters(report) == ("86.0 M", "catalog: model card, 'Model size' table")
+
+
+def test_gateway_md_lists_every_check_as_declared() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "GATEWAY.md").read_text()
+    for c in checks.CHECKS:
+        assert f"| `{c.id}` ({', '.join(c.capabilities)}) | {c.claim} | {c.conditions} | {c.observes} | {c.fails} |" \
+            in doc, c.id
