@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -78,8 +79,9 @@ class ServiceBackend(abc.ABC):
             raise Unavailable(f"{self.name} is not loaded yet (or is shutting down)")
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run blocking ``fn(*args)`` on the device executor."""
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        """Run blocking ``fn(*args)`` on the device executor, in the caller's context (its trace span)."""
+        return await asyncio.get_running_loop().run_in_executor(self.executor, contextvars.copy_context().run,
+                                                                fn, *args)
 
     async def start(self) -> None:
         """Load and warm up (on the executor), start queues, then report ready."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -25,7 +26,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from services.common import errors
+from services.common import errors, tracing
 from services.common.admission import QueueFull, ServiceTime
 from services.common.metrics import Metrics
 
@@ -51,6 +52,7 @@ class _Item(Generic[In]):
     future: asyncio.Future[tuple[Any, ItemStats]]
     enqueued: float
     deadline: float | None  # time.monotonic() value, or None
+    parent: tracing.Captured | None = None  # the caller's trace context (None while tracing is off)
 
 
 @dataclass
@@ -149,7 +151,8 @@ class MicroBatcher(Generic[In, Out]):
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         deadline = now + timeout_s if timeout_s is not None else None
-        items = [_Item(p, loop.create_future(), now, deadline) for p in payloads]
+        parent = tracing.capture()
+        items = [_Item(p, loop.create_future(), now, deadline, parent) for p in payloads]
         self._queue.extend(items)
         self._set_depth()
         self._wakeup.set()
@@ -212,8 +215,14 @@ class MicroBatcher(Generic[In, Out]):
     async def _run(self, batch: list[_Item[In]], batch_id: int) -> None:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        parents = _trace_queue_waits(batch, started)
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, [i.payload for i in batch])
+            # The batch's span belongs to its first caller's trace and links to the other callers'; the
+            # model code runs inside it (copied context), so its decode/forward spans nest under it.
+            with tracing.span("batch", parents[0] if parents else None, parents[1:], model=self._model,
+                              batch_size=len(batch), batch_id=batch_id):
+                outputs = await loop.run_in_executor(self._executor, contextvars.copy_context().run,
+                                                     self._run_batch, [i.payload for i in batch])
             if len(outputs) != len(batch):
                 raise errors.InternalError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
         except Exception as exc:  # noqa: BLE001 - the batch's callers receive the error
@@ -254,3 +263,17 @@ class MicroBatcher(Generic[In, Out]):
     def _count_drop(self, reason: str) -> None:
         if self._metrics:
             self._metrics.rejected.labels(self._model, reason).inc()
+
+
+def _trace_queue_waits(batch: Sequence[_Item[Any]], started: float) -> list[tracing.Captured]:
+    """One "queue wait" span per caller in the batch (from its first item's arrival); their contexts."""
+    if not tracing.enabled():
+        return []
+    first: dict[int, _Item[Any]] = {}
+    for item in batch:
+        if item.parent is not None:
+            first.setdefault(id(item.parent), item)
+    end = tracing.wall_ns(started)
+    for item in first.values():
+        tracing.record("queue wait", tracing.wall_ns(item.enqueued), end, item.parent, items_in_batch=len(batch))
+    return [item.parent for item in first.values() if item.parent is not None]

@@ -1,4 +1,5 @@
-"""Structured logging: one JSON object per line, carrying the current request id."""
+"""Structured logging: one JSON object per line, carrying the current request id (and, when tracing
+is on, the trace and span ids of the current span)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 import logging
 import sys
 import time
+
+from services.common import tracing
 
 #: The request id of the RPC being handled (set by the interceptor), or "-" outside RPCs.
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -25,6 +28,9 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
             "request_id": getattr(record, "request_id", None) or request_id_var.get(),
         }
+        ids = tracing.log_ids()
+        if ids is not None:
+            doc["trace_id"], doc["span_id"] = ids
         for key, value in record.__dict__.items():
             if key not in _STANDARD and key not in doc:
                 doc[key] = value

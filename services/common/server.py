@@ -22,7 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from services.common import errors
+from services.common import errors, tracing
 from services.common.config import ServerConfig
 from services.common.interceptors import ServiceInterceptor
 from services.common.metrics import Metrics
@@ -103,8 +103,10 @@ class VersusServer:
         metrics: Metrics,
         backend: Backend,
         service_names: Sequence[str],
+        traces: tracing.Tracing | None = None,
     ) -> None:
         self.config = config
+        self.tracing = traces  # None unless the OTEL_* variables turn tracing on
         self.grpc_server = server
         self.port = port
         self.health = health
@@ -155,6 +157,8 @@ class VersusServer:
         await self.grpc_server.stop(grace)
         await self.backend.close()
         self.metrics.close()
+        tracing.release(self.tracing)  # exports the spans still buffered
+        self.tracing = None
         if self._stopping is not None:
             self._stopping.set()
         log.info("stopped")
@@ -196,10 +200,13 @@ def build_server(
 ) -> tuple[VersusServer, int]:
     """Create the grpc.aio server with the shared interceptor, health, reflection and TLS; bind it.
 
-    Must be called with an event loop running (grpc.aio binds to it).
+    Must be called with an event loop running (grpc.aio binds to it). Tracing starts here when the
+    ``OTEL_*`` variables ask for it; its interceptor comes first, so the RPC's span is current in ours.
     """
+    traces = tracing.acquire(f"versus-{config.ENV_PREFIX.lower()}")
+    interceptors = [ServiceInterceptor(metrics, config.resolved_token(), config.max_message_bytes)]
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(metrics, config.resolved_token(), config.max_message_bytes)],
+        interceptors=[traces.server_interceptor(), *interceptors] if traces else interceptors,
         options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )
@@ -215,10 +222,12 @@ def build_server(
     try:
         port = server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address)
     except RuntimeError as exc:
+        tracing.release(traces)
         raise errors.ConfigError(f"cannot bind {address}: {exc}") from exc
     if port == 0:
+        tracing.release(traces)
         raise errors.ConfigError(f"cannot bind {address}")
-    return VersusServer(config, server, port, health, metrics, backend, names), port
+    return VersusServer(config, server, port, health, metrics, backend, names, traces), port
 
 
 def build_service_server(

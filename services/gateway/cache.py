@@ -1,5 +1,9 @@
 """Probe results cached per (service, weights digest, probe) with a time to live, and one shared run
-for concurrent comparisons that need the same probe (single flight)."""
+for concurrent comparisons that need the same probe (single flight).
+
+Tracing: a shared run belongs to the trace of the comparison that started it (its "probe" span, under
+which its downstream calls go); every other comparison that waits on it gets a "probe (shared)" span
+that links to that run."""
 
 from __future__ import annotations
 
@@ -11,6 +15,7 @@ from typing import Generic, TypeVar
 
 from prometheus_client import Counter
 
+from services.common import tracing
 from services.common.metrics import Metrics
 
 T = TypeVar("T")
@@ -41,6 +46,7 @@ class ProbeCache(Generic[T]):
         self.max_entries = max_entries
         self._values: dict[Hashable, _Entry[T]] = {}
         self._running: dict[Hashable, asyncio.Future[T]] = {}
+        self._run_spans: dict[Hashable, tracing.Captured | None] = {}  # what shared waiters link to
         self.lookups = lookups  # one counter for every cache of a gateway (see lookup_counter)
 
     def fresh(self, key: Hashable) -> T | None:
@@ -69,20 +75,27 @@ class ProbeCache(Generic[T]):
             if not live:
                 self.lookups.labels(probe, "miss").inc()
                 return None, "miss"
-            task = asyncio.ensure_future(self._run(key, run, ok))
+            span = tracing.start("probe", probe=probe)  # in this caller's trace; ended by the run
+            task = asyncio.ensure_future(self._run(key, run, ok, span))
             task.add_done_callback(lambda t: t.cancelled() or t.exception())  # never "exception not retrieved"
             self._running[key] = task
-            how = "run"
+            self._run_spans[key] = tracing.context_of(span)
+            self.lookups.labels(probe, "run").inc()
+            return await asyncio.shield(task), "run"
         self.lookups.labels(probe, how).inc()
-        return await asyncio.shield(task), how
+        with tracing.span("probe (shared)", links=[self._run_spans.get(key)], probe=probe):
+            return await asyncio.shield(task), how
 
-    async def _run(self, key: Hashable, run: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:
+    async def _run(self, key: Hashable, run: Callable[[], Awaitable[T]], ok: Callable[[T], bool],
+                   span: tracing.Span | None) -> T:
         try:
-            value = await run()
+            with tracing.activate(span):
+                value = await run()
             self._store(key, value, self.ttl_s if ok(value) else self.failure_ttl_s)
             return value
         finally:
             self._running.pop(key, None)
+            self._run_spans.pop(key, None)
 
     def _store(self, key: Hashable, value: T, ttl_s: float) -> None:
         if len(self._values) >= self.max_entries:

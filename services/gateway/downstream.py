@@ -1,6 +1,7 @@
 """Channels to the model services and the ranker: round-robin over every address a target resolves
-to, keepalive, retries for idempotent methods, TLS and tokens from config, and one error type that
-carries the downstream's structured details."""
+to, keepalive, retries for idempotent methods, TLS and tokens from config, the caller's trace context
+(W3C ``traceparent``, when tracing is on) on every call, and one error type that carries the
+downstream's structured details."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from versus.ranker.v1 import ranker_pb2_grpc
 from versus.sd35.v1 import sd35_pb2_grpc
 from versus.vit.v1 import vit_pb2_grpc
 
+from services.common import tracing
 from services.common.client import ErrorDetails, error_details
 from services.gateway.config import GatewayConfig
 
@@ -109,8 +111,9 @@ class Downstream:
         if not target:
             return
         options = channel_options(self._server_name)
-        channel = (grpc.aio.secure_channel(target, self._credentials, options=options) if self._credentials
-                   else grpc.aio.insecure_channel(target, options=options))
+        traced = tracing.client_interceptors()  # a CLIENT span per call, its context in the metadata
+        channel = (grpc.aio.secure_channel(target, self._credentials, options=options, interceptors=traced)
+                   if self._credentials else grpc.aio.insecure_channel(target, options=options, interceptors=traced))
         self.targets[component] = Target(component, channel, stub_cls(channel))
 
     def has(self, component: str) -> bool:

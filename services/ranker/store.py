@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from services.common import tracing
 from services.common.errors import ConfigError, Unavailable, quote
 from services.ranker.errors import IdempotencyConflict
 
@@ -133,6 +134,7 @@ class _SqlStore:
     #: Exceptions that mean the database is unreachable or failing (→ UNAVAILABLE), and its name.
     _unavailable: tuple[type[BaseException], ...] = ()
     _label = "database"
+    _system = "other_sql"  # OpenTelemetry's db.system.name
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -148,10 +150,13 @@ class _SqlStore:
         return sql.replace("?", self.placeholder)
 
     def record(self, match: Match) -> tuple[int, bool]:
-        with self._lock:
+        with self._lock, tracing.span("INSERT matches", **{"db.system.name": self._system,
+                                                           "db.operation.name": "INSERT",
+                                                           "db.collection.name": "matches"}) as span:
             row = self._execute(self._sql(
                 f"INSERT INTO matches ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (idempotency_key) DO NOTHING RETURNING id"), _row(match)).fetchone()
+            tracing.annotate(span, duplicate=row is None)
             if row is not None:
                 return int(row[0]), False
             existing = self._execute(self._sql("SELECT id, fingerprint FROM matches WHERE idempotency_key = ?"),
@@ -213,6 +218,7 @@ class SqliteStore(_SqlStore):
 
     _unavailable = (sqlite3.OperationalError,)
     _label = "SQLite"
+    _system = "sqlite"
 
     def __init__(self, path: str) -> None:
         super().__init__()
@@ -234,6 +240,7 @@ class PostgresStore(_SqlStore):
     committed transaction; the unique key makes concurrent retries from different replicas safe."""
 
     placeholder = "%s"
+    _system = "postgresql"
 
     def __init__(self, url: str) -> None:
         import psycopg

@@ -21,6 +21,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from services.common import tracing
 from services.common.admission import QueueFull, ServiceTime
 from services.common.errors import Unavailable
 from services.sd35.engine import GenerationOutput, StepHooks, encode_image
@@ -62,6 +63,8 @@ class Job:
     enqueued: float = field(default_factory=time.monotonic)
     position: int = -1
     steps_done: int = 0
+    #: The caller's trace context (None while tracing is off): the device and encode threads' spans join it.
+    parent: tracing.Captured | None = field(default_factory=tracing.capture)
 
     def emit(self, event: object) -> None:
         """Thread-safe: deliver an event (or a final exception) to the waiting caller."""
@@ -168,7 +171,7 @@ class Scheduler:
         self._kick(queue)
 
     # -- device thread ---------------------------------------------------------------------------------
-    def _hooks(self, queue: VariantQueue, job: Job) -> StepHooks:
+    def _hooks(self, queue: VariantQueue, job: Job, span: tracing.Span | None) -> StepHooks:
         last_step = [time.perf_counter()]
         last_sent_ms = [-PROGRESS_INTERVAL_MS]
 
@@ -177,6 +180,7 @@ class Scheduler:
             self.metrics.step_seconds.labels(queue.name).observe(now - last_step[0])
             last_step[0] = now
             job.steps_done = step
+            tracing.event(span, "step", step=step, total=total)
             if step == total or elapsed_ms - last_sent_ms[0] >= PROGRESS_INTERVAL_MS:
                 last_sent_ms[0] = elapsed_ms
                 job.emit(Progress(step, total, elapsed_ms))
@@ -189,10 +193,15 @@ class Scheduler:
         denoising while they are encoded), which delivers the Result. Errors are the last event."""
         queue_ms = (time.monotonic() - job.enqueued) * 1e3
         self.metrics.queue_seconds.labels(queue.name).observe(queue_ms / 1e3)
+        tracing.record("queue wait", tracing.wall_ns(job.enqueued), time.time_ns(), job.parent, variant=queue.name)
         started = time.perf_counter()
         try:
-            job.check_stop(0, job.params.steps)
-            out = queue.runner.generate(job.params, self._hooks(queue, job))
+            p = job.params
+            with tracing.span("generate", job.parent, variant=queue.name, steps=p.steps, width=p.width,
+                              height=p.height, images=p.num_images) as span:
+                job.check_stop(0, p.steps)
+                out = queue.runner.generate(p, self._hooks(queue, job, span))
+                tracing.annotate(span, **out.timings_ms)  # text encoding, denoising, VAE decode
         except (GenerationCancelled, GenerationDeadline) as exc:
             reason = "deadline" if isinstance(exc, GenerationDeadline) else "cancelled"
             self.metrics.cancellations.labels(queue.name, reason).inc()
@@ -210,7 +219,8 @@ class Scheduler:
         p = job.params
         try:
             t0 = time.perf_counter()
-            data = [encode_image(im, p.output_format, self.png_level) for im in out.images]
+            with tracing.span("encode", job.parent, format=p.output_format, images=len(out.images)):
+                data = [encode_image(im, p.output_format, self.png_level) for im in out.images]
             encode_ms = (time.perf_counter() - t0) * 1e3
         except Exception as exc:  # noqa: BLE001 - delivered to the caller
             log.error("encoding failed", exc_info=exc, extra={"variant": name})

@@ -6,6 +6,7 @@ Transport-free (no gRPC): the servicer converts protobuf to these calls and back
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from services.common import tracing
 from services.common.admission import Admission
 from services.common.backend import ModelInfo, ServiceBackend
 from services.common.batcher import ItemStats, MicroBatcher
@@ -223,7 +225,9 @@ class VitBackend(ServiceBackend):
     async def _remote(self, items: list[WorkItem], timeout_s: float | None) -> list[tuple[object, ItemStats]]:
         """Triton path: one call per request (Triton batches across requests); same metrics as the batcher's."""
         started = time.perf_counter()
-        out = await self.model.infer(np.stack([it.pixels for it in items]), hidden_layers(items), timeout_s)  # type: ignore
+        with tracing.span("forward", batch_size=len(items), backend=self.model.backend):
+            out = await self.model.infer(np.stack([it.pixels for it in items]), hidden_layers(items),  # type: ignore
+                                         timeout_s)
         compute_s = time.perf_counter() - started
         m = self.metrics
         m.compute_seconds.labels(self.model_id).observe(compute_s)
@@ -249,10 +253,11 @@ class VitBackend(ServiceBackend):
             elif self.on_device:  # header checks only: microseconds, fine on the event loop
                 items = self._prepare(images, field, task, offset)
             else:
-                future = asyncio.get_running_loop().run_in_executor(
-                    self._pre_pool, self._prepare, images, field, task, offset
-                )
-                items = await (future if timeout_s is None else _within(future, timeout_s))
+                with tracing.span("decode", images=len(images)):
+                    future = asyncio.get_running_loop().run_in_executor(
+                        self._pre_pool, self._prepare, images, field, task, offset
+                    )
+                    items = await (future if timeout_s is None else _within(future, timeout_s))
             preprocess_s = time.perf_counter() - started
             self.metrics.preprocess_seconds.labels(self.model_id).observe(preprocess_s)
             remaining = None if timeout_s is None else max(0.0, timeout_s - preprocess_s)
@@ -361,7 +366,8 @@ class VitBackend(ServiceBackend):
             return exc
 
     def _run_batch(self, all_items: list[WorkItem]) -> list[object]:
-        pixels = [self._pixels(it) for it in all_items]
+        with tracing.span("decode", images=len(all_items)) if self.on_device else contextlib.nullcontext():
+            pixels = [self._pixels(it) for it in all_items]
         good = [i for i, p in enumerate(pixels) if not isinstance(p, InvalidImage)]
         results: list[object] = list(pixels)  # errors stay in place
         if good:
@@ -372,4 +378,6 @@ class VitBackend(ServiceBackend):
         return results
 
     def _forward(self, items: list[WorkItem], pixels: list[np.ndarray]) -> list[object]:
-        return postprocess(items, self.model.forward(np.stack(pixels), hidden_layers(items)), self.model.id2label)
+        with tracing.span("forward", batch_size=len(items), backend=self.model.backend):
+            out = self.model.forward(np.stack(pixels), hidden_layers(items))
+        return postprocess(items, out, self.model.id2label)
