@@ -116,16 +116,14 @@ def test_service_name_defaults_per_service_and_the_standard_variable_wins(clean_
 
 
 def test_health_reflection_and_oip_liveness_are_never_traced() -> None:
-    def call(method: str) -> SimpleNamespace:
-        return SimpleNamespace(method=method, invocation_metadata=())
+    from services.common.interceptors import open_rpc
 
-    assert not tracing.traced_rpc(call("/grpc.health.v1.Health/Check"))
-    assert not tracing.traced_rpc(call("/grpc.health.v1.Health/Watch"))
-    assert not tracing.traced_rpc(call("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"))
+    assert open_rpc("/grpc.health.v1.Health/Check") and open_rpc("/grpc.health.v1.Health/Watch")
+    assert open_rpc("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
     for rpc in ("ServerLive", "ServerReady", "ModelReady"):
-        assert not tracing.traced_rpc(call(f"/inference.GRPCInferenceService/{rpc}"))
-    assert tracing.traced_rpc(call("/inference.GRPCInferenceService/ModelInfer"))
-    assert tracing.traced_rpc(call("/versus.vit.v1.VitService/Classify"))
+        assert open_rpc(f"/inference.GRPCInferenceService/{rpc}")
+    assert not open_rpc("/inference.GRPCInferenceService/ModelInfer")
+    assert not open_rpc("/versus.vit.v1.VitService/Classify")
 
 
 # -- a real server ------------------------------------------------------------------------------------
@@ -168,6 +166,29 @@ def test_rpc_spans_continue_the_callers_trace_and_health_checks_make_none(
     insert = by_name["INSERT matches"]  # the DB write, inside the RPC's span
     assert (insert.trace_id, insert.parent_id) == (TRACE_ID, record.span_id)
     assert insert.attributes["db.system.name"] == "sqlite" and insert.attributes["duplicate"] is False
+
+
+def test_oip_liveness_and_readiness_make_no_spans_but_inference_does(
+        clean_env: pytest.MonkeyPatch, receiver: OtlpReceiver, vit_tiny_dir: Path) -> None:
+    from tritonclient.grpc import service_pb2 as oip
+    from tritonclient.grpc import service_pb2_grpc as oip_grpc
+
+    from services.vit.config import VitConfig
+    from services.vit.server import create_server as create_vit
+
+    for key, value in receiver.env().items():
+        clean_env.setenv(key, value)
+    config = VitConfig.from_env({}, model=str(vit_tiny_dir), port=0, metrics_port=0, host="127.0.0.1",
+                                metrics_host="127.0.0.1", drain_delay_s=0.0, log_format="text", torch_threads=1)
+    with InProcessServer(create_vit, config) as srv, srv.channel() as ch:
+        stub = oip_grpc.GRPCInferenceServiceStub(ch)
+        for _ in range(2):
+            assert stub.ServerLive(oip.ServerLiveRequest(), timeout=10, metadata=TRACEPARENT).live
+            assert stub.ServerReady(oip.ServerReadyRequest(), timeout=10, metadata=TRACEPARENT).ready
+            assert stub.ModelReady(oip.ModelReadyRequest(name="vit"), timeout=10, metadata=TRACEPARENT).ready
+        stub.ModelMetadata(oip.ModelMetadataRequest(name="vit"), timeout=10, metadata=TRACEPARENT)
+    names = {s.name for s in receiver.wait_for(lambda s: len(s) >= 1, timeout_s=10)}
+    assert names == {"/inference.GRPCInferenceService/ModelMetadata"}
 
 
 # -- spans of the shared runtime ----------------------------------------------------------------------

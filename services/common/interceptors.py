@@ -39,6 +39,13 @@ OPEN_METHODS = frozenset(
     f"/inference.GRPCInferenceService/{name}" for name in ("ServerLive", "ServerReady", "ModelReady")
 )
 
+
+
+def open_rpc(method: str) -> bool:
+    """Whether ``/service/Method`` is a probe or reflection RPC: open without a token, not wrapped, not traced."""
+    return method in OPEN_METHODS or _split(method)[0] in OPEN_SERVICES
+
+
 REQUEST_ID_KEY = "x-request-id"
 #: A client's request id is echoed in trailers and logs only when it is this short and plain.
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
@@ -154,9 +161,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return None
-        service, method = _split(details.method)
-        if service in OPEN_SERVICES or details.method in OPEN_METHODS:
+        if open_rpc(details.method):
             return handler
+        service, method = _split(details.method)
         metadata = tuple(details.invocation_metadata or ())
         authorized = self._authorized(metadata)
         request_id = _client_request_id(metadata)

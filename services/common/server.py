@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from services.common import errors, tracing
 from services.common.config import ServerConfig
-from services.common.interceptors import ServiceInterceptor
+from services.common.interceptors import ServiceInterceptor, open_rpc
 from services.common.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ def build_server(
     traces = tracing.acquire(f"versus-{config.ENV_PREFIX.lower()}")
     interceptors = [ServiceInterceptor(metrics, config.resolved_token(), config.max_message_bytes)]
     server = grpc.aio.server(
-        interceptors=[traces.server_interceptor(), *interceptors] if traces else interceptors,
+        interceptors=[traces.server_interceptor(untraced=open_rpc), *interceptors] if traces else interceptors,
         options=grpc_options(config),
         maximum_concurrent_rpcs=config.max_concurrent_rpcs,
     )

@@ -8,8 +8,8 @@ else ``versus-<service>``), the exporter's headers, TLS and timeouts, the batch 
 Nothing happens at import time and nothing is installed globally: :func:`acquire` (called by the
 server bootstrap) builds one tracer provider per process with the OTLP/gRPC exporter, and every
 helper here is a no-op costing one global read while it is off. The gRPC server interceptor makes a
-span per RPC (continuing the caller's W3C ``traceparent``) except for health checks, reflection and
-the Open Inference Protocol's liveness/readiness RPCs; the client interceptors propagate the context
+span per RPC (continuing the caller's W3C ``traceparent``) except for the open probe RPCs (health
+checks, reflection, the Open Inference Protocol's liveness/readiness); the client interceptors propagate the context
 on the gateway's downstream calls.
 """
 
@@ -19,7 +19,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,12 +27,6 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
-#: Services that never make spans: Kubernetes and load balancers poll them every few seconds.
-UNTRACED_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
-                               "grpc.reflection.v1.ServerReflection"})
-#: The Open Inference Protocol's liveness/readiness RPCs (polled like health checks).
-UNTRACED_METHODS = frozenset(f"/inference.GRPCInferenceService/{m}"
-                             for m in ("ServerLive", "ServerReady", "ModelReady"))
 INSTRUMENTATION = "versus"
 
 #: Captured caller context (see :func:`capture`): the OpenTelemetry context to parent spans on.
@@ -78,11 +72,13 @@ class Tracing:
         self.tracer = self.provider.get_tracer(INSTRUMENTATION)
         self.users = 0
 
-    def server_interceptor(self) -> Any:
-        """A span per RPC (SERVER kind, the caller's context continued), except health and liveness."""
+    def server_interceptor(self, untraced: Callable[[str], bool]) -> Any:
+        """A span per RPC (SERVER kind, the caller's context continued), except those ``untraced(method)``
+        (health checks, reflection, liveness probes: polled every few seconds, they would drown the traces)."""
         from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-        return aio_server_interceptor(tracer_provider=self.provider, filter_=traced_rpc)
+        return aio_server_interceptor(tracer_provider=self.provider,
+                                      filter_=lambda details: not untraced(details.method or ""))
 
     def client_interceptors(self) -> list[Any]:
         """A CLIENT span per outgoing call, carrying ``traceparent`` in its metadata."""
@@ -93,12 +89,6 @@ class Tracing:
     def shutdown(self) -> None:
         """Export what is buffered and stop the exporter thread."""
         self.provider.shutdown()
-
-
-def traced_rpc(details: Any) -> bool:
-    """Whether an incoming RPC (its ``grpc.HandlerCallDetails``) gets a span."""
-    method = details.method or ""
-    return method not in UNTRACED_METHODS and method.lstrip("/").split("/", 1)[0] not in UNTRACED_SERVICES
 
 
 _active: Tracing | None = None
