@@ -255,14 +255,14 @@ def test_weights_provenance_digest_and_kind(tmp_path) -> None:
     (model / "model.safetensors").write_bytes(b"\x00" * 64)
     (model / "config.json").write_text("{}")
     real = describe_weights(str(model))
-    assert real.kind == "real" and len(real.digest) == 64
+    assert real.kind == "external" and len(real.digest) == 64  # no marker: someone else's, unverified
     write_provenance(model, "random", "vit-tiny")
     random_ = describe_weights(str(model))
     assert (random_.kind, random_.digest) == ("random", real.digest)  # the marker is not a weight file
     assert "vit-tiny" in random_.note
     (model / "model.safetensors").write_bytes(b"\x01" * 64)
     assert describe_weights(str(model)).digest != real.digest
-    assert describe_weights("google/vit-base-patch16-224").kind == "real"
+    assert describe_weights("google/vit-base-patch16-224").kind == "unknown"  # not a directory: nothing hashed
     empty = tmp_path / "empty"
     empty.mkdir()
     assert describe_weights(str(empty)).digest == ""

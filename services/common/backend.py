@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 
 from services.common.errors import Unavailable
 from services.common.metrics import Metrics
+from services.common.weights import WeightsProvenance
 
 T = TypeVar("T")
 
@@ -49,6 +50,7 @@ class ModelInfo:
     license: str = ""
     capabilities: tuple[Capability, ...] = ()
     properties: Mapping[str, str] = field(default_factory=dict)
+    weights: WeightsProvenance | None = None  # the weight files served, with their sha256 (a description)
 
 
 class ServiceBackend(abc.ABC):

@@ -9,6 +9,7 @@ from versus.common.v1 import common_pb2
 from services.common.backend import Capability, ModelInfo
 from services.common.errors import VersusError
 from services.common.status import status_for
+from services.common.weights import WeightsProvenance
 
 #: precision name ↔ ``versus.common.v1.Precision``.
 PRECISION_TO_PROTO = {
@@ -41,7 +42,15 @@ def model_info_to_proto(info: ModelInfo) -> common_pb2.ModelInfo:
         id=info.id, family=info.family, variant=info.variant, parameters=info.parameters,
         precision=PRECISION_TO_PROTO.get(info.precision, common_pb2.PRECISION_UNSPECIFIED), device=info.device,
         backend=info.backend, license=info.license,
-        capabilities=[capability_to_proto(c) for c in info.capabilities], properties=dict(info.properties))
+        capabilities=[capability_to_proto(c) for c in info.capabilities], properties=dict(info.properties),
+        weights=weights_to_proto(info.weights) if info.weights is not None else None)
+
+
+def weights_to_proto(w: WeightsProvenance) -> common_pb2.ServedWeightsInfo:
+    """``versus.common.v1.ServedWeightsInfo``: source, revision, digest, reported kind and every file."""
+    return common_pb2.ServedWeightsInfo(
+        source=w.source, revision=w.revision, digest=w.digest, reported_kind=w.kind,
+        files=[common_pb2.WeightFile(path=f.path, sha256=f.sha256, size_bytes=f.size_bytes) for f in w.files])
 
 
 def item_error(exc: VersusError) -> common_pb2.ItemError:

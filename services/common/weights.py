@@ -1,30 +1,54 @@
-"""Which weights a model service serves: a digest of the weight files and where they came from.
+"""Which weights a model service serves: the sha256 of each weight file, a combined digest, and where
+they came from.
 
 No torch here (files and hashes only). The project's own builders write a small provenance file
 (:data:`PROVENANCE_FILE`) into every model directory they make, saying whether the weights are random
-(built from a config) or trained here; a directory without one holds external weights, reported as
-"real". Reports and probes carry this so that a measurement on random weights is never mistaken for
-evidence about the real model.
+(built from a config) or trained here. A directory without one holds someone else's weights: reported
+as "external", never "real" — what a service says about its own weights is a description, and the
+gateway proves weights real only by comparing the per-file sha256 with the digests the checkpoint's
+own repository publishes (services/gateway/weights.py).
+
+In a Hugging Face cache a snapshot's files are links into ``blobs/``, and the hub client names an LFS
+blob by the sha256 of its content: such a file's digest is read from its blob's name instead of
+hashing gigabytes again. Any other file is hashed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from services.common.hub import ModelSource
+
 PROVENANCE_FILE = "versus-weights.json"
-KINDS = ("real", "random", "trained-here", "unknown")
+#: What a service can say about its weights: built here ("random", "trained-here"), someone else's
+#: ("external", unverified), or "unknown" (unreadable marker).
+KINDS = ("random", "trained-here", "external", "unknown")
+#: Kinds a builder may record in its marker.
+BUILT_KINDS = ("random", "trained-here")
 #: File endings that hold weights (what the digest covers).
 WEIGHT_SUFFIXES = (".safetensors", ".onnx")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class WeightFile:
+    path: str  # relative to the model directory, "/"-separated
+    sha256: str
+    size_bytes: int
 
 
 @dataclass(frozen=True)
 class WeightsProvenance:
-    digest: str  # sha256 hex over the weight files (names and contents), "" when there are none
-    kind: str  # one of KINDS
+    digest: str  # sha256 hex over the weight files (paths and sha256), "" when there are none
+    kind: str  # one of KINDS: what the service reports, never proof
     note: str = ""
+    source: str = ""  # the hub id or directory the weights were loaded from
+    revision: str = ""  # the hub snapshot's commit, when loaded through a hub cache
+    files: tuple[WeightFile, ...] = ()
 
     def properties(self) -> dict[str, str]:
         """As ``ModelInfo.properties`` entries."""
@@ -33,13 +57,19 @@ class WeightsProvenance:
 
 def write_provenance(model_dir: Path, kind: str, builder: str, note: str = "") -> None:
     """Record in a built model directory how its weights were made."""
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {KINDS}")
+    if kind not in BUILT_KINDS:
+        raise ValueError(f"kind must be one of {BUILT_KINDS}")
     doc = {"kind": kind, "builder": builder, "note": note}
     (Path(model_dir) / PROVENANCE_FILE).write_text(json.dumps(doc, indent=2) + "\n")
 
 
-def _file_digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """sha256 of a file: the blob's own name when ``path`` links to a hub-cache blob named by its sha256
+    (the hub client's naming of LFS files), else computed from the bytes."""
+    if path.is_symlink():
+        target = path.resolve()
+        if target.parent.name == "blobs" and _SHA256.fullmatch(target.name):
+            return target.name
     h = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
@@ -47,23 +77,41 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def describe_weights(source: str) -> WeightsProvenance:
-    """Digest and provenance of a model directory (or a hub id, which is external by definition)."""
-    path = Path(source)
-    if not path.is_dir():
-        return WeightsProvenance("", "real", f"hub id {source} (not hashed)")
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+def weight_files(directory: Path) -> tuple[WeightFile, ...]:
+    """Every weight file under ``directory`` (links followed), sorted by path."""
+    found = sorted((p for p in directory.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()),
+                   key=lambda p: p.relative_to(directory).as_posix())
+    return tuple(WeightFile(p.relative_to(directory).as_posix(), file_sha256(p), p.stat().st_size) for p in found)
+
+
+def combined_digest(files: tuple[WeightFile, ...]) -> str:
+    """sha256 over each file's relative path and sha256, "" without files."""
     total = hashlib.sha256()
     for f in files:
-        total.update(f"{f.relative_to(path)}\0{_file_digest(f)}\n".encode())
-    digest = total.hexdigest() if files else ""
-    marker = path / PROVENANCE_FILE
-    if marker.exists():
-        try:
-            doc = json.loads(marker.read_text())
-            kind = doc.get("kind") if doc.get("kind") in KINDS else "unknown"
-            note = f"built by versus ({doc.get('builder', '?')}){': ' + doc['note'] if doc.get('note') else ''}"
-            return WeightsProvenance(digest, kind, note)
-        except (OSError, ValueError, AttributeError):
-            return WeightsProvenance(digest, "unknown", f"unreadable {PROVENANCE_FILE}")
-    return WeightsProvenance(digest, "real", "external weights (no versus provenance file)")
+        total.update(f"{f.path}\0{f.sha256}\n".encode())
+    return total.hexdigest() if files else ""
+
+
+def _reported_kind(directory: Path) -> tuple[str, str]:
+    marker = directory / PROVENANCE_FILE
+    if not marker.exists():
+        return "external", "external weights (no versus provenance file): unverified"
+    try:
+        doc = json.loads(marker.read_text())
+        kind = doc.get("kind") if doc.get("kind") in BUILT_KINDS else "unknown"
+        return kind, f"built by versus ({doc.get('builder', '?')}){': ' + doc['note'] if doc.get('note') else ''}"
+    except (OSError, ValueError, AttributeError):
+        return "unknown", f"unreadable {PROVENANCE_FILE}"
+
+
+def describe_weights(model: ModelSource | str) -> WeightsProvenance:
+    """Per-file sha256, combined digest and reported kind of a model directory or resolved hub snapshot."""
+    if isinstance(model, str):
+        model = ModelSource(model, Path(model))
+    if not model.path.is_dir():
+        return WeightsProvenance("", "unknown", f"{model.source} is not a local directory (not hashed)",
+                                 source=model.source)
+    files = weight_files(model.path)
+    kind, note = _reported_kind(model.path)
+    return WeightsProvenance(combined_digest(files), kind, note, source=model.hub_id or model.source,
+                             revision=model.revision, files=files)

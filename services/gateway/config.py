@@ -13,6 +13,7 @@ DEFAULT_SERVED = ("vit-base-patch16-224=vit,stable-diffusion-3.5-large=sd35/larg
                   "stable-diffusion-3.5-large-turbo=sd35/large-turbo,stable-diffusion-3.5-medium=sd35/medium")
 DEFAULT_CLASSES = "tench,goldfish,golden retriever,volcano"
 _SERVED = re.compile(r"(vit|sd35/(large|large-turbo|medium))")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,11 +65,16 @@ class GatewayConfig(ServerConfig):
                                        "adapter is loaded; empty: probe only adapters already loaded.")
     claim_tolerance_pt: float = setting(1.0, "A numeric claim agrees with a source within this many units "
                                              "(percentage points for accuracy).")
+    attest: tuple[str, ...] = setting((), "Weights the deployer vouches for: MODEL_ID=SHA256 (catalog id = the served "
+                                          "weights' combined digest, ServedWeightsInfo.digest), comma-separated or "
+                                          "repeated. Such weights are 'operator-attested': they may decide quality "
+                                          "claims, and every such mark says so.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.served_map()
         self.precision_targets()
+        self.attested_digests()
         if not -1 <= self.http_port <= 65535:
             raise ConfigError(f"{self.env_name('http_port')}: ports are 0..65535 (-1 disables the pages)")
         for name in ("compare_budget_s", "call_timeout_s", "max_concurrent_compares"):
@@ -105,6 +111,17 @@ class GatewayConfig(ServerConfig):
                 raise ConfigError(f"{self.env_name('vit_precisions')}: {part!r} is not PRECISION=TARGET "
                                   "(PRECISION one of fp32, bf16, fp16, int8)")
             out[precision] = target
+        return out
+
+    def attested_digests(self) -> dict[str, str]:
+        """Catalog id → the combined sha256 the deployer pinned (``--attest MODEL_ID=SHA256``)."""
+        out: dict[str, str] = {}
+        for part in self.attest:
+            model, _, digest = part.partition("=")
+            if not model or not _SHA256.fullmatch(digest) or model in out:
+                raise ConfigError(f"{self.env_name('attest')}: {part!r} is not MODEL_ID=SHA256 (64 lower-case hex "
+                                  "characters, one per model)")
+            out[model] = digest
         return out
 
     def classes(self) -> list[str]:

@@ -76,7 +76,8 @@ class Sd35Backend(ServiceBackend):
         pipelines = pipelines or {}
         self.runners = {v: Sd35Runner(specs[v], path, device=config.device, dtype=config.dtype,
                                       cpu_offload=config.cpu_offload, drop_t5=config.drop_t5, compile=config.compile,
-                                      pipeline=pipelines.get(v), torch_threads=config.torch_threads)
+                                      pipeline=pipelines.get(v), torch_threads=config.torch_threads,
+                                      allow_download=config.allow_download)
                         for v, path in config.model_dirs().items()}
         self.default_variant = config.default_variant or next(iter(self.runners))
         self.limits = Limits(config.default_size, config.max_prompt_chars)
@@ -93,7 +94,7 @@ class Sd35Backend(ServiceBackend):
         queue's wait estimate."""
         for name, runner in self.runners.items():
             runner.load()
-            self._weights[name] = describe_weights(runner.source)
+            self._weights[name] = describe_weights(runner.resolved or runner.source)
             self._seconds_per_unit[name] = runner.warmup(self.config.default_size)
 
     async def started(self) -> None:
@@ -119,7 +120,8 @@ class Sd35Backend(ServiceBackend):
             properties={"transformer_layers": str(runner.num_layers), "max_side": str(runner.max_side),
                         "text_encoder_3": "dropped" if runner.drop_t5 else "t5",
                         "cpu_offload": str(runner.cpu_offload).lower(), "compiled": str(runner.compile).lower(),
-                        **self._weights[runner.spec.name].properties()})
+                        **self._weights[runner.spec.name].properties()},
+            weights=self._weights[runner.spec.name])
 
     def describe(self) -> list[ModelInfo]:
         self.require_ready()

@@ -18,8 +18,10 @@ class Sd35Config(ServerConfig):
     torch_threads: int = setting(0, "torch intra-op threads; 0 keeps torch's default. Set it when pods share cores.")
     port: int = setting(50052, "gRPC port; 0 picks a free port.")
     metrics_port: int = setting(9102, "Prometheus /metrics HTTP port; 0 picks a free port, -1 disables.")
-    models: tuple[str, ...] = setting((), "Hosted variants as VARIANT=DIR (variants: large, large-turbo, medium).",
+    models: tuple[str, ...] = setting((), "Hosted variants as VARIANT=DIR or VARIANT=ORG/NAME (a hub id, read from "
+                                          "the Hugging Face cache; variants: large, large-turbo, medium).",
                                       flag="model")
+    allow_download: bool = setting(False, "Allow fetching hub ids into the Hugging Face cache (offline by default).")
     default_variant: str = setting("", "Variant used when a request leaves it unset; default: the first hosted.")
     dtype: str = setting("auto", "Weights dtype; auto = bf16 on CUDA, fp32 on CPU.",
                          choices=("auto", "fp32", "bf16", "fp16"))

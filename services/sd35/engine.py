@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from services.common.errors import ModelLoadError, quote
+from services.common.hub import ModelSource, resolve_source
 from services.sd35.adapters import AdapterInfo, os_error
 from services.sd35.errors import AdapterNotFound, InvalidAdapter
 from services.sd35.requests import FORMATS, GenerationParams
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 _PIPELINE_LOGGER = "diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3"
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+#: The pipeline's components a hub download fetches (not the repository's single-file checkpoints).
+_HUB_PARTS = ("scheduler", "transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+_T5_PARTS = ("text_encoder_3", "tokenizer_3")
 
 
 @dataclass
@@ -57,14 +61,17 @@ def encode_image(image: Image.Image, fmt: str, png_level: int = 1) -> bytes:
 
 
 class Sd35Runner:
-    """A StableDiffusion3Pipeline loaded from a directory (or built in memory, for benchmarks)."""
+    """A StableDiffusion3Pipeline loaded from a directory or a hub id's snapshot in the Hugging Face cache
+    (or built in memory, for benchmarks)."""
 
     def __init__(self, spec: VariantSpec, source: str, *, device: str = "auto", dtype: str = "auto",
                  cpu_offload: bool = False, drop_t5: bool = False, compile: bool = False, pipeline=None,
-                 torch_threads: int = 0) -> None:
+                 torch_threads: int = 0, allow_download: bool = False) -> None:
         self.spec = spec
         self.torch_threads = torch_threads
         self.source = source
+        self.allow_download = allow_download
+        self.resolved: ModelSource | None = None  # the directory or hub snapshot the files come from
         self.device = resolve_device(device)
         self.dtype_name = ("bf16" if self.device.type == "cuda" else "fp32") if dtype == "auto" else dtype
         self.cpu_offload = cpu_offload
@@ -85,16 +92,20 @@ class Sd35Runner:
         # on every long prompt. The truncation is documented (CLIP sees 77 tokens); log errors only.
         logging.getLogger(_PIPELINE_LOGGER).setLevel(logging.ERROR)
         if self.pipe is None:
-            path = Path(self.source)
-            if not path.is_dir():
-                raise ModelLoadError(f"{self.spec.name}: model directory {self.source} does not exist")
+            parts = _HUB_PARTS if self.drop_t5 else _HUB_PARTS + _T5_PARTS
+            try:
+                self.resolved = resolve_source(self.source, allow_download=self.allow_download,
+                                               allow_patterns=["model_index.json", *(f"{p}/*" for p in parts)])
+            except ModelLoadError as exc:
+                raise ModelLoadError(f"{self.spec.name}: {exc.message}") from exc
+            path = self.resolved.path
             if not any(path.rglob("*.safetensors")):
                 raise ModelLoadError(f"{self.spec.name}: {self.source} holds no *.safetensors weights "
                                      "(pickle is refused)")
             extra = {"text_encoder_3": None, "tokenizer_3": None} if self.drop_t5 else {}
             try:
                 self.pipe = StableDiffusion3Pipeline.from_pretrained(
-                    self.source, torch_dtype=dtype, use_safetensors=True, local_files_only=True, **extra)
+                    path, torch_dtype=dtype, use_safetensors=True, local_files_only=True, **extra)
             except (OSError, ValueError) as exc:
                 raise ModelLoadError(f"{self.spec.name}: cannot load {self.source}: {exc}") from exc
         pipe = self.pipe

@@ -89,7 +89,7 @@ class VitBackend(ServiceBackend):
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self) -> None:
         self.model.load()
-        self.weights = describe_weights(self.config.model)  # digest + real/random/trained-here, for reports
+        self.weights = describe_weights(self.model.resolved or self.config.model)  # per-file sha256 + reported kind
         if not self.remote:
             self.model.warmup()
         self.heads.dimension = self.model.hidden_size
@@ -159,6 +159,7 @@ class VitBackend(ServiceBackend):
                 "precision_reason": getattr(m, "precision_reason", ""),
                 **self.weights.properties(),
             },
+            weights=self.weights,
         )
         return VitDescription(
             info,

@@ -7,15 +7,14 @@ processor (``preprocessor_config.json``), so every backend sees exactly what ``t
 and one output shape (:class:`ForwardOutput`, NumPy float32), so post-processing, heads, metrics and
 errors are the same whichever backend serves.
 
-Loading is the real ``from_pretrained`` path (directory or hub id, safetensors only, offline unless
-allowed).
+Loading is the real ``from_pretrained`` path (safetensors only) from a directory or from a hub id's
+snapshot in the Hugging Face cache (:mod:`services.common.hub`; offline unless downloads are allowed).
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -25,6 +24,7 @@ import torch
 from PIL import Image
 
 from services.common.errors import ConfigError, ModelLoadError
+from services.common.hub import ModelSource, resolve_source
 from services.torch_runtime import resolve_device, set_threads
 from services.vit.errors import NoClassifier, PickleCheckpointRefused
 from services.vit.precision import auto_precision, cpu_flags
@@ -85,15 +85,8 @@ def facts_from_config(config) -> ModelFacts:
                       int(config.hidden_size), labels, parameters)
 
 
-def hub_kwargs(source: str, allow_download: bool) -> dict[str, bool]:
-    """``from_pretrained`` keyword arguments: local directories and offline hub ids never touch the network."""
-    path = Path(source)
-    if not path.is_dir():
-        if os.sep in source and not path.exists():
-            raise ModelLoadError(f"model directory {source} does not exist")
-        if not allow_download:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    return {"local_files_only": path.is_dir() or not allow_download}
+#: What a hub download of a ViT checkpoint fetches: config, processor, safetensors weights.
+HUB_FILES = ["*.json", "*.safetensors", "*.txt"]
 
 
 class VitEngine(abc.ABC):
@@ -108,16 +101,23 @@ class VitEngine(abc.ABC):
         self.allow_download = allow_download
         self.processor = None
         self.facts: ModelFacts | None = None
+        self.resolved: ModelSource | None = None  # the directory or hub snapshot the files come from
 
     # -- shared -------------------------------------------------------------------------------
+    def resolve(self) -> ModelSource:
+        """The local directory of ``source``: itself, or a hub id's snapshot in the Hugging Face cache."""
+        if self.resolved is None:
+            self.resolved = resolve_source(self.source, allow_download=self.allow_download, allow_patterns=HUB_FILES)
+        return self.resolved
+
     def load_processor(self) -> None:
         """The checkpoint's image processor and its model facts (no weights)."""
         from transformers import AutoConfig, AutoImageProcessor
 
-        kwargs = hub_kwargs(self.source, self.allow_download)
+        path = str(self.resolve().path)
         try:
-            self.processor = AutoImageProcessor.from_pretrained(self.source, **kwargs)
-            config = AutoConfig.from_pretrained(self.source, **kwargs)
+            self.processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+            config = AutoConfig.from_pretrained(path, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load {self.source}: {exc}") from exc
         if getattr(config, "model_type", "") != "vit":
@@ -211,14 +211,11 @@ class VitModel(VitEngine):
 
         set_threads(self.torch_threads)
         self.resolve_precision()
-        path = Path(self.source)
-        if path.is_dir():
-            check_safetensors_dir(path)
+        path = self.resolve().path
+        check_safetensors_dir(path)
         self.load_processor()
         try:
-            model = AutoModelForImageClassification.from_pretrained(
-                self.source, use_safetensors=True, **hub_kwargs(self.source, self.allow_download)
-            )
+            model = AutoModelForImageClassification.from_pretrained(path, use_safetensors=True, local_files_only=True)
         except (OSError, ValueError) as exc:
             raise ModelLoadError(f"cannot load {self.source}: {exc}") from exc
         if not hasattr(model, "vit") or not isinstance(getattr(model, "classifier", None), torch.nn.Linear):
