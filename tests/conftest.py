@@ -293,7 +293,8 @@ class GatewayStack:
         from services.gateway.config import GatewayConfig
 
         base = {"port": 0, "metrics_port": 0, "http_port": 0, "host": "127.0.0.1", "metrics_host": "127.0.0.1",
-                "http_host": "127.0.0.1", "drain_delay_s": 0.0, "log_format": "text", "vit": self.vit.target,
+                "http_host": "127.0.0.1", "http_open": True,  # tests' pages: loopback, opened explicitly
+                "drain_delay_s": 0.0, "log_format": "text", "vit": self.vit.target,
                 "sd35": self.sd35.target, "ranker": self.ranker.target, "lora_probe_path": "loras/example.safetensors",
                 "imagenet_classes": "tench,goldfish", "images_per_class": 1, "compare_budget_s": 240.0}
         return GatewayConfig.from_env({}, **(base | kw))

@@ -41,6 +41,13 @@ async def fetch(url: str, *, redirects: bool = True, timeout: float = COMPARE_WA
             return resp.status, dict(resp.headers), await resp.text()
 
 
+async def post(url: str, data: dict, *, headers: dict | None = None, redirects: bool = True,
+               cookies: dict | None = None) -> tuple[int, dict, str]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=COMPARE_WAIT_S), cookies=cookies) as session:
+        async with session.post(url, data=data, headers=headers, allow_redirects=redirects) as resp:
+            return resp.status, dict(resp.headers), await resp.text()
+
+
 async def fetch_json(url: str) -> tuple[int, dict]:
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=COMPARE_WAIT_S)) as session:
         async with session.get(url) as resp:
@@ -105,11 +112,12 @@ def test_user_goes_from_the_start_page_to_a_live_comparison(gateway_stack, tmp_p
 
     page, png, errors, log = run(journey())
     assert errors == [], log
-    assert page["path"] == f"/compare/{a}-vs-{b}" and page["search"] == "?live=1"
+    assert page["path"] == f"/compare/{a}-vs-{b}" and page["search"] == ""  # the live run came by POST (307)
     assert page["facts"] > 0 and page["marks"] > 0 and page["verdict"].strip()
     assert page["images"] and all(i["src"] == "data:image/png;base64," and i["w"] > 0 and i["h"] > 0
                                   for i in page["images"]), page["images"]
-    assert len(page["charts"]) == 2 and all(w > 200 for w in page["charts"])
+    # the sub-score chart; no leaderboard chart: the stack's duels are mechanism checks, kept off real boards
+    assert len(page["charts"]) == 1 and all(w > 200 for w in page["charts"])
     shot = tmp_path / "comparison.png"
     shot.write_bytes(png)
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
@@ -243,11 +251,18 @@ def test_form_redirects_to_the_comparison_and_pages_carry_security_headers() -> 
     gateway = MemoryGateway()
 
     async def check(base: str) -> None:
-        got, headers, _ = await fetch(f"{base}/compare?a={VIT}&b={SD}&live=1", redirects=False)
-        assert got == 303 and headers["Location"] == f"/compare/{VIT}-vs-{SD}?live=1"
+        got, headers, _ = await post(f"{base}/compare", {"a": VIT, "b": SD, "live": "1"}, redirects=False)
+        assert got == 307 and headers["Location"] == f"/compare/{VIT}-vs-{SD}"  # the POST is kept
+        got, headers, _ = await post(f"{base}/compare", {"a": VIT, "b": SD}, redirects=False)
+        assert got == 303 and headers["Location"] == f"/compare/{VIT}-vs-{SD}"
         got, _, _ = await fetch(f"{base}/compare?a={VIT}", redirects=False)
         assert got == 400
-        got, headers, body = await fetch(f"{base}/compare/{VIT}-vs-{SD}?live=1&h2h=1")
+        for link in (f"/compare/{VIT}-vs-{SD}?live=1", f"/compare/{VIT}-vs-{SD}?h2h=1",
+                     f"/compare?a={VIT}&b={SD}&live=1"):
+            got, headers, _ = await fetch(base + link, redirects=False)
+            assert got == 405 and headers["Allow"] == "POST", link  # no live run from a link
+        assert gateway.requests == []
+        got, headers, body = await post(f"{base}/compare/{VIT}-vs-{SD}", {"live": "1", "h2h": "1"})
         assert got == 200 and body.count("<svg") == 2 and 'href="/leaderboard"' in body
         assert all(headers[k] == v for k, v in SECURITY.items())
         got, headers, body = await fetch(base + "/")
@@ -281,3 +296,123 @@ def test_report_page_has_no_console_errors_and_shows_images(tmp_path) -> None:
         assert Image.open(io.BytesIO(png)).format == "PNG"
 
     run(serve(MemoryGateway(), check))
+
+
+# -- the pages hold the token ---------------------------------------------------------------------------
+
+TOKEN = "s3cret-token"
+
+
+def test_pages_need_the_token_without_it_or_with_a_wrong_one() -> None:
+    gateway = MemoryGateway()
+
+    async def check(base: str) -> None:
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}):
+            async with aiohttp.ClientSession(headers=headers) as session:
+                for path in ("/", "/index.json", f"/compare/{VIT}-vs-{SD}", "/leaderboard"):
+                    async with session.get(base + path) as resp:
+                        assert resp.status == 401, (headers, path)
+                        assert resp.headers["WWW-Authenticate"] == 'Bearer realm="versus"'
+                        body = await resp.text()
+                        assert ('id="login"' in body) == (not headers and not path.endswith(".json")), body
+                async with session.post(f"{base}/compare/{VIT}-vs-{SD}", data={"live": "1"}) as resp:
+                    assert resp.status == 401
+        for cookie in ({"versus_session": "forged"}, {"versus_session": TOKEN}):
+            got, _, _ = await post(f"{base}/compare/{VIT}-vs-{SD}", {"live": "1"}, cookies=cookie)
+            assert got == 401, cookie
+        got, headers, body = await post(f"{base}/login", {"token": "wrong", "next": "/"}, redirects=False)
+        assert got == 401 and "Set-Cookie" not in headers and "Wrong token." in body
+        got, _, body = await fetch(base + "/healthz")  # health stays open
+        assert (got, body) == (200, "ok\n")
+
+    run(serve(gateway, check, token=TOKEN))
+    assert gateway.requests == []  # nothing ran
+
+
+def test_pages_open_with_the_bearer_token_or_the_login_cookie() -> None:
+    gateway = MemoryGateway()
+
+    async def check(base: str) -> None:
+        bearer = {"Authorization": f"Bearer {TOKEN}"}
+        async with aiohttp.ClientSession(headers=bearer) as session:
+            async with session.get(base + "/index.json") as resp:
+                assert resp.status == 200 and (await resp.json())["models"]
+            async with session.post(f"{base}/compare/{VIT}-vs-{SD}.json", data={"live": "1"}) as resp:
+                assert resp.status == 200
+        got, headers, _ = await post(f"{base}/login", {"token": TOKEN, "next": f"/compare/{VIT}-vs-{SD}"},
+                                     redirects=False)
+        assert got == 303 and headers["Location"] == f"/compare/{VIT}-vs-{SD}"
+        cookie = headers["Set-Cookie"]
+        assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and TOKEN not in cookie
+        session_cookie = {"versus_session": cookie.split(";", 1)[0].split("=", 1)[1]}
+        got, _, body = await post(f"{base}/compare/{VIT}-vs-{SD}", {"live": "1"}, cookies=session_cookie)
+        assert got == 200 and "<svg" in body
+        got, headers, _ = await post(f"{base}/login", {"token": TOKEN, "next": "//evil.example/"}, redirects=False)
+        assert headers["Location"] == "/"  # never off-site
+
+    run(serve(gateway, check, token=TOKEN))
+    assert [r.probes.live for r, _ in gateway.requests] == [True, True]
+
+
+@pytest.mark.slow
+@needs_chromium
+def test_a_browser_signs_in_and_never_sees_the_session_cookie() -> None:
+    async def check(base: str) -> None:
+        async with Browser() as b:
+            await b.navigate(f"{base}/leaderboard")
+            assert await b.evaluate("!!document.getElementById('login')")
+            await b.act_and_wait_load(f"document.getElementById('token').value = {TOKEN!r};"
+                                      "document.getElementById('sign-in').click(); true")
+            seen = await b.evaluate("({path: location.pathname, cookie: document.cookie, "
+                                    "login: !!document.getElementById('login')})")
+            unexpected = [e for e in b.errors if "status of 401 (Unauthorized)" not in e]  # the first, unsigned load
+            assert unexpected == [] and len(b.errors) == 1, b.log
+        assert seen == {"path": "/leaderboard", "cookie": "", "login": False}  # HttpOnly: not readable by script
+
+    run(serve(MemoryGateway(), check, token=TOKEN))
+
+
+def test_pages_are_served_over_tls(tls_files) -> None:
+    import ssl
+
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tls_files["server.crt"], tls_files["server.key"])
+    client = ssl.create_default_context(cafile=str(tls_files["ca.crt"]))
+
+    async def go() -> None:
+        runner, port = await web.start_web(web.create_web_app(MemoryGateway(), token=TOKEN), "127.0.0.1", 0,
+                                           ssl_context=server)
+        try:
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"https://localhost:{port}/index.json", ssl=client,
+                                       headers={"Authorization": f"Bearer {TOKEN}"}) as resp:
+                    assert resp.status == 200
+        finally:
+            await web.stop_web(runner)
+
+    run(go())
+
+
+@pytest.mark.parametrize(("settings", "fragment"), [
+    ({}, "GATEWAY_HTTP_PORT: the report pages can start live runs; set GATEWAY_TOKEN"),
+    ({"GATEWAY_TOKEN": TOKEN}, "GATEWAY_HTTP_HOST: with a token the report pages are served over TLS"),
+    ({"GATEWAY_TOKEN": TOKEN, "GATEWAY_HTTP_HOST": "10.0.0.5"}, "not to '10.0.0.5' in plain HTTP"),
+])
+def test_pages_that_would_not_hold_the_token_refuse_to_start(settings: dict, fragment: str) -> None:
+    from services.common.errors import ConfigError
+    from services.gateway.config import GatewayConfig
+
+    with pytest.raises(ConfigError) as info:
+        GatewayConfig.from_env(settings)
+    assert fragment in info.value.message and "\n" not in info.value.message
+
+
+def test_pages_start_on_loopback_tls_or_by_explicit_opt_in(tls_files) -> None:
+    from services.gateway.config import GatewayConfig
+
+    for settings in ({"GATEWAY_TOKEN": TOKEN, "GATEWAY_HTTP_HOST": "127.0.0.1"},
+                     {"GATEWAY_TOKEN": TOKEN, "GATEWAY_HTTP_HOST": "::1"},
+                     {"GATEWAY_TOKEN": TOKEN, "GATEWAY_TLS_CERT": str(tls_files["server.crt"]),
+                      "GATEWAY_TLS_KEY": str(tls_files["server.key"])},
+                     {"GATEWAY_HTTP_OPEN": "true"}, {"GATEWAY_HTTP_PORT": "-1"}):
+        GatewayConfig.from_env(settings)

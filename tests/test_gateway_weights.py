@@ -138,8 +138,8 @@ def test_a_digest_the_deployer_pinned_is_operator_attested() -> None:
 
 
 def test_attested_digests_are_a_checked_setting() -> None:
-    config = GatewayConfig.from_env({"GATEWAY_ATTEST": f"{MODEL}={'ab' * 32}"})
+    config = GatewayConfig.from_env({"GATEWAY_ATTEST": f"{MODEL}={'ab' * 32}", "GATEWAY_HTTP_PORT": "-1"})
     assert config.attested_digests() == {MODEL: "ab" * 32}
     for bad in (f"{MODEL}=short", "=" + "ab" * 32, f"{MODEL}={'AB' * 32}", f"{MODEL}={'ab' * 32},{MODEL}={'cd' * 32}"):
         with pytest.raises(ConfigError, match="GATEWAY_ATTEST: .* is not MODEL_ID=SHA256"):
-            GatewayConfig.from_env({"GATEWAY_ATTEST": bad})
+            GatewayConfig.from_env({"GATEWAY_ATTEST": bad, "GATEWAY_HTTP_PORT": "-1"})

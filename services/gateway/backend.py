@@ -38,9 +38,20 @@ class GatewayBackend(ServiceBackend):
         if self.config.http_port >= 0:
             from services.gateway.web import create_web_app, start_web
 
-            self._web, self.http_port = await start_web(create_web_app(self.gateway), self.config.http_host,
-                                                        self.config.http_port)
+            app = create_web_app(self.gateway, token=self.config.resolved_token())
+            self._web, self.http_port = await start_web(app, self.config.http_host, self.config.http_port,
+                                                        ssl_context=self._pages_tls())
             log.info("report pages listening", extra={"http_port": self.http_port})
+
+    def _pages_tls(self) -> Any:
+        """The gRPC port's certificate also serves the pages (HTTPS) when TLS is configured."""
+        if not self.config.tls_cert:
+            return None
+        import ssl
+
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.config.tls_cert, self.config.tls_key)
+        return context
 
     async def stopping(self) -> None:
         if self._web is not None:

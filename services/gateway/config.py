@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import re
 
 from services.common.config import ServerConfig, setting
@@ -16,6 +17,13 @@ _SERVED = re.compile(r"(vit|sd35/(large|large-turbo|medium))")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclasses.dataclass(frozen=True)
 class GatewayConfig(ServerConfig):
     """Everything ``versus serve gateway`` can be told."""
@@ -25,7 +33,12 @@ class GatewayConfig(ServerConfig):
     port: int = setting(50050, "gRPC port; 0 picks a free port.")
     metrics_port: int = setting(9100, "Prometheus /metrics HTTP port; 0 picks a free port, -1 disables.")
     http_port: int = setting(8080, "Report pages (HTTP) port; 0 picks a free port, -1 disables the pages.")
-    http_host: str = setting("0.0.0.0", "Address the report pages bind to.")
+    http_host: str = setting("0.0.0.0", "Address the report pages bind to. With a token set, pages are served over "
+                                        "TLS (tls_cert/tls_key) or bound to a loopback address; anything else is "
+                                        "refused at start.")
+    http_open: bool = setting(False, "Serve the report pages without a token (explicit opt-in: whoever reaches "
+                                     "the port reads reports and starts live runs). Without it and without a "
+                                     "token the gateway refuses to start its pages.")
     vit: str = setting("", "vit service target, e.g. dns:///vit-headless.versus.svc:50051 or 127.0.0.1:50051; "
                            "empty: no ViT (its evidence is unavailable).")
     sd35: str = setting("", "sd35 service target; empty: no SD3.5.")
@@ -75,6 +88,7 @@ class GatewayConfig(ServerConfig):
         self.served_map()
         self.precision_targets()
         self.attested_digests()
+        self._check_pages()
         if not -1 <= self.http_port <= 65535:
             raise ConfigError(f"{self.env_name('http_port')}: ports are 0..65535 (-1 disables the pages)")
         for name in ("compare_budget_s", "call_timeout_s", "max_concurrent_compares"):
@@ -91,6 +105,22 @@ class GatewayConfig(ServerConfig):
         if self.downstream_token and self.downstream_token_file:
             raise ConfigError(f"set {self.env_name('downstream_token')} or "
                               f"{self.env_name('downstream_token_file')}, not both")
+
+    def _check_pages(self) -> None:
+        """The pages hold the token: with one, TLS or loopback; without one, only by explicit opt-in."""
+        if self.http_port == -1:
+            return
+        if not (self.token or self.token_file):
+            if not self.http_open:
+                raise ConfigError(f"{self.env_name('http_port')}: the report pages can start live runs; set "
+                                  f"{self.env_name('token')} (the pages then require it), or "
+                                  f"{self.env_name('http_open')}=true to serve them to anyone, or "
+                                  f"{self.env_name('http_port')}=-1")
+            return
+        if not self.tls_cert and not _loopback(self.http_host):
+            raise ConfigError(f"{self.env_name('http_host')}: with a token the report pages are served over TLS "
+                              f"({self.env_name('tls_cert')}/{self.env_name('tls_key')}) or bound to a loopback "
+                              f"address, not to {self.http_host!r} in plain HTTP")
 
     def served_map(self) -> dict[str, str]:
         """Catalog id → 'vit' or 'sd35/<variant>'."""

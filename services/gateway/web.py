@@ -2,10 +2,13 @@
 
 Pages, each also as JSON with a ``.json`` suffix (protobuf JSON with proto field names):
 
-- ``/`` (``/index.json``): the catalog and a form to pick two models; the form submits to ``/compare``,
-  which redirects to ``/compare/<A>-vs-<B>`` (``?live=1`` with live probes). No JavaScript.
-- ``/compare/<A>-vs-<B>[-vs-<C>…]``: 2..4 catalog ids (ids never contain ``-vs-``); ``?live=1`` runs live
-  probes, ``?h2h=1`` the head-to-head. A GET never records matches in the ranker.
+- ``/`` (``/index.json``): the catalog and a form to pick two models; the form POSTs to ``/compare``,
+  which redirects to ``/compare/<A>-vs-<B>`` (303 to a GET without live probes, 307 — the POST kept —
+  with them). No JavaScript.
+- ``/compare/<A>-vs-<B>[-vs-<C>…]``: 2..4 catalog ids (ids never contain ``-vs-``). A GET shows the
+  catalog evidence and cached probe results; live probes (``live=1``) and the head-to-head (``h2h=1``)
+  start only by POST, never by a GET link (a GET asking for them is 405). Pages never record matches.
+- ``/login``: with a token set, every page needs it (``services.gateway.pages_auth``).
 - ``/leaderboard?task=``: ratings with 95% interval bars.
 - ``/healthz``: the process answers.
 
@@ -38,7 +41,7 @@ from services.common.errors import (
     VersusError,
     quote,
 )
-from services.gateway import charts, render
+from services.gateway import charts, pages_auth, render
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +94,15 @@ def status_of(exc: VersusError) -> int | None:
     return None
 
 
-def _flag(request: web.Request, name: str) -> bool:
-    return request.query.get(name, "").lower() in TRUE
+def _flag(request: web.Request, name: str, form: Any = None) -> bool:
+    return str((form or {}).get(name, "") or request.query.get(name, "")).lower() in TRUE
+
+
+def _no_live_by_get(request: web.Request) -> None:
+    """Live probes and head-to-heads cost work and must not start from a link: POST only."""
+    if request.method == "GET" and (_flag(request, "live") or _flag(request, "h2h")):
+        raise web.HTTPMethodNotAllowed(request.method, ["POST"], text="Live probes and head-to-heads start only by "
+                                       "POST (the start page's form), never by a link.")
 
 
 def parse_pair(pair: str) -> list[str]:
@@ -128,14 +138,16 @@ async def start_page(request: web.Request) -> web.Response:
 
 
 async def pick(request: web.Request) -> web.StreamResponse:
-    """The start page's form: ``/compare?a=A&b=B&live=1`` → ``/compare/A-vs-B?live=1``."""
-    ids = [request.query.get(name, "").strip() for name in ("a", "b")]
+    """The start page's form (``a``, ``b``, ``live``): → ``/compare/A-vs-B``; a live run keeps its POST (307)."""
+    _no_live_by_get(request)
+    form = await request.post() if request.method == "POST" else request.query
+    ids = [str(form.get(name, "")).strip() for name in ("a", "b")]
     for name, value in zip(("a", "b"), ids, strict=True):
         if not value:
             raise InvalidArgument(name, "pick a model")
     location = "/compare/" + SEPARATOR.join(url_quote(i, safe="") for i in ids)
-    if _flag(request, "live"):
-        location += "?live=1"
+    if request.method == "POST" and (_flag(request, "live", form) or _flag(request, "h2h", form)):
+        raise web.HTTPTemporaryRedirect(location)
     raise web.HTTPSeeOther(location)
 
 
@@ -143,7 +155,9 @@ async def compare_page(request: web.Request) -> web.Response:
     pair = request.match_info["pair"]
     as_json = pair.endswith(".json")
     ids = parse_pair(pair.removesuffix(".json"))
-    probes = gateway_pb2.ProbeOptions(live=_flag(request, "live"), head_to_head=_flag(request, "h2h"))
+    _no_live_by_get(request)
+    form = await request.post() if request.method == "POST" else None
+    probes = gateway_pb2.ProbeOptions(live=_flag(request, "live", form), head_to_head=_flag(request, "h2h", form))
     comparison = await request.app[GATEWAY].compare(
         gateway_pb2.CompareRequest(model_ids=ids, probes=probes), timeout_s=request.app[COMPARE_TIMEOUT])
     if as_json:
@@ -225,16 +239,20 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 # -- app --------------------------------------------------------------------------------------------
 
 
-def create_web_app(gateway: Any, *, compare_timeout_s: float | None = None) -> web.Application:
-    """The pages over ``gateway`` (the engine: ``compare``, ``list_models``, ``leaderboard``)."""
+def create_web_app(gateway: Any, *, compare_timeout_s: float | None = None, token: str = "") -> web.Application:
+    """The pages over ``gateway`` (the engine: ``compare``, ``list_models``, ``leaderboard``); with ``token``
+    every page but health needs it."""
     app = web.Application(middlewares=[errors])
+    pages_auth.add_auth(app, token)
     app[GATEWAY] = gateway
     app[COMPARE_TIMEOUT] = compare_timeout_s
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/", start_page)
     app.router.add_get("/index.json", start_page)
     app.router.add_get("/compare", pick)
+    app.router.add_post("/compare", pick)
     app.router.add_get("/compare/{pair}", compare_page)
+    app.router.add_post("/compare/{pair}", compare_page)
     app.router.add_get("/leaderboard", leaderboard_page)
     app.router.add_get("/leaderboard.json", leaderboard_page)
     app.router.add_get("/healthz", healthz)
@@ -243,12 +261,14 @@ def create_web_app(gateway: Any, *, compare_timeout_s: float | None = None) -> w
     return app
 
 
-async def start_web(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, int]:
-    """Serve ``app`` on ``host:port`` (0 picks a free port); returns the runner and the bound port."""
+async def start_web(app: web.Application, host: str, port: int, ssl_context: Any = None
+                    ) -> tuple[web.AppRunner, int]:
+    """Serve ``app`` on ``host:port`` (0 picks a free port; HTTPS with ``ssl_context``); returns the runner
+    and the bound port."""
     runner = web.AppRunner(app, handle_signals=False)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
         await site.start()
     except BaseException:
         await runner.cleanup()
