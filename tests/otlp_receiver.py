@@ -107,7 +107,16 @@ def span_tree(spans: list[ReceivedSpan], trace_id: str) -> str:
     lines: list[str] = []
 
     def walk(parent: str, depth: int) -> None:
-        for s in sorted(children.get(parent, []), key=lambda x: x.start_ns):
+        kids = sorted(children.get(parent, []), key=lambda x: x.start_ns)
+        shown: dict[tuple[str, str, tuple], int] = {}
+        for s in kids:
+            key = (s.service, s.name, tuple(s.attributes.get(k) for k in _SHOWN))
+            shown[key] = shown.get(key, 0) + 1
+            if shown[key] == 3:  # repeated siblings (a probe's many calls): two shown, the rest counted
+                more = sum(1 for k in kids if (k.service, k.name, tuple(k.attributes.get(a) for a in _SHOWN)) == key)
+                lines.append(f"{'  ' * depth}… {more - 2} more {s.name}")
+            if shown[key] >= 3:
+                continue
             notes = [f"{k}={v}" for k, v in s.attributes.items() if k in _SHOWN]
             steps = sum(1 for name, _ in s.events if name == "step")
             if steps:

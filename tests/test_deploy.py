@@ -367,6 +367,9 @@ def test_every_versus_command_line_parses(overlay: str) -> None:
 #: Process environment the images read besides the service settings (documented in docs/DEPLOY.md).
 PROCESS_ENV = {"HF_HUB_OFFLINE", "HF_HOME", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "PYTHONUNBUFFERED",
                "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "MPLCONFIGDIR", "HOME"}
+#: The standard OpenTelemetry variables tracing reads (services/common/tracing.py; versus-tracing ConfigMap).
+TRACING_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED",
+               "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
 
 
 def _container_env(docs: list[dict], container: dict) -> set[str]:
@@ -394,7 +397,9 @@ def test_every_env_var_is_a_setting_of_its_service(overlay: str) -> None:
                 continue
             config = _config_class(args[1])
             settings = {config.env_name(f) for f in config.__dataclass_fields__}
-            unknown = _container_env(docs, container) - settings - PROCESS_ENV
+            env = _container_env(docs, container)
+            unknown = env - settings - PROCESS_ENV - TRACING_ENV
+            assert TRACING_ENV - {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"} <= env, f"{overlay}/{name}: tracing variables"
             assert not unknown, f"{overlay}/{name}: {sorted(unknown)} are not settings of the {args[1]} service"
             data = {}
             for source in container.get("envFrom", []):

@@ -137,16 +137,23 @@ def capture() -> Captured | None:
     return otel_context.get_current() if _active is not None else None
 
 
-@contextlib.contextmanager
+_OFF = contextlib.nullcontext(None)
+
+
 def span(name: str, parent: Captured | None = None, links: Sequence[Captured | None] = (),
-         **attributes: Any) -> Iterator[Span | None]:
+         **attributes: Any) -> contextlib.AbstractContextManager[Span | None]:
     """A span that is current inside the block: a child of ``parent`` when given (work on another
     thread or task), else of the current span, linked to the spans current in ``links``. Yields None
-    while tracing is off or outside a trace."""
+    while tracing is off (a shared null context: no allocation) or outside a trace."""
     tracing = _active
     if tracing is None or not _traced(parent):
-        yield None
-        return
+        return _OFF
+    return _span(tracing, name, parent, links, attributes)
+
+
+@contextlib.contextmanager
+def _span(tracing: Tracing, name: str, parent: Captured | None, links: Sequence[Captured | None],
+          attributes: dict[str, Any]) -> Iterator[Span | None]:
     seen = {_span_context(parent).span_id}
     related = []
     for ctx in links:
