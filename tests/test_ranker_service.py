@@ -291,6 +291,7 @@ def test_cli_rank_prints_explanations(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, VIT, LARGE],
                              capture_output=True, text=True, check=True).stdout
         assert "adoption" in out and "explanation" not in out and "/100 vs " in out
+        assert "87.5/100 on ecosystem (ranked on); own composite 68.9/100" in out
         # the quality terms with their raw values, sources and dates
         assert "imagenet1k_top1 = 81.786 percent" in out and "pytorch-image-models" in out
         assert "geneval_overall = 0.71" in out and "https://arxiv.org/abs/2511.22699" in out

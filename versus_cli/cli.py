@@ -178,7 +178,10 @@ def cmd_rank(args: argparse.Namespace) -> int:
         return 0
     for s in reply.scores:
         name = s.display_name if s.display_name == s.model_id else f"{s.display_name} ({s.model_id})"
-        print(f"{name}: {s.composite:.1f}/100, confidence {s.confidence:.0%}, matched {s.times_matched} times")
+        shared = (f"{s.shared_composite:.1f}/100 on {', '.join(reply.shared_dimensions)}"
+                  if reply.shared_dimensions else "no shared dimension")
+        print(f"{name}: {shared} (ranked on); own composite {s.composite:.1f}/100, confidence {s.confidence:.0%}, "
+              f"matched {s.times_matched} times")
         for sub in s.sub_scores:
             value = "missing" if sub.missing else f"{sub.score:5.1f}"
             print(f"  {sub.dimension:<12} {value:>7}  (weight {sub.weight:.2f})  {sub.explanation}")
