@@ -114,7 +114,8 @@ def span_tree(spans: list[ReceivedSpan], trace_id: str) -> str:
             shown[key] = shown.get(key, 0) + 1
             if shown[key] == 3:  # repeated siblings (a probe's many calls): two shown, the rest counted
                 more = sum(1 for k in kids if (k.service, k.name, tuple(k.attributes.get(a) for a in _SHOWN)) == key)
-                lines.append(f"{'  ' * depth}… {more - 2} more {s.name}")
+                what = f"{s.name} ({s.attributes['probe']})" if "probe" in s.attributes else s.name
+                lines.append(f"{'  ' * depth}… {more - 2} more {what}")
             if shown[key] >= 3:
                 continue
             notes = [f"{k}={v}" for k, v in s.attributes.items() if k in _SHOWN]
