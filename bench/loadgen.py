@@ -102,11 +102,10 @@ async def _drive(spec: LoadSpec) -> LoadResult:
 
 def run_clients(target: str, method: str, payloads: list[bytes], requests: int, clients: int, *,
                 metadata: tuple[tuple[str, str], ...] = (), keep_responses: bool = False,
-                timeout_s: float = 600.0) -> LoadResult:
+                timeout_s: float = 600.0, warmup: int = -1) -> LoadResult:
     """``clients`` concurrent callers issue ``requests`` calls of ``method`` in all, from a child process
-    (after one unmeasured warm-up call per client). Raises if any measured call failed."""
-    spec = LoadSpec(target, method, payloads, requests, clients, metadata, keep_responses=keep_responses,
-                    timeout_s=timeout_s)
+    (after ``warmup`` unmeasured calls; -1: one per client). Raises if any measured call failed."""
+    spec = LoadSpec(target, method, payloads, requests, clients, metadata, warmup, keep_responses, timeout_s)
     with tempfile.TemporaryDirectory(prefix="versus-load-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.pkl", Path(tmp) / "out.pkl"
         spec_path.write_bytes(pickle.dumps(asdict(spec)))  # plain dicts: the child is __main__, not bench.loadgen

@@ -64,13 +64,35 @@ def scrape(port: int) -> dict[str, float]:
 
 
 def stages(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """Mean ms per request / per image / per batch between two scrapes."""
+    """Versus: mean ms per request / per image / per batch between two scrapes of its /metrics."""
     d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in after}
     per = lambda name: 1e3 * d[f"{name}_sum"] / max(1.0, d[f"{name}_count"])  # noqa: E731
-    return {"handling_ms": per("grpc_server_handling_seconds"), "queue_ms": per("versus_queue_seconds"),
-            "compute_ms_per_batch": per("versus_compute_seconds"),
+    request, queue = per("grpc_server_handling_seconds"), per("versus_queue_seconds")
+    return {"request_ms": request, "queue_ms": queue, "batch_ms": request - queue,
             "compute_ms_per_image": 1e3 * d["versus_compute_seconds_sum"] / max(1.0, d["versus_items_processed_total"]),
             "mean_batch": d["versus_batch_size_sum"] / max(1.0, d["versus_batch_size_count"])}
+
+
+def triton_stats(url: str) -> dict[str, float]:
+    """Triton's own counters for model ``vit`` (statistics extension): cumulative ns and counts."""
+    import tritonclient.grpc as tc
+
+    with tc.InferenceServerClient(url) as client:
+        s = client.get_inference_statistics("vit", as_json=True)["model_stats"][0]
+    i = s["inference_stats"]
+    return {"success_ns": float(i["success"].get("ns", 0)), "success": float(i["success"].get("count", 0)),
+            "queue_ns": float(i["queue"].get("ns", 0)), "compute_ns": float(i["compute_infer"].get("ns", 0)),
+            "executions": float(s.get("execution_count", 0)), "inferences": float(s.get("inference_count", 0))}
+
+
+def triton_stages(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The peer's figures in the same units as :func:`stages`."""
+    d = {k: after[k] - before[k] for k in after}
+    # Triton adds a batch's compute time to every request in it: per request, that is the run it waited on.
+    return {"request_ms": d["success_ns"] / 1e6 / max(1.0, d["success"]),
+            "queue_ms": d["queue_ns"] / 1e6 / max(1.0, d["success"]),
+            "batch_ms": d["compute_ns"] / 1e6 / max(1.0, d["inferences"]),
+            "mean_batch": d["inferences"] / max(1.0, d["executions"])}
 
 
 def payloads(export_dir: Path, n: int = 8) -> tuple[list[bytes], list[bytes]]:
@@ -90,9 +112,10 @@ def payloads(export_dir: Path, n: int = 8) -> tuple[list[bytes], list[bytes]]:
 
 
 def drive(target: str, reqs: list[bytes], requests: int, clients: int, metrics_port: int = 0) -> Run:
-    before = scrape(metrics_port) if metrics_port else {}
-    result = run_clients(target, MODEL_INFER, reqs, requests, clients)
-    spent = stages(before, scrape(metrics_port)) if metrics_port else {}
+    """One run; Versus when ``metrics_port`` is given (its /metrics), else the Triton peer (its statistics)."""
+    before = scrape(metrics_port) if metrics_port else triton_stats(target)
+    result = run_clients(target, MODEL_INFER, reqs, requests, clients, warmup=min(clients, 4))
+    spent = stages(before, scrape(metrics_port)) if metrics_port else triton_stages(before, triton_stats(target))
     return Run(result.rps, result.p50_ms, result.cpu_share, spent)
 
 
@@ -130,17 +153,20 @@ def med(runs: list[Run], attr: str) -> float:
 
 def write_report(quick: bool, runs: dict[tuple[str, int], list[Run]], rounds: int, requests: dict[int, int],
                  seconds: float, loadavg: tuple[float, float]) -> None:
-    rows, stage_rows = [], []
+    rows, stage_rows, short = [], [], []
     for c in CONCURRENCY:
         v, t = runs["versus", c], runs["triton", c]
         ratios = [a.rps / b.rps for a, b in zip(v, t, strict=True)]
+        if statistics.median(ratios) < 1.0:
+            short.append(f"{c} clients ({statistics.median(ratios):.2f})")
         rows.append(f"| {c} | {med(v, 'rps'):.2f} | {med(t, 'rps'):.2f} | **{statistics.median(ratios):.2f}** "
                     f"({min(ratios):.2f}–{max(ratios):.2f}) | {med(v, 'p50_ms'):.0f} | {med(t, 'p50_ms'):.0f} | "
-                    f"{med(v + t, 'client_cpu'):.0%} |")
-        s = {k: statistics.median(r.stages[k] for r in v) for k in v[0].stages}
-        other = s["handling_ms"] - s["queue_ms"] - s["compute_ms_per_batch"]
-        stage_rows.append(f"| {c} | {s['handling_ms']:.1f} | {s['queue_ms']:.1f} | {s['compute_ms_per_batch']:.1f} "
-                          f"| {s['mean_batch']:.1f} | {s['compute_ms_per_image']:.1f} | {other:.1f} |")
+                    f"{med(v + t, 'client_cpu'):.1%} |")
+        for name, server_runs in (("Versus", v), ("Triton", t)):
+            s = {k: statistics.median(r.stages[k] for r in server_runs) for k in server_runs[0].stages}
+            per_image = f"{s['compute_ms_per_image']:.0f}" if "compute_ms_per_image" in s else "—"
+            stage_rows.append(f"| {c} | {name} | {s['request_ms']:.0f} | {s['queue_ms']:.0f} | {s['batch_ms']:.0f} | "
+                              f"{s['mean_batch']:.1f} | {per_image} |")
     lines = [
         "## Versus ÷ Triton over the Open Inference Protocol (ViT-B/16 fp32 ONNX, CPU)",
         "",
@@ -162,13 +188,20 @@ def write_report(quick: bool, runs: dict[tuple[str, int], list[Run]], rounds: in
         "|---:|---:|---:|---:|---:|---:|---:|",
         *rows,
         "",
-        "Where Versus' time goes (its /metrics over its runs, medians over rounds; handling = the server's "
-        "RPC time, queue = an image's wait for a batch, compute = one ONNX Runtime run of a batch; other = "
-        "handling − queue − compute: decode of the request, the event loop, thread hops, encoding the reply):",
+        "Where the time goes, from each server's own counters over its runs (Versus: /metrics; Triton: its "
+        "statistics extension), medians over rounds, per request: request = time in the server, queue = wait for "
+        "a batch, batch run = the ONNX Runtime run of the request's batch (Triton: its compute counter; Versus: "
+        "request − queue, so it also holds the ~1 ms of tensor conversion), and Versus' compute per image "
+        "(all compute ÷ images), whose inverse is its compute-bound ceiling in img/s.",
         "",
-        "| clients | handling ms | queue ms | compute ms / batch | mean batch | compute ms / image | other ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "| clients | server | request ms | queue ms | batch run ms | mean batch | compute ms / image |",
+        "|---:|---|---:|---:|---:|---:|---:|",
         *stage_rows,
+        "",
+        "Goal: Versus ≥ 1.0× the peer at every concurrency. "
+        + (f"Short of it, in the median: {', '.join(short)}; the ranges over rounds and the breakdown above show "
+           "how much of the gap is the machine and where each server's time goes." if short
+           else "Met at every concurrency (medians over rounds; see the ranges)."),
     ]
     write_section("vit-oip", "\n".join(lines))
     print("\n".join(lines))
@@ -191,7 +224,7 @@ def main() -> None:
     if not (export / "model.onnx").exists():
         export_onnx(base, export, quantize_to="none", log_fn=print)
     rounds = 1 if args.quick else 3
-    requests = {1: 8, 8: 24, 32: 64} if args.quick else {1: 24, 8: 64, 32: 128}
+    requests = {1: 6, 8: 16, 32: 48} if args.quick else {1: 12, 8: 32, 32: 64}
     runs = measure(export, rounds, requests)
     write_report(args.quick, runs, rounds, requests, time.perf_counter() - started, (load_before, os.getloadavg()[0]))
 
