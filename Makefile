@@ -9,7 +9,7 @@ TOOLS_STAMP := $(TOOLS)/node_modules/.installed
 BUF := $(TOOLS)/node_modules/.bin/buf
 PROTOS ?= protos
 
-.PHONY: setup system-deps tools buf-check demo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-overload bench-gateway bench-gpu-vit clean help
+.PHONY: setup system-deps tools buf-check demo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-gateway bench-gpu-vit clean help
 
 help:
 	@echo "make demo      build models, start the services, run the demo"
@@ -93,6 +93,9 @@ bench-sd35: setup
 
 bench-vit-backends: setup
 	$(PY) bench/vit_backends.py
+
+bench-vit-oip: setup
+	$(PY) bench/vit_oip.py
 
 bench-vit-overload: setup
 	$(PY) bench/vit_overload.py
