@@ -23,16 +23,18 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
-def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str = "") -> Any:
+def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str = "",
+            separator: str = ",") -> Any:
     """Declare a config field with its help text (shown by ``--help`` and the docs).
 
-    ``flag`` overrides the flag name; tuple fields are comma-separated in the environment and
-    repeatable on the command line (``--model a=1 --model b=2``).
+    ``flag`` overrides the flag name; tuple fields are ``separator``-separated in the environment (a comma
+    unless the values hold commas themselves) and repeatable on the command line (``--model a=1 --model b=2``).
     """
-    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag})
+    return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag,
+                                                        "separator": separator})
 
 
-def _parse(raw: str, kind: Any, name: str) -> Any:
+def _parse(raw: str, kind: Any, name: str, separator: str = ",") -> Any:
     """Convert one raw string (env or flag) into the field's declared type."""
     try:
         if kind is bool:
@@ -47,7 +49,7 @@ def _parse(raw: str, kind: Any, name: str) -> Any:
         if kind is float:
             return float(raw)
         if kind == tuple[str, ...]:
-            return tuple(part.strip() for part in raw.split(",") if part.strip())
+            return tuple(part.strip() for part in raw.split(separator) if part.strip())
         return raw
     except ValueError as exc:
         raise ConfigError(f"{name}: cannot parse {raw!r}: {exc}") from exc
@@ -125,7 +127,7 @@ class ServerConfig:
         for f in dataclasses.fields(cls):
             env = cls.env_name(f.name)
             if env in environ:
-                values[f.name] = _parse(environ[env], types[f.name], env)
+                values[f.name] = _parse(environ[env], types[f.name], env, f.metadata.get("separator", ","))
         values.update(overrides)
         return cls(**values)
 
@@ -167,9 +169,11 @@ class ServerConfig:
             raw = getattr(args, f.name, None)
             if raw is None:
                 continue
+            separator = f.metadata.get("separator", ",")
             if isinstance(raw, list):
-                raw = ",".join(raw)
-            overrides[f.name] = raw if isinstance(raw, bool) else _parse(str(raw), types[f.name], cls.flag_name(f))
+                raw = separator.join(raw)
+            overrides[f.name] = raw if isinstance(raw, bool) else _parse(str(raw), types[f.name], cls.flag_name(f),
+                                                                         separator)
         return cls.from_env(environ, **overrides)
 
     def resolved_token(self) -> str:

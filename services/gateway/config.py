@@ -83,6 +83,19 @@ class GatewayConfig(ServerConfig):
                                           "repeated. Such weights are 'operator-attested': they may decide quality "
                                           "claims, and every such mark says so.")
 
+    deployments: tuple[str, ...] = setting(
+        (), "Registered deployments (image classifiers on any Open Inference Protocol server) a comparison can "
+            "measure on an eval set: ID=TARGET,model=NAME[,version=V][,labels=FILE][,processor=FILE][,output=NAME]"
+            "[,token-file=F][,tls-ca=F][,label-map=FILE]; ';'-separated in the environment.",
+        flag="deployment", separator=";")
+    eval_sets: tuple[str, ...] = setting((), "Eval sets NAME=PATH (a folder with one sub-folder per label, or a CSV "
+                                             "of path,label); ';'-separated in the environment.",
+                                         flag="eval-set", separator=";")
+    eval_budget_s: float = setting(600.0, "Default wall-clock budget of one eval run (at most 3600 s per request).")
+    eval_concurrency: int = setting(4, "Requests in flight per deployment during an eval run (never floods it).")
+    eval_max_images: int = setting(10_000, "Largest eval set accepted (files walked before refusing).")
+    max_concurrent_evals: int = setting(1, "Eval runs at once; beyond it RESOURCE_EXHAUSTED with a retry hint.")
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self.served_map()
@@ -91,7 +104,8 @@ class GatewayConfig(ServerConfig):
         self._check_pages()
         if not -1 <= self.http_port <= 65535:
             raise ConfigError(f"{self.env_name('http_port')}: ports are 0..65535 (-1 disables the pages)")
-        for name in ("compare_budget_s", "call_timeout_s", "max_concurrent_compares"):
+        for name in ("compare_budget_s", "call_timeout_s", "max_concurrent_compares",
+                     "eval_budget_s", "eval_concurrency", "eval_max_images", "max_concurrent_evals"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{self.env_name(name)} must be > 0")
         if min(self.cache_ttl_s, self.images_per_class, self.tie_margin, self.probe_size, self.probe_steps) < 0:

@@ -26,6 +26,7 @@ from services.common.admission import Admission
 from services.common.client import ErrorDetails
 from services.common.errors import InvalidArgument, NotFound, quote
 from services.common.metrics import Metrics
+from services.gateway.byo import ByoRegistry
 from services.gateway.cache import ProbeCache, lookup_counter
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstream, DownstreamError
@@ -122,13 +123,18 @@ class Gateway:
                                    what="comparisons with live probe work")
         self.served = config.served_map()
         self.ds: Downstream | None = None
+        self.byo: ByoRegistry | None = None
 
     async def start(self) -> None:
         self.ds = Downstream(self.config)
+        self.byo = ByoRegistry(self.config, self.metrics)  # registered deployments and eval sets
+        await self.byo.start()
 
     async def close(self) -> None:
         if self.ds is not None:
             await self.ds.close()
+        if self.byo is not None:
+            await self.byo.close()
 
     @property
     def downstream(self) -> Downstream:
@@ -177,6 +183,8 @@ class Gateway:
     # -- Compare ------------------------------------------------------------------------------------
     async def compare(self, request: gateway_pb2.CompareRequest, *, timeout_s: float | None = None,
                       progress: Progress | None = None) -> gateway_pb2.Comparison:
+        if request.eval_set and self.byo is not None:  # registered deployments on the user's eval set
+            return await self.byo.compare(request, self.downstream, timeout_s=timeout_s, progress=progress)
         opts = validate(request, self.config)
         started = time.perf_counter()
         budget_s = opts.budget_s if timeout_s is None else min(opts.budget_s, max(0.0, timeout_s - 0.25))

@@ -153,13 +153,10 @@ class OipClient:
         reply = await self._unary("ModelInfer", request, timeout_s)
         scores = _fp32_output(reply, request.outputs[0].name, 1, n)[0]  # type: ignore[arg-type]
         names = _bytes_output(reply, bytes_out[0].name)  # type: ignore[arg-type]
-        order = np.argsort(-scores, kind="stable")
-        if len(names) != n or len(set(np.round(scores, 7))) != n:
+        labels = _classification_labels(names, n) or _labels_by_rank(names, scores)
+        if labels is None:
             raise ConfigError(f"{where}: its labels cannot be read from {bytes_out[0].name} (got {len(names)} "
                               f"names for {n} columns, or tied scores): give labels=FILE")
-        labels = [""] * n
-        for name, index in zip(names, order, strict=True):
-            labels[int(index)] = name
         return labels
 
     def _request(self, endpoint: Endpoint, images: list[bytes], extra_outputs: tuple[str, ...] = ()
@@ -192,6 +189,28 @@ class OipClient:
         scores = _fp32_output(reply, endpoint.output_name, len(images), endpoint.num_labels)  # type: ignore[arg-type]
         params = {k: _param_value(v) for k, v in reply.parameters.items()}  # type: ignore[attr-defined]
         return scores, params
+
+
+def _classification_labels(entries: list[str], n: int) -> list[str] | None:
+    """Triton's classification extension: ``"<score>:<index>:<label>"`` for every column."""
+    labels = [""] * n
+    for entry in entries:
+        parts = entry.split(":", 2)
+        if len(parts) != 3 or not parts[1].isdigit() or not int(parts[1]) < n:
+            return None
+        labels[int(parts[1])] = parts[2]
+    return labels if all(labels) else None
+
+
+def _labels_by_rank(names: list[str], scores: np.ndarray) -> list[str] | None:
+    """Plain label names, best first: paired with the columns by sorting the scores (no ties allowed)."""
+    n = len(scores)
+    if len(names) != n or len(set(np.round(scores, 7))) != n:
+        return None
+    labels = [""] * n
+    for name, index in zip(names, np.argsort(-scores, kind="stable"), strict=True):
+        labels[int(index)] = name
+    return labels
 
 
 def _probe_png() -> bytes:

@@ -199,6 +199,10 @@ def environment() -> Any:
 
 def render_markdown(c: gateway_pb2.Comparison) -> str:
     """The seed-style page: headline, feature table, capabilities with marks, verdict, evidence, leaderboard."""
+    if c.HasField("eval"):  # registered deployments measured on an eval set: a page of its own
+        from services.gateway import byo_render
+
+        return byo_render.render_markdown(c)
     return environment().get_template("comparison.md.j2").render(_context(c))
 
 
@@ -207,6 +211,10 @@ def render_html(c: gateway_pb2.Comparison, *, links: bool = False) -> str:
 
     ``links`` adds navigation to the gateway's other pages (for the web app; a saved file has none).
     """
+    if c.HasField("eval"):
+        from services.gateway import byo_render
+
+        return byo_render.render_html(c, links=links)
     context = _context(c)
     context.update(subscores_svg=charts.subscores_svg(c.scores), leaderboard_svg=charts.leaderboard_svg(c.leaderboard)
                    if c.leaderboard.task else "", mechanism_svg=charts.leaderboard_svg(c.mechanism_leaderboard)
