@@ -72,7 +72,8 @@ def test_design_rpcs_exist() -> None:
             "DeleteHead",
         },
         "versus.sd35.v1.Sd35Service": {"Generate", "ListAdapters", "LoadAdapter", "UnloadAdapter", "GetModelInfo"},
-        "versus.ranker.v1.RankerService": {"Score", "RecordMatch", "GetLeaderboard", "GetModel", "ListModels"},
+        "versus.ranker.v1.RankerService": {"Score", "RecordMatch", "GetLeaderboard", "GetModel", "ListModels",
+                                           "RegisterDeployment"},
         "versus.gateway.v1.GatewayService": {"Compare", "CompareStream", "RenderComparison", "ListModels"},
     }
     for name, methods in expected.items():
