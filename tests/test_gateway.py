@@ -79,6 +79,8 @@ def test_structural_probes_check_the_served_shape(comparison: gateway_pb2.Compar
         assert row(comparison, LARGE, cap).mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE"), row(comparison, LARGE,
                                                                                                    cap)
     assert "byte-identical" in row(comparison, LARGE, "seeded-determinism").detail
+    encoders = next(r for r in rows(comparison, LARGE) if r.capability_id == "three-text-encoders")
+    assert encoders.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and "different images" in encoders.detail
     edges = row(comparison, LARGE, "megapixel-output").detail
     assert "1024x1024" in edges and "INVALID_ARGUMENT (width" in edges
 

@@ -97,3 +97,10 @@ def test_gateway_md_lists_every_check_as_declared() -> None:
     for c in checks.CHECKS:
         assert f"| `{c.id}` ({', '.join(c.capabilities)}) | {c.claim} | {c.conditions} | {c.observes} | {c.fails} |" \
             in doc, c.id
+
+
+def test_the_t5_check_needs_t5_served_to_decide() -> None:
+    judge = checks.BY_ID["sd35.t5"].judge
+    assert judge({"differ": True, "t5_reported": "t5"}).mark == checks.VERIFIED
+    assert judge({"differ": False, "t5_reported": "t5"}).mark == checks.CONTRADICTED
+    assert judge({"differ": False, "t5_reported": "dropped"}).mark == checks.UNDECIDED  # --drop-t5: cannot decide

@@ -201,7 +201,7 @@ CHECKS: tuple[Check, ...] = (
     Check("vit.batching", ("batch-inference",),
           "a batch gets the single-image answers in order (throughput measured against batch 1)",
           "any weights; the deployment's device and precision; batch 10 vs 1, 224 px",
-          "10 images one by one, then as one batch (x3, median)", "a batch answer that is not its image's", _batching,
+          "10 images one by one, then as one batch (x2, median)", "a batch answer that is not its image's", _batching,
           decides={"batch10_throughput_ratio": at_least("batch10_throughput_ratio")}),
     Check("vit.transfer", ("fine-tuning",),
           "a linear head trained on its embeddings classifies held-out examples (transfer learning)",

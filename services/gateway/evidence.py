@@ -283,7 +283,8 @@ def _live_numeric(claim: ranker_pb2.Claim, ev: ModelEvidence) -> gateway_pb2.Cap
         if verdict.mark == UNDECIDED:
             row = _from_sources(claim.capability_id, claim, claim.text, ev)
             row.claimed_value, row.unit = claim.value, claim.unit
-            row.detail = f"{row.detail}; {said} — {verdict.why}, so it cannot decide the claim"
+            kept = row.detail if row.mark != CLAIMED else "no primary source states it"
+            row.detail = f"{kept}; measured live: {said} — {verdict.why}, so it cannot decide the claim"
         else:
             row = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit,
                        mark=verdict.mark, detail=f"{said} → {verdict.why}")

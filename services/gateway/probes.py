@@ -177,7 +177,7 @@ def _solid(rgb: tuple[int, int, int]) -> common_pb2.Image:
 
 
 #: Images of the batching and precision probes.
-BATCH, PRECISION_IMAGES, PRECISION_TIMED_CALLS = 10, 32, 5
+BATCH, BATCH_CALLS, PRECISION_IMAGES, PRECISION_TIMED_CALLS = 10, 2, 32, 5
 
 
 class VitProbes:
@@ -255,7 +255,8 @@ class VitProbes:
         images = _images(range(10, 10 + BATCH))
         await self._call("Classify", vit_pb2.ClassifyRequest(images=images[:1], top_k=n))  # warm
         singles = [await self._timed("Classify", vit_pb2.ClassifyRequest(images=[img], top_k=n)) for img in images]
-        batches = [await self._timed("Classify", vit_pb2.ClassifyRequest(images=images, top_k=n)) for _ in range(3)]
+        batch = vit_pb2.ClassifyRequest(images=images, top_k=n)
+        batches = [await self._timed("Classify", batch) for _ in range(BATCH_CALLS)]
         one = [_distribution(reply.results[0]) for reply, _ in singles]
         together = [_distribution(c) for c in batches[0][0].results]
         # answer i of the batch must be (within numeric noise) the single answer for image i, and no closer to
@@ -267,7 +268,8 @@ class VitProbes:
         ratio = (BATCH / batch_ms) / (1 / p50)
         data = {"misplaced": misplaced, "images": BATCH, "ratio": ratio, "p50": p50, "batch": BATCH,
                 "resolution": 224}
-        detail = (f"{BATCH} images one by one (p50 {p50:.1f} ms) and as one batch of {BATCH} (median of 3: "
+        detail = (f"{BATCH} images one by one (p50 {p50:.1f} ms) and as one batch of {BATCH} (median of "
+                  f"{BATCH_CALLS}: "
                   f"{batch_ms:.1f} ms): " + ("every batch answer equals its single-image answer, in order"
                                              if not misplaced else f"batch answers {misplaced} are NOT the "
                                              "single-image answers for those images (order or content)")

@@ -26,10 +26,12 @@ from services.gateway.probes import (
     unavailable,
 )
 
-#: Two prompts identical in their first 77 CLIP tokens (CLIP truncates there) and different after: only a
-#: third encoder that reads further (T5, up to max_sequence_length tokens) can tell them apart.
-_LONG = " ".join(["a small red fox sitting in tall green grass"] * 10)
+#: Two prompts identical in their first 77 CLIP tokens (80 one-token words: CLIP truncates inside them) and
+#: different after: only a third encoder that reads further (T5, asked for T5_TOKENS tokens) can tell them
+#: apart. Short words keep the tail inside T5's limit even for a character-level tokenizer.
+_LONG = " ".join(["fox"] * 80)
 T5_PROMPTS = (f"{_LONG}, under a full moon at night", f"{_LONG}, in bright morning sunshine with snow")
+T5_TOKENS = 512
 
 
 @dataclass
@@ -67,11 +69,12 @@ class Sd35Probes:
         self.steps = steps
 
     async def generate(self, prompt: str, seed: int, *, size: int = 0, steps: int = 0, guidance: float | None = None,
-                       negative: str = "", adapters: tuple[tuple[str, float], ...] = ()) -> Generated:
+                       negative: str = "", adapters: tuple[tuple[str, float], ...] = (),
+                       max_sequence_length: int = 0) -> Generated:
         """One image; a reply without one, or whose bytes do not decode, breaks the contract."""
         side = size or self.size
         req = sd35_pb2.GenerateRequest(prompt=prompt, negative_prompt=negative, variant=variant_enum(self.v.name),
-                                       width=side, height=side, seed=seed,
+                                       width=side, height=side, seed=seed, max_sequence_length=max_sequence_length,
                                        output_format=sd35_pb2.OUTPUT_FORMAT_PNG)
         if steps or self.steps:
             req.steps = steps or self.steps
@@ -160,12 +163,13 @@ class Sd35Probes:
     async def t5(self) -> ProbeResult:
         """Two prompts identical in their first 77 CLIP tokens and different after, same seed."""
         name, at = f"sd35.{self.v.name}.t5", now_iso()
-        a = await self.generate(T5_PROMPTS[0], 13, steps=2)
-        b = await self.generate(T5_PROMPTS[1], 13, steps=2)
+        a = await self.generate(T5_PROMPTS[0], 13, steps=2, max_sequence_length=T5_TOKENS)
+        b = await self.generate(T5_PROMPTS[1], 13, steps=2, max_sequence_length=T5_TOKENS)
         t5 = self.v.info.model.properties.get("text_encoder_3", "")
         data = {"differ": a.png != b.png, "t5_reported": t5}
         detail = (f"two {len(T5_PROMPTS[0].split())}-word prompts identical in their first 77 CLIP tokens and "
-                  f"different after, seed 13, 2 steps: {'different' if data['differ'] else 'IDENTICAL'} images "
+                  f"different after, max_sequence_length {T5_TOKENS}, seed 13, 2 steps: "
+                  f"{'different' if data['differ'] else 'IDENTICAL'} images "
                   f"(the service reports text_encoder_3={t5 or 'nothing'})")
         return ProbeResult(name, detail, [], data, self.w, at)
 
