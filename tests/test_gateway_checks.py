@@ -127,8 +127,21 @@ def test_a_lying_vit_gets_no_verified_live_mark(ranker) -> None:
         c = compare(ranker, (VIT, OTHER), vit=vit.target)
     rows = [r for m in c.models for r in m.capabilities]
     assert not [r for r in rows if r.mark == VERIFIED], [r for r in rows if r.mark == VERIFIED]
+    vit_report = next(m for m in c.models if m.entry.id == VIT)
+    assert vit_report.weights.reported_kind == "real" and vit_report.weights.kind == "external-unverified"
+    assert all(m.mechanism_only for m in vit_report.measurements)
     assert {live_row(c, VIT, cap).mark for cap in ("imagenet-1k-classification", "embedding-extraction",
                                                    "batch-inference", "fine-tuning")} == {CONTRADICTED}
+
+
+def test_operator_attested_weights_say_so_on_every_live_mark(ranker) -> None:
+    with fake_vit("real") as vit:
+        c = compare(ranker, (VIT, OTHER), vit=vit.target, attest=(f"{VIT}={'f' * 64}",))
+    report = next(m for m in c.models if m.entry.id == VIT)
+    assert report.weights.kind == "operator-attested" and "pinned" in report.weights.proof
+    live = [r for r in report.capabilities if "served here" in r.title and r.mark == VERIFIED]
+    assert live and all("operator-attested weights" in r.detail for r in live)
+    assert all(not m.mechanism_only for m in report.measurements)
 
 
 def test_self_descriptions_are_claimed_reported_by_the_service(ranker) -> None:
@@ -225,3 +238,20 @@ def test_an_unknown_render_format_is_invalid_argument(ranker) -> None:
             stub.RenderComparison(gateway_pb2.RenderComparisonRequest(comparison=c, format=99), timeout=30)
     d = error_details(info.value)
     assert d.code == grpc.StatusCode.INVALID_ARGUMENT and d.violations[0][0] == "format"
+
+
+@pytest.mark.parametrize("lie", ["undecodable", "down"])
+def test_lost_generations_are_not_misses_and_faulty_ones_are_shown(ranker, lie: str) -> None:
+    """An outage loses images (counted apart, never as misses); a fault is a miss that is shown."""
+    with fake_vit() as vit, fake_sd35(lie) as sd35:
+        c = compare(ranker, (LARGE, TURBO), vit=vit.target, sd35=sd35.target, lora_probe_path="",
+                    imagenet_classes="label1,label2")
+    q = next(s for s in c.quality if s.generator == LARGE)
+    assert q.requested == 4  # 2 classes x 2 images: the fewest a perfect generator can verify with
+    if lie == "down":
+        assert (q.images, q.lost, q.failed) == (0, 4, 0) and not [j for j in c.judgements if j.generator == LARGE]
+        assert any(u.component == "sd35" and u.code == "UNAVAILABLE" for u in c.unavailable)
+    else:
+        mine = [j for j in c.judgements if j.generator == LARGE]
+        assert (q.images, q.lost, q.failed) == (4, 0, 4) and q.top5_hit_rate == 0.0
+        assert len(mine) == 4 and all("cannot identify image" in j.error and j.judge_id == "fake-vit" for j in mine)

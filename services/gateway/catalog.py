@@ -15,8 +15,9 @@ from versus.vit.v1 import vit_pb2
 from services.common.convert import enum_name
 from services.common.errors import NotFound, quote
 from services.gateway.downstream import DownstreamError
-from services.gateway.probes import VitInfo, weights_of
+from services.gateway.probes import VitInfo
 from services.gateway.sd35_probes import VariantInfo
+from services.gateway.weights import classify_weights
 
 if TYPE_CHECKING:
     from services.gateway.run import Run
@@ -99,7 +100,7 @@ async def _vit_info(run: Run, errors: dict[str, gateway_pb2.Unavailable]) -> Non
     except DownstreamError as exc:
         errors["vit"] = run.unavailable("vit", exc)
         return
-    run.vit = VitInfo("vit", reply, weights_of("vit", reply.model))  # type: ignore[attr-defined]
+    run.vit = VitInfo("vit", reply, _weights(run, "vit", reply.model))  # type: ignore[attr-defined]
 
 
 async def _sd35_info(run: Run, errors: dict[str, gateway_pb2.Unavailable]) -> None:
@@ -111,4 +112,11 @@ async def _sd35_info(run: Run, errors: dict[str, gateway_pb2.Unavailable]) -> No
         return
     for v in reply.variants:  # type: ignore[attr-defined]
         name = enum_name(sd35_pb2.Variant, "VARIANT", v.variant)
-        run.variants[name] = VariantInfo(name, v, weights_of(f"sd35/{name}", v.model))
+        run.variants[name] = VariantInfo(name, v, _weights(run, f"sd35/{name}", v.model))
+
+
+def _weights(run: Run, service: str, info: common_pb2.ModelInfo) -> gateway_pb2.ServedWeights:
+    """What the gateway establishes about a service's weights (real only on published digests and the hub id,
+    operator-attested on a pinned digest); the catalog is read before the infos, so the entry is known."""
+    model_id = next((m for m, s in run.gw.served.items() if s == service), "")
+    return classify_weights(service, info, run.catalog.get(model_id), run.cfg.attested_digests())

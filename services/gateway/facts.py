@@ -120,7 +120,7 @@ def notes(c: gateway_pb2.Comparison, live: bool) -> list[str]:
             out.append(f"{report.entry.display_name or report.entry.id} is served here with operator-attested "
                        f"weights (sha256 {w.digest[:16]}, pinned by the deployer: {w.proof}); marks that depend on "
                        "the weights rest on that attestation.")
-        elif report.served_by and w.kind != "real":
+        elif report.served_by and w.kind != "real" and w.kind != "unknown":
             out.append(f"{report.entry.display_name or report.entry.id} is served here with {w.kind} weights "
                        f"(sha256 {w.digest[:16]}): its live measurements check the serving mechanism — shapes, "
                        "determinism, limits, speed — not the model's quality. Quality comes only from the cited "

@@ -29,13 +29,14 @@ from versus.vit.v1 import vit_pb2
 
 from services.common.convert import PRECISION_FROM_PROTO
 from services.gateway.downstream import Downstream, DownstreamError
+from services.gateway.weights import ATTESTED, REAL
 
 log = logging.getLogger(__name__)
 
 #: Deadline of a probe's clean-up call (DeleteHead, UnloadAdapter), apart from the spent budget.
 CLEANUP_TIMEOUT_S = 10.0
 #: Weights whose values may decide claims about the checkpoint (accuracy, agreement, prompt adherence).
-DECIDING_KINDS = ("real", "operator-attested")
+DECIDING_KINDS = (REAL, ATTESTED)
 #: Codes that mean the service could not answer (an outage: UNAVAILABLE marks). Every other code is a
 #: fault of the service toward a request within its advertised contract (CONTRADICTED marks), except the
 #: deployment's own wiring (no such method, no permission, no such head/adapter), also an outage.
@@ -118,14 +119,6 @@ def unavailable(probe: str, exc: DownstreamError | str, weights: gateway_pb2.Ser
 def faulty(probe: str, seen: str, weights: gateway_pb2.ServedWeights) -> ProbeResult:
     return ProbeResult(probe, f"the service answered out of contract: {seen}", weights=weights, at=now_iso(),
                        fault=seen)
-
-
-def weights_of(service: str, info: common_pb2.ModelInfo) -> gateway_pb2.ServedWeights:
-    props = info.properties
-    return gateway_pb2.ServedWeights(
-        service=service, served_model_id=info.id, digest=props.get("weights_digest", ""),
-        kind=props.get("weights_kind", "unknown") or "unknown",
-        precision=PRECISION_FROM_PROTO.get(info.precision, ""), device=info.device, backend=info.backend)
 
 
 def measurement(name: str, value: float, unit: str, probe: str, detail: str, weights: gateway_pb2.ServedWeights,
