@@ -9,7 +9,8 @@ TOOLS_STAMP := $(TOOLS)/node_modules/.installed
 BUF := $(TOOLS)/node_modules/.bin/buf
 PROTOS ?= protos
 
-.PHONY: setup system-deps tools buf-check demo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-gateway bench-gpu-vit clean help
+
+.PHONY: setup system-deps tools buf-check demo demo-byo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-gateway bench-gpu-vit clean help
 
 help:
 	@echo "make demo      build models, start the services, run the demo"
@@ -60,6 +61,9 @@ $(STAMP): requirements.lock pyproject.toml protos/pyproject.toml
 
 demo: setup
 	$(VENV)/bin/versus demo
+
+demo-byo: setup  # compare your own deployments: Versus vs tritonserver on the held-out digits
+	$(VENV)/bin/versus demo-byo
 
 lint: setup
 	$(VENV)/bin/ruff check .

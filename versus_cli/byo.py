@@ -32,3 +32,113 @@ def write_digits_repository(models: dict[str, Path], repo: Path, work: Path) -> 
         write_repository(export, repo, RepoOptions(name=name, platform="python", device="cpu", max_batch_size=8,
                                                    max_queue_delay_us=500, threads=1))
     return repo
+
+
+# -- make demo-byo -------------------------------------------------------------------------------------
+#: The deployments of the demo: the project's digits network served by Versus (its OIP model "vit") and by
+#: the bundled tritonserver (ONNX in the Python backend), and the same network trained for 2 epochs.
+WEAK_EPOCHS = 2
+
+
+def _digits_models(models_dir: Path, say) -> tuple[Path, Path]:
+    from services.vit.builders import build_vit_digits
+    from versus_cli.models import build_model
+
+    good, weak = models_dir / "vit-digits", models_dir / "vit-digits-weak"
+    if not (good / "model.safetensors").exists():
+        say(f"building vit-digits into {good} (trains ~1 min) ...")
+        build_model("vit-digits", good)
+    if not (weak / "model.safetensors").exists():
+        say(f"building vit-digits-weak into {weak} ({WEAK_EPOCHS} epochs) ...")
+        build_vit_digits(weak, epochs=WEAK_EPOCHS, log_fn=say)
+    return good, weak
+
+
+def run_demo_byo(models_dir: Path, out_dir: Path) -> int:
+    """Compare three deployments on the held-out digits through the gateway; write the report."""
+    import sys
+    import time
+
+    from versus.gateway.v1 import gateway_pb2
+
+    from services.common.client import ClientSettings
+    from versus_cli.compare import run_compare, write_reports
+    from versus_cli.export import LocalTriton
+    from versus_cli.launch import ServiceProcess
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    started = time.perf_counter()
+    good, weak = _digits_models(models_dir, say)
+    logs = out_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    evalset = write_digits_eval_set(out_dir / "eval-set" / "digits")
+    repo_root = models_dir / "demo-byo-triton"
+    repo = write_digits_repository({"digits": good, "digits-weak": weak}, repo_root / "repo", repo_root)
+    common = ["--drain-delay-s", "0"]
+    services = {"vit": ServiceProcess("vit", ["--model", str(good), "--torch-threads", "1", *common],
+                                      log_path=logs / "vit.log"),
+                "ranker": ServiceProcess("ranker", ["--db", f"sqlite:///{out_dir / 'ranker.db'}", *common],
+                                         log_path=logs / "ranker.log")}
+    codes: dict[str, int] = {}
+    comparison = None
+    with LocalTriton(repo, log_path=logs / "tritonserver.log") as triton:
+        try:
+            for svc in services.values():
+                svc.launch()
+            triton.wait_ready(120, ("digits", "digits-weak"))
+            say(f"tritonserver ready on {triton.url} (digits, digits-weak)")
+            for name, svc in services.items():
+                svc.wait_ready(timeout_s=300)
+                say(f"{name} SERVING on {svc.target}")
+
+            def dep(dep_id: str, model: str) -> list[str]:
+                files = repo / model
+                return ["--deployment", f"{dep_id}={triton.url},model={model},labels={files / 'config.json'},"
+                                        f"processor={files / 'preprocessor_config.json'}"]
+
+            services["gateway"] = ServiceProcess("gateway", [
+                "--ranker", services["ranker"].target, "--http-port", "-1", *common,
+                "--deployment", f"versus-digits={services['vit'].target},model=vit",
+                *dep("triton-digits", "digits"), *dep("triton-digits-weak", "digits-weak"),
+                "--eval-set", f"digits={evalset}"], log_path=logs / "gateway.log")
+            services["gateway"].start(timeout_s=120)
+            say(f"gateway SERVING on {services['gateway'].target}")
+            settings = ClientSettings(services["gateway"].target)
+            request = gateway_pb2.CompareRequest(model_ids=["versus-digits", "triton-digits", "triton-digits-weak"],
+                                                 eval_set="digits",
+                                                 probes=gateway_pb2.ProbeOptions(record_matches=True))
+            say("\n== versus-digits vs triton-digits vs triton-digits-weak on the held-out digits ==")
+            comparison = run_compare(settings, request, timeout=900)
+            files = write_reports(settings, comparison, out_dir, timeout=120)
+            print_eval_summary(comparison, files)
+        finally:
+            for name, svc in reversed(list(services.items())):
+                if svc.started:
+                    codes[name] = svc.stop()
+    say(f"\nservices drained and exited with codes {codes}; demo took {time.perf_counter() - started:.0f}s")
+    return 0 if comparison is not None and not any(codes.values()) else 1
+
+
+def print_eval_summary(c, files: list[Path], out=None) -> None:
+    """The accuracy table and the paired verdicts of an eval comparison, as a terminal table."""
+    from rich.table import Table
+
+    from versus_cli.terminal import console
+
+    out = out or console()
+    e = c.eval
+    table = Table(title=f"{e.eval_set.name}: {e.eval_set.images} images, sha256 {e.eval_set.digest[:12]}")
+    for column in ("deployment", "state", "top-1 (95% CI)", "top-5", "p50 ms", "img/s"):
+        table.add_column(column)
+    for d in e.deployments:
+        top1 = f"{d.top1:.1%} [{d.top1_ci_low:.1%}, {d.top1_ci_high:.1%}]" if d.scored else "—"
+        table.add_row(d.deployment.id, d.state + (f": {d.reason}" if d.reason else ""), top1,
+                      f"{d.top5:.1%}" if d.scored else "—", f"{d.latency_p50_ms:.2f}", f"{d.throughput_img_s:.0f}")
+    out.print(table)
+    for p in e.pairs:
+        out.print(f"{p.deployment_a} vs {p.deployment_b}: {p.verdict}; recorded {p.recorded}, "
+                  f"already recorded {p.duplicates}, answered differently {p.nondeterministic}")
+    for f in files:
+        out.print(f"wrote {f}")

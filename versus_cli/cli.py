@@ -284,6 +284,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from versus_cli.compare import compare_request, print_summary, run_compare, write_reports
 
     request = compare_request(args)
+    request.eval_set, request.eval_budget_s = args.eval_set, args.eval_budget
     comparison = run_compare(_client_settings(args), request, timeout=args.timeout, quiet=args.quiet or args.json)
     files = write_reports(_client_settings(args), comparison, Path(args.out), timeout=args.timeout) if args.out \
         else []
@@ -293,8 +294,15 @@ def cmd_compare(args: argparse.Namespace) -> int:
         doc = MessageToDict(comparison, preserving_proto_field_name=True)
         for judgement in doc.get("judgements", []):
             judgement.pop("image_png", None)  # the images are in the HTML report; keep the JSON readable
+        for pair in doc.get("eval", {}).get("pairs", []):
+            for disagreement in pair.get("disagreements", []):
+                disagreement.pop("thumbnail_png", None)
         doc["files"] = [str(f) for f in files]
         print(json.dumps(doc, indent=2))
+    elif comparison.HasField("eval"):
+        from versus_cli.byo import print_eval_summary
+
+        print_eval_summary(comparison, files)
     else:
         print_summary(comparison, files)
     return 0
@@ -307,6 +315,12 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     out = build_model(args.name, Path(args.out), base=Path(args.base) if args.base else None)
     print(f"built {args.name} in {out}")
     return 0
+
+
+def cmd_demo_byo(args: argparse.Namespace) -> int:
+    from versus_cli.byo import run_demo_byo
+
+    return run_demo_byo(Path(args.models_dir), Path(args.out))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -391,7 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare = sub.add_parser("compare", help="an evidence-backed comparison from the gateway, with progress")
     _add_client_flags(compare)
     compare.set_defaults(target="localhost:50050", timeout=600.0, func=cmd_compare)
-    compare.add_argument("models", nargs="+", help="2-4 catalog model ids")
+    compare.add_argument("models", nargs="+", help="2-4 catalog model ids (with --eval-set: registered deployments)")
+    compare.add_argument("--eval-set", default="", help="measure registered deployments live on this eval set")
+    compare.add_argument("--eval-budget", type=float, default=0.0, help="seconds for the eval run (max 3600)")
     compare.add_argument("--live", action="store_true", help="run live probes against the model services")
     compare.add_argument("--classes", default="", help="ImageNet classes for the quality probe (comma-separated)")
     compare.add_argument("--per-class", type=int, default=0, help="images per class (default: the gateway's)")
@@ -418,6 +434,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="where comparison.md, comparison.html and logs go")
     demo.add_argument("--json", default="", help="also write the demo's outcome to this JSON file")
     demo.set_defaults(func=cmd_demo)
+    demo_byo = sub.add_parser("demo-byo", help="compare deployments (Versus and tritonserver) on held-out digits")
+    demo_byo.add_argument("--models-dir", default=".models", help="where built models are cached")
+    demo_byo.add_argument("--out", default="out/demo-byo", help="where comparison.md, comparison.html and logs go")
+    demo_byo.set_defaults(func=cmd_demo_byo)
     export_commands.add_parsers(sub)
     return parser
 
