@@ -19,7 +19,6 @@ from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.common.errors import ConfigError
 from services.gateway.config import GatewayConfig
-from services.gateway.render import render_html, render_markdown
 from versus_cli.byo import write_digits_eval_set
 
 pytestmark = pytest.mark.slow
@@ -119,9 +118,9 @@ def test_hostile_requests(stack) -> None:
 def test_report_page_in_chromium(stack, tmp_path: Path) -> None:
     stub, _ = stack
     c = compare(stub, ["triton-digits", "triton-weak"], record=False)
-    md = render_markdown(c)
+    md, html = (stub.RenderComparison(gateway_pb2.RenderComparisonRequest(comparison=c, format=f), timeout=60).content
+                for f in (gateway_pb2.RENDER_FORMAT_MARKDOWN, gateway_pb2.RENDER_FORMAT_HTML))
     assert "## Paired tests" in md and "is more accurate" in md and c.eval.eval_set.digest[:16] in md
-    html = render_html(c)
     assert html.count("<img") == len(c.eval.pairs[0].disagreements) and "<svg" in html
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no browser at {CHROMIUM}")
@@ -151,8 +150,9 @@ def test_a_non_classifier_stops_the_gateway_at_start(triton, tmp_path: Path) -> 
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ConfigError, match="no usable images"):
-        GatewayConfig.from_env({}, eval_sets=(f"e={empty}",)) and _registry(GatewayConfig.from_env(
-            {}, eval_sets=(f"e={empty}",)))
+        _registry(GatewayConfig.from_env({}, http_port=-1, eval_sets=(f"e={empty}",)))
+    env = {"GATEWAY_HTTP_PORT": "-1", "GATEWAY_DEPLOYMENTS": f"{bad};b=ipv4:127.0.0.1:1,127.0.0.2:1,model=m"}
+    assert GatewayConfig.from_env(env).deployments == (bad, "b=ipv4:127.0.0.1:1,127.0.0.2:1,model=m")
 
 
 def _registry(config: GatewayConfig):
@@ -160,3 +160,33 @@ def _registry(config: GatewayConfig):
     from services.gateway.byo import ByoRegistry
 
     return ByoRegistry(config, Metrics())
+
+
+def test_compare_stream_reports_eval_progress(stack) -> None:
+    stub, _ = stack
+    request = gateway_pb2.CompareRequest(model_ids=["triton-digits", "triton-again"], eval_set="digits")
+    events = list(stub.CompareStream(request, timeout=300))
+    stages = [e.progress.detail for e in events if e.WhichOneof("event") == "progress"]
+    assert any(d.startswith("triton-digits: ") and d.endswith("/360 images") for d in stages)
+    fractions = [e.progress.fraction for e in events if e.WhichOneof("event") == "progress"]
+    assert fractions == sorted(fractions) and events[-1].comparison.eval.pairs[0].images == 360
+
+
+def test_make_demo_byo_end_to_end(tmp_path: Path) -> None:
+    """The demo: Versus and tritonserver equal on the held-out digits, the 2-epoch network found worse, the
+    rerun adding nothing, the report written; every process drained with exit code 0."""
+    import subprocess
+    import sys
+
+    from conftest import MODELS
+
+    out = tmp_path / "demo-byo"
+    proc = subprocess.run([sys.executable, "-m", "versus_cli", "demo-byo", "--models-dir", str(MODELS),
+                           "--out", str(out)], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    md = (out / "comparison.md").read_text()
+    assert "| versus-digits | triton-digits | 360 |" in md and "no significant difference on 360 images" in md
+    assert "versus-digits is more accurate" in md and "triton-digits is more accurate" in md
+    assert "recorded 0, already recorded 360, answered differently 0" in proc.stderr
+    assert "exited with codes {'gateway': 0, 'ranker': 0, 'vit': 0}" in proc.stderr
+    assert (out / "comparison.html").read_text().count("<img") == 48  # 24 disagreeing images per worse pair

@@ -73,6 +73,9 @@ def run_demo_byo(models_dir: Path, out_dir: Path) -> int:
     good, weak = _digits_models(models_dir, say)
     logs = out_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    # A fresh match graph each run: the deployments' identities hold this run's ports.
+    for name in ("ranker.db", "ranker.db-wal", "ranker.db-shm"):
+        (out_dir / name).unlink(missing_ok=True)
     evalset = write_digits_eval_set(out_dir / "eval-set" / "digits")
     repo_root = models_dir / "demo-byo-triton"
     repo = write_digits_repository({"digits": good, "digits-weak": weak}, repo_root / "repo", repo_root)
@@ -113,6 +116,11 @@ def run_demo_byo(models_dir: Path, out_dir: Path) -> int:
             comparison = run_compare(settings, request, timeout=900)
             files = write_reports(settings, comparison, out_dir, timeout=120)
             print_eval_summary(comparison, files)
+            say("\n== the same comparison again: the outcomes are recorded already, nothing is added ==")
+            again = run_compare(settings, request, timeout=900)
+            for p in again.eval.pairs:
+                say(f"{p.deployment_a} vs {p.deployment_b}: recorded {p.recorded}, already recorded {p.duplicates}, "
+                    f"answered differently {p.nondeterministic}")
         finally:
             for name, svc in reversed(list(services.items())):
                 if svc.started:

@@ -34,7 +34,7 @@ def per_class_svg(report: gateway_pb2.EvalReport) -> str:
         ax.set_xticks(range(len(labels)), [lab[:14] for lab in labels], rotation=45 if len(labels) > 12 else 0)
         ax.set_ylim(0, 1.05)
         ax.set_ylabel("top-1 accuracy")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_title(f"Per-class top-1 accuracy on {report.eval_set.name} (bars: Wilson 95% intervals)",
                      fontsize=9, loc="left")
         return charts._to_svg(fig, "perclass")

@@ -9,7 +9,7 @@ class EmptyComparison(InvalidArgument):
     """RenderComparison was given a comparison with no models."""
 
     def __init__(self) -> None:
-        super().__init__("comparison", "holds no models: pass a Comparison returned by Compare")
+        super().__init__("comparison", "holds no models or deployments: pass a Comparison returned by Compare")
 
 
 class UnknownFormat(InvalidArgument):

@@ -244,11 +244,25 @@ def paired(run_a: Run, run_b: Run, eval_set: EvalSet, match_a: LabelMatch, match
         answer_a, answer_b = labels_a[top_a[0]], labels_b[top_b[0]]
         if answer_a != answer_b:
             confusions[(image.label, answer_a, answer_b)] += 1
-            if len(shown) < max_shown and right_a != right_b:
+            if right_a != right_b:
                 shown.append((image.path, image.label, answer_a, answer_b))
     p = mcnemar_exact(counts["only_a"], counts["only_b"])
     return Paired(sum(counts.values()), counts["both_right"], counts["both_wrong"], counts["only_a"], counts["only_b"],
-                  p, p < alpha, [(*k, v) for k, v in confusions.most_common(20)], shown)
+                  p, p < alpha, [(*k, v) for k, v in confusions.most_common(20)], _spread(shown, max_shown))
+
+
+def _spread(items: list[tuple[str, str, str, str]], limit: int) -> list[tuple[str, str, str, str]]:
+    """At most ``limit`` disagreements, taken round-robin over the true labels (not the first label's only)."""
+    by_label: dict[str, list[tuple[str, str, str, str]]] = {}
+    for item in items:
+        by_label.setdefault(item[1], []).append(item)
+    queues = [by_label[k] for k in sorted(by_label)]
+    out: list[tuple[str, str, str, str]] = []
+    while len(out) < limit and any(queues):
+        for queue in queues:
+            if queue and len(out) < limit:
+                out.append(queue.pop(0))
+    return out
 
 
 def outcome_of(right_a: bool, right_b: bool) -> str:

@@ -58,7 +58,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
         if request.format not in gateway_pb2.RenderFormat.values():
             raise UnknownFormat(request.format)
-        if not request.comparison.models:
+        if not request.comparison.models and not request.comparison.eval.deployments:
             raise EmptyComparison()
         # Jinja2 + matplotlib take tens of ms to seconds: off the event loop, like the web pages
         if request.format == gateway_pb2.RENDER_FORMAT_HTML:

@@ -253,7 +253,8 @@ class RankerBackend(ServiceBackend):
             raise DeploymentConflict(f"id: {quote(deployment_id)} is a catalog model; a deployment needs its own id")
         existed = await self._db(self.store.register_deployment, deployment_id, identity)
         if existed is None:
-            raise DeploymentConflict(f"id: {quote(deployment_id)} is registered with another identity")
+            raise DeploymentConflict(f"id: {quote(deployment_id)} is registered with another identity (another "
+                                     "endpoint, model or version): give that deployment its own id")
         return existed
 
     # -- leaderboard --------------------------------------------------------------------------------
