@@ -8,9 +8,10 @@ from versus.common.v1 import common_pb2
 from versus.gateway.v1 import gateway_pb2 as gw
 from versus.ranker.v1 import ranker_pb2 as rk
 
+from services.common.stats import wilson
 from services.gateway import checks, duels, evidence, facts
 from services.gateway.probes import ProbeResult
-from services.gateway.stats import images_to_verify, wilson
+from services.gateway.stats import images_to_verify
 
 
 def test_wilson_intervals_at_the_counts_a_comparison_affords() -> None:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 from versus.gateway.v1 import gateway_pb2
 
+from services.common.stats import wilson
 from services.gateway.probes import ProbeResult, VitProbes, measurement, now_iso, unavailable
 from services.gateway.sd35_probes import Sd35Probes
-from services.gateway.stats import wilson
 
 if TYPE_CHECKING:
     from services.gateway.run import Run, Served

@@ -23,9 +23,10 @@ from versus.gateway.v1 import gateway_pb2
 from versus.vit.v1 import vit_pb2
 
 from services.common.errors import InvalidArgument, quote
+from services.common.stats import wilson
 from services.gateway.checks import ADHERENCE_BAR
 from services.gateway.probes import DECIDING_KINDS, ProbeResult, VitProbes, expect, measurement, now_iso, unavailable
-from services.gateway.stats import images_to_verify, wilson
+from services.gateway.stats import images_to_verify
 
 if TYPE_CHECKING:
     from services.gateway.run import Run, Served
