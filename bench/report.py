@@ -22,6 +22,9 @@ HEADER = """# Benchmarks
 Each section is written by the script it names, with the command that produced it. Figures are
 medians over repeats on a noisy shared machine; compare ratios inside one section (same run), not
 absolute numbers across sections or machines.
+
+Load comes from `bench/loadgen.py` (`bench.report.run_clients`): asyncio coroutines on one thread in a
+process of their own, sending pre-serialized requests, reporting their own CPU share.
 """
 
 

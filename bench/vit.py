@@ -116,7 +116,7 @@ def agreement_on_digits(digits_dir: Path, precision: str) -> float:
     for prec in ("fp32", precision):
         model = load(digits_dir, prec)
         pixels = torch.from_numpy(np.stack([model.preprocess(im) for im in held.images]))
-        tops[prec] = model.forward(pixels).logits.argmax(1).numpy()
+        tops[prec] = np.asarray(model.forward(pixels).logits).argmax(1)
     return float(np.mean(tops["fp32"] == tops[precision]))
 
 
@@ -174,7 +174,7 @@ def main() -> None:
         "| concurrent batch-1 clients | service img/s | p50 latency ms | mean batch formed | load generator CPU |",
         "|---:|---:|---:|---:|---:|",
         *[f"| {c} | {svc[c][0]:.2f} | {svc[c][1]:.1f} | {svc[c][2]['mean_batch']:.1f} | "
-          f"{svc[c][2]['client_cpu']:.0%} |" for c in (1, 8, 32)],
+          f"{svc[c][2]['client_cpu']:.1%} |" for c in (1, 8, 32)],
         "",
         f"- Service throughput at 32 clients / best raw batch throughput: **{ratio32:.2f}** (target ≥ 0.90).",
         f"- p50 latency overhead at 1 client, measured per request from the server's own timings: client-observed "

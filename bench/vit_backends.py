@@ -328,7 +328,7 @@ def write_report(quick: bool, raw: dict, svc: dict[str, Load], peer: Load, pair:
     rounds = " / ".join(f"{a.img_s:.2f} vs {b.img_s:.2f}" for a, b in zip(pair["versus-pool"], pair["pytriton"],
                                                                           strict=True))
     cpus = sorted([x.client_cpu for x in svc.values()] + [peer.client_cpu])
-    cpu_text = f"{statistics.median(cpus):.0%} (range {cpus[0]:.0%}–{cpus[-1]:.0%})"
+    cpu_text = f"{statistics.median(cpus):.1%} (range {cpus[0]:.1%}–{cpus[-1]:.1%})"
     lines = [
         "## ViT backends under load (`vit-base-random`, CPU, 32 concurrent batch-1 clients)",
         "",
