@@ -21,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor
 
 from services.common.client import ErrorDetails, error_details
 from services.common.errors import ConfigError
@@ -165,7 +166,9 @@ class OipClient:
         tensor = request.inputs.add(name=endpoint.input_name, datatype=endpoint.input_datatype)
         if endpoint.input_datatype == "BYTES":
             tensor.shape.extend([len(images)])
-            request.raw_input_contents.append(b"".join(struct.pack("<I", len(d)) + d for d in images))
+            encoded = np.empty(len(images), dtype=np.object_)
+            encoded[:] = images
+            request.raw_input_contents.append(serialize_byte_tensor(encoded).item())
         else:
             assert endpoint.processor is not None
             pixels = np.stack([endpoint.processor(d) for d in images])
@@ -258,11 +261,10 @@ def _bytes_output(reply: service_pb2.ModelInferResponse, name: str) -> list[str]
         if out.name != name:
             continue
         if i < len(reply.raw_output_contents):
-            raw, items, pos = reply.raw_output_contents[i], [], 0
-            while pos + 4 <= len(raw):
-                (size,) = struct.unpack_from("<I", raw, pos)
-                items.append(raw[pos + 4:pos + 4 + size].decode("utf-8", "replace"))
-                pos += 4 + size
-            return items
+            try:
+                items = deserialize_bytes_tensor(reply.raw_output_contents[i])
+            except struct.error:
+                raise EndpointFault(f"output {name}: raw BYTES contents are not length-prefixed elements") from None
+            return [bytes(b).decode("utf-8", "replace") for b in items]
         return [b.decode("utf-8", "replace") for b in out.contents.bytes_contents]
     return []
