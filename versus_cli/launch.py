@@ -154,7 +154,9 @@ class ServiceProcess:
         self._close_log()
 
     def __enter__(self) -> ServiceProcess:
-        return self.start()
+        # ``with ServiceProcess(...).start(timeout_s=...) as svc`` must not launch a second process (the first
+        # would be orphaned, serving on after the test).
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         if self.proc is not None and self.proc.poll() is None:
