@@ -37,7 +37,7 @@ from services.gateway.byo_report import deployment_eval, eval_set_info, paired_t
 from services.gateway.config import GatewayConfig
 from services.gateway.deployments import LabelMatch, match_labels, parse_deployment, read_label_map
 from services.gateway.downstream import Downstream, DownstreamError
-from services.gateway.evalrun import Progress, Run, paired, run_deployment
+from services.gateway.evalrun import Progress, Run, paired, paired_images, run_deployment
 from services.gateway.evalset import EvalSet, load_eval_set, parse_registration
 from services.gateway.oip_client import EndpointFault, EndpointOutage, OipClient
 
@@ -229,17 +229,14 @@ class _EvalRun:
                                    reason=exc.details.reason, message=exc.details.message[:300])
 
     def _outcomes(self, a: _Measured, b: _Measured):
-        """(image sha256, outcome, evidence) for every image both answered and both can label."""
-        for image in self.set.images:
-            top_a, top_b = a.run.top.get(image.path), b.run.top.get(image.path)
-            if top_a is None or top_b is None or image.label not in a.match.index or image.label not in b.match.index:
-                continue
-            right_a, right_b = top_a[0] == a.match.index[image.label], top_b[0] == b.match.index[image.label]
-            outcome = (ranker_pb2.OUTCOME_TIE if right_a == right_b
-                       else ranker_pb2.OUTCOME_A_WINS if right_a else ranker_pb2.OUTCOME_B_WINS)
-            evidence = json.dumps({"eval_set": self.set.digest, "image": image.sha256, "label": image.label,
-                                   "a": a.labels[top_a[0]], "b": b.labels[top_b[0]]}, sort_keys=True)
-            yield image.sha256, outcome, evidence
+        """(image sha256, outcome, evidence) for every image both answered and both can label: a win for the
+        deployment that was right when only one was, else a tie."""
+        for x in paired_images(a.run, b.run, self.set, a.match, b.match):
+            outcome = (ranker_pb2.OUTCOME_TIE if x.right_a == x.right_b
+                       else ranker_pb2.OUTCOME_A_WINS if x.right_a else ranker_pb2.OUTCOME_B_WINS)
+            evidence = json.dumps({"eval_set": self.set.digest, "image": x.image.sha256, "label": x.image.label,
+                                   "a": a.labels[x.answer_a], "b": b.labels[x.answer_b]}, sort_keys=True)
+            yield x.image.sha256, outcome, evidence
 
     async def _leaderboard(self) -> None:
         try:

@@ -229,23 +229,46 @@ class Paired:
     disagreements: list[tuple[str, str, str, str]]  # (image path, true label, A's answer, B's answer)
 
 
+@dataclass(frozen=True)
+class PairedImage:
+    """One image both deployments answered and both can label."""
+
+    image: EvalImage
+    answer_a: int  # top-1 label index in A's labels
+    answer_b: int
+    right_a: bool
+    right_b: bool
+
+    @property
+    def cell(self) -> str:
+        """Its cell of the 2x2 table: both_right, only_a, only_b or both_wrong."""
+        if self.right_a:
+            return "both_right" if self.right_b else "only_a"
+        return "only_b" if self.right_b else "both_wrong"
+
+
+def paired_images(run_a: Run, run_b: Run, eval_set: EvalSet, match_a: LabelMatch, match_b: LabelMatch):
+    """The images a paired comparison (and the recorded outcomes) are made of, in the set's order."""
+    for image in eval_set.images:
+        top_a, top_b = run_a.top.get(image.path), run_b.top.get(image.path)
+        if top_a is None or top_b is None or image.label not in match_a.index or image.label not in match_b.index:
+            continue
+        yield PairedImage(image, top_a[0], top_b[0], top_a[0] == match_a.index[image.label],
+                          top_b[0] == match_b.index[image.label])
+
+
 def paired(run_a: Run, run_b: Run, eval_set: EvalSet, match_a: LabelMatch, match_b: LabelMatch,
            labels_a: list[str], labels_b: list[str], *, alpha: float = ALPHA, max_shown: int = 24) -> Paired:
     counts = Counter[str]()
     confusions = Counter[tuple[str, str, str]]()
     shown: list[tuple[str, str, str, str]] = []
-    for image in eval_set.images:
-        top_a, top_b = run_a.top.get(image.path), run_b.top.get(image.path)
-        if top_a is None or top_b is None or image.label not in match_a.index or image.label not in match_b.index:
-            continue
-        right_a = top_a[0] == match_a.index[image.label]
-        right_b = top_b[0] == match_b.index[image.label]
-        counts[("both_right" if right_b else "only_a") if right_a else ("only_b" if right_b else "both_wrong")] += 1
-        answer_a, answer_b = labels_a[top_a[0]], labels_b[top_b[0]]
+    for x in paired_images(run_a, run_b, eval_set, match_a, match_b):
+        counts[x.cell] += 1
+        answer_a, answer_b = labels_a[x.answer_a], labels_b[x.answer_b]
         if answer_a != answer_b:
-            confusions[(image.label, answer_a, answer_b)] += 1
-            if right_a != right_b:
-                shown.append((image.path, image.label, answer_a, answer_b))
+            confusions[(x.image.label, answer_a, answer_b)] += 1
+            if x.right_a != x.right_b:
+                shown.append((x.image.path, x.image.label, answer_a, answer_b))
     p = mcnemar_exact(counts["only_a"], counts["only_b"])
     return Paired(sum(counts.values()), counts["both_right"], counts["both_wrong"], counts["only_a"], counts["only_b"],
                   p, p < alpha, [(*k, v) for k, v in confusions.most_common(20)], _spread(shown, max_shown))
@@ -263,10 +286,3 @@ def _spread(items: list[tuple[str, str, str, str]], limit: int) -> list[tuple[st
             if queue and len(out) < limit:
                 out.append(queue.pop(0))
     return out
-
-
-def outcome_of(right_a: bool, right_b: bool) -> str:
-    """A discordant image is a win for the model that was right; concordant images are ties."""
-    if right_a == right_b:
-        return "tie"
-    return "a" if right_a else "b"
