@@ -157,7 +157,7 @@ def test_a_non_classifier_stops_the_gateway_at_start(triton, tmp_path: Path) -> 
 
 def _registry(config: GatewayConfig):
     from services.common.metrics import Metrics
-    from services.gateway.byo import ByoRegistry
+    from services.gateway.byo.registry import ByoRegistry
 
     return ByoRegistry(config, Metrics())
 

@@ -17,9 +17,9 @@ from test_triton import needs_tritonserver
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.errors import ConfigError
+from services.gateway.byo.evalrun import paired, run_deployment, score
+from services.gateway.byo.evalset import load_eval_set
 from services.gateway.deployments import match_labels, parse_deployment
-from services.gateway.evalrun import paired, run_deployment, score
-from services.gateway.evalset import load_eval_set
 from services.gateway.oip_client import OipClient
 from versus_cli.byo import write_digits_eval_set, write_digits_repository
 from versus_cli.export import LocalTriton, _free_port

@@ -13,6 +13,7 @@ from PIL import Image
 
 from services.common.errors import ConfigError
 from services.common.stats import binomial_cdf_half, mcnemar_exact, wilson
+from services.gateway.byo.evalset import load_eval_set, parse_registration
 from services.gateway.deployments import (
     Processor,
     match_labels,
@@ -20,7 +21,6 @@ from services.gateway.deployments import (
     read_label_map,
     read_labels,
 )
-from services.gateway.evalset import load_eval_set, parse_registration
 
 
 # -- statistics --------------------------------------------------------------------------------------
@@ -162,7 +162,7 @@ def test_processor_matches_transformers(tmp_path: Path) -> None:
 
 def test_unmatched_labels_are_counted_and_left_out_of_accuracy_and_the_paired_test(tmp_path: Path) -> None:
     """An image whose label a model cannot output is counted for that model, never scored as a miss."""
-    from services.gateway.evalrun import Run, paired, score
+    from services.gateway.byo.evalrun import Run, paired, score
 
     for label in ("cat", "dog", "okapi"):
         for k in range(2):

@@ -132,7 +132,7 @@ def test_provenance_on_every_number(comparison: gateway_pb2.Comparison) -> None:
 # -- trouble -------------------------------------------------------------------------------------------
 def test_live_rows_state_what_their_probes_checked(comparison: gateway_pb2.Comparison) -> None:
     """A live row never borrows the catalog's wording (a size probe does not verify "high quality")."""
-    from services.gateway.checks import CHECKS
+    from services.gateway.compare.checks import CHECKS
 
     for r in rows(comparison, LARGE) + rows(comparison, VIT):
         if r.probes and r.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and not r.claimed_value:

@@ -12,7 +12,7 @@ from conftest import InProcessServer
 from fake_services import fake_sd35, fake_vit
 from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-from services.gateway.checks import CHECKS
+from services.gateway.compare.checks import CHECKS
 
 VIT, OTHER, LARGE, TURBO = ("vit-base-patch16-224", "resnet-50", "stable-diffusion-3.5-large",
                             "stable-diffusion-3.5-large-turbo")

@@ -21,7 +21,7 @@ from versus.gateway.v1 import gateway_pb2 as gw
 from versus.ranker.v1 import ranker_pb2 as rk
 
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
-from services.gateway import web
+from services.gateway.pages import web
 
 needs_chromium = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no browser at {CHROMIUM} "
                                     "(Debian's chromium; set VERSUS_CHROMIUM to use another)")
@@ -242,7 +242,7 @@ def test_an_internal_error_is_500_with_a_generic_message(caplog) -> None:
             got, _, body = await fetch(base + path)
             assert got == 500 and web.INTERNAL_MESSAGE in body and "secret-detail" not in body
 
-    with caplog.at_level(logging.ERROR, logger="services.gateway.web"):
+    with caplog.at_level(logging.ERROR, logger="services.gateway.pages.web"):
         run(serve(MemoryGateway(RuntimeError("secret-detail")), check))
     assert "secret-detail" in caplog.text and "Traceback" in caplog.text
 

@@ -13,7 +13,7 @@ from PIL import Image
 from versus.gateway.v1 import gateway_pb2 as gw
 from versus.ranker.v1 import ranker_pb2 as rk
 
-from services.gateway import charts, render
+from services.gateway.pages import charts, render
 
 VIT = "vit-base-patch16-224"
 SD = "stable-diffusion-3.5-large"

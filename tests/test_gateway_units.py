@@ -9,8 +9,8 @@ from versus.gateway.v1 import gateway_pb2 as gw
 from versus.ranker.v1 import ranker_pb2 as rk
 
 from services.common.stats import wilson
-from services.gateway import checks, duels, evidence, facts
-from services.gateway.probes import ProbeResult
+from services.gateway.compare import checks, duels, evidence, facts
+from services.gateway.compare.probes import ProbeResult
 from services.gateway.stats import images_to_verify
 
 
@@ -77,7 +77,7 @@ def test_explanations_are_never_cut() -> None:
     long = "floor " + "x" * 600 + " ceiling cited at the end"
     score = rk.ModelScore(model_id="m", sub_scores=[rk.SubScore(dimension="quality", score=50, explanation=long)])
     assert facts._sub(score, "quality")[1].endswith("ceiling cited at the end")
-    from services.gateway import render
+    from services.gateway.pages import render
 
     c = gw.Comparison(model_ids=["m"], models=[gw.ModelReport(entry=rk.CatalogEntry(id="m"), score=score)],
                       scores=rk.ScoreResponse(scores=[score]))

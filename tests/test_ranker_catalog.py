@@ -248,7 +248,7 @@ def test_explanations_reach_the_feature_table_whole() -> None:
     """The floor and ceiling citations come last in a quality explanation: nothing may cut them."""
     from versus.gateway.v1 import gateway_pb2
 
-    from services.gateway.facts import fact_rows
+    from services.gateway.compare.facts import fact_rows
     from services.ranker.servicer import score_response
 
     scored = score_response(report(VIT)).scores[0]

@@ -36,7 +36,7 @@ class GatewayBackend(ServiceBackend):
     async def started(self) -> None:
         await self.gateway.start()
         if self.config.http_port >= 0:
-            from services.gateway.web import create_web_app, start_web
+            from services.gateway.pages.web import create_web_app, start_web
 
             app = create_web_app(self.gateway, token=self.config.resolved_token())
             self._web, self.http_port = await start_web(app, self.config.http_host, self.config.http_port,
@@ -55,7 +55,7 @@ class GatewayBackend(ServiceBackend):
 
     async def stopping(self) -> None:
         if self._web is not None:
-            from services.gateway.web import stop_web
+            from services.gateway.pages.web import stop_web
 
             await stop_web(self._web)
             self._web = None

@@ -26,12 +26,12 @@ from services.common.admission import Admission
 from services.common.client import ErrorDetails
 from services.common.errors import InvalidArgument, NotFound, quote
 from services.common.metrics import Metrics
-from services.gateway.byo import ByoRegistry
+from services.gateway.byo.registry import ByoRegistry
 from services.gateway.cache import ProbeCache, lookup_counter
+from services.gateway.compare.probes import Budget
+from services.gateway.compare.run import Progress, Run
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstream, DownstreamError
-from services.gateway.probes import Budget
-from services.gateway.run import Progress, Run
 
 log = logging.getLogger(__name__)
 

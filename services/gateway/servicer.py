@@ -54,7 +54,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
 
     async def RenderComparison(self, request: gateway_pb2.RenderComparisonRequest,
                                context: grpc.aio.ServicerContext) -> gateway_pb2.RenderComparisonResponse:
-        from services.gateway.render import render_html, render_markdown
+        from services.gateway.pages.render import render_html, render_markdown
 
         if request.format not in gateway_pb2.RenderFormat.values():
             raise UnknownFormat(request.format)

@@ -1,6 +1,6 @@
 """Every capability claim ends with one mark (DESIGN §6):
 
-- VERIFIED_LIVE: a declared check (:mod:`services.gateway.checks`) ran now against the serving model
+- VERIFIED_LIVE: a declared check (:mod:`services.gateway.compare.checks`) ran now against the serving model
   and its judgement of what it saw holds;
 - SUPPORTED: a cited primary source agrees;
 - CONTRADICTED: a source disagrees, a check's judgement fails, or the service answered out of contract
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
-from services.gateway.checks import (
+from services.gateway.compare.checks import (
     BY_ID,
     FOR_CAPABILITY,
     SELF_DESCRIBED,
@@ -42,7 +42,7 @@ from services.gateway.checks import (
     Verdict,
     check_of,
 )
-from services.gateway.probes import DECIDING_KINDS, ProbeResult
+from services.gateway.compare.probes import DECIDING_KINDS, ProbeResult
 
 VERIFIED = gateway_pb2.EVIDENCE_MARK_VERIFIED_LIVE
 SUPPORTED = gateway_pb2.EVIDENCE_MARK_SUPPORTED

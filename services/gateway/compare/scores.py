@@ -15,7 +15,7 @@ from versus.ranker.v1 import ranker_pb2
 from services.gateway.downstream import DownstreamError
 
 if TYPE_CHECKING:
-    from services.gateway.run import Run
+    from services.gateway.compare.run import Run
 
 
 async def read_scores(run: Run, played: list[gateway_pb2.Duel]) -> None:

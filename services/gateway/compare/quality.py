@@ -24,12 +24,20 @@ from versus.vit.v1 import vit_pb2
 
 from services.common.errors import InvalidArgument, quote
 from services.common.stats import wilson
-from services.gateway.checks import ADHERENCE_BAR
-from services.gateway.probes import DECIDING_KINDS, ProbeResult, VitProbes, expect, measurement, now_iso, unavailable
+from services.gateway.compare.checks import ADHERENCE_BAR
+from services.gateway.compare.probes import (
+    DECIDING_KINDS,
+    ProbeResult,
+    VitProbes,
+    expect,
+    measurement,
+    now_iso,
+    unavailable,
+)
 from services.gateway.stats import images_to_verify
 
 if TYPE_CHECKING:
-    from services.gateway.run import Run, Served
+    from services.gateway.compare.run import Run, Served
 
 TASK = "t2i-imagenet-judge"
 MECHANISM_TASK = "mechanism." + TASK
@@ -88,7 +96,7 @@ def summarise(judgements: list[gateway_pb2.Judgement], generator: str, mechanism
 
 # -- the stage ------------------------------------------------------------------------------------------
 def _generators(run: Run) -> list[str]:
-    from services.gateway.run import Served
+    from services.gateway.compare.run import Served
 
     t2i = [m for m in run.opts.model_ids if m in run.served and run.is_t2i(m)]
     if run.opts.head_to_head:
@@ -211,7 +219,7 @@ def _quality_result(run: Run, served: Served, s: gateway_pb2.QualitySummary) -> 
 async def _judgement(run: Run, generator: str, cls: str, seed: int) -> gateway_pb2.Judgement | None:
     """One generated image judged; None when an outage lost it. A fault (generation or judgement out of
     contract) is a judgement with ``error`` set: a miss that is shown."""
-    from services.gateway.checks import sd35_probes
+    from services.gateway.compare.checks import sd35_probes
 
     served, vit = run.served[generator], run.vit
     assert vit is not None

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
+from services.gateway.compare.probes import DECIDING_KINDS
+from services.gateway.compare.quality import MECHANISM_TASK, TASK
 from services.gateway.downstream import DownstreamError
-from services.gateway.probes import DECIDING_KINDS
-from services.gateway.quality import MECHANISM_TASK, TASK
 
 if TYPE_CHECKING:
-    from services.gateway.run import Run
+    from services.gateway.compare.run import Run
 
 
 def outcome(p_a: float, p_b: float, margin: float) -> int:

@@ -19,11 +19,11 @@ from typing import TYPE_CHECKING, Any
 from versus.gateway.v1 import gateway_pb2
 
 from services.common.stats import wilson
-from services.gateway.probes import ProbeResult, VitProbes, measurement, now_iso, unavailable
-from services.gateway.sd35_probes import Sd35Probes
+from services.gateway.compare.probes import ProbeResult, VitProbes, measurement, now_iso, unavailable
+from services.gateway.compare.sd35_probes import Sd35Probes
 
 if TYPE_CHECKING:
-    from services.gateway.run import Run, Served
+    from services.gateway.compare.run import Run, Served
 
 VERIFIED = gateway_pb2.EVIDENCE_MARK_VERIFIED_LIVE
 CONTRADICTED = gateway_pb2.EVIDENCE_MARK_CONTRADICTED

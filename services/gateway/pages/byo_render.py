@@ -9,7 +9,7 @@ from typing import Any
 
 from versus.gateway.v1 import gateway_pb2
 
-from services.gateway import charts
+from services.gateway.pages import charts
 
 
 def per_class_svg(report: gateway_pb2.EvalReport) -> str:
@@ -47,13 +47,13 @@ def context(c: gateway_pb2.Comparison) -> dict[str, Any]:
 
 
 def render_markdown(c: gateway_pb2.Comparison) -> str:
-    from services.gateway.render import environment
+    from services.gateway.pages.render import environment
 
     return environment().get_template("eval.md.j2").render(context(c))
 
 
 def render_html(c: gateway_pb2.Comparison, *, links: bool = False) -> str:
-    from services.gateway.render import environment
+    from services.gateway.pages.render import environment
 
     ctx = context(c)
     ctx.update(per_class_svg=per_class_svg(c.eval), links=links)

@@ -30,8 +30,8 @@ from datetime import UTC, datetime
 import numpy as np
 
 from services.common.stats import mcnemar_exact, wilson
+from services.gateway.byo.evalset import EvalImage, EvalSet
 from services.gateway.deployments import LabelMatch
-from services.gateway.evalset import EvalImage, EvalSet
 from services.gateway.oip_client import EndpointFault, EndpointOutage, OipClient
 
 MAX_RETRIES = 6

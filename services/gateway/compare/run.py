@@ -18,9 +18,9 @@ from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
 from services.common.client import ErrorDetails
+from services.gateway.compare.probes import Budget, ProbeResult, VitInfo, guarded, unavailable
+from services.gateway.compare.sd35_probes import VariantInfo
 from services.gateway.downstream import DownstreamError
-from services.gateway.probes import Budget, ProbeResult, VitInfo, guarded, unavailable
-from services.gateway.sd35_probes import VariantInfo
 
 if TYPE_CHECKING:
     from services.gateway.engine import Gateway, Options
@@ -73,7 +73,7 @@ class Run:
         self.generators: list[str] = []
 
     async def execute(self) -> gateway_pb2.Comparison:
-        from services.gateway import assembly, catalog, checks, duels, quality, scores
+        from services.gateway.compare import assembly, catalog, checks, duels, quality, scores
 
         self.progress("catalog", "reading the catalog", 0.02)
         await catalog.read_catalog(self)

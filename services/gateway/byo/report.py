@@ -6,9 +6,9 @@ import io
 
 from versus.gateway.v1 import gateway_pb2
 
+from services.gateway.byo.evalrun import Paired, Run, score
+from services.gateway.byo.evalset import EvalSet
 from services.gateway.deployments import DeploymentSpec, LabelMatch
-from services.gateway.evalrun import Paired, Run, score
-from services.gateway.evalset import EvalSet
 from services.gateway.oip_client import Endpoint
 
 THUMBNAIL_PX = 64

@@ -33,12 +33,12 @@ from versus.ranker.v1 import ranker_pb2
 from services.common.admission import Admission
 from services.common.errors import ConfigError, InvalidArgument, NotFound, quote
 from services.common.metrics import Metrics
-from services.gateway.byo_report import deployment_eval, eval_set_info, paired_test
+from services.gateway.byo.evalrun import Progress, Run, paired, paired_images, run_deployment
+from services.gateway.byo.evalset import EvalSet, load_eval_set, parse_registration
+from services.gateway.byo.report import deployment_eval, eval_set_info, paired_test
 from services.gateway.config import GatewayConfig
 from services.gateway.deployments import LabelMatch, match_labels, parse_deployment, read_label_map
 from services.gateway.downstream import Downstream, DownstreamError
-from services.gateway.evalrun import Progress, Run, paired, paired_images, run_deployment
-from services.gateway.evalset import EvalSet, load_eval_set, parse_registration
 from services.gateway.oip_client import EndpointFault, EndpointOutage, OipClient
 
 log = logging.getLogger(__name__)

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 from versus.ranker.v1 import ranker_pb2
 
-from services.gateway import evidence
-from services.gateway.facts import fact_rows, notes
+from services.gateway.compare import evidence
+from services.gateway.compare.facts import fact_rows, notes
 
 if TYPE_CHECKING:
-    from services.gateway.run import Run
+    from services.gateway.compare.run import Run
 
 
 def assemble(run: Run) -> None:

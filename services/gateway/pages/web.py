@@ -8,7 +8,7 @@ Pages, each also as JSON with a ``.json`` suffix (protobuf JSON with proto field
 - ``/compare/<A>-vs-<B>[-vs-<C>…]``: 2..4 catalog ids (ids never contain ``-vs-``). A GET shows the
   catalog evidence and cached probe results; live probes (``live=1``) and the head-to-head (``h2h=1``)
   start only by POST, never by a GET link (a GET asking for them is 405). Pages never record matches.
-- ``/login``: with a token set, every page needs it (``services.gateway.pages_auth``).
+- ``/login``: with a token set, every page needs it (``services.gateway.pages.auth``).
 - ``/leaderboard?task=``: ratings with 95% interval bars.
 - ``/healthz``: the process answers.
 
@@ -41,7 +41,8 @@ from services.common.errors import (
     VersusError,
     quote,
 )
-from services.gateway import charts, pages_auth, render
+from services.gateway.pages import auth as pages_auth
+from services.gateway.pages import charts, render
 
 log = logging.getLogger(__name__)
 

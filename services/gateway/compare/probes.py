@@ -2,7 +2,7 @@
 observations (what was sent, what was seen, when, on which weights).
 
 A probe only observes: it returns a :class:`ProbeResult` whose ``data`` the declared check
-(:mod:`services.gateway.checks`) judges. A probe that cannot run (service down, budget spent) returns
+(:mod:`services.gateway.compare.checks`) judges. A probe that cannot run (service down, budget spent) returns
 one with ``unavailable`` set and the reason read from the error details; a service that answers out of
 contract (INTERNAL, UNKNOWN, a wrong count or shape, undecodable bytes, a refused valid request) gives
 one with ``fault`` set. Probes never raise for downstream trouble (:func:`guarded`).

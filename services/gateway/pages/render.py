@@ -21,7 +21,7 @@ from typing import Any
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
-from services.gateway import charts
+from services.gateway.pages import charts
 
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MARKDOWN_MIME = "text/markdown; charset=utf-8"
@@ -200,7 +200,7 @@ def environment() -> Any:
 def render_markdown(c: gateway_pb2.Comparison) -> str:
     """The seed-style page: headline, feature table, capabilities with marks, verdict, evidence, leaderboard."""
     if c.HasField("eval"):  # registered deployments measured on an eval set: a page of its own
-        from services.gateway import byo_render
+        from services.gateway.pages import byo_render
 
         return byo_render.render_markdown(c)
     return environment().get_template("comparison.md.j2").render(_context(c))
@@ -212,7 +212,7 @@ def render_html(c: gateway_pb2.Comparison, *, links: bool = False) -> str:
     ``links`` adds navigation to the gateway's other pages (for the web app; a saved file has none).
     """
     if c.HasField("eval"):
-        from services.gateway import byo_render
+        from services.gateway.pages import byo_render
 
         return byo_render.render_html(c, links=links)
     context = _context(c)

@@ -14,13 +14,13 @@ from versus.vit.v1 import vit_pb2
 
 from services.common.convert import enum_name
 from services.common.errors import NotFound, quote
+from services.gateway.compare.probes import VitInfo
+from services.gateway.compare.sd35_probes import VariantInfo
 from services.gateway.downstream import DownstreamError
-from services.gateway.probes import VitInfo
-from services.gateway.sd35_probes import VariantInfo
 from services.gateway.weights import classify_weights
 
 if TYPE_CHECKING:
-    from services.gateway.run import Run
+    from services.gateway.compare.run import Run
 
 
 async def read_catalog(run: Run) -> None:
@@ -48,7 +48,7 @@ def _needs(run: Run, prefix: str) -> bool:
 async def read_infos(run: Run) -> None:
     """Each compared model that a configured service hosts becomes :class:`Served`; when its service's
     GetModelInfo fails, it is still served here, with the reason (its live rows are then UNAVAILABLE)."""
-    from services.gateway.run import Served
+    from services.gateway.compare.run import Served
 
     errors: dict[str, gateway_pb2.Unavailable] = {}
     tasks = []

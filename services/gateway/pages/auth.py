@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from services.gateway import render
+from services.gateway.pages import render
 
 SESSION_COOKIE = "versus_session"
 #: Paths answered without the token.

@@ -1,5 +1,5 @@
 """Live probes of one SD3.5 variant: generations that turn its claims into observations (judged by the
-checks in :mod:`services.gateway.checks`)."""
+checks in :mod:`services.gateway.compare.checks`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from versus.gateway.v1 import gateway_pb2
 from versus.sd35.v1 import sd35_pb2
 
 from services.common.convert import enum_value
-from services.gateway.downstream import Downstream, DownstreamError
-from services.gateway.probes import (
+from services.gateway.compare.probes import (
     CLEANUP_TIMEOUT_S,
     Budget,
     ProbeResult,
@@ -25,6 +24,7 @@ from services.gateway.probes import (
     now_iso,
     unavailable,
 )
+from services.gateway.downstream import Downstream, DownstreamError
 
 #: Two prompts identical in their first 77 CLIP tokens (80 one-token words: CLIP truncates inside them) and
 #: different after: only a third encoder that reads further (T5, asked for T5_TOKENS tokens) can tell them
