@@ -55,3 +55,16 @@ def test_deployments_and_catalog_models_never_mix(ranker) -> None:  # noqa: F811
         err = failure(ranker.RecordMatch, ranker_pb2.RecordMatchRequest(
             model_a=a, model_b=b, outcome=1, task=task, evidence="e", idempotency_key=f"{a}{b}{task}"))
         assert err.code == grpc.StatusCode.NOT_FOUND and err.message.startswith(field), err.message
+
+
+def test_score_refuses_an_eval_task(ranker) -> None:  # noqa: F811
+    """An eval.* task holds deployments, never catalog models: Score on it is INVALID_ARGUMENT (as for
+    mechanism.*), not a report of 0 matches; the catalog's Score over every task leaves its matches out."""
+    register(ranker, "ours")
+    register(ranker, "theirs", "theirs=127.0.0.1:8002/digits")
+    record(ranker, "ours", "theirs", 1, TASK, "img0")
+    err = failure(ranker.Score, ranker_pb2.ScoreRequest(model_ids=[VIT], task=TASK))
+    assert err.code == grpc.StatusCode.INVALID_ARGUMENT and [f for f, _ in err.violations] == ["task"]
+    assert "is an eval task" in err.message and "GetLeaderboard" in err.message
+    every = ranker.Score(ranker_pb2.ScoreRequest(model_ids=[VIT, LARGE]), timeout=10)
+    assert {s.model_id: s.times_matched for s in every.scores} == {VIT: 0, LARGE: 0}

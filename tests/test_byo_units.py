@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from services.common.errors import ConfigError
-from services.common.stats import binomial_cdf_half, mcnemar_exact, wilson
+from services.common.stats import Z95, holm, mcnemar_exact, wilson
 from services.gateway.byo.evalset import load_eval_set, parse_registration
 from services.gateway.deployments import (
     Processor,
@@ -43,7 +43,22 @@ def test_mcnemar_exact_matches_the_binomial() -> None:
     assert mcnemar_exact(0, 6) == pytest.approx(0.03125)
     assert mcnemar_exact(6, 1) == pytest.approx(0.125)
     assert mcnemar_exact(2, 12) == pytest.approx(2 * sum(__import__("math").comb(14, i) for i in range(3)) / 2**14)
-    assert binomial_cdf_half(10, 10) == 1.0 and binomial_cdf_half(-1, 4) == 0.0
+    assert mcnemar_exact(5000, 5000) == 1.0  # the size that took 3.6 s by hand
+    assert mcnemar_exact(4900, 5100) == pytest.approx(0.0466, abs=1e-4)  # z = 2: just under 0.05
+    with pytest.raises(ValueError):
+        mcnemar_exact(-1, 3)
+
+
+def test_wilson_at_another_level() -> None:
+    low99, high99 = wilson(81, 100, 2.5758293035489)  # 99%: the formula by hand gives 0.6910 .. 0.8905
+    assert (round(low99, 4), round(high99, 4)) == (0.6910, 0.8905)
+    assert wilson(81, 100, Z95) == wilson(81, 100)
+
+
+def test_holm_known_values() -> None:
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])  # Holm 1979: ×3, ×2, ×1, monotone
+    assert holm([0.2]) == [0.2] and holm([]) == []
+    assert holm([0.5, 0.6, 0.001, 0.9]) == pytest.approx([1.0, 1.0, 0.004, 1.0])
 
 
 # -- eval sets ----------------------------------------------------------------------------------------

@@ -61,6 +61,15 @@ def model_id_problem(value: str) -> str | None:
     return None
 
 
+def _score_task_problem(task: str) -> str | None:
+    if is_mechanism(task):
+        return f"{quote(task)} is a mechanism task: mechanism results never reach a score"
+    if is_eval(task):
+        return (f"{quote(task)} is an eval task: its matches are between registered deployments, never catalog "
+                "models, and never reach a score (read it with GetLeaderboard)")
+    return None
+
+
 def task_problem(task: str) -> str | None:
     if len(task) > MAX_TASK_CHARS:
         return f"is {len(task)} characters long; {TASK_RULE}"
@@ -168,22 +177,22 @@ class RankerBackend(ServiceBackend):
                                resource_type="model", resource_name=model_id) from None
 
     async def get_model(self, model_id: str) -> tuple[CatalogEntry, int]:
-        """A catalog entry and how many real (non-mechanism) matches it played."""
+        """A catalog entry and how many real (non-mechanism, non-eval) matches it played."""
         entry = self.entry(model_id)
         return entry, (await self._graph(""))[1].get(entry.id, 0)
 
     async def list_models(self) -> list[tuple[CatalogEntry, int]]:
-        """Every catalog entry, sorted by id, with how many real (non-mechanism) matches each played."""
+        """Every catalog entry, sorted by id, with how many real (non-mechanism, non-eval) matches each played."""
         played = (await self._graph(""))[1]
         return [(self.catalog[i], played.get(i, 0)) for i in sorted(self.catalog)]
 
     # -- scores -----------------------------------------------------------------------------------
     async def score(self, model_ids: Sequence[str], task: str = "") -> ScoreReport:
         """Scores for 1..max_models_per_score distinct catalog models (all ids checked before any lookup);
-        ``task`` ('' = every non-mechanism task) feeds times matched and the match-graph sub-score."""
-        if task and (problem := task_problem(task) or (
-                f"{quote(task)} is a mechanism task: mechanism results never reach a score" if is_mechanism(task)
-                else None)):
+        ``task`` ('' = every non-mechanism, non-eval task) feeds times matched and the match-graph sub-score.
+        A mechanism or eval task is refused: neither ever reaches a catalog score (eval tasks hold registered
+        deployments, never catalog models, so they would always show 0 matches)."""
+        if task and (problem := task_problem(task) or _score_task_problem(task)):
             raise InvalidArgument("task", problem)
         if not model_ids:
             raise InvalidArgument("model_ids", "at least one model id is required")
@@ -201,7 +210,7 @@ class RankerBackend(ServiceBackend):
         return score_report(entries, self.weights, stats, times, self.tasks)
 
     async def _graph(self, task: str):  # (GraphStats, times matched)
-        """Match-graph statistics of ``task`` ('' = every non-mechanism task), recomputed only when a match
+        """Match-graph statistics of ``task`` ('' = every non-mechanism, non-eval task), recomputed only when a match
         was recorded."""
         version = await self._db(self.store.version)
         cached = self._graph_cache.get(task)

@@ -76,7 +76,7 @@ class MatchStore(Protocol):
         """Whether ``deployment_id`` was registered."""
 
     def times_matched(self, task: str = "") -> dict[str, int]:
-        """Matches per model id under ``task`` ('' = every non-mechanism task)."""
+        """Matches per model id under ``task`` ('' = every non-mechanism, non-eval task)."""
 
     def version(self) -> tuple[int, int]:
         """(largest match id, number of matches): changes whenever a match is recorded."""

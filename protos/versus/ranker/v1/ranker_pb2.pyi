@@ -496,7 +496,7 @@ class ModelScore(_message.Message):
     confidence: _builtins.float
     """Share of total weight backed by signals, 0..1."""
     times_matched: _builtins.int
-    """Matches recorded for this model under real (non-mechanism) tasks, or under ScoreRequest.task."""
+    """Matches recorded for this model under real (non-mechanism, non-eval) tasks, or under ScoreRequest.task."""
     shared_composite: _builtins.float
     """The composite over ScoreResponse.shared_dimensions only (the dimensions every scored model has), so
     a pair is ranked on what both have; composite stays this model's own blend, labelled as such.
@@ -552,7 +552,8 @@ class ScoreRequest(_message.Message):
     TASK_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """Match-graph task whose matches feed times_matched and the match-graph sub-score. Empty = every
-    non-mechanism task. A "mechanism." task is INVALID_ARGUMENT: mechanism results never reach a score.
+    non-mechanism, non-eval task. A "mechanism." or "eval." task is INVALID_ARGUMENT: neither ever reaches
+    a score (eval tasks hold registered deployments, never catalog models).
     """
     @_builtins.property
     def model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
