@@ -94,21 +94,23 @@ def sub(dimension: str, score: float, weight: float, explanation: str, missing: 
 
 
 def scores() -> rk.ScoreResponse:
-    vit = rk.ModelScore(model_id=VIT, display_name=VIT, composite=58.4, confidence=0.75, times_matched=0, sub_scores=[
+    vit = rk.ModelScore(model_id=VIT, display_name=VIT, composite=58.4, shared_composite=58.6, confidence=0.75,
+                        times_matched=0, sub_scores=[
         sub("adoption", 71.0, 0.3, "hf_downloads_30d 3,402,117 (model page, read 2026-11-27)"),
         sub("quality", 63.5, 0.4, "imagenet1k_top1 81.786 between floor 76.1 and ceiling 90.0"),
         sub("ecosystem", 40.0, 0.2, "frameworks_with_weights 3"),
         sub("match_graph", 0.0, 0.1, "no matches recorded", missing=True)])
-    sd = rk.ModelScore(model_id=SD, display_name="Stable Diffusion 3.5 Large", composite=51.2, confidence=0.6,
-                       times_matched=4, sub_scores=[
-        sub("adoption", 80.0, 0.3, "hf_downloads_30d 402,911"),
+    sd = rk.ModelScore(model_id=SD, display_name="Stable Diffusion 3.5 Large", composite=51.2, shared_composite=47.2,
+                       confidence=0.6, times_matched=4, sub_scores=[
+        sub("adoption", 34.6, 0.3, "hf_downloads_30d 402,911"),
         sub("quality", 0.0, 0.4, "geneval_overall not found", missing=True),
         sub("ecosystem", 66.0, 0.2, "diffusers, ComfyUI"),
         sub("match_graph", 55.0, 0.1, "rating 1012 of 3 models")])
     return rk.ScoreResponse(
         scores=[vit, sd], leaders=[rk.DimensionLeader(dimension="adoption", model_id=SD)],
-        verdict=f"{VIT} scores higher at 58/100 vs Stable Diffusion 3.5 Large at 51/100. Stable Diffusion 3.5 Large "
-                "leads on adoption and ecosystem.")
+        shared_dimensions=["adoption", "ecosystem"], unshared_dimensions=["quality", "match_graph"],
+        verdict=f"{VIT} scores higher at 59/100 vs Stable Diffusion 3.5 Large at 47/100 on adoption and ecosystem. "
+                "Stable Diffusion 3.5 Large leads on ecosystem, while vit is stronger on adoption.")
 
 
 def leaderboard() -> rk.GetLeaderboardResponse:
@@ -227,10 +229,25 @@ def test_markdown_has_every_section_in_order(markdown: str) -> None:
 
 def test_markdown_headline_ranks_confidence_and_verdict(markdown: str, c: gw.Comparison) -> None:
     headline = section(markdown, "## Headline")
-    assert "58/100" in row(headline, VIT) and "75%" in row(headline, VIT)
-    assert "51/100" in row(headline, "Stable Diffusion 3.5 Large") and "60%" in row(headline, "Stable Diffusion")
+    assert "| 59/100 | on adoption, ecosystem |" in row(headline, VIT) and "75%" in row(headline, VIT)
+    assert "| 47/100 | on adoption, ecosystem |" in row(headline, "Stable Diffusion 3.5 Large")
+    assert "60%" in row(headline, "Stable Diffusion")
+    assert "own composite 58/100 (its own dimensions: adoption, quality, ecosystem)" in row(headline, VIT)
+    assert "own composite 51/100 (its own dimensions: adoption, ecosystem, match graph)" in row(headline, "Stable Diff")
     assert f"{VIT_DIGEST[:12]}… (random)" in row(headline, VIT)
     assert c.verdict in section(markdown, "## Verdict")
+
+
+def test_headline_and_verdict_use_the_same_score(markdown: str, page: str, c: gw.Comparison) -> None:
+    """The big number on each card is the verdict's (shared dimensions); the own composite is secondary."""
+    headline = section(markdown, "## Headline")
+    cards = page[page.index('<section id="headline">'):page.index('<section id="verdict">')]
+    for s in c.scores.scores:
+        shared, own = f"{s.shared_composite:.0f}/100", f"{s.composite:.0f}/100"
+        assert shared != own and shared in c.verdict
+        line = row(headline, VIT if s.model_id == VIT else "Stable Diffusion 3.5 Large")
+        assert line.split(" | ")[1] == shared and f"own composite {own}" in line
+        assert f'<div class="rank">{shared}</div>' in cards and f"own composite {own}" in cards
 
 
 def test_markdown_feature_table_carries_provenance(markdown: str, c: gw.Comparison) -> None:
@@ -400,7 +417,7 @@ def test_html_has_the_same_content_with_provenance(page: str, c: gw.Comparison) 
     for word in ("verified live", "supported", "contradicted", "claimed", "unavailable"):
         assert f"{word}</span>" in page
     assert "81.786 percent" in page and "84 percent" in page
-    assert "58<span" in page and "confidence 75%" in page
+    assert '<div class="rank">59/100</div>' in page and "confidence 75%" in page
 
 
 def test_html_escapes_hostile_text(c: gw.Comparison) -> None:

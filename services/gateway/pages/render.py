@@ -151,6 +151,36 @@ def _scores_by_model(c: gateway_pb2.Comparison) -> dict[str, ranker_pb2.ModelSco
     return scores
 
 
+@dataclass(frozen=True)
+class Headline:
+    """A model's headline card: the score the verdict ranks on, and its own composite as a secondary figure."""
+
+    rank: str  # "74/100", or why there is none
+    basis: str  # the dimensions the rank was computed on
+    own: str  # "own composite 69/100 (its own dimensions: …)", or ""
+
+
+def _label(dimension: str) -> str:
+    return dimension.replace("_", " ")
+
+
+def headlines(c: gateway_pb2.Comparison) -> dict[str, Headline]:
+    """Per model, the headline the verdict agrees with: the composite on the dimensions every compared model
+    has (``shared_composite``); each model's own composite is secondary and labelled as such."""
+    shared = [_label(d) for d in c.scores.shared_dimensions]
+    out = {}
+    for mid, s in _scores_by_model(c).items():
+        own_dims = [_label(x.dimension) for x in s.sub_scores if not x.missing and x.weight > 0]
+        own = f"own composite {s.composite:.0f}/100 (its own dimensions: {', '.join(own_dims) or 'none'})"
+        if shared and any(x.model_id == mid for x in c.scores.scores):
+            out[mid] = Headline(f"{s.shared_composite:.0f}/100", "on " + ", ".join(shared), own)
+        elif len(c.model_ids) == 1:
+            out[mid] = Headline(f"{s.composite:.0f}/100", "on " + (", ".join(own_dims) or "no dimension"), "")
+        else:
+            out[mid] = Headline("not ranked", "no dimension with data is shared by every compared model", own)
+    return out
+
+
 def _names(c: gateway_pb2.Comparison) -> dict[str, str]:
     names = {mid: mid for mid in c.model_ids}
     for report in c.models:
@@ -169,6 +199,7 @@ def _context(c: gateway_pb2.Comparison) -> dict[str, Any]:
         "reports": {r.entry.id: r for r in c.models if r.entry.id},
         "subs": {s.model_id: {sub.dimension: sub for sub in s.sub_scores} for s in c.scores.scores},
         "scores": _scores_by_model(c),
+        "headlines": headlines(c),
         "dimensions": charts.dimensions(c.scores),
         "evidence": rows,
         "mechanism": _any_mechanism(c, rows),
