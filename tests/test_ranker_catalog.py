@@ -28,7 +28,7 @@ def test_at_least_twelve_models_with_reference_models_per_task() -> None:
     assert {VIT, LARGE, "stable-diffusion-3.5-large-turbo", "stable-diffusion-3.5-medium", "resnet-50",
             "efficientnet-b0", "deit-base-patch16-224", "vit-large-patch16-224", "convnext-tiny",
             "clip-vit-base-patch16", "sdxl-1.0", "sd3-medium", "flux.1-dev", "flux.1-schnell", "pixart-sigma",
-            "dall-e-3"} <= set(CATALOG)
+            "dall-e-3", "gpt-image-1"} <= set(CATALOG)
 
 
 def _sources() -> list[tuple[str, str, object]]:
@@ -65,9 +65,9 @@ def test_every_task_has_a_primary_metric_with_floor_and_ceiling_of_one_protocol_
     assert set(TASKS) == {"image-classification", "text-to-image"}
     assert {e.type for e in CATALOG.values()} <= set(TASKS)
     assert TASKS["image-classification"].task.primary_metric == "imagenet1k_top1"
-    assert TASKS["text-to-image"].task.primary_metric == "geneval_overall"
+    assert TASKS["text-to-image"].task.primary_metric == "prism_bench_overall"
     scaled = [s for s in TASKS.values() if s.floor is not None]
-    assert [s.task.id for s in scaled] == ["image-classification"]
+    assert [s.task.id for s in scaled] == ["image-classification", "text-to-image"]
     for scale in scaled:
         assert scale.floor.signal.value < scale.ceiling.signal.value
         assert scale.floor.signal.source == scale.ceiling.signal.source  # one source
@@ -77,14 +77,24 @@ def test_every_task_has_a_primary_metric_with_floor_and_ceiling_of_one_protocol_
             assert f"`{ref.model_id}`" in RANKING_MD and f"{ref.signal.value:g}" in RANKING_MD  # documented
 
 
-def test_geneval_values_of_other_teams_are_shown_apart_not_placed() -> None:
-    """GenEval's floor was the GenEval authors' run and its ceiling another paper's: no scale now."""
+def test_text_to_image_is_placed_on_one_table_and_geneval_is_shown_apart() -> None:
+    """Floor and ceiling from one table of one protocol (the PRISM-Bench authors' own runs, Qwen2.5-VL judge),
+    a weaker and a stronger reference around SD3.5 Large; GenEval figures of other teams stay apart."""
     t2i = TASKS["text-to-image"]
-    assert t2i.floor is None and t2i.ceiling is None and "one protocol" in t2i.task.scale_absent
-    for model, value in ((LARGE, "0.71"), ("stable-diffusion-3.5-medium", "0.63"), ("sdxl-1.0", "0.55")):
+    assert (t2i.floor.model_id, t2i.floor.signal.value) == ("sdxl-1.0", 57.0)
+    assert (t2i.ceiling.model_id, t2i.ceiling.signal.value) == ("gpt-image-1", 80.7)
+    assert t2i.task.protocol == "prism-bench-authors-qwen2.5-vl" and "Table 9" in t2i.task.note  # tables checked
+    large = CATALOG[LARGE].signals
+    placed = next(s for s in large if s.name == "prism_bench_overall")
+    assert t2i.floor.signal.value < placed.value < t2i.ceiling.signal.value
+    assert placed.source == t2i.floor.signal.source == t2i.ceiling.signal.source
+    assert "'PRISM-Bench (Qwen2.5-VL)', row 'SD3.5-Large'" in placed.locator
+    for model, value, score in ((LARGE, "0.71", 57.4), ("stable-diffusion-3.5-medium", "0.63", 41.4),
+                                ("sdxl-1.0", "0.55", 0.0)):
         quality = report(model).scores[0].sub("quality")
-        assert quality.missing and f"geneval_overall = {value}" in quality.explanation
-        assert "shown apart, not placed" in quality.explanation and "placed between" not in quality.explanation
+        assert not quality.missing and round(quality.score, 1) == score
+        assert f"shown apart, not placed (another metric or protocol): geneval_overall = {value}" in \
+            quality.explanation
 
 
 def test_a_quality_value_of_another_protocol_is_shown_apart(tmp_path: Path) -> None:
@@ -113,16 +123,16 @@ def test_worked_example_for_the_seed_pair() -> None:
     assert round(vit.sub("quality").score, 1) == 58.3 and not vit.sub("quality").missing
     assert vit.sub("ecosystem").score == 87.5
     assert (vit.composite, vit.confidence) == (68.9, 0.55)
-    assert large.sub("quality").missing and large.sub("ecosystem").score == 62.5
-    assert (large.composite, large.confidence) == (62.5, 0.2)
+    assert round(large.sub("quality").score, 1) == 57.4 and large.sub("ecosystem").score == 62.5
+    assert (large.composite, large.confidence) == (59.2, 0.55)
     for s in (vit, large):
         assert s.sub("adoption").missing and s.sub("match_graph").missing
-    assert pair.shared_dimensions == ("ecosystem",)
-    assert (vit.shared_composite, large.shared_composite) == (87.5, 62.5)
-    assert pair.verdict.startswith("vit-base-patch16-224 scores higher at 88/100 vs Stable Diffusion 3.5 Large at "
-                                   "62/100 on ecosystem.")
-    assert "Not compared: adoption, quality and match graph" in pair.verdict
-    for number in ("58.3", "87.5", "68.9", "62.5", "0.55", "0.2", pair.verdict.split(" (")[0]):
+    assert pair.shared_dimensions == ("quality", "ecosystem")
+    assert (vit.shared_composite, large.shared_composite) == (68.9, 59.2)
+    assert pair.verdict.startswith("vit-base-patch16-224 scores higher at 69/100 vs Stable Diffusion 3.5 Large at "
+                                   "59/100 on quality and ecosystem.")
+    assert "Not compared: adoption and match graph" in pair.verdict
+    for number in ("58.3", "87.5", "68.9", "57.4", "62.5", "59.2", "0.55", pair.verdict.split(" (")[0]):
         assert number in " ".join(RANKING_MD.split()), number
 
 
@@ -143,7 +153,7 @@ def test_a_pair_is_ranked_on_the_dimensions_both_have() -> None:
 
 
 def test_models_without_a_shared_dimension_are_not_ranked() -> None:
-    verdict = report(VIT, "flux.1-dev").verdict
+    verdict = report(VIT, "dall-e-3").verdict
     assert "have no dimension with data in common, so they are not ranked against each other" in verdict
 
 
@@ -153,11 +163,13 @@ def test_quality_explanations_carry_raw_value_source_and_date() -> None:
     assert "imagenet1k_top1 = 81.786 percent" in vit_q and "results/results-imagenet.csv" in vit_q
     assert "read 2026-11-27" in vit_q and "floor 76.13 (resnet-50" in vit_q and "ceiling 85.834" in vit_q
     assert "= 58.3" in vit_q
+    assert "prism_bench_overall = 70.6" in large_q and "floor 57 (sdxl-1.0" in large_q and "ceiling 80.7" in large_q
+    assert "read 2026-12-04" in large_q and "100 × (70.6 − 57) / (80.7 − 57) = 57.4" in large_q
     assert "geneval_overall = 0.71" in large_q and "arxiv.org/abs/2511.22699" in large_q and "Table 9" in large_q
-    assert "protocol geneval-z-image-team" in large_q and "no quality scale" in large_q
+    assert "protocol geneval-z-image-team" in large_q
 
 
-@pytest.mark.parametrize("model", ["flux.1-dev", "clip-vit-base-patch16", "stable-diffusion-3.5-large-turbo",
+@pytest.mark.parametrize("model", ["pixart-sigma", "clip-vit-base-patch16", "stable-diffusion-3.5-large-turbo",
                                    "dall-e-3"])
 def test_a_model_without_a_sourced_metric_shows_quality_missing_not_zero(model: str) -> None:
     score = report(model).scores[0]
@@ -171,7 +183,7 @@ def test_a_model_without_a_sourced_metric_shows_quality_missing_not_zero(model: 
 def test_confidence_is_the_share_of_weight_with_data() -> None:
     with_quality = report("resnet-50").scores[0]
     assert with_quality.confidence == 0.35  # quality only: 0.35 of 1.0
-    assert report("flux.1-dev").scores[0].confidence == 0.0 and report("flux.1-dev").scores[0].composite == 0.0
+    assert report("dall-e-3").scores[0].confidence == 0.0 and report("dall-e-3").scores[0].composite == 0.0
 
 
 def test_seed_claims_stay_claims_as_data() -> None:

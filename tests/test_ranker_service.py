@@ -291,10 +291,11 @@ def test_cli_rank_prints_explanations(tmp_path: Path) -> None:
         out = subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, VIT, LARGE],
                              capture_output=True, text=True, check=True).stdout
         assert "adoption" in out and "explanation" not in out and "/100 vs " in out
-        assert "87.5/100 on ecosystem (ranked on); own composite 68.9/100" in out
+        assert "68.9/100 on quality, ecosystem (ranked on); own composite 68.9/100" in out
         # the quality terms with their raw values, sources and dates
         assert "imagenet1k_top1 = 81.786 percent" in out and "pytorch-image-models" in out
         assert "geneval_overall = 0.71" in out and "https://arxiv.org/abs/2511.22699" in out
+        assert "prism_bench_overall = 70.6" in out and "ceiling 80.7 (gpt-image-1" in out
         assert "read 2026-11-27" in out and "floor 76.13 (resnet-50" in out
         doc = json.loads(subprocess.run([sys.executable, "-m", "versus_cli", "rank", "--target", svc.target, VIT,
                                          "--json"], capture_output=True, text=True, check=True).stdout)

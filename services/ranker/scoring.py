@@ -139,12 +139,16 @@ def _quality_value(s: Signal) -> str:
 
 
 def _apart(entry: CatalogEntry, metric: str, protocol: str | None) -> str:
-    """The model's values of ``metric`` not of the scale's ``protocol`` (all of them when there is no
-    scale): shown, never placed."""
-    other = [_quality_value(s) for s in entry.signals
-             if s.dimension == "quality" and s.name == metric and s.protocol != protocol]
-    why = "another protocol" if protocol else "no scale to place them on"
-    return (f"; shown apart, not placed ({why}): " + "; ".join(other)) if other else ""
+    """The model's quality values other than the placed one (``metric`` of the scale's ``protocol``; all of
+    them when there is no scale): secondary metrics and other teams' runs, shown, never placed."""
+    other = [s for s in entry.signals
+             if s.dimension == "quality" and not (protocol and s.name == metric and s.protocol == protocol)]
+    if not other:
+        return ""
+    why = "another metric or protocol" if protocol else "no scale to place them on"
+    if protocol and all(s.name == metric for s in other):
+        why = "another protocol"
+    return f"; shown apart, not placed ({why}): " + "; ".join(_quality_value(s) for s in other)
 
 
 def quality_sub(entry: CatalogEntry, weight: float, tasks: Mapping[str, TaskScale]) -> SubScore:
