@@ -18,7 +18,7 @@ from versus.common.v1 import common_pb2
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 from services.common.client import error_details
-from services.common.errors import Cancelled, DeadlineExceeded, ModelLoadError
+from services.common.errors import Cancelled, ConfigError, DeadlineExceeded, ModelLoadError
 from services.vit.errors import TritonBusy, TritonRejected, TritonUnavailable
 from services.vit.onnx_export import FP32_TOLERANCE
 from services.vit.server import create_server
@@ -176,3 +176,8 @@ def test_production_config_uses_onnxruntime_on_gpus_with_dynamic_batching() -> N
                  'name: "hidden_states" data_type: TYPE_FP32 dims: [ 13, 197, 768 ]',
                  'key: "versus_precision" value { string_value: "fp32" }'):
         assert line in text
+    pinned = config_pbtxt(RepoOptions(device="cuda:1"), image_size=224, num_labels=10, tokens=197, hidden=768,
+                          layers=12, precision="fp32")
+    assert "kind: KIND_GPU gpus: [ 1 ]" in pinned
+    with pytest.raises(ConfigError, match="cpu, cuda or cuda:N"):
+        RepoOptions(device="gpu0")

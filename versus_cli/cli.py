@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from services.common.config import DeprecatedFlag
 from services.common.errors import VersusError
 from versus_cli import export as export_commands
 
@@ -97,12 +98,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     if args.json:
         doc = {
             "model_id": reply.model_id,
-            "timings": {
-                "queue_ms": reply.timings.queue_ms,
-                "compute_ms": reply.timings.compute_ms,
-                "preprocess_ms": reply.timings.preprocess_ms,
-                "total_ms": reply.timings.total_ms,
-            },
+            "timings": _fields(reply.timings),
             "results": [
                 {
                     "file": f,
@@ -261,14 +257,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         "guidance_scale": round(result.guidance_scale, 4),
         "width": result.width,
         "height": result.height,
-        "timings_ms": {
-            "queue": t.queue_ms,
-            "text_encoding": t.text_encoding_ms,
-            "denoising": t.denoising_ms,
-            "decode": t.decode_ms,
-            "encode": t.encode_ms,
-            "total": t.total_ms,
-        },
+        "timings": _fields(t),
     }
     if args.json:
         print(json.dumps(meta, indent=2))
@@ -329,6 +318,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(Path(args.models_dir), Path(args.out), json_out=args.json)
 
 
+def _version() -> str:
+    """The installed distribution's version (the source tree's pyproject when run uninstalled)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("versus")
+    except PackageNotFoundError:
+        return "0+unknown (not installed)"
+
+
+def _fields(message: object) -> dict[str, object]:
+    """A flat message's fields under their proto names (``--json`` keys follow the contract)."""
+    return {f.name: getattr(message, f.name) for f in message.DESCRIPTOR.fields}  # type: ignore[attr-defined]
+
+
 # -- parser -------------------------------------------------------------------------------------
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="localhost:50051", help="HOST:PORT of the service")
@@ -337,12 +341,15 @@ def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-cert", default="", help="client certificate (mTLS)")
     p.add_argument("--tls-key", default="", help="client key (mTLS)")
     p.add_argument("--tls-server-name", default="", help="expected server name in its certificate")
-    p.add_argument("--timeout", type=float, default=60.0, help="deadline in seconds")
+    p.add_argument("--timeout-s", dest="timeout", type=float, default=60.0, help="deadline in seconds")
+    p.add_argument("--timeout", dest="timeout", type=float, action=DeprecatedFlag, new_flag="--timeout-s",
+                   help=argparse.SUPPRESS)
     p.add_argument("--json", action="store_true", help="print one JSON document")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="versus", description="Versus model services and comparisons.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="run a service until SIGTERM")

@@ -10,9 +10,12 @@ from __future__ import annotations
 import argparse
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+from services.common.config import DeprecatedFlag
 
 
 def _free_port() -> int:
@@ -107,7 +110,7 @@ def cmd_triton_export(args: argparse.Namespace) -> int:
 
     options = RepoOptions(name=args.name, platform=args.platform, max_batch_size=args.max_batch_size,
                           max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
-                          device=args.device or ("gpu" if args.platform == "onnxruntime" else "cpu"),
+                          device=_instance_device(args.device, args.platform),
                           threads=args.threads)
     source = Path(args.model)
     with tempfile.TemporaryDirectory(prefix="versus-export-") as tmp:
@@ -132,6 +135,17 @@ def cmd_triton_serve_local(args: argparse.Namespace) -> int:
         return 0
     finally:
         triton.stop()
+
+
+def _instance_device(device: str, platform: str) -> str:
+    """``--device`` in the vocabulary of ``versus serve`` (auto|cpu|cuda|cuda:N); 'gpu' still works for a release."""
+    if device == "gpu":
+        print("versus: --device gpu is deprecated and will be removed in the next release; use --device cuda",
+              file=sys.stderr)
+        return "cuda"
+    if device == "auto":
+        return "cuda" if platform == "onnxruntime" else "cpu"
+    return device
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -159,11 +173,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     tex.add_argument("--max-batch-size", type=int, default=32)
     tex.add_argument("--max-queue-delay-us", type=int, default=2000, help="dynamic batcher's max queue delay")
     tex.add_argument("--instances", type=int, default=1, help="model instances")
-    tex.add_argument("--device", choices=("gpu", "cpu"), default="", help="instance kind (default: gpu for "
-                     "onnxruntime, cpu for python)")
+    tex.add_argument("--device", default="auto", metavar="{auto,cpu,cuda,cuda:N}",
+                     help="where the instances run (auto: cuda for onnxruntime, cpu for python; 'gpu' is a "
+                     "deprecated spelling of cuda)")
     tex.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads per instance (python platform)")
     tex.set_defaults(func=cmd_triton_export)
     local = triton_sub.add_parser("serve-local", help="run the bundled tritonserver (CPU) on a repository")
     local.add_argument("--repo", required=True)
-    local.add_argument("--grpc-port", type=int, default=8001)
+    local.add_argument("--port", dest="grpc_port", type=int, default=8001, help="gRPC port")
+    local.add_argument("--grpc-port", dest="grpc_port", type=int, action=DeprecatedFlag, new_flag="--port",
+                       help=argparse.SUPPRESS)
     local.set_defaults(func=cmd_triton_serve_local)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import logging
 import os
 import typing
 from collections.abc import Mapping
@@ -23,15 +24,33 @@ _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 
 
+log = logging.getLogger(__name__)
+
+
 def setting(default: Any, help: str, *, choices: tuple[str, ...] | None = None, flag: str = "",
-            separator: str = ",") -> Any:
+            separator: str = ",", deprecated: tuple[str, ...] = ()) -> Any:
     """Declare a config field with its help text (shown by ``--help`` and the docs).
 
     ``flag`` overrides the flag name; tuple fields are ``separator``-separated in the environment (a comma
     unless the values hold commas themselves) and repeatable on the command line (``--model a=1 --model b=2``).
+    ``deprecated`` lists old field names whose flag and environment variable still work for one release,
+    with a warning naming the new spelling.
     """
     return dataclasses.field(default=default, metadata={"help": help, "choices": choices, "flag": flag,
-                                                        "separator": separator})
+                                                        "separator": separator, "deprecated": deprecated})
+
+
+class DeprecatedFlag(argparse.Action):
+    """An old flag spelling: stores into the new destination and says what to type instead."""
+
+    def __init__(self, *args: Any, new_flag: str = "", **kwargs: Any) -> None:
+        self.new_flag = new_flag
+        super().__init__(*args, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        log.warning("%s is deprecated and will be removed in the next release; use %s", option_string, self.new_flag)
+        setattr(namespace, self.dest, values)
 
 
 def _parse(raw: str, kind: Any, name: str, separator: str = ",") -> Any:
@@ -89,24 +108,24 @@ class ServerConfig:
         self._check_choices()
         for name in ("port", "max_message_bytes", "max_concurrent_rpcs"):
             if getattr(self, name) < (0 if name == "port" else 1):
-                raise ConfigError(f"{self.env_name(name)} must be positive, got {getattr(self, name)}")
+                raise ConfigError(f"{self.label(name)} must be positive, got {getattr(self, name)}")
         if not -1 <= self.metrics_port <= 65535 or self.port > 65535:
-            raise ConfigError(f"{self.env_name('metrics_port')}: ports are 0..65535 (-1 disables metrics)")
+            raise ConfigError(f"{self.label('metrics_port')}: ports are 0..65535 (-1 disables metrics)")
         if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError(f"{self.env_name('tls_cert')} and {self.env_name('tls_key')} must be set together")
+            raise ConfigError(f"{self.label('tls_cert')} and {self.label('tls_key')} must be set together")
         if self.tls_client_ca and not self.tls_cert:
-            raise ConfigError(f"{self.env_name('tls_client_ca')} (mTLS) needs {self.env_name('tls_cert')}")
+            raise ConfigError(f"{self.label('tls_client_ca')} (mTLS) needs {self.label('tls_cert')}")
         if self.token and self.token_file:
-            raise ConfigError(f"set {self.env_name('token')} or {self.env_name('token_file')}, not both")
+            raise ConfigError(f"set {self.label('token')} or {self.label('token_file')}, not both")
         for name in ("grace_s", "drain_delay_s", "keepalive_time_s", "max_connection_age_s"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{self.env_name(name)} must be >= 0")
+                raise ConfigError(f"{self.label(name)} must be >= 0")
 
     def _check_choices(self) -> None:
         for f in dataclasses.fields(self):
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
-                raise ConfigError(f"{self.env_name(f.name)}: {getattr(self, f.name)!r} is not one of {choices}")
+                raise ConfigError(f"{self.label(f.name)}: {getattr(self, f.name)!r} is not one of {choices}")
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
@@ -126,8 +145,14 @@ class ServerConfig:
         values: dict[str, Any] = {}
         for f in dataclasses.fields(cls):
             env = cls.env_name(f.name)
+            if env not in environ:
+                env = next((old for old in map(cls.env_name, f.metadata.get("deprecated", ())) if old in environ), env)
+                if env in environ:
+                    log.warning("%s is deprecated and will be removed in the next release; use %s", env,
+                                cls.env_name(f.name))
             if env in environ:
-                values[f.name] = _parse(environ[env], types[f.name], env, f.metadata.get("separator", ","))
+                values[f.name] = _parse(environ[env], types[f.name], cls.label(f.name),
+                                        f.metadata.get("separator", ","))
         values.update(overrides)
         return cls(**values)
 
@@ -139,7 +164,12 @@ class ServerConfig:
         for f in dataclasses.fields(cls):
             flag = cls.flag_name(f)
             kind = types[f.name]
+            # argparse %-formats help text: a literal '%' ("95% intervals") must be doubled, here, once.
             help_text = f"{f.metadata.get('help', '')} [env {cls.env_name(f.name)}; default {f.default!r}]"
+            help_text = help_text.replace("%", "%%")
+            for old in f.metadata.get("deprecated", ()):
+                group.add_argument("--" + old.replace("_", "-"), dest=f.name, default=None, action=DeprecatedFlag,
+                                   new_flag=flag, help=argparse.SUPPRESS)
             if kind is bool:
                 group.add_argument(flag, dest=f.name, default=None, action=argparse.BooleanOptionalAction,
                                    help=help_text)
@@ -152,8 +182,16 @@ class ServerConfig:
                     metavar=f.name.upper(),
                     help=help_text + " (repeatable)",
                 )
+            elif f.metadata.get("choices"):
+                group.add_argument(flag, dest=f.name, default=None, choices=f.metadata["choices"], help=help_text)
             else:
                 group.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_text)
+
+    @classmethod
+    def label(cls, field_name: str) -> str:
+        """How errors name a setting: the flag the user may have typed and its environment variable."""
+        f = next(f for f in dataclasses.fields(cls) if f.name == field_name)
+        return f"{cls.flag_name(f)} ({cls.env_name(field_name)})"
 
     @classmethod
     def flag_name(cls, f: dataclasses.Field) -> str:
@@ -172,7 +210,7 @@ class ServerConfig:
             separator = f.metadata.get("separator", ",")
             if isinstance(raw, list):
                 raw = separator.join(raw)
-            overrides[f.name] = raw if isinstance(raw, bool) else _parse(str(raw), types[f.name], cls.flag_name(f),
+            overrides[f.name] = raw if isinstance(raw, bool) else _parse(str(raw), types[f.name], cls.label(f.name),
                                                                          separator)
         return cls.from_env(environ, **overrides)
 
@@ -183,7 +221,7 @@ class ServerConfig:
                 with open(self.token_file, encoding="utf-8") as fh:
                     return fh.read().strip()
             except OSError as exc:
-                raise ConfigError(f"{self.env_name('token_file')}: {exc}") from exc
+                raise ConfigError(f"{self.label('token_file')}: {exc}") from exc
         return self.token
 
     def describe(self) -> dict[str, Any]:

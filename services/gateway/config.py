@@ -103,22 +103,22 @@ class GatewayConfig(ServerConfig):
         self.attested_digests()
         self._check_pages()
         if not -1 <= self.http_port <= 65535:
-            raise ConfigError(f"{self.env_name('http_port')}: ports are 0..65535 (-1 disables the pages)")
+            raise ConfigError(f"{self.label('http_port')}: ports are 0..65535 (-1 disables the pages)")
         for name in ("compare_budget_s", "call_timeout_s", "max_concurrent_compares",
                      "eval_budget_s", "eval_concurrency", "eval_max_images", "max_concurrent_evals"):
             if getattr(self, name) <= 0:
-                raise ConfigError(f"{self.env_name(name)} must be > 0")
+                raise ConfigError(f"{self.label(name)} must be > 0")
         if min(self.cache_ttl_s, self.images_per_class, self.tie_margin, self.probe_size, self.probe_steps) < 0:
             raise ConfigError("cache_ttl_s, images_per_class, tie_margin, probe_size and probe_steps must be >= 0")
         if self.probe_size % 16:
-            raise ConfigError(f"{self.env_name('probe_size')} must be a multiple of 16")
+            raise ConfigError(f"{self.label('probe_size')} must be a multiple of 16")
         if (self.downstream_tls_cert or self.downstream_tls_key) and not self.downstream_tls_ca:
-            raise ConfigError(f"{self.env_name('downstream_tls_cert')}/{self.env_name('downstream_tls_key')} "
-                              f"(mTLS) need {self.env_name('downstream_tls_ca')}: without it the channels are "
+            raise ConfigError(f"{self.label('downstream_tls_cert')}/{self.label('downstream_tls_key')} "
+                              f"(mTLS) need {self.label('downstream_tls_ca')}: without it the channels are "
                               "plaintext and the token would travel in the clear")
         if self.downstream_token and self.downstream_token_file:
-            raise ConfigError(f"set {self.env_name('downstream_token')} or "
-                              f"{self.env_name('downstream_token_file')}, not both")
+            raise ConfigError(f"set {self.label('downstream_token')} or "
+                              f"{self.label('downstream_token_file')}, not both")
 
     def _check_pages(self) -> None:
         """The pages hold the token: with one, TLS or loopback; without one, only by explicit opt-in."""
@@ -126,14 +126,14 @@ class GatewayConfig(ServerConfig):
             return
         if not (self.token or self.token_file):
             if not self.http_open:
-                raise ConfigError(f"{self.env_name('http_port')}: the report pages can start live runs; set "
-                                  f"{self.env_name('token')} (the pages then require it), or "
-                                  f"{self.env_name('http_open')}=true to serve them to anyone, or "
-                                  f"{self.env_name('http_port')}=-1")
+                raise ConfigError(f"{self.label('http_port')}: the report pages can start live runs; set "
+                                  f"{self.label('token')} (the pages then require it), or "
+                                  f"{self.label('http_open')} to true to serve them to anyone, or "
+                                  f"{self.label('http_port')} to -1")
             return
         if not self.tls_cert and not _loopback(self.http_host):
-            raise ConfigError(f"{self.env_name('http_host')}: with a token the report pages are served over TLS "
-                              f"({self.env_name('tls_cert')}/{self.env_name('tls_key')}) or bound to a loopback "
+            raise ConfigError(f"{self.label('http_host')}: with a token the report pages are served over TLS "
+                              f"({self.label('tls_cert')}/{self.label('tls_key')}) or bound to a loopback "
                               f"address, not to {self.http_host!r} in plain HTTP")
 
     def served_map(self) -> dict[str, str]:
@@ -142,7 +142,7 @@ class GatewayConfig(ServerConfig):
         for part in filter(None, (p.strip() for p in self.served.split(","))):
             model, _, service = part.partition("=")
             if not model or not _SERVED.fullmatch(service):
-                raise ConfigError(f"{self.env_name('served')}: {part!r} is not ID=vit or ID=sd35/VARIANT")
+                raise ConfigError(f"{self.label('served')}: {part!r} is not ID=vit or ID=sd35/VARIANT")
             out[model] = service
         return out
 
@@ -152,7 +152,7 @@ class GatewayConfig(ServerConfig):
         for part in filter(None, (p.strip() for p in self.vit_precisions.split(","))):
             precision, _, target = part.partition("=")
             if precision not in ("fp32", "bf16", "fp16", "int8") or not target:
-                raise ConfigError(f"{self.env_name('vit_precisions')}: {part!r} is not PRECISION=TARGET "
+                raise ConfigError(f"{self.label('vit_precisions')}: {part!r} is not PRECISION=TARGET "
                                   "(PRECISION one of fp32, bf16, fp16, int8)")
             out[precision] = target
         return out
@@ -163,7 +163,7 @@ class GatewayConfig(ServerConfig):
         for part in self.attest:
             model, _, digest = part.partition("=")
             if not model or not _SHA256.fullmatch(digest) or model in out:
-                raise ConfigError(f"{self.env_name('attest')}: {part!r} is not MODEL_ID=SHA256 (64 lower-case hex "
+                raise ConfigError(f"{self.label('attest')}: {part!r} is not MODEL_ID=SHA256 (64 lower-case hex "
                                   "characters, one per model)")
             out[model] = digest
         return out
@@ -182,5 +182,5 @@ class GatewayConfig(ServerConfig):
                     with open(path, encoding="utf-8") as fh:
                         return fh.read().strip()
                 except OSError as exc:
-                    raise ConfigError(f"{self.env_name(name)}: {exc}") from exc
+                    raise ConfigError(f"{self.label(name)}: {exc}") from exc
         return self.downstream_token

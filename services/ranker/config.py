@@ -33,11 +33,11 @@ class RankerConfig(ServerConfig):
         try:
             parse_weights(self.weights)
         except ValueError as exc:
-            raise ConfigError(f"{self.env_name('weights')}: {exc}") from exc
+            raise ConfigError(f"{self.label('weights')}: {exc}") from exc
         if not 0 <= self.bootstrap_rounds <= 100_000:
-            raise ConfigError(f"{self.env_name('bootstrap_rounds')} must be 0..100000")
+            raise ConfigError(f"{self.label('bootstrap_rounds')} must be 0..100000")
         if self.ridge <= 0:
-            raise ConfigError(f"{self.env_name('ridge')} must be > 0")
+            raise ConfigError(f"{self.label('ridge')} must be > 0")
         for name in ("max_models_per_score", "max_evidence_chars"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{self.env_name(name)} must be >= 1")
+                raise ConfigError(f"{self.label(name)} must be >= 1")

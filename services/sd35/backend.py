@@ -74,7 +74,7 @@ class Sd35Backend(ServiceBackend):
         self.metrics: Sd35Metrics = metrics
         specs = variant_specs(config)
         pipelines = pipelines or {}
-        self.runners = {v: Sd35Runner(specs[v], path, device=config.device, dtype=config.dtype,
+        self.runners = {v: Sd35Runner(specs[v], path, device=config.device, dtype=config.precision,
                                       cpu_offload=config.cpu_offload, drop_t5=config.drop_t5, compile=config.compile,
                                       pipeline=pipelines.get(v), torch_threads=config.torch_threads,
                                       allow_download=config.allow_download)

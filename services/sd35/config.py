@@ -23,8 +23,8 @@ class Sd35Config(ServerConfig):
                                       flag="model")
     allow_download: bool = setting(False, "Allow fetching hub ids into the Hugging Face cache (offline by default).")
     default_variant: str = setting("", "Variant used when a request leaves it unset; default: the first hosted.")
-    dtype: str = setting("auto", "Weights dtype; auto = bf16 on CUDA, fp32 on CPU.",
-                         choices=("auto", "fp32", "bf16", "fp16"))
+    precision: str = setting("auto", "Weights precision; auto = bf16 on CUDA, fp32 on CPU.",
+                             choices=("auto", "fp32", "bf16", "fp16"), deprecated=("dtype",))
     device: str = setting("auto", "'auto' (CUDA when present), 'cpu', 'cuda' or 'cuda:N'.")
     cpu_offload: bool = setting(False, "enable_model_cpu_offload: keep only the running component on the GPU.")
     drop_t5: bool = setting(False, "Load without the T5 text encoder (saves ~9 GB in bf16; weaker prompt following).")
@@ -46,28 +46,28 @@ class Sd35Config(ServerConfig):
         super().__post_init__()
         seen = self._check_models()
         if self.default_variant and self.default_variant not in seen:
-            raise ConfigError(f"{self.env_name('default_variant')}: {self.default_variant!r} is not hosted")
+            raise ConfigError(f"{self.label('default_variant')}: {self.default_variant!r} is not hosted")
         if not 0 <= self.png_compress_level <= 9:
-            raise ConfigError(f"{self.env_name('png_compress_level')} must be 0..9")
+            raise ConfigError(f"{self.label('png_compress_level')} must be 0..9")
         for name in ("max_adapters", "max_queue", "max_prompt_chars", "default_size", "encode_threads"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{self.env_name(name)} must be >= 1")
+                raise ConfigError(f"{self.label(name)} must be >= 1")
         if self.default_size % 16:
-            raise ConfigError(f"{self.env_name('default_size')} must be a multiple of 16")
+            raise ConfigError(f"{self.label('default_size')} must be a multiple of 16")
 
     def _check_models(self) -> set[str]:
         """The hosted variants, after checking each ``VARIANT=DIR``."""
         if not self.models:
-            raise ConfigError(f"{self.env_name('models')} (--model VARIANT=DIR, repeatable) is required")
+            raise ConfigError(f"{self.label('models')} is required: VARIANT=DIR, repeatable")
         seen: set[str] = set()
         for item in self.models:
             variant, sep, path = item.partition("=")
             if not sep or not path:
-                raise ConfigError(f"{self.env_name('models')}: {item!r} is not VARIANT=DIR")
+                raise ConfigError(f"{self.label('models')}: {item!r} is not VARIANT=DIR")
             if variant not in VARIANTS:
-                raise ConfigError(f"{self.env_name('models')}: unknown variant {variant!r}; use {', '.join(VARIANTS)}")
+                raise ConfigError(f"{self.label('models')}: unknown variant {variant!r}; use {', '.join(VARIANTS)}")
             if variant in seen:
-                raise ConfigError(f"{self.env_name('models')}: variant {variant!r} given twice")
+                raise ConfigError(f"{self.label('models')}: variant {variant!r} given twice")
             seen.add(variant)
         return seen
 

@@ -79,7 +79,7 @@ class VitConfig(ServerConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if not self.model:
-            raise ConfigError(f"{self.env_name('model')} (--model) is required: a model directory or hub id")
+            raise ConfigError(f"{self.label('model')} (--model) is required: a model directory or hub id")
         for name in (
             "max_batch_size",
             "max_queue",
@@ -93,16 +93,16 @@ class VitConfig(ServerConfig):
             "max_image_pixels",
         ):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{self.env_name(name)} must be >= 1")
+                raise ConfigError(f"{self.label(name)} must be >= 1")
         for name in ("heads_rescan_s", "onnx_threads", "triton_start_timeout_s"):
             if getattr(self, name) < 0:
-                raise ConfigError(f"{self.env_name(name)} must be >= 0")
+                raise ConfigError(f"{self.label(name)} must be >= 0")
         if self.triton_health_interval_s <= 0:
-            raise ConfigError(f"{self.env_name('triton_health_interval_s')} must be > 0")
+            raise ConfigError(f"{self.label('triton_health_interval_s')} must be > 0")
         if self.backend != "torch" and self.precision not in ("auto", "fp32", "int8"):
-            raise ConfigError(f"{self.env_name('precision')}: the {self.backend} backend runs an exported fp32 or "
+            raise ConfigError(f"{self.label('precision')}: the {self.backend} backend runs an exported fp32 or "
                               "int8 model; use 'auto' (the export's precision), 'fp32' or 'int8'")
         if self.max_wait_ms < 0:
-            raise ConfigError(f"{self.env_name('max_wait_ms')} must be >= 0")
+            raise ConfigError(f"{self.label('max_wait_ms')} must be >= 0")
         if self.max_images_per_request > self.max_queue:
-            raise ConfigError(f"{self.env_name('max_images_per_request')} must not exceed {self.env_name('max_queue')}")
+            raise ConfigError(f"{self.label('max_images_per_request')} must not exceed {self.label('max_queue')}")

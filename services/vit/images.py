@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 from PIL import Image, ImageFile
@@ -58,6 +59,10 @@ def load_rgb(image: Image.Image, field: str) -> Image.Image:
         raise InvalidImage(field, f"truncated or corrupt {image.format} data ({_reason(exc)})") from None
 
 
+_FILE_REPR = re.compile(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>")
+
+
 def _reason(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
+    # PIL names its file object ("<_io.BytesIO object at 0x…>"): the field already says which upload it was.
+    text = _FILE_REPR.sub("", str(exc)).strip() or type(exc).__name__
     return text if len(text) < 120 else text[:117] + "..."

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import sys
 import sysconfig
@@ -41,15 +42,15 @@ class RepoOptions:
     max_batch_size: int = 32
     max_queue_delay_us: int = 2000
     instances: int = 1
-    device: str = "gpu"  # gpu | cpu (instance group kind)
+    device: str = "cuda"  # cpu | cuda | cuda:N (the instance group's kind, and its GPU when N is given)
     threads: int = 0  # ORT intra-op threads of the python platform (0 = ORT default)
 
     def __post_init__(self) -> None:
         if self.platform not in PLATFORMS:
             raise ConfigError(f"--platform must be one of {PLATFORMS}")
-        if self.device not in ("gpu", "cpu"):
-            raise ConfigError("--device must be gpu or cpu")
-        if self.platform == "python" and self.device == "gpu":
+        if not re.fullmatch(r"cpu|cuda(:\d+)?", self.device):
+            raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {self.device!r}")
+        if self.platform == "python" and self.device != "cpu":
             raise ConfigError("the python platform runs ONNX Runtime on the CPU: use --device cpu")
         if min(self.max_batch_size, self.instances) < 1 or self.max_queue_delay_us < 0 or self.threads < 0:
             raise ConfigError("--max-batch-size and --instances must be >= 1, delays and threads >= 0")
@@ -63,7 +64,8 @@ def config_pbtxt(options: RepoOptions, *, image_size: int, num_labels: int, toke
                  layers: int, precision: str) -> str:
     """The model configuration (protobuf text format)."""
     backend = "onnxruntime" if options.platform == "onnxruntime" else "python"
-    kind = "KIND_GPU" if options.device == "gpu" else "KIND_CPU"
+    kind = "KIND_CPU" if options.device == "cpu" else "KIND_GPU"
+    gpus = f" gpus: [ {options.device.split(':')[1]} ]" if ":" in options.device else ""
     outputs = (("logits", [num_labels]), ("last_hidden_state", [tokens, hidden]),
                ("hidden_states", [layers + 1, tokens, hidden]))
     params = {PRECISION_PARAMETER: precision}
@@ -78,7 +80,7 @@ def config_pbtxt(options: RepoOptions, *, image_size: int, num_labels: int, toke
         ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ {_dims(d)} ] }}' for n, d in outputs),
         "]",
         f"dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}",
-        f"instance_group [ {{ count: {options.instances} kind: {kind} }} ]",
+        f"instance_group [ {{ count: {options.instances} kind: {kind}{gpus} }} ]",
         *(f'parameters {{ key: "{k}" value {{ string_value: "{v}" }} }}' for k, v in params.items()),
     ]
     return "\n".join(lines) + "\n"
