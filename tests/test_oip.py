@@ -255,3 +255,39 @@ def test_protocol_calls_share_the_native_metrics_and_batcher(server: InProcessSe
     labels = {"grpc_service": "inference.GRPCInferenceService", "grpc_method": "ModelInfer", "grpc_code": "OK"}
     assert metric_sum(after, handled, **labels) == metric_sum(before, handled, **labels) + 1
     assert metric_sum(after, "versus_items_processed_total") >= metric_sum(before, "versus_items_processed_total") + 5
+
+
+# -- RPCs the server does not offer -------------------------------------------------------------------
+#: What docs/OIP.md says the servers answer; every other RPC of the service must be UNIMPLEMENTED.
+SERVED = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
+          "ModelStreamInfer"}
+OIP_METHODS = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
+UNSERVED = [m for m in OIP_METHODS if m.name not in SERVED]
+
+
+def test_the_protocol_has_rpcs_we_do_not_serve() -> None:
+    assert {"RepositoryIndex", "SystemSharedMemoryRegister", "CudaSharedMemoryStatus", "TraceSetting",
+            "LogSettings"} <= {m.name for m in UNSERVED}
+
+
+@pytest.mark.parametrize("method", UNSERVED, ids=lambda m: m.name)
+def test_unserved_rpc_answers_unimplemented_and_is_counted_so(method, server: InProcessServer) -> None:
+    from google.protobuf import message_factory
+
+    request_cls = message_factory.GetMessageClass(method.input_type)
+    labels = {"grpc_service": "inference.GRPCInferenceService", "grpc_method": method.name}
+    before = server.metrics()
+    with server.channel() as ch:
+        call = ch.unary_unary(f"/inference.GRPCInferenceService/{method.name}",
+                              request_serializer=request_cls.SerializeToString)
+        with pytest.raises(grpc.RpcError) as info:
+            call(request_cls(), metadata=METADATA, timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED, info.value.details()
+    assert method.name in info.value.details()
+    details = error_details(info.value)
+    assert details.reason == "UNIMPLEMENTED" and details.domain == "versus"
+    after = server.metrics()
+    handled = "grpc_server_handled_total"
+    for code, more in (("UNIMPLEMENTED", 1), ("INTERNAL", 0)):
+        assert metric_sum(after, handled, **labels, grpc_code=code) == metric_sum(before, handled, **labels,
+                                                                                 grpc_code=code) + more

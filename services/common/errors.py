@@ -159,6 +159,12 @@ class Unauthenticated(VersusError):
     reason = "UNAUTHENTICATED"
 
 
+class Unimplemented(VersusError):
+    """The server does not offer this operation (an RPC of a protocol it serves only in part)."""
+
+    reason = "UNIMPLEMENTED"
+
+
 class ModelLoadError(VersusError):
     """Weights could not be loaded (bad path, pickle checkpoint, incompatible config)."""
 

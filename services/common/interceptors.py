@@ -1,7 +1,9 @@
 """One server interceptor for every service: auth, request ids, RPC metrics and error mapping.
 
 Servicers raise domain errors (``services.common.errors``); this is the only place that turns them
-into gRPC statuses. Anything else becomes INTERNAL with a generic message; the traceback is logged.
+into gRPC statuses. NotImplementedError (what a generated servicer base raises for an RPC the service
+does not override) becomes UNIMPLEMENTED; anything else becomes INTERNAL with a generic message, the
+traceback logged.
 """
 
 from __future__ import annotations
@@ -209,6 +211,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         except grpc.aio.AbortError:
             call.code = context.code() or grpc.StatusCode.UNKNOWN
             raise
+        except NotImplementedError:
+            await call.fail(context, errors.Unimplemented(f"{service}/{method} is not implemented by this server"))
         except Exception as exc:  # noqa: BLE001 - the one place every error is mapped
             await call.fail(context, exc)
         finally:

@@ -5,8 +5,8 @@ It is registered beside a service's native API on the same server, so the shared
 the same auth, request ids, metrics, size limits, malformed-message handling and ``google.rpc`` error
 details. ServerLive, ServerReady and ModelReady are open like ``grpc.health.v1``
 (:data:`services.common.interceptors.OPEN_METHODS`). RPCs outside the core protocol and Triton's
-streaming extension (model repository, shared memory, statistics, trace and log settings) stay
-UNIMPLEMENTED.
+streaming extension (model repository, shared memory, trace and log settings) are not overridden: the
+generated base raises NotImplementedError, which the interceptor answers UNIMPLEMENTED.
 
 ModelStreamInfer is Triton's decoupled streaming extension, not part of the core protocol: each
 request gets zero or more progress responses and one last response with the ``triton_final_response``

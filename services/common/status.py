@@ -25,6 +25,7 @@ STATUS_BY_ERROR: dict[type[errors.VersusError], grpc.StatusCode] = {
     errors.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
     errors.Cancelled: grpc.StatusCode.CANCELLED,
     errors.Unauthenticated: grpc.StatusCode.UNAUTHENTICATED,
+    errors.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
     errors.ConfigError: grpc.StatusCode.FAILED_PRECONDITION,
     errors.ModelLoadError: grpc.StatusCode.UNAVAILABLE,
     errors.InternalError: grpc.StatusCode.INTERNAL,
