@@ -175,8 +175,9 @@ def test_keda_component_replaces_the_cpu_hpas_of_the_model_servers(overlay: str,
 
 
 @needs_kubectl
-def test_the_gpu_keda_overlay_is_the_gpu_overlay_with_the_component() -> None:
-    gpu = render(K8S / "overlays" / "gpu")
+def test_the_gpu_keda_overlay_is_the_gpu_overlay_with_the_component(tmp_path: Path) -> None:
+    # ... and with components/prometheus-operator, whose Prometheus the triggers read.
+    gpu = render_with("gpu", K8S / "components" / "prometheus-operator", tmp_path)
     keda = render(K8S / "overlays" / "gpu-keda")
     strip = {("HorizontalPodAutoscaler", n) for n in MODEL_SERVERS}
     key = lambda d: (d["kind"], d["metadata"]["name"])  # noqa: E731

@@ -27,13 +27,34 @@ pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl
 
 
 @cache
-def _render_text(overlay: str) -> str:
-    return subprocess.run(["kubectl", "kustomize", str(K8S / "overlays" / overlay)],
+def _render_text(path: str) -> str:
+    return subprocess.run(["kubectl", "kustomize", path],
                           capture_output=True, text=True, check=True, timeout=120).stdout
 
 
 def render(overlay: str) -> list[dict]:
-    return [d for d in yaml.safe_load_all(_render_text(overlay)) if d]
+    return render_dir(K8S / "overlays" / overlay)
+
+
+def render_dir(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(_render_text(str(path))) if d]
+
+
+def render_with(overlay: str, *, components: tuple[str, ...] = (), patches: tuple[dict, ...] = ()) -> list[dict]:
+    """The overlay as a deployer's own kustomization builds it: the overlay plus components and patches."""
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        def rel(path: Path) -> str:  # kustomize refuses absolute paths
+            return os.path.relpath(path, tmp)
+
+        (Path(tmp) / "kustomization.yaml").write_text(yaml.safe_dump({
+            "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+            "resources": [rel(K8S / "overlays" / overlay)],
+            "components": [rel(K8S / "components" / c) for c in components], "patches": list(patches)}))
+        return [d for d in yaml.safe_load_all(subprocess.run(["kubectl", "kustomize", tmp], capture_output=True,
+                                                             text=True, check=True, timeout=120).stdout) if d]
 
 
 def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
@@ -51,6 +72,77 @@ def all_containers(dep: dict) -> list[dict]:
 
 def test_the_three_overlays_exist() -> None:
     assert {"cpu", "gpu", "triton"} <= set(OVERLAYS)
+
+
+# -- a bare cluster, and one image override ----------------------------------------------------------------------
+#: API groups a cluster has without any operator: core (""), apps, policy, autoscaling, networking.
+BARE_GROUPS = {"", "apps", "policy", "autoscaling", "networking.k8s.io"}
+
+
+def test_base_renders_only_built_in_kinds() -> None:
+    """The base applies on a bare cluster: no CRD kinds (ServiceMonitor, PrometheusRule live in
+    components/prometheus-operator)."""
+    docs = render_dir(K8S / "base")
+    groups = {d["apiVersion"].rpartition("/")[0] for d in docs}
+    assert groups <= BARE_GROUPS, f"base needs CRDs: {sorted(groups - BARE_GROUPS)}"
+    assert {"Deployment", "Service", "NetworkPolicy", "HorizontalPodAutoscaler"} <= {d["kind"] for d in docs}
+
+
+def test_prometheus_operator_component_carries_the_monitoring_objects() -> None:
+    docs = render_with("cpu", components=("prometheus-operator",))
+    monitoring = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert {d["kind"] for d in monitoring} == {"ServiceMonitor", "PrometheusRule"}
+    assert all(d["metadata"]["namespace"] == "versus" for d in monitoring)
+    assert "versus-grafana-dashboard" in by_kind(docs, "ConfigMap")
+
+
+REGISTRY, TAG = "registry.example.com/team/versus", "1.4.2"
+
+
+def _set_images(kustomization: Path, pairs: list[str]) -> None:
+    """What ``kustomize edit set image NAME=IMAGE:TAG ...`` does to ``images:`` (replace the entry of that name,
+    else append; keep the list sorted by name)."""
+    doc = yaml.safe_load(kustomization.read_text())
+    entries = {e["name"]: e for e in doc.get("images", [])}
+    for pair in pairs:
+        name, _, ref = pair.partition("=")
+        new_name, _, new_tag = ref.rpartition(":")
+        entries[name] = {"name": name, "newName": new_name, "newTag": new_tag}
+    doc["images"] = [entries[n] for n in sorted(entries)]
+    kustomization.write_text(yaml.safe_dump(doc))
+
+
+def _override_command() -> list[str]:
+    """The override docs/DEPLOY.md gives, with REGISTRY and TAG filled in."""
+    line = next(ln for ln in _doc_block("set-image").splitlines() if "kustomize edit set image" in ln)
+    words = shlex.split(line.replace("REGISTRY/versus", REGISTRY).replace("TAG", TAG))
+    return words[words.index("image") + 1:]
+
+
+@pytest.mark.parametrize("order", ["as documented", "reversed"])
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_documented_image_override_reaches_every_pod(overlay: str, order: str, tmp_path: Path) -> None:
+    """After the documented override every Versus container (init containers and Jobs too) runs the registry's
+    image and tag: the CUDA tag exactly in pods that get a GPU, the CPU tag everywhere else."""
+    pairs = _override_command()
+    assert {p.partition("=")[0] for p in pairs} == {"versus-cpu", "versus-cuda"}
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    _set_images(tree / "overlays" / overlay / "kustomization.yaml", pairs if order == "as documented" else pairs[::-1])
+    docs = render_dir(tree / "overlays" / overlay)
+    checked = 0
+    for doc in docs:
+        if doc["kind"] not in ("Deployment", "Job"):
+            continue
+        pod = doc["spec"]["template"]["spec"]
+        gpu = any("nvidia.com/gpu" in c["resources"].get("limits", {}) for c in pod["containers"])
+        for c in [*pod.get("initContainers", []), *pod["containers"]]:
+            if c["image"].startswith("nvcr.io/nvidia/tritonserver:"):
+                continue
+            want = f"{REGISTRY}:{TAG}-cuda" if gpu else f"{REGISTRY}:{TAG}"
+            assert c["image"] == want, f"{overlay}/{doc['metadata']['name']}/{c['name']}: {c['image']}, not {want}"
+            checked += 1
+    assert checked >= 4
 
 
 # -- schema ---------------------------------------------------------------------------------------------------
@@ -77,9 +169,15 @@ def test_overlay_validates_against_schema(overlay: str, version: str) -> None:
     assert validated >= 30
 
 
+def with_monitoring(overlay: str) -> list[dict]:
+    """The overlay with components/prometheus-operator (gpu-keda has it already: KEDA reads Prometheus)."""
+    docs = render(overlay)
+    return docs if by_kind(docs, "ServiceMonitor") else render_with(overlay, components=("prometheus-operator",))
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_all_four_services_are_complete(overlay: str) -> None:
-    docs = render(overlay)
+    docs = with_monitoring(overlay)
     for name in SERVICES:
         for kind, object_name in (("Deployment", name), ("ConfigMap", f"{name}-config"), ("ServiceAccount", name),
                                   ("Service", name), ("Service", f"{name}-headless"),
@@ -90,7 +188,11 @@ def test_all_four_services_are_complete(overlay: str) -> None:
         if name != "ranker":  # SQLite on a ReadWriteOnce claim: one pod (PostgreSQL lifts it; docs/DEPLOY.md)
             assert name in autoscalers(docs), f"{overlay}: {name} has no autoscaler"
     gateway_ports = {p["name"]: p["port"] for p in by_kind(docs, "Service")["gateway"]["spec"]["ports"]}
-    assert gateway_ports == {"grpc": 50050, "http": 8080, "metrics": 9100}
+    # No report pages (8080): they bind the pod's loopback and are reached with kubectl port-forward only.
+    assert gateway_ports == {"grpc": 50050, "metrics": 9100}
+    gateway = pod_spec(by_kind(docs, "Deployment")["gateway"])["containers"][0]
+    assert 8080 not in [p["containerPort"] for p in gateway["ports"]]
+    assert by_kind(docs, "ConfigMap")["gateway-config"]["data"]["GATEWAY_HTTP_HOST"] == "127.0.0.1"
 
 
 def autoscalers(docs: list[dict]) -> dict[str, list[str]]:
@@ -196,43 +298,72 @@ def allowed(policy: dict, pod: dict[str, str], namespace: str, port: int) -> boo
     return False
 
 
+def admitted(docs: list[dict], target: str, pod: dict[str, str], namespace: str, port: int) -> bool:
+    """NetworkPolicies add up: a connection to ``target``'s pods is admitted when any policy selecting them
+    admits it. Every Versus pod must be selected by one (else nothing isolates it)."""
+    labels = by_kind(docs, "Deployment")[target]["spec"]["template"]["metadata"]["labels"]
+    policies = [p for p in by_kind(docs, "NetworkPolicy").values()
+                if _selects(p["spec"]["podSelector"]["matchLabels"], labels)]
+    assert policies and all(p["spec"]["policyTypes"] == ["Ingress"] for p in policies), f"{target}: not isolated"
+    assert all(set(p["spec"]["podSelector"]) == {"matchLabels"} for p in policies)
+    return any(allowed(p, pod, namespace, port) for p in policies)
+
+
 GATEWAY = ({"app.kubernetes.io/name": "gateway"}, "versus")
+CLIENT_HERE = (CLIENT_LABEL, "versus")
 CLIENT_ELSEWHERE = (CLIENT_LABEL, "search")
 STRANGER_HERE = ({"app.kubernetes.io/name": "toolbox"}, "versus")
 STRANGER_ELSEWHERE = ({"app": "web"}, "default")
 MONITORING = ({"app.kubernetes.io/name": "prometheus"}, "monitoring")
+INGRESS = ({"app.kubernetes.io/name": "ingress-nginx"}, "ingress-nginx")
+ALL_SOURCES = (GATEWAY, CLIENT_HERE, CLIENT_ELSEWHERE, STRANGER_HERE, STRANGER_ELSEWHERE, MONITORING, INGRESS)
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 @pytest.mark.parametrize("service", ["vit", "sd35", "ranker"])
-def test_model_pods_admit_only_the_gateway_labelled_clients_and_monitoring(overlay: str, service: str) -> None:
-    policy = by_kind(render(overlay), "NetworkPolicy")[service]
-    assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": service}
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+def test_model_pods_admit_only_the_gateway_and_monitoring(overlay: str, service: str) -> None:
+    """docs/DEPLOY.md section 9: gRPC from the gateway pods only; metrics from the monitoring namespace only."""
+    docs = render(overlay)
     grpc_port, metrics_port = PORTS[service]
-    expect = [  # source, gRPC allowed, metrics allowed
-        (GATEWAY, True, False), (CLIENT_ELSEWHERE, True, False), (STRANGER_HERE, False, False),
-        (STRANGER_ELSEWHERE, False, False), (MONITORING, False, True),
-    ]
-    for (labels, ns), grpc_ok, metrics_ok in expect:
-        assert allowed(policy, labels, ns, grpc_port) is grpc_ok, f"{service}: {labels} in {ns} → gRPC"
-        assert allowed(policy, labels, ns, metrics_port) is metrics_ok, f"{service}: {labels} in {ns} → metrics"
+    for source in ALL_SOURCES:
+        assert admitted(docs, service, *source, grpc_port) is (source == GATEWAY), f"{service}: {source} → gRPC"
+        assert admitted(docs, service, *source, metrics_port) is (source == MONITORING), f"{service}: {source} → 9xxx"
+        assert not admitted(docs, service, *source, 8080), f"{service}: {source} → a port it does not serve"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_gateway_is_the_front_door(overlay: str) -> None:
-    policy = by_kind(render(overlay), "NetworkPolicy")["gateway"]
-    for source in (STRANGER_ELSEWHERE, CLIENT_ELSEWHERE, STRANGER_HERE):
-        assert allowed(policy, *source, 50050) and allowed(policy, *source, 8080)
-        assert not allowed(policy, *source, 9100)
-    assert allowed(policy, *MONITORING, 9100)
+def test_gateway_admits_only_labelled_clients_and_the_ingress_namespace(overlay: str) -> None:
+    docs = render(overlay)
+    for source in ALL_SOURCES:
+        assert admitted(docs, "gateway", *source, 50050) is (source in (CLIENT_HERE, CLIENT_ELSEWHERE, INGRESS)), \
+            f"gateway: {source} → gRPC"
+        assert admitted(docs, "gateway", *source, 9100) is (source == MONITORING), f"gateway: {source} → metrics"
+        assert not admitted(docs, "gateway", *source, 8080), f"gateway: {source} → the loopback-only pages"
+
+
+def test_the_ingress_namespace_is_a_parameter() -> None:
+    """The patch docs/DEPLOY.md section 9 gives: another controller's namespace replaces ingress-nginx."""
+    patch = yaml.safe_load(_doc_block("patch-ingress-namespace"))
+    docs = render_with("cpu", patches=(patch,))
+    traefik = ({"app.kubernetes.io/name": "traefik"}, "traefik")
+    assert admitted(docs, "gateway", *traefik, 50050) and not admitted(docs, "gateway", *traefik, 9100)
+    assert not admitted(docs, "gateway", *INGRESS, 50050)
+    assert not admitted(docs, "vit", *traefik, 50051)
+
+
+def _doc_block(name: str) -> str:
+    """The fenced block of docs/DEPLOY.md that follows the marker ``<!-- name -->``: tests run what the docs say."""
+    text = (ROOT / "docs" / "DEPLOY.md").read_text()
+    match = re.search(rf"<!-- {name} -->\s*```\w*\n(.*?)```", text, re.S)
+    assert match, f"docs/DEPLOY.md has no block marked {name}"
+    return match.group(1)
 
 
 def test_only_vit_reaches_triton() -> None:
-    policy = by_kind(render("triton"), "NetworkPolicy")["triton"]
-    assert allowed(policy, {"app.kubernetes.io/name": "vit"}, "versus", 8001)
-    assert not allowed(policy, *GATEWAY, 8001) and not allowed(policy, *CLIENT_ELSEWHERE, 8001)
-    assert allowed(policy, *MONITORING, 8002) and not allowed(policy, *STRANGER_HERE, 8002)
+    docs = render("triton")
+    assert admitted(docs, "triton", {"app.kubernetes.io/name": "vit"}, "versus", 8001)
+    assert not admitted(docs, "triton", *GATEWAY, 8001) and not admitted(docs, "triton", *CLIENT_ELSEWHERE, 8001)
+    assert admitted(docs, "triton", *MONITORING, 8002) and not admitted(docs, "triton", *STRANGER_HERE, 8002)
 
 
 # -- metrics ----------------------------------------------------------------------------------------------------
@@ -243,8 +374,8 @@ def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_every_metrics_port_is_scraped(overlay: str) -> None:
     """Each container port named ``metrics`` is annotated for annotation-based scrapers AND reached by a
-    ServiceMonitor through a Service that exposes it."""
-    docs = render(overlay)
+    ServiceMonitor through a Service that exposes it (with components/prometheus-operator)."""
+    docs = with_monitoring(overlay)
     services, monitors = by_kind(docs, "Service"), by_kind(docs, "ServiceMonitor")
     scraped = 0
     for name, dep in by_kind(docs, "Deployment").items():

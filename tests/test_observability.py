@@ -28,7 +28,7 @@ from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
-MONITORING = ROOT / "deploy" / "k8s" / "base" / "monitoring"
+MONITORING = ROOT / "deploy" / "k8s" / "components" / "prometheus-operator"
 RULE = MONITORING / "prometheusrule.yaml"
 RULE_TESTS = MONITORING / "alerts.test.yaml"
 DASHBOARD = MONITORING / "versus-dashboard.json"
