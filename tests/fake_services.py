@@ -144,11 +144,13 @@ class FakeSd35(sd35_pb2_grpc.Sd35ServiceServicer):
 
     def __init__(self, lies: frozenset[str] = frozenset()) -> None:
         self.lies = lies
+        self.generating = threading.Event()  # set by the first Generate (a test may kill the server then)
 
     def _max_side(self) -> int:
         return math.isqrt(self.MAX_PIXELS) // 16 * 16
 
     async def Generate(self, request, context) -> AsyncIterator[sd35_pb2.GenerateResponse]:
+        self.generating.set()
         if "down" in self.lies:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
         if "internal" in self.lies:
@@ -230,8 +232,13 @@ class Loopback:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def __exit__(self, *exc: object) -> None:
+    def kill(self) -> bool:
+        """The server goes away now (in-flight calls cancelled); its port refuses from then on."""
         asyncio.run_coroutine_threadsafe(self.server.stop(0), self.loop).result(30)
+        return True
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
 

@@ -50,7 +50,7 @@ def ranker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InProcessServer
         yield server
 
 
-def compare(ranker: InProcessServer, ids: tuple[str, ...], **targets: str) -> gateway_pb2.Comparison:
+def compare(ranker: InProcessServer, ids: tuple[str, ...], live: bool = True, **targets: str) -> gateway_pb2.Comparison:
     from services.gateway.config import GatewayConfig
     from services.gateway.server import create_server
 
@@ -60,7 +60,7 @@ def compare(ranker: InProcessServer, ids: tuple[str, ...], **targets: str) -> ga
                                          "vit": "", "sd35": ""} | targets))
     with InProcessServer(create_server, cfg) as gw, gw.channel() as ch:
         return gateway_pb2_grpc.GatewayServiceStub(ch).Compare(gateway_pb2.CompareRequest(
-            model_ids=list(ids), probes=gateway_pb2.ProbeOptions(live=True)), timeout=120).comparison
+            model_ids=list(ids), probes=gateway_pb2.ProbeOptions(live=live)), timeout=120).comparison
 
 
 def live_row(c: gateway_pb2.Comparison, model: str, capability: str) -> gateway_pb2.CapabilityEvidence:

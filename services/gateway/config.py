@@ -17,6 +17,21 @@ _SERVED = re.compile(r"(vit|sd35/(large|large-turbo|medium))")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+@dataclasses.dataclass(frozen=True)
+class ServedBy:
+    """The service that serves a catalog model live: the ViT service, or one variant of the SD3.5 service."""
+
+    service: str  # "vit" or "sd35"
+    variant: str = ""  # the SD3.5 variant ("large", "large-turbo", "medium"); "" for the ViT service
+
+    @property
+    def t2i(self) -> bool:
+        return self.service == "sd35"
+
+    def __str__(self) -> str:  # the wire form (CatalogModel.served_by, ServedWeights.service)
+        return f"{self.service}/{self.variant}" if self.variant else self.service
+
+
 def _loopback(host: str) -> bool:
     try:
         return host == "localhost" or ipaddress.ip_address(host.strip("[]")).is_loopback
@@ -136,14 +151,15 @@ class GatewayConfig(ServerConfig):
                               f"({self.label('tls_cert')}/{self.label('tls_key')}) or bound to a loopback "
                               f"address, not to {self.http_host!r} in plain HTTP")
 
-    def served_map(self) -> dict[str, str]:
-        """Catalog id → 'vit' or 'sd35/<variant>'."""
+    def served_map(self) -> dict[str, ServedBy]:
+        """Catalog id → the ViT service, or an SD3.5 variant."""
         out = {}
         for part in filter(None, (p.strip() for p in self.served.split(","))):
             model, _, service = part.partition("=")
             if not model or not _SERVED.fullmatch(service):
                 raise ConfigError(f"{self.label('served')}: {part!r} is not ID=vit or ID=sd35/VARIANT")
-            out[model] = service
+            name, _, variant = service.partition("/")
+            out[model] = ServedBy(name, variant)
         return out
 
     def precision_targets(self) -> dict[str, str]:

@@ -166,7 +166,7 @@ class Gateway:
             raise _client_error(exc) from None
         return gateway_pb2.ListModelsResponse(models=[
             gateway_pb2.CatalogModel(id=m.id, display_name=m.display_name, type=m.type,
-                                     served_by=self.served.get(m.id, "") if self._configured(m.id) else "")
+                                     served_by=str(self.served[m.id]) if self._configured(m.id) else "")
             for m in listed.models])  # type: ignore[attr-defined]
 
     async def leaderboard(self, task: str = "") -> ranker_pb2.GetLeaderboardResponse:
@@ -177,8 +177,8 @@ class Gateway:
             raise _client_error(exc, field="task") from None
 
     def _configured(self, model_id: str) -> bool:
-        service = self.served.get(model_id, "")
-        return bool(service) and self.downstream.has(service.split("/")[0])
+        by = self.served.get(model_id)
+        return by is not None and self.downstream.has(by.service)
 
     # -- Compare ------------------------------------------------------------------------------------
     async def compare(self, request: gateway_pb2.CompareRequest, *, timeout_s: float | None = None,

@@ -19,7 +19,7 @@ def assemble(run: Run) -> None:
     for model_id in run.opts.model_ids:
         entry = run.catalog.get(model_id) or ranker_pb2.CatalogEntry(id=model_id, display_name=model_id)
         served = run.served.get(model_id)
-        report = run.c.models.add(entry=entry, served_by=served.service if served else "",
+        report = run.c.models.add(entry=entry, served_by=str(served.by) if served else "",
                                   times_matched=scores[model_id].times_matched if model_id in scores
                                   else run.played.get(model_id, 0))
         if model_id in scores:

@@ -16,6 +16,7 @@ from services.common.convert import enum_name
 from services.common.errors import NotFound, quote
 from services.gateway.compare.probes import VitInfo
 from services.gateway.compare.sd35_probes import VariantInfo
+from services.gateway.config import ServedBy
 from services.gateway.downstream import DownstreamError
 from services.gateway.weights import classify_weights
 
@@ -38,11 +39,11 @@ async def read_catalog(run: Run) -> None:
                            resource_name=model_id)
 
 
-def _needs(run: Run, prefix: str) -> bool:
-    compared = any(run.gw.served.get(m, "").startswith(prefix) for m in run.opts.model_ids)
-    judge = prefix == "vit" and any(run.is_t2i(m) for m in run.opts.model_ids)
-    h2h = prefix == "sd35" and run.opts.head_to_head
-    return run.ds.has(prefix) and (compared or judge or h2h)
+def _needs(run: Run, service: str) -> bool:
+    compared = any(by.service == service for m in run.opts.model_ids if (by := run.gw.served.get(m)) is not None)
+    judge = service == "vit" and any(run.is_t2i(m) for m in run.opts.model_ids)
+    h2h = service == "sd35" and run.opts.head_to_head
+    return run.ds.has(service) and (compared or judge or h2h)
 
 
 async def read_infos(run: Run) -> None:
@@ -58,22 +59,21 @@ async def read_infos(run: Run) -> None:
         tasks.append(_sd35_info(run, errors))
     await asyncio.gather(*tasks)
     for model_id in run.opts.model_ids:
-        service = run.gw.served.get(model_id, "")
-        component = service.split("/")[0]
-        if not service or not run.ds.has(component):
+        by = run.gw.served.get(model_id)
+        if by is None or not run.ds.has(by.service):
             continue
-        if component in errors:
-            run.served[model_id] = Served(model_id, service, gateway_pb2.ServedWeights(service=service, kind="unknown"),
-                                          info_error=errors[component])
-        elif service == "vit" and run.vit is not None:
-            run.served[model_id] = Served(model_id, service, run.vit.weights, described=_vit_described(run.vit),
+        if by.service in errors:
+            run.served[model_id] = Served(model_id, by, gateway_pb2.ServedWeights(service=str(by), kind="unknown"),
+                                          info_error=errors[by.service])
+        elif not by.t2i and run.vit is not None:
+            run.served[model_id] = Served(model_id, by, run.vit.weights, described=_vit_described(run.vit),
                                           reported=_reported(run.vit.response.model, run.vit.weights))
-        elif service[5:] in run.variants:
-            v = run.variants[service[5:]]
-            run.served[model_id] = Served(model_id, service, v.weights, described=_sd35_described(v),
+        elif by.variant in run.variants:
+            v = run.variants[by.variant]
+            run.served[model_id] = Served(model_id, by, v.weights, described=_sd35_described(v),
                                           reported=_reported(v.info.model, v.weights))
         elif run.variants:
-            run.unavailable(service, f"the sd35 service does not host variant {service[5:]}")
+            run.unavailable(str(by), f"the sd35 service does not host variant {by.variant}")
 
 
 def _reported(model: common_pb2.ModelInfo, w: gateway_pb2.ServedWeights) -> str:
@@ -100,7 +100,7 @@ async def _vit_info(run: Run, errors: dict[str, gateway_pb2.Unavailable]) -> Non
     except DownstreamError as exc:
         errors["vit"] = run.unavailable("vit", exc)
         return
-    run.vit = VitInfo("vit", reply, _weights(run, "vit", reply.model))  # type: ignore[attr-defined]
+    run.vit = VitInfo("vit", reply, _weights(run, ServedBy("vit"), reply.model))  # type: ignore[attr-defined]
 
 
 async def _sd35_info(run: Run, errors: dict[str, gateway_pb2.Unavailable]) -> None:
@@ -112,11 +112,11 @@ async def _sd35_info(run: Run, errors: dict[str, gateway_pb2.Unavailable]) -> No
         return
     for v in reply.variants:  # type: ignore[attr-defined]
         name = enum_name(sd35_pb2.Variant, "VARIANT", v.variant)
-        run.variants[name] = VariantInfo(name, v, _weights(run, f"sd35/{name}", v.model))
+        run.variants[name] = VariantInfo(name, v, _weights(run, ServedBy("sd35", name), v.model))
 
 
-def _weights(run: Run, service: str, info: common_pb2.ModelInfo) -> gateway_pb2.ServedWeights:
+def _weights(run: Run, service: ServedBy, info: common_pb2.ModelInfo) -> gateway_pb2.ServedWeights:
     """What the gateway establishes about a service's weights (real only on published digests and the hub id,
     operator-attested on a pinned digest); the catalog is read before the infos, so the entry is known."""
     model_id = next((m for m, s in run.gw.served.items() if s == service), "")
-    return classify_weights(service, info, run.catalog.get(model_id), run.cfg.attested_digests())
+    return classify_weights(str(service), info, run.catalog.get(model_id), run.cfg.attested_digests())

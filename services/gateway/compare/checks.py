@@ -21,6 +21,7 @@ from versus.gateway.v1 import gateway_pb2
 from services.common.stats import wilson
 from services.gateway.compare.probes import ProbeResult, VitProbes, measurement, now_iso, unavailable
 from services.gateway.compare.sd35_probes import Sd35Probes
+from services.gateway.config import ServedBy
 
 if TYPE_CHECKING:
     from services.gateway.compare.run import Run, Served
@@ -263,7 +264,7 @@ async def run_checks(run: Run) -> None:
     jobs: list[Awaitable[None]] = []
     compared = [run.served[m] for m in run.opts.model_ids if m in run.served and run.served[m].info_error is None]
     for served in compared:
-        jobs.append(_vit_checks(run, served) if served.service == "vit" else _sd35_checks(run, served))
+        jobs.append(_sd35_checks(run, served) if served.by.t2i else _vit_checks(run, served))
     if jobs:
         run.progress("probe", f"probing {len(compared)} served model(s)", 0.15)
         await asyncio.gather(*jobs)
@@ -309,13 +310,13 @@ def sd35_probes(run: Run, variant: str) -> Sd35Probes:
 
 
 async def _sd35_checks(run: Run, served: Served) -> None:
-    variant = served.service[5:]
+    variant = served.by.variant
     sp = sd35_probes(run, variant)
     for short, fn in (("generate", sp.size_and_determinism), ("guidance", sp.guidance),
                       ("resolution", sp.resolution_edges), ("t5", sp.t5),
                       ("lora", lambda: sp.lora(run.cfg.lora_probe_path))):
         if _wanted(run, served.model_id, f"sd35.{short}"):
-            result = await run.probe(served.service, served.weights, f"sd35.{variant}.{short}", fn)
+            result = await run.probe(str(served.by), served.weights, f"sd35.{variant}.{short}", fn)
             if result is not None:
                 served.probes[f"sd35.{short}"] = result
                 run.progress("probe", f"sd35 {variant} {short}: observed", 0.45)
@@ -350,4 +351,4 @@ async def _vs_large_result(run: Run, turbo: ProbeResult, w: gateway_pb2.ServedWe
 
     if not turbo.observed:
         return turbo
-    return await run.probe("sd35/large-turbo", w, name, measure) or unavailable(name, "not run", w)
+    return await run.probe(str(ServedBy("sd35", "large-turbo")), w, name, measure) or unavailable(name, "not run", w)

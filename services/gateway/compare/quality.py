@@ -98,11 +98,14 @@ def summarise(judgements: list[gateway_pb2.Judgement], generator: str, mechanism
 def _generators(run: Run) -> list[str]:
     from services.gateway.compare.run import Served
 
-    t2i = [m for m in run.opts.model_ids if m in run.served and run.is_t2i(m)]
+    def generates(served: Served) -> bool:  # an SD3.5 variant whose GetModelInfo answered
+        return served.by.t2i and served.info_error is None and served.by.variant in run.variants
+
+    t2i = [m for m in run.opts.model_ids if m in run.served and generates(run.served[m])]
     if run.opts.head_to_head:
-        for model_id, service in run.gw.served.items():
-            if service.startswith("sd35/") and service[5:] in run.variants and model_id not in t2i:
-                run.served.setdefault(model_id, Served(model_id, service, run.variants[service[5:]].weights))
+        for model_id, by in run.gw.served.items():
+            if by.t2i and by.variant in run.variants and model_id not in t2i:
+                run.served.setdefault(model_id, Served(model_id, by, run.variants[by.variant].weights))
                 t2i.append(model_id)
     return t2i
 
@@ -223,9 +226,9 @@ async def _judgement(run: Run, generator: str, cls: str, seed: int) -> gateway_p
 
     served, vit = run.served[generator], run.vit
     assert vit is not None
-    sp = sd35_probes(run, served.service[5:])
+    sp = sd35_probes(run, served.by.variant)
     prompt = prompt_for(cls)
-    gen_probe = f"sd35.{served.service[5:]}.image.{seed}.{prompt}"
+    gen_probe = f"sd35.{served.by.variant}.image.{seed}.{prompt}"
     out = gateway_pb2.Judgement(generator=generator, imagenet_class=cls, prompt=prompt, seed=seed,
                                 judge_id=vit.weights.served_model_id, judge_digest=vit.weights.digest,
                                 generator_digest=served.weights.digest)
@@ -235,7 +238,7 @@ async def _judgement(run: Run, generator: str, cls: str, seed: int) -> gateway_p
         return ProbeResult(gen_probe, "", [], {"png": g.png, "w": g.decoded[0], "h": g.decoded[1]},
                            served.weights, now_iso())
 
-    image = await run.probe(served.service, served.weights, gen_probe, generate, kind="sd35.image")
+    image = await run.probe(str(served.by), served.weights, gen_probe, generate, kind="sd35.image")
     if image is None or not image.observed:
         return _lost_or_failed(run, out, image)
     png = image.data["png"]

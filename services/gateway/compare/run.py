@@ -20,6 +20,7 @@ from versus.ranker.v1 import ranker_pb2
 from services.common.client import ErrorDetails
 from services.gateway.compare.probes import Budget, ProbeResult, VitInfo, guarded, unavailable
 from services.gateway.compare.sd35_probes import VariantInfo
+from services.gateway.config import ServedBy
 from services.gateway.downstream import DownstreamError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ class Served:
     """One compared model served live here."""
 
     model_id: str
-    service: str  # "vit" or "sd35/<variant>"
+    by: ServedBy
     weights: gateway_pb2.ServedWeights = field(default_factory=gateway_pb2.ServedWeights)
     probes: dict[str, ProbeResult] = field(default_factory=dict)  # by check id ("vit.batching", "sd35.generate")
     #: What this deployment showed of itself, in words ("a 2-layer random pipeline"), for live row titles.
@@ -111,7 +112,8 @@ class Run:
             self.c.unavailable.append(item)
 
     def is_t2i(self, model_id: str) -> bool:
-        return self.gw.served.get(model_id, "").startswith("sd35/")
+        by = self.gw.served.get(model_id)
+        return by is not None and by.t2i
 
     async def probe(self, component_key: str, weights: gateway_pb2.ServedWeights, probe: str,
                     fn: Callable[[], Awaitable[ProbeResult]], kind: str = "") -> ProbeResult | None:
