@@ -54,9 +54,9 @@ def raw_forward(model_dir: Path, device: str, precision: str, batches: list[int]
     """img/s of the forward alone (pixels on the device), per batch size."""
     import torch
 
-    from services.vit.model import VitModel
+    from services.vit.torch_engine import TorchEngine
 
-    model = VitModel(str(model_dir), precision=precision, device=device)
+    model = TorchEngine(str(model_dir), precision=precision, device=device)
     model.load()
     size = model.image_size
     out = {}
@@ -85,9 +85,9 @@ def _sync(device: str) -> None:
 def cpu_preprocess_rate(model_dir: Path, data: list[bytes], threads: int, seconds: float = 5.0) -> float:
     """Images per second the CPU decodes and preprocesses on ``threads`` threads (the service's pool work)."""
     from services.vit.images import decode_image
-    from services.vit.model import VitModel
+    from services.vit.torch_engine import TorchEngine
 
-    model = VitModel(str(model_dir), device="cpu")
+    model = TorchEngine(str(model_dir), device="cpu")
     model.load_processor()
     count = [0] * threads
     stop = time.perf_counter() + seconds

@@ -41,9 +41,9 @@ def sample_png(seed: int) -> bytes:
 
 
 def load(model_dir: Path, precision: str = "fp32"):
-    from services.vit.model import VitModel
+    from services.vit.torch_engine import TorchEngine
 
-    model = VitModel(str(model_dir), precision=precision, device="cpu", torch_threads=THREADS)
+    model = TorchEngine(str(model_dir), precision=precision, device="cpu", torch_threads=THREADS)
     model.load()
     model.warmup()
     return model

@@ -111,17 +111,17 @@ def raw_best(engine, images: list[bytes], reps: dict[int, int]) -> tuple[float, 
 
 
 def torch_engine(model_dir: Path, precision: str):
-    from services.vit.model import VitModel
+    from services.vit.torch_engine import TorchEngine
 
-    engine = VitModel(str(model_dir), precision=precision, device="cpu", torch_threads=THREADS)
+    engine = TorchEngine(str(model_dir), precision=precision, device="cpu", torch_threads=THREADS)
     engine.load()
     return engine
 
 
 def onnx_engine(export_dir: Path):
-    from services.vit.onnx_engine import OnnxVitModel
+    from services.vit.onnx_engine import OnnxEngine
 
-    engine = OnnxVitModel(str(export_dir), threads=THREADS)
+    engine = OnnxEngine(str(export_dir), threads=THREADS)
     engine.load()
     return engine
 

@@ -266,3 +266,68 @@ def test_weights_provenance_digest_and_kind(tmp_path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     assert describe_weights(str(empty)).digest == ""
+
+
+def test_an_async_batch_function_is_awaited_with_at_most_concurrency_batches_in_flight() -> None:
+    """A remote engine takes several batches at once; a device thread one: the bound is the batcher's."""
+
+    async def go(concurrency: int) -> int:
+        in_flight = peak = 0
+
+        async def run_batch(items: list[int]) -> list[int]:
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            await asyncio.sleep(0.05)
+            in_flight -= 1
+            return [i * 10 for i in items]
+
+        b = MicroBatcher(run_batch, None, model="m", max_batch_size=2, max_queue=64, concurrency=concurrency)
+        b.start()
+        results = await asyncio.gather(*(b.submit([i, i + 100]) for i in range(8)))
+        assert [[r for r, _ in res] for res in results] == [[i * 10, (i + 100) * 10] for i in range(8)]
+        await b.close()
+        return peak
+
+    assert run(go(1)) == 1
+    assert run(go(3)) == 3
+
+
+def test_a_blocking_batch_function_needs_an_executor() -> None:
+    with pytest.raises(errors.ConfigError, match="executor"):
+        MicroBatcher(lambda items: items, None, model="m", max_batch_size=2, max_queue=4)
+
+
+def test_closing_fails_the_batch_in_flight_with_unavailable() -> None:
+    async def go() -> None:
+        started = asyncio.Event()
+
+        async def hang(items: list[int]) -> list[int]:
+            started.set()
+            await asyncio.sleep(60)
+            return items
+
+        b = MicroBatcher(hang, None, model="m", max_batch_size=2, max_queue=4)
+        b.start()
+        waiting = asyncio.ensure_future(b.submit([1]))
+        await started.wait()
+        await b.close()
+        with pytest.raises(errors.Unavailable):
+            await waiting
+
+    run(go())
+
+
+def test_every_vit_engine_implements_the_one_async_contract() -> None:
+    import inspect
+
+    from services.vit.engine import Engine, LocalEngine
+    from services.vit.onnx_engine import OnnxEngine
+    from services.vit.torch_engine import TorchEngine
+    from services.vit.triton_engine import TritonEngine
+
+    for cls in (TorchEngine, OnnxEngine, TritonEngine):
+        assert issubclass(cls, Engine) and not inspect.isabstract(cls)
+        assert inspect.iscoroutinefunction(cls.infer)
+    assert issubclass(TorchEngine, LocalEngine) and issubclass(OnnxEngine, LocalEngine)
+    assert TritonEngine.concurrency > 1 and TorchEngine.concurrency == 1

@@ -18,10 +18,10 @@ from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 from services.common.client import error_details
 from services.common.errors import ConfigError, ModelLoadError
-from services.vit.model import VitModel
-from services.vit.onnx_engine import EXPORT_META, OnnxVitModel
+from services.vit.onnx_engine import EXPORT_META, OnnxEngine
 from services.vit.onnx_export import FP32_TOLERANCE, ExportError, export_onnx
 from services.vit.server import create_server
+from services.vit.torch_engine import TorchEngine
 
 
 def held_out():
@@ -71,13 +71,13 @@ def digits_int8(vit_digits_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
 
 
 def torch_logits(model_dir: Path, images: list) -> np.ndarray:
-    model = VitModel(str(model_dir), precision="fp32", device="cpu")
+    model = TorchEngine(str(model_dir), precision="fp32", device="cpu")
     model.load()
     return model.forward(np.stack([model.preprocess(im) for im in images])).logits
 
 
 def onnx_logits(export_dir: Path, images: list) -> np.ndarray:
-    model = OnnxVitModel(str(export_dir))
+    model = OnnxEngine(str(export_dir))
     model.load()
     return model.forward(np.stack([model.preprocess(im) for im in images])).logits
 
@@ -183,11 +183,11 @@ def test_int8_export_reports_int8(digits_int8: Path) -> None:
 
 def test_onnx_backend_refuses_what_it_cannot_serve(vit_tiny_dir: Path, digits_int8: Path) -> None:
     with pytest.raises(ModelLoadError, match="is not an ONNX export"):
-        OnnxVitModel(str(vit_tiny_dir)).load()
+        OnnxEngine(str(vit_tiny_dir)).load()
     with pytest.raises(ConfigError, match="holds a int8 export"):
-        OnnxVitModel(str(digits_int8), precision="fp32").load()
+        OnnxEngine(str(digits_int8), precision="fp32").load()
     with pytest.raises(ModelLoadError, match="serve it with --backend onnx"):
-        VitModel(str(digits_int8), device="cpu").load()
+        TorchEngine(str(digits_int8), device="cpu").load()
     with pytest.raises(ConfigError, match="exported fp32 or int8 model"):
         vit_config(digits_int8, backend="onnx", precision="bf16")
 

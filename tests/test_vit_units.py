@@ -15,7 +15,7 @@ from services.common.errors import InvalidArgument
 from services.vit.errors import InvalidImage
 from services.vit.heads import HeadRegistry, fit_linear_probe
 from services.vit.images import decode_image
-from services.vit.model import pool, softmax_top_k
+from services.vit.tasks import pool, softmax_top_k
 
 
 def png_header_only(width: int, height: int) -> bytes:
@@ -107,3 +107,13 @@ def test_head_validation(name: str, labels: list[str], field: str, fragment: str
         HeadRegistry.validate_new(name, labels)
     assert info.value.field == field and fragment in info.value.message
     assert len(info.value.message) < 200
+
+
+def test_an_undecodable_upload_is_named_by_its_field_not_by_pils_file_object() -> None:
+    from services.vit.errors import InvalidImage
+    from services.vit.images import check_header
+
+    with pytest.raises(InvalidImage) as err:
+        check_header(b"this is not an image", "images[3].data", max_pixels=10**6, min_side=8)
+    text = str(err.value)
+    assert "images[3].data" in text and "BytesIO" not in text and "0x" not in text

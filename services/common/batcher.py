@@ -1,8 +1,10 @@
 """Dynamic micro-batching with admission control, transport-free (no gRPC here).
 
 Callers ``submit`` a group of items (one request's images) and await their results. A single
-worker coroutine takes up to ``max_batch_size`` waiting items and runs them on the model's executor
-(one thread per device), so model code never runs on the event loop and calls never overlap.
+worker coroutine takes up to ``max_batch_size`` waiting items and runs them: a blocking batch function on
+the model's executor (one thread per device), so model code never runs on the event loop; an async one
+(an engine that awaits a remote server, or hands its own work to the device thread) is awaited. At most
+``concurrency`` batches run at once (1 for a device: calls never overlap).
 
 Batching policy: when the device is idle the worker starts at once with whatever is waiting, so a
 lone caller pays no batching delay; while it is busy, new items pile up and form the next batch.
@@ -19,9 +21,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import inspect
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -66,16 +69,17 @@ class BatcherStats:
 
 
 class MicroBatcher(Generic[In, Out]):
-    """Batches items across concurrent requests and runs ``run_batch`` on ``executor``.
+    """Batches items across concurrent requests and runs ``run_batch`` on them.
 
     ``run_batch`` receives the payloads of one batch and must return exactly one output per input; an
-    output that is an exception fails only its own item (e.g. an image that turned out to be corrupt).
+    output that is an exception fails only its own item (e.g. an image that turned out to be corrupt). A
+    blocking ``run_batch`` runs on ``executor``; a coroutine function is awaited (``executor`` unused).
     """
 
     def __init__(
         self,
-        run_batch: Callable[[list[In]], Sequence[Out]],
-        executor: Executor,
+        run_batch: Callable[[list[In]], Sequence[Out]] | Callable[[list[In]], Awaitable[Sequence[Out]]],
+        executor: Executor | None,
         *,
         model: str,
         max_batch_size: int,
@@ -83,10 +87,17 @@ class MicroBatcher(Generic[In, Out]):
         max_wait_ms: float = 0.0,
         metrics: Metrics | None = None,
         service_time: ServiceTime | None = None,
+        concurrency: int = 1,
     ) -> None:
-        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0:
-            raise errors.ConfigError("max_batch_size and max_queue must be >= 1 and max_wait_ms >= 0")
+        if max_batch_size < 1 or max_queue < 1 or max_wait_ms < 0 or concurrency < 1:
+            raise errors.ConfigError("max_batch_size, max_queue and concurrency must be >= 1 and max_wait_ms >= 0")
         self._run_batch = run_batch
+        self._is_async = inspect.iscoroutinefunction(run_batch)
+        if executor is None and not self._is_async:
+            raise errors.ConfigError("a blocking run_batch needs an executor")
+        self.concurrency = concurrency
+        self._slots: asyncio.Semaphore | None = None
+        self._running: set[asyncio.Task[None]] = set()
         self._executor = executor
         self._model = model
         self.max_batch_size = max_batch_size
@@ -105,6 +116,7 @@ class MicroBatcher(Generic[In, Out]):
     def start(self) -> None:
         """Start the worker on the running event loop."""
         self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
         self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"batcher-{self._model}")
 
     async def close(self) -> None:
@@ -114,10 +126,12 @@ class MicroBatcher(Generic[In, Out]):
             item = self._queue.popleft()
             if not item.future.done():
                 item.future.set_exception(errors.Unavailable("server is shutting down"))
-        if self._worker is not None:
-            self._worker.cancel()
+        for task in [self._worker, *self._running]:
+            if task is None:
+                continue
+            task.cancel()
             try:
-                await self._worker
+                await task
             except asyncio.CancelledError:
                 pass
         self._set_depth()
@@ -165,17 +179,28 @@ class MicroBatcher(Generic[In, Out]):
 
     # -- worker -------------------------------------------------------------------------------
     async def _work(self) -> None:
-        assert self._wakeup is not None
+        assert self._wakeup is not None and self._slots is not None
         batch_id = 0
         while True:
             await self._wakeup.wait()
             self._wakeup.clear()
             while self._queue:
+                # a free slot first: while every slot is busy, new items pile up and form the next batch
+                await self._slots.acquire()
                 await self._hold_for_batch()
                 batch = self._take_batch()
-                if batch:
-                    batch_id += 1
-                    await self._run(batch, batch_id)
+                if not batch:
+                    self._slots.release()
+                    continue
+                batch_id += 1
+                task = asyncio.get_running_loop().create_task(self._run(batch, batch_id))
+                self._running.add(task)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        assert self._slots is not None
+        self._slots.release()
 
     async def _hold_for_batch(self) -> None:
         """With max_wait_ms > 0, wait for the batch to fill or the oldest item's wait to expire."""
@@ -221,10 +246,19 @@ class MicroBatcher(Generic[In, Out]):
             # model code runs inside it (copied context), so its decode/forward spans nest under it.
             with tracing.span("batch", parents[0] if parents else None, parents[1:], model=self._model,
                               batch_size=len(batch), batch_id=batch_id):
-                outputs = await loop.run_in_executor(self._executor, contextvars.copy_context().run,
-                                                     self._run_batch, [i.payload for i in batch])
+                payloads = [i.payload for i in batch]
+                if self._is_async:
+                    outputs = await self._run_batch(payloads)  # type: ignore[misc]
+                else:
+                    outputs = await loop.run_in_executor(self._executor, contextvars.copy_context().run,
+                                                         self._run_batch, payloads)
             if len(outputs) != len(batch):
                 raise errors.InternalError(f"model returned {len(outputs)} outputs for {len(batch)} inputs")
+        except asyncio.CancelledError:  # closing: the batch's callers are told, not left waiting
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(errors.Unavailable("server is shutting down"))
+            raise
         except Exception as exc:  # noqa: BLE001 - the batch's callers receive the error
             if not isinstance(exc, errors.VersusError):
                 log.error("batch failed", exc_info=exc, extra={"model": self._model, "batch_size": len(batch)})

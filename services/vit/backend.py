@@ -6,7 +6,6 @@ Transport-free (no gRPC): the servicer converts protobuf to these calls and back
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Sequence
@@ -18,17 +17,17 @@ import numpy as np
 from services.common import tracing
 from services.common.admission import Admission
 from services.common.backend import ModelInfo, ServiceBackend
-from services.common.batcher import ItemStats, MicroBatcher
+from services.common.batcher import MicroBatcher
 from services.common.errors import DeadlineExceeded, InvalidArgument
 from services.common.metrics import Metrics
 from services.common.weights import WeightsProvenance, describe_weights
 from services.torch_runtime import watch_gpu_memory
+from services.vit.capabilities import CAPABILITIES
 from services.vit.config import VitConfig
-from services.vit.engines import CAPABILITIES, make_engine
+from services.vit.engine import FINAL_LAYER, make_engine
 from services.vit.errors import InvalidImage, TritonUnavailable
 from services.vit.heads import Head, HeadRegistry, fit_linear_probe
 from services.vit.images import check_header, decode_image, load_rgb
-from services.vit.model import FINAL_LAYER
 from services.vit.tasks import (
     IMAGES,
     POOLINGS,
@@ -53,20 +52,20 @@ async def _within(future: asyncio.Future, timeout_s: float):  # the future's res
 
 
 class VitBackend(ServiceBackend):
-    """Owns the model, its device thread, admission, the batcher and the custom heads.
+    """Owns the engine, its device thread, admission, the batcher and the custom heads.
 
     Request path: validate (cheap) → admit or refuse at once (:class:`Admission`, counted in images,
-    before any pixel is decoded) → decode + preprocess on the preprocess pool → micro-batch on the
-    device thread. The admitted count bounds the decode stage and the batch queue together.
+    before any pixel is decoded) → decode + preprocess on the preprocess pool → the micro-batcher →
+    ``await engine.infer(batch)`` (whichever engine: torch or ONNX Runtime on the device thread, or a
+    Triton server) → post-processing (:mod:`.tasks`). The admitted count bounds the decode stage and the
+    batch queue together. The native API and OIP both come through here.
     """
 
     def __init__(self, config: VitConfig, metrics: Metrics) -> None:
         self.config = config
         self.model_id = config.model_id or Path(config.model.rstrip("/")).name or config.model
         super().__init__(self.model_id, metrics)
-        self.model = make_engine(config)
-        #: Triton serves the network: requests skip the local batcher (Triton's dynamic batcher batches).
-        self.remote = config.backend == "triton"
+        self.model = make_engine(config, self.executor)
         self.heads = HeadRegistry(config.max_heads, Path(config.heads_dir) if config.heads_dir else None,
                                   rescan_s=config.heads_rescan_s)
         self._watcher: asyncio.Task[None] | None = None
@@ -76,38 +75,39 @@ class VitBackend(ServiceBackend):
         self.admission = Admission(config.max_queue, model=self.model_id, metrics=metrics, what="images")
         self._batcher: MicroBatcher[WorkItem, object] = MicroBatcher(
             self._run_batch,
-            self.executor,
+            None,
             model=self.model_id,
             max_batch_size=config.max_batch_size,
             max_queue=config.max_queue,
             max_wait_ms=config.max_wait_ms,
             metrics=metrics,
+            concurrency=self.model.concurrency,
         )
-        self.on_device = config.preprocess == "device" and not self.remote
+        # decoding on the device thread only where there is one (a remote engine's work is elsewhere)
+        self.on_device = config.preprocess == "device" and self.model.concurrency == 1
         self.weights = WeightsProvenance("", "unknown")
 
     # -- lifecycle ------------------------------------------------------------------------------
     def load(self) -> None:
         self.model.load()
         self.weights = describe_weights(self.model.resolved or self.config.model)  # per-file sha256 + reported kind
-        if not self.remote:
-            self.model.warmup()
+        warmup = getattr(self.model, "warmup", None)
+        if warmup is not None:  # an in-process engine warms up here, on the device thread
+            warmup()
         self.heads.dimension = self.model.hidden_size
         self.heads.open()
 
     async def started(self) -> None:
-        if self.remote:
-            await self.model.connect(self.config.triton_start_timeout_s)  # type: ignore[attr-defined]
+        await self.model.start(self.config.triton_start_timeout_s)
+        if self.config.backend == "triton":
             self._watcher = asyncio.get_running_loop().create_task(self._watch_remote(), name="vit-triton-health")
-        else:
-            self._batcher.start()
+        self._batcher.start()
 
     async def stopping(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()  # first, so it cannot report ready again while we drain
         await self._batcher.close()
-        if self.remote:
-            await self.model.close()  # type: ignore[attr-defined]
+        await self.model.close()
         self._pre_pool.shutdown(wait=True)
 
     async def _watch_remote(self) -> None:
@@ -115,7 +115,7 @@ class VitBackend(ServiceBackend):
         says NOT_SERVING (through :attr:`on_readiness`)."""
         while True:
             await asyncio.sleep(self.config.triton_health_interval_s)
-            ready = await self.model.ready()  # type: ignore[attr-defined]
+            ready = await self.model.ready()
             if ready == self._ready:
                 continue
             self._ready = ready  # the base class's flag: require_ready() answers from it
@@ -125,7 +125,7 @@ class VitBackend(ServiceBackend):
                 await self.on_readiness(ready)
 
     def require_ready(self) -> None:
-        if self.remote and not self._ready and self._watcher is not None and not self._watcher.done():
+        if not self._ready and self._watcher is not None and not self._watcher.done():
             raise TritonUnavailable(f"Triton model {self.config.triton_model!r} at {self.config.triton_url} "
                                     "is not ready")
         super().require_ready()
@@ -206,7 +206,8 @@ class VitBackend(ServiceBackend):
         return field.format(i)
 
     def _prepare(
-        self, images: Sequence[bytes], field: str, task: ClassifyTask | EmbedTask, offset: int = 0
+        self, images: Sequence[bytes], field: str, task: ClassifyTask | EmbedTask, offset: int = 0,
+        deadline: float | None = None,
     ) -> list[WorkItem]:
         """Decode and preprocess every image (pool mode), or only check the headers (device mode:
         pixels are decoded on the device thread, per batch). Any bad header fails the whole request
@@ -217,26 +218,11 @@ class VitBackend(ServiceBackend):
             name = self._field(field, offset + i)
             if self.on_device:
                 opened = check_header(data, name, max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side)
-                items.append(WorkItem(None, task, opened, name))
+                items.append(WorkItem(None, task, opened, name, deadline))
             else:
                 image = decode_image(data, name, max_pixels=cfg.max_image_pixels, min_side=cfg.min_image_side)
-                items.append(WorkItem(self.model.preprocess(image), task))
+                items.append(WorkItem(self.model.preprocess(image), task, deadline=deadline))
         return items
-
-    async def _remote(self, items: list[WorkItem], timeout_s: float | None) -> list[tuple[object, ItemStats]]:
-        """Triton path: one call per request (Triton batches across requests); same metrics as the batcher's."""
-        started = time.perf_counter()
-        with tracing.span("forward", batch_size=len(items), backend=self.model.backend):
-            out = await self.model.infer(np.stack([it.pixels for it in items]), hidden_layers(items),  # type: ignore
-                                         timeout_s)
-        compute_s = time.perf_counter() - started
-        m = self.metrics
-        m.compute_seconds.labels(self.model_id).observe(compute_s)
-        m.batch_size.labels(self.model_id).observe(len(items))
-        m.items.labels(self.model_id).inc(len(items))
-        m.queue_seconds.labels(self.model_id).observe(0.0)
-        stats = ItemStats(0.0, compute_s, len(items), 0)
-        return [(r, stats) for r in postprocess(items, out, self.model.id2label)]
 
     async def _submit(
         self,
@@ -248,24 +234,22 @@ class VitBackend(ServiceBackend):
         pixels: np.ndarray | None = None,
     ) -> tuple[list[object], Timings]:
         started = time.perf_counter()
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self.admission.hold(len(images) if pixels is None else len(pixels)):  # refuse before decoding
             if pixels is not None:  # preprocessed by the client: straight to the batch
-                items = [WorkItem(row, task) for row in pixels]
+                items = [WorkItem(row, task, deadline=deadline) for row in pixels]
             elif self.on_device:  # header checks only: microseconds, fine on the event loop
-                items = self._prepare(images, field, task, offset)
+                items = self._prepare(images, field, task, offset, deadline)
             else:
                 with tracing.span("decode", images=len(images)):
                     future = asyncio.get_running_loop().run_in_executor(
-                        self._pre_pool, self._prepare, images, field, task, offset
+                        self._pre_pool, self._prepare, images, field, task, offset, deadline
                     )
                     items = await (future if timeout_s is None else _within(future, timeout_s))
             preprocess_s = time.perf_counter() - started
             self.metrics.preprocess_seconds.labels(self.model_id).observe(preprocess_s)
             remaining = None if timeout_s is None else max(0.0, timeout_s - preprocess_s)
-            if self.remote:
-                results = await self._remote(items, remaining)
-            else:
-                results = await self._batcher.submit(items, timeout_s=remaining)
+            results = await self._batcher.submit(items, timeout_s=remaining)
         return [r for r, _ in results], timings(started, preprocess_s, [s for _, s in results])
 
     # -- public API ------------------------------------------------------------------------------
@@ -357,7 +341,7 @@ class VitBackend(ServiceBackend):
     def delete_head(self, name: str) -> None:
         self.heads.delete(name)
 
-    # -- the batch function (device thread) ------------------------------------------------------
+    # -- the batch function (one batch of the micro-batcher) -------------------------------------
     def _pixels(self, item: WorkItem) -> np.ndarray | InvalidImage:
         if item.pixels is not None:
             return item.pixels
@@ -366,19 +350,31 @@ class VitBackend(ServiceBackend):
         except InvalidImage as exc:  # e.g. truncated data: fails only this item
             return exc
 
-    def _run_batch(self, all_items: list[WorkItem]) -> list[object]:
-        with tracing.span("decode", images=len(all_items)) if self.on_device else contextlib.nullcontext():
-            pixels = [self._pixels(it) for it in all_items]
+    def _decode_batch(self, items: list[WorkItem]) -> list[np.ndarray | InvalidImage]:
+        with tracing.span("decode", images=len(items)):
+            return [self._pixels(it) for it in items]
+
+    async def _run_batch(self, all_items: list[WorkItem]) -> list[object]:
+        """Decode where it is deferred (preprocess=device), run the engine on the good images, post-process."""
+        if self.on_device:
+            pixels = await self.run(self._decode_batch, all_items)
+        else:
+            pixels = [it.pixels for it in all_items]  # type: ignore[misc]
         good = [i for i, p in enumerate(pixels) if not isinstance(p, InvalidImage)]
         results: list[object] = list(pixels)  # errors stay in place
         if good:
-            for i, out in zip(
-                good, self._forward([all_items[i] for i in good], [pixels[i] for i in good]), strict=True
-            ):
-                results[i] = out
+            items = [all_items[i] for i in good]
+            with tracing.span("forward", batch_size=len(items), backend=self.model.backend):
+                out = await self.model.infer(np.stack([pixels[i] for i in good]), hidden_layers(items),
+                                             timeout_s=self._batch_timeout(items))
+            for i, answer in zip(good, postprocess(items, out, self.model.id2label), strict=True):
+                results[i] = answer
         return results
 
-    def _forward(self, items: list[WorkItem], pixels: list[np.ndarray]) -> list[object]:
-        with tracing.span("forward", batch_size=len(items), backend=self.model.backend):
-            out = self.model.forward(np.stack(pixels), hidden_layers(items))
-        return postprocess(items, out, self.model.id2label)
+    @staticmethod
+    def _batch_timeout(items: list[WorkItem]) -> float | None:
+        """What is left of the batch's latest deadline (a remote engine stops waiting then)."""
+        deadlines = [it.deadline for it in items]
+        if any(d is None for d in deadlines):
+            return None
+        return max(0.0, max(deadlines) - time.monotonic())  # type: ignore[type-var]

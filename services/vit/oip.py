@@ -17,19 +17,14 @@ import numpy as np
 
 from services.common.oip import InferRequest, OipModel, Tensor, TensorSpec, bytes_tensor
 from services.vit.backend import VitBackend
-from services.vit.tasks import Classification, Timings
+from services.vit.tasks import Classification, Timings, softmax
 
 IMAGE, PIXELS, PROBABILITIES, LABELS = "IMAGE", "PIXELS", "PROBABILITIES", "LABELS"
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max())
-    return (e / e.sum()).astype(np.float32)
-
-
 def classification_outputs(results: list[Classification]) -> list[Tensor]:
     """``PROBABILITIES`` and ``LABELS`` for classifications made with ``logits=True``."""
-    probabilities = np.stack([_softmax(np.asarray(r.logits, np.float64)) for r in results])
+    probabilities = np.stack([softmax(r.logits) for r in results]).astype(np.float32)
     labels = [[f"{lab.score:.6f}:{lab.index}:{lab.label}".encode() for lab in r.labels] for r in results]
     return [Tensor(PROBABILITIES, "FP32", probabilities), bytes_tensor(LABELS, labels)]
 

@@ -2,19 +2,20 @@
 
 The directory holds ``model.onnx`` (fp32, or int8 when exported with ``--quantize int8``), the
 processor config and ``config.json`` (labels, sizes) and ``versus-onnx.json`` (what the export did).
-Preprocessing and post-processing are the shared ones (:class:`services.vit.model.VitEngine`).
+Preprocessing is the shared one (:class:`services.vit.engine.Engine`); the session runs on the device thread.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import Executor
 from pathlib import Path
 
 import numpy as np
 
 from services.common.errors import ConfigError, ModelLoadError
-from services.vit.model import ONNX_FILE, ForwardOutput, VitEngine
+from services.vit.engine import ONNX_FILE, ForwardOutput, LocalEngine
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,14 @@ def providers_for(device: str) -> list[str]:
     return ["CPUExecutionProvider"]
 
 
-class OnnxVitModel(VitEngine):
+class OnnxEngine(LocalEngine):
     """An exported ViT run by an ``onnxruntime.InferenceSession`` on the device thread."""
 
     backend = "onnx"
 
-    def __init__(self, source: str, *, precision: str = "auto", device: str = "auto", threads: int = 0) -> None:
-        super().__init__(source, precision=precision)
+    def __init__(self, source: str, *, precision: str = "auto", device: str = "auto", threads: int = 0,
+                 executor: Executor | None = None) -> None:
+        super().__init__(source, precision=precision, executor=executor)
         self.device = device
         self.threads = threads
         self.session = None

@@ -28,8 +28,9 @@ import torch
 from PIL import Image
 
 from services.common.errors import VersusError
-from services.vit.model import ONNX_FILE, VitModel
-from services.vit.onnx_engine import EXPORT_META, INPUT, OUTPUTS, OnnxVitModel, session_options
+from services.vit.engine import ONNX_FILE
+from services.vit.onnx_engine import EXPORT_META, INPUT, OUTPUTS, OnnxEngine, session_options
+from services.vit.torch_engine import TorchEngine
 
 log = logging.getLogger(__name__)
 
@@ -107,11 +108,11 @@ def load_images(paths: Sequence[Path]) -> list[Image.Image]:
     return images
 
 
-def _pixels(model: VitModel, images: Sequence[Image.Image]) -> np.ndarray:
+def _pixels(model: TorchEngine, images: Sequence[Image.Image]) -> np.ndarray:
     return np.stack([model.preprocess(im) for im in images])
 
 
-def _torch_export(model: VitModel, path: Path) -> None:
+def _torch_export(model: TorchEngine, path: Path) -> None:
     size = model.image_size
     example = torch.zeros(2, 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -163,7 +164,7 @@ def export_onnx(model_dir: Path, out_dir: Path, *, quantize_to: str = "none", ca
         raise ExportError(f"--quantize must be one of {QUANTIZATIONS}")
     if calibration is not None and quantize_to == "none":
         raise ExportError("--calibration only applies with --quantize int8")
-    model = VitModel(str(model_dir), precision="fp32", device="cpu")
+    model = TorchEngine(str(model_dir), precision="fp32", device="cpu")
     model.load()
     check_images = load_images(image_files(images)) if images else None
     calib = _pixels(model, load_images(image_files(calibration))) if calibration else None
@@ -192,6 +193,6 @@ def export_onnx(model_dir: Path, out_dir: Path, *, quantize_to: str = "none", ca
     model.processor.save_pretrained(out_dir)
     model.config.save_pretrained(out_dir)
     (out_dir / EXPORT_META).write_text(json.dumps(asdict(report), indent=2) + "\n", encoding="utf-8")
-    OnnxVitModel(str(out_dir)).load()  # the directory is one the service can load
+    OnnxEngine(str(out_dir)).load()  # the directory is one the service can load
     log_fn(f"wrote {out_dir / ONNX_FILE} ({(out_dir / ONNX_FILE).stat().st_size / 1e6:.1f} MB)")
     return report

@@ -1,8 +1,9 @@
 """What a ViT request asks of a batch and what it gets back, and the batch post-processing (NumPy only).
 
 The backend turns each request into :class:`WorkItem` objects carrying a task; the batcher runs
-them; :func:`postprocess` turns one batch's :class:`~services.vit.model.ForwardOutput` into each
-item's answer (labels with scores, or pooled vectors), whichever engine computed it.
+them; :func:`postprocess` turns one batch's :class:`~services.vit.engine.ForwardOutput` into each
+item's answer (labels with scores, or pooled vectors), whichever engine computed it. Softmax, top-k and
+pooling live here, once, for every engine and every protocol (native and OIP).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import numpy as np
 
 from services.common.backend import ModelInfo
 from services.common.batcher import ItemStats
+from services.vit.engine import FINAL_LAYER, ForwardOutput
 from services.vit.heads import Head
-from services.vit.model import FINAL_LAYER, ForwardOutput, pool, softmax_top_k
 
 POOLINGS = ("cls", "mean")
 #: Field-path template of the images of a Classify/Embed request (errors name ``images[3].data``).
@@ -56,6 +57,7 @@ class WorkItem:
     task: ClassifyTask | EmbedTask
     image: object = None  # PIL image opened by check_header (preprocess=device)
     field: str = ""
+    deadline: float | None = None  # time.monotonic() by which the caller wants its answer
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,29 @@ class VitDescription:
     hidden_size: int
     max_images_per_request: int
     max_batch_size: int
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Probabilities of one logits row (float64 maths, stable against large logits)."""
+    row = np.asarray(logits, dtype=np.float64)
+    probs = np.exp(row - row.max())
+    return probs / probs.sum()
+
+
+def softmax_top_k(logits: np.ndarray, k: int) -> list[tuple[int, float]]:
+    """(index, probability) of the ``k`` best classes of one logits row, best first (ties: lower index)."""
+    probs = softmax(logits)
+    order = np.argsort(-probs, kind="stable")[:k]
+    return [(int(i), float(probs[i])) for i in order]
+
+
+def pool(hidden: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
+    """``[tokens, hidden]`` → one float32 vector: CLS token or mean over tokens, optionally L2-normed."""
+    hidden = np.asarray(hidden, dtype=np.float32)
+    vec = hidden[0] if pooling == "cls" else hidden.mean(axis=0)
+    if normalize:
+        vec = vec / max(float(np.linalg.norm(vec)), 1e-12)
+    return vec.astype(np.float32, copy=False)
 
 
 def timings(started: float, preprocess_s: float, stats: Sequence[ItemStats]) -> Timings:

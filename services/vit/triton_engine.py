@@ -15,8 +15,8 @@ import logging
 import numpy as np
 
 from services.common.errors import Cancelled, ConfigError, DeadlineExceeded, ModelLoadError, VersusError
+from services.vit.engine import Engine, ForwardOutput
 from services.vit.errors import TritonBusy, TritonRejected, TritonUnavailable
-from services.vit.model import ForwardOutput, VitEngine
 from services.vit.onnx_engine import INPUT, OUTPUTS
 from services.vit.triton_repo import PRECISION_PARAMETER
 
@@ -53,10 +53,12 @@ TRITON_CHANNEL_ARGS = [
 ]
 
 
-class TritonVitModel(VitEngine):
+class TritonEngine(Engine):
     """A ViT served by Triton; preprocessing and labels come from the local model directory."""
 
     backend = "triton"
+    #: Batches in flight to Triton at once: its own dynamic batcher and instances take them from there.
+    concurrency = 16
 
     def __init__(self, source: str, *, url: str, model_name: str, precision: str = "auto",
                  allow_download: bool = False) -> None:
@@ -72,14 +74,11 @@ class TritonVitModel(VitEngine):
         return f"triton:{self.url}"
 
     def load(self) -> None:
-        """The local half (processor, labels, sizes); :meth:`connect` does the remote one."""
+        """The local half (processor, labels, sizes); :meth:`start` does the remote one."""
         self.load_processor()
 
-    def forward(self, pixel_values: np.ndarray, layers: frozenset[int] = frozenset()) -> ForwardOutput:
-        raise NotImplementedError("the Triton backend is asynchronous: use infer()")
-
     # -- remote ---------------------------------------------------------------------------------
-    async def connect(self, timeout_s: float, poll_s: float = 0.5) -> None:
+    async def start(self, timeout_s: float, poll_s: float = 0.5) -> None:
         """Wait (up to ``timeout_s``) for the model to be ready, check its configuration, warm it up."""
         from tritonclient.grpc.aio import InferenceServerClient
 
@@ -129,7 +128,8 @@ class TritonVitModel(VitEngine):
         except Exception:  # noqa: BLE001 - unreachable or failing means not ready
             return False
 
-    async def infer(self, pixel_values: np.ndarray, layers: frozenset[int], timeout_s: float | None) -> ForwardOutput:
+    async def infer(self, pixel_values: np.ndarray, layers: frozenset[int] = frozenset(),
+                    timeout_s: float | None = None) -> ForwardOutput:
         """One request's images, in chunks of Triton's max batch size sent concurrently."""
         if self._client is None:
             raise TritonUnavailable("not connected to Triton")

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import ConfigError
-from services.vit.model import ONNX_FILE
+from services.vit.engine import ONNX_FILE
 from services.vit.onnx_engine import EXPORT_META, INPUT, read_export_meta
 
 PLATFORMS = ("onnxruntime", "python")

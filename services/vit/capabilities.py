@@ -1,10 +1,8 @@
-"""Which engine runs the network, and what the ViT service says it can do (no gRPC)."""
+"""What the ViT service says it can do (GetModelInfo's capabilities; no gRPC)."""
 
 from __future__ import annotations
 
 from services.common.backend import Capability
-from services.vit.config import VitConfig
-from services.vit.model import VitEngine, VitModel
 
 CAPABILITIES = (
     Capability(
@@ -43,18 +41,3 @@ CAPABILITIES = (
     ),
 )
 
-
-def make_engine(config: VitConfig) -> VitEngine:
-    """The engine for ``config.backend`` (ONNX Runtime and tritonclient are imported only when chosen)."""
-    if config.backend == "onnx":
-        from services.vit.onnx_engine import OnnxVitModel
-
-        return OnnxVitModel(config.model, precision=config.precision, device=config.device,
-                            threads=config.onnx_threads or config.torch_threads)
-    if config.backend == "triton":
-        from services.vit.triton_engine import TritonVitModel
-
-        return TritonVitModel(config.model, url=config.triton_url, model_name=config.triton_model,
-                              precision=config.precision, allow_download=config.allow_download)
-    return VitModel(config.model, precision=config.precision, device=config.device,
-                    allow_download=config.allow_download, torch_threads=config.torch_threads)
