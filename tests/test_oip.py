@@ -257,10 +257,74 @@ def test_protocol_calls_share_the_native_metrics_and_batcher(server: InProcessSe
     assert metric_sum(after, "versus_items_processed_total") >= metric_sum(before, "versus_items_processed_total") + 5
 
 
+# -- ModelConfig and ModelStatistics ---------------------------------------------------------------
+def test_model_config_describes_the_batched_models(server: InProcessServer, client: tc.InferenceServerClient) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    cfg = server.config
+    vit = client.get_model_config("vit", headers=AUTH).config
+    assert (vit.name, vit.platform, vit.backend) == ("vit", "versus_vit", cfg.backend)
+    assert vit.max_batch_size == cfg.max_images_per_request == 32
+    # Triton's convention: dims leave out the batch dimension; a per-image scalar is [1] reshaped to [].
+    assert [(t.name, t.data_type, list(t.dims), list(t.reshape.shape)) for t in vit.input] == [
+        ("IMAGE", mc.TYPE_STRING, [1], [])]
+    assert vit.input[0].HasField("reshape")
+    assert [(t.name, t.data_type, list(t.dims)) for t in vit.output] == [("PROBABILITIES", mc.TYPE_FP32, [10]),
+                                                                          ("LABELS", mc.TYPE_STRING, [-1])]
+    assert list(vit.dynamic_batching.preferred_batch_size) == [cfg.max_batch_size]
+    assert vit.dynamic_batching.max_queue_delay_microseconds == int(cfg.max_wait_ms * 1000)
+    pixels = client.get_model_config("vit-tensor", headers=AUTH).config
+    assert [(t.name, t.data_type, list(t.dims)) for t in pixels.input] == [("PIXELS", mc.TYPE_FP32, [3, 32, 32])]
+    with pytest.raises(InferenceServerException) as info:
+        client.get_model_config("resnet", headers=AUTH)
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def _stats(client: tc.InferenceServerClient, model: str):
+    (only,) = client.get_inference_statistics(model, headers=AUTH).model_stats
+    return only
+
+
+def test_statistics_count_requests_phases_and_batches(client: tc.InferenceServerClient, held) -> None:
+    before = _stats(client, "vit")
+    client.infer("vit", [images_input([encode(im) for im in held.images[:5]])], headers=AUTH)
+    with pytest.raises(InferenceServerException):
+        client.infer("vit", [images_input([b"not an image"])], headers=AUTH)
+    after = _stats(client, "vit")
+    b, a = before.inference_stats, after.inference_stats
+    assert (after.name, after.version) == ("vit", "1")
+    assert a.success.count == b.success.count + 1 and a.success.ns > b.success.ns
+    assert a.fail.count == b.fail.count + 1
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert getattr(a, phase).count == getattr(b, phase).count + 1, phase
+    assert a.compute_infer.ns > b.compute_infer.ns and a.compute_input.ns > b.compute_input.ns
+    assert a.success.ns - b.success.ns >= a.compute_infer.ns - b.compute_infer.ns
+    assert after.inference_count == before.inference_count + 5
+    assert after.execution_count >= before.execution_count + 1
+    assert sum(s.compute_infer.count for s in after.batch_stats) == after.execution_count
+    assert after.last_inference > 0 and after.last_inference >= before.last_inference
+    models = {m.name for m in client.get_inference_statistics(headers=AUTH).model_stats}
+    assert models == {"vit", "vit-tensor"}
+    with pytest.raises(InferenceServerException) as info:
+        client.get_inference_statistics("resnet", headers=AUTH)
+    assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_statistics_count_a_refused_input_as_failed(stub) -> None:
+    def fails() -> int:
+        return stub.ModelStatistics(pb.ModelStatisticsRequest(name="vit-tensor"), metadata=METADATA,
+                                    timeout=10).model_stats[0].inference_stats.fail.count
+
+    before = fails()
+    with pytest.raises(grpc.RpcError):
+        stub.ModelInfer(ERRORS["wrong image size"][0], metadata=METADATA, timeout=30)
+    assert fails() == before + 1
+
+
 # -- RPCs the server does not offer -------------------------------------------------------------------
 #: What docs/OIP.md says the servers answer; every other RPC of the service must be UNIMPLEMENTED.
 SERVED = {"ServerLive", "ServerReady", "ModelReady", "ServerMetadata", "ModelMetadata", "ModelInfer",
-          "ModelStreamInfer"}
+          "ModelStreamInfer", "ModelConfig", "ModelStatistics"}
 OIP_METHODS = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods
 UNSERVED = [m for m in OIP_METHODS if m.name not in SERVED]
 

@@ -168,3 +168,30 @@ def test_missing_prompt_and_unknown_model(client: tc.InferenceServerClient) -> N
     with pytest.raises(InferenceServerException) as info:
         client.infer("sd35-xl", inputs())
     assert info.value.status() == "StatusCode.NOT_FOUND"
+
+
+def test_model_config_and_statistics(client: tc.InferenceServerClient) -> None:
+    from tritonclient.grpc import model_config_pb2 as mc
+
+    config = client.get_model_config("sd35-large").config
+    assert (config.name, config.platform, config.backend, config.max_batch_size) == ("sd35-large", "versus_sd35",
+                                                                                      "diffusers", 0)
+    assert not config.HasField("dynamic_batching")  # one generation per device run
+    declared = {t.name: (t.data_type, list(t.dims), t.optional) for t in config.input}
+    assert declared["PROMPT"] == (mc.TYPE_STRING, [1], False) and declared["SEED"] == (mc.TYPE_INT64, [1], True)
+    assert declared["GUIDANCE"] == (mc.TYPE_FP32, [1], True)
+    assert {t.name: t.data_type for t in config.output}["IMAGE"] == mc.TYPE_STRING
+
+    (before,) = client.get_inference_statistics("sd35-large").model_stats
+    client.infer("sd35-large", inputs(**small(STEPS=2)))
+    with pytest.raises(InferenceServerException):
+        client.infer("sd35-large", inputs(**small(STEPS=("FP32", 2.0))))
+    (after,) = client.get_inference_statistics("sd35-large").model_stats
+    b, a = before.inference_stats, after.inference_stats
+    assert a.success.count == b.success.count + 1 and a.fail.count == b.fail.count + 1
+    for phase in ("queue", "compute_input", "compute_infer", "compute_output"):
+        assert getattr(a, phase).count == getattr(b, phase).count + 1, phase
+        assert getattr(a, phase).ns > getattr(b, phase).ns or phase == "queue", phase
+    assert a.success.ns - b.success.ns >= a.compute_infer.ns - b.compute_infer.ns > 0
+    assert (after.inference_count, after.execution_count) == (before.inference_count + 1, before.execution_count + 1)
+    assert [(s.batch_size, s.compute_infer.count) for s in after.batch_stats] == [(1, after.execution_count)]

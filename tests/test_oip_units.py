@@ -124,3 +124,17 @@ def test_repository_refusals() -> None:
                                      parameters={"k": pb.InferParameter(bool_param=True)})
     with pytest.raises(InvalidArgument, match="integer"):
         repo.decode(bad_param)[1].int_parameter("k")
+
+
+def test_statistics_count_a_shared_compute_batch_once() -> None:
+    from services.common.oip_info import Batch, ModelStats, Phases
+
+    stats = ModelStats()
+    shared = Batch(id=7, size=2, compute_s=0.5)
+    stats.phases(Phases(1, 0.1, 0.0, 0.5, 0.0, (shared,)))
+    stats.phases(Phases(1, 0.2, 0.0, 0.5, 0.0, (shared, Batch(id=8, size=1, compute_s=0.25))))
+    proto = stats.proto("m", "1")
+    assert (proto.inference_count, proto.execution_count) == (2, 2)
+    assert [(b.batch_size, b.compute_infer.count, b.compute_infer.ns) for b in proto.batch_stats] == [
+        (1, 1, 250_000_000), (2, 1, 500_000_000)]
+    assert (proto.inference_stats.queue.count, proto.inference_stats.queue.ns) == (2, 300_000_000)

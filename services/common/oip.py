@@ -19,14 +19,17 @@ from __future__ import annotations
 import abc
 import math
 import struct
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.utils import deserialize_bytes_tensor, serialize_byte_tensor, triton_to_np_dtype
 
 from services.common.errors import InvalidArgument, NotFound, quote
+from services.common.oip_info import Batching, ModelStats, model_config
 
 #: The one version every model has (requests may leave the version empty).
 MODEL_VERSION = "1"
@@ -93,12 +96,26 @@ class InferRequest:
 
 
 class OipModel(abc.ABC):
-    """One model a service exposes over the protocol; an adapter onto the service's backend."""
+    """One model a service exposes over the protocol; an adapter onto the service's backend.
+
+    ``max_batch_size`` > 0: the first dimension of every input and output is the batch (Triton's
+    convention), at most that long; ``batching``: how requests share compute batches (None: they do
+    not). The adapter records where a successful request's time went in ``stats``
+    (:meth:`ModelStats.phases`); the repository records outcomes.
+    """
 
     name: str
     platform: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+    max_batch_size: int = 0
+    batching: Batching | None = None
+    #: ModelConfig.backend: what computes the model.
+    backend_name: str = ""
+
+    @cached_property
+    def stats(self) -> ModelStats:
+        return ModelStats()
 
     @abc.abstractmethod
     def ready(self) -> bool:
@@ -225,9 +242,51 @@ class ModelRepository:
                                         inputs=[_tensor_metadata(s) for s in m.inputs],
                                         outputs=[_tensor_metadata(s) for s in m.outputs])
 
+    def model_config(self, name: str, version: str = "") -> pb.ModelConfigResponse:
+        m = self.model(name, version)
+        return pb.ModelConfigResponse(config=model_config(m.name, m.platform, m.backend_name, m.max_batch_size,
+                                                          m.inputs, m.outputs, m.batching))
+
+    def statistics(self, name: str = "", version: str = "") -> pb.ModelStatisticsResponse:
+        """One model's statistics, or every model's when ``name`` is empty."""
+        models = [self.model(name, version)] if name else list(self.models.values())
+        return pb.ModelStatisticsResponse(model_stats=[m.stats.proto(m.name, MODEL_VERSION) for m in models])
+
+    @staticmethod
+    async def infer_stream(model: OipModel, request: InferRequest,
+                           timeout_s: float | None) -> AsyncIterator[tuple[list[Tensor], bool]]:
+        """The model's (tensors, final) responses, the request's outcome counted in its statistics."""
+        started, ok = time.perf_counter(), False
+        try:
+            async for tensors, final in model.infer_stream(request, timeout_s):
+                ok = ok or final
+                yield tensors, final
+        finally:
+            model.stats.outcome(ok, time.perf_counter() - started)
+
+    @staticmethod
+    async def infer(model: OipModel, request: InferRequest, timeout_s: float | None) -> list[Tensor]:
+        """The model's output tensors, the request's outcome counted in its statistics."""
+        started, ok = time.perf_counter(), False
+        try:
+            tensors = await model.infer(request, timeout_s)
+            ok = True
+            return tensors
+        finally:
+            model.stats.outcome(ok, time.perf_counter() - started)
+
     def decode(self, r: pb.ModelInferRequest) -> tuple[OipModel, InferRequest]:
-        """The model a request names and the request in domain terms, every input checked."""
+        """The model a request names and the request in domain terms, every input checked (a request
+        refused here counts as failed in the model's statistics)."""
         model = self.model(r.model_name, r.model_version)
+        try:
+            return model, self._decode(model, r)
+        except InvalidArgument:
+            model.stats.outcome(False, 0.0)
+            raise
+
+    @staticmethod
+    def _decode(model: OipModel, r: pb.ModelInferRequest) -> InferRequest:
         specs = {s.name: s for s in model.inputs}
         raw = list(r.raw_input_contents)
         if raw and len(raw) != len(r.inputs):
@@ -248,8 +307,7 @@ class ModelRepository:
             if o.name not in outputs:
                 raise InvalidArgument(o.name or f"outputs[{i}]", f"{model.name} has no such output; outputs: "
                                       f"{', '.join(outputs)}")
-        return model, InferRequest(model.name, r.id, inputs, _parameters(r.parameters),
-                                   tuple(o.name for o in r.outputs))
+        return InferRequest(model.name, r.id, inputs, _parameters(r.parameters), tuple(o.name for o in r.outputs))
 
     @staticmethod
     def encode(request: InferRequest, tensors: Sequence[Tensor], final: bool | None = None) -> pb.ModelInferResponse:

@@ -1,5 +1,6 @@
 """``inference.GRPCInferenceService`` (Open Inference Protocol, KServe V2) over gRPC: messages in and out
-of a :class:`~services.common.oip.ModelRepository`, nothing more.
+of a :class:`~services.common.oip.ModelRepository`, nothing more. Besides the core protocol it answers
+Triton's ModelConfig and ModelStatistics (:mod:`services.common.oip_info`).
 
 It is registered beside a service's native API on the same server, so the shared interceptor gives it
 the same auth, request ids, metrics, size limits, malformed-message handling and ``google.rpc`` error
@@ -58,16 +59,24 @@ class OipServicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                             context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:
         return self.repository.model_metadata(request.name, request.version)
 
+    async def ModelConfig(self, request: pb.ModelConfigRequest,
+                          context: grpc.aio.ServicerContext) -> pb.ModelConfigResponse:
+        return self.repository.model_config(request.name, request.version)
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest,
+                              context: grpc.aio.ServicerContext) -> pb.ModelStatisticsResponse:
+        return self.repository.statistics(request.name, request.version)
+
     async def ModelInfer(self, request: pb.ModelInferRequest,
                          context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         model, domain = self.repository.decode(request)
-        return self.repository.encode(domain, await model.infer(domain, context.time_remaining()))
+        return self.repository.encode(domain, await self.repository.infer(model, domain, context.time_remaining()))
 
     async def _stream_one(self, request: pb.ModelInferRequest,
                           timeout_s: float | None) -> AsyncIterator[pb.ModelStreamInferResponse]:
         try:
             model, domain = self.repository.decode(request)
-            async for tensors, final in model.infer_stream(domain, timeout_s):
+            async for tensors, final in self.repository.infer_stream(model, domain, timeout_s):
                 yield pb.ModelStreamInferResponse(infer_response=self.repository.encode(domain, tensors, final))
         except VersusError as exc:  # this request failed; the stream and its other requests go on
             failed = pb.ModelInferResponse(model_name=request.model_name, id=request.id)

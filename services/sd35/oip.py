@@ -7,18 +7,24 @@ default. Outputs: ``IMAGE`` BYTES [1] (PNG) and ``SEED`` INT64 [1] (the seed use
 byte-identical images). Through ModelStreamInfer (Triton's decoupled extension) progress responses
 carry ``STEP`` and ``TOTAL`` INT32 [1]; the last carries ``IMAGE`` and ``SEED``.
 
+ModelConfig: no batch dimension (max_batch_size 0), no dynamic batching. Statistics, from the
+native timings: queue, text encoding (compute_input), denoising and VAE decode (compute_infer; one
+execution of batch size 1 per generation), PNG encoding (compute_output).
+
 Requests go through the same validation, queue and device thread as Generate; the violations the
 validation names are renamed to the inputs the client sent (``guidance_scale`` → ``GUIDANCE``).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator
 
 import numpy as np
 
 from services.common.errors import InvalidArgument
 from services.common.oip import InferRequest, OipModel, Tensor, TensorSpec, bytes_tensor
+from services.common.oip_info import Batch, Phases
 from services.sd35.backend import Sd35Backend
 from services.sd35.requests import Progress, Request, Result
 
@@ -64,10 +70,19 @@ class Sd35Model(OipModel):
     inputs = INPUTS
     outputs = OUTPUTS
 
+    backend_name = "diffusers"
+
     def __init__(self, backend: Sd35Backend, variant: str) -> None:
         self.backend = backend
         self.variant = variant
         self.name = f"sd35-{variant}"
+        self._executions = itertools.count()
+
+    def _record(self, result: Result) -> None:
+        t = result.timings_ms
+        infer_s = (t["denoising_ms"] + t["decode_ms"]) / 1e3
+        self.stats.phases(Phases(1, t["queue_ms"] / 1e3, t["text_encoding_ms"] / 1e3, infer_s, t["encode_ms"] / 1e3,
+                                 (Batch(next(self._executions), 1, infer_s),)))
 
     def ready(self) -> bool:
         return self.backend.ready
@@ -84,6 +99,7 @@ class Sd35Model(OipModel):
                 if isinstance(event, Progress):
                     yield [_int32("STEP", event.step), _int32("TOTAL", event.total_steps)], False
                 elif isinstance(event, Result):
+                    self._record(event)
                     yield [bytes_tensor("IMAGE", event.images[:1]),
                            Tensor("SEED", "INT64", np.array(event.seeds[:1], np.int64))], True
         except InvalidArgument as exc:

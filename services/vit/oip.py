@@ -5,7 +5,10 @@
 - ``vit-tensor``: ``PIXELS`` FP32 [-1, 3, S, S], already preprocessed (S = the model's image size) →
   the same outputs.
 
-Both go through the backend's admission and micro-batcher, like Classify. Request parameters:
+Both go through the backend's admission and micro-batcher, like Classify. ModelConfig: the batch is
+the first dimension, at most ``max_images_per_request``; dynamic batching up to the compute batch
+(``max_batch_size``) with ``max_wait_ms``. Statistics: queue, preprocessing (compute_input), model
+compute per batch (compute_infer, batch_stats) and building the outputs (compute_output). Request parameters:
 ``top_k`` (int64, default the server's ``default_top_k``) sets k; ``head`` (string) picks a custom
 head, whose labels then replace the model's. ``LABELS`` entries follow Triton's classification
 extension: ``"<probability>:<index>:<label>"``, best first.
@@ -13,9 +16,12 @@ extension: ``"<probability>:<index>:<label>"``, best first.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from services.common.oip import InferRequest, OipModel, Tensor, TensorSpec, bytes_tensor
+from services.common.oip_info import Batch, Batching, Phases
 from services.vit.backend import VitBackend
 from services.vit.tasks import Classification, Timings, softmax
 
@@ -34,6 +40,10 @@ class _VitClassifier(OipModel):
 
     def __init__(self, backend: VitBackend) -> None:
         self.backend = backend
+        config = backend.config
+        self.max_batch_size = config.max_images_per_request
+        self.batching = Batching(config.max_batch_size, int(config.max_wait_ms * 1000))
+        self.backend_name = config.backend
 
     def ready(self) -> bool:
         return self.backend.ready
@@ -48,8 +58,12 @@ class _VitClassifier(OipModel):
         raise NotImplementedError
 
     async def infer(self, request: InferRequest, timeout_s: float | None) -> list[Tensor]:
-        results, _ = await self._classify(request, timeout_s)
-        return classification_outputs(results)
+        results, spent = await self._classify(request, timeout_s)
+        started = time.perf_counter()
+        outputs = classification_outputs(results)
+        self.stats.phases(Phases(len(results), spent.queue_ms / 1e3, spent.preprocess_ms / 1e3, spent.compute_ms / 1e3,
+                                 time.perf_counter() - started, tuple(Batch(*b) for b in spent.batches)))
+        return outputs
 
 
 class VitImageModel(_VitClassifier):

@@ -66,6 +66,8 @@ class Timings:
     compute_ms: float
     preprocess_ms: float
     total_ms: float
+    #: (batcher's batch id, batch size, compute seconds) of each compute batch the request's items ran in.
+    batches: tuple[tuple[int, int, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,10 @@ def pool(hidden: np.ndarray, pooling: str, normalize: bool) -> np.ndarray:
 def timings(started: float, preprocess_s: float, stats: Sequence[ItemStats]) -> Timings:
     """A request's timings from its items' batch statistics (compute counted once per batch)."""
     queue = max((s.queue_s for s in stats), default=0.0)
-    compute = sum({s.batch_id: s.compute_s for s in stats}.values())
-    return Timings(queue * 1e3, compute * 1e3, preprocess_s * 1e3, (time.perf_counter() - started) * 1e3)
+    batches = {s.batch_id: (s.batch_id, s.batch_size, s.compute_s) for s in stats}
+    compute = sum(b[2] for b in batches.values())
+    return Timings(queue * 1e3, compute * 1e3, preprocess_s * 1e3, (time.perf_counter() - started) * 1e3,
+                   tuple(batches.values()))
 
 
 def hidden_layers(items: Sequence[WorkItem]) -> frozenset[int]:
