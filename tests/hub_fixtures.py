@@ -5,7 +5,9 @@
 ``blobs/``, LFS files (weights) named by their sha256 and other files by their git blob id.
 :class:`FakeHub` answers the requests ``snapshot_download`` makes (repo info, recursive tree, HEAD and
 GET of ``/{repo}/resolve/{commit}/{path}`` with ``X-Repo-Commit``, ``ETag`` and ``X-Linked-Etag``), so
-``--allow-download`` runs the real hub client against it through ``HF_ENDPOINT``.
+``--allow-download`` runs the real hub client against it through ``HF_ENDPOINT``. It also answers the
+model-info API (``/api/models/{repo}?expand=downloads&expand=likes``) with the figures in ``stats``, after
+``stall_s`` seconds (a hub that hangs), for the ranker's adoption readings.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -68,9 +71,12 @@ def put_in_hub_cache(model_dir: Path, cache: Path, repo_id: str, commit: str) ->
 class FakeHub:
     """A hub serving ``repos`` (repo id → model directory) at one commit each, on 127.0.0.1."""
 
-    repos: dict[str, Path]
+    repos: dict[str, Path] = field(default_factory=dict)
     commit: str = "0123456789abcdef0123456789abcdef01234567"
     requests: list[str] = field(default_factory=list)
+    #: repo id → the model-info API's figures ({"downloads": 30-day downloads, "likes": likes}).
+    stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    stall_s: float = 0.0
 
     def __post_init__(self) -> None:
         self.files = {repo: {f.path: f for f in repo_files(d)} for repo, d in self.repos.items()}
@@ -96,12 +102,20 @@ class FakeHub:
                 if self.command == "GET":
                     self.wfile.write(data)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def handle_error(self, request: object, client_address: object) -> None:
+                pass  # a client that gave up on a stalled answer (BrokenPipeError) is what the test wants
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def reply(self, path: str) -> tuple[int, bytes, dict[str, str]]:
         """(status, body, headers) for one request path, as the hub answers it."""
         as_json = {"Content-Type": "application/json"}
+        for repo, figures in self.stats.items():
+            if path == f"/api/models/{repo}":
+                time.sleep(self.stall_s)
+                return 200, json.dumps({"id": repo, "modelId": repo, **figures}).encode(), as_json
         for repo, files in self.files.items():
             if path == f"/api/models/{repo}/revision/main":
                 doc = {"id": repo, "modelId": repo, "sha": self.commit, "siblings": [{"rfilename": p} for p in files]}

@@ -16,6 +16,7 @@ from services.common.backend import ModelInfo, ServiceBackend
 from services.common.errors import InvalidArgument, quote
 from services.common.metrics import Metrics
 from services.ranker import bt
+from services.ranker.adoption import HubAdoption, HubReader
 from services.ranker.catalog import ID_PATTERN, MAX_ID_CHARS, CatalogEntry, TaskScale, load_catalog, load_tasks
 from services.ranker.config import RankerConfig
 from services.ranker.errors import DeploymentConflict, UnknownModel
@@ -142,6 +143,8 @@ class RankerBackend(ServiceBackend):
         self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-fit")
         self._cache: dict[str, tuple[tuple[int, int], Leaderboard]] = {}
         self._graph_cache: dict[str, tuple] = {}
+        self.adoption = HubAdoption(HubReader(config.hub_timeout_s), enabled=config.read_hub,
+                                    max_age_s=config.adoption_max_age_s, retry_s=config.adoption_retry_s)
 
     # -- the backend contract -----------------------------------------------------------------------
     def load(self) -> None:
@@ -159,6 +162,7 @@ class RankerBackend(ServiceBackend):
         if self.store is not None:
             await self.run(self.store.close)
         self._fit_pool.shutdown(wait=True)
+        self.adoption.close()
 
     async def _db(self, fn, *args):
         self.require_ready()
@@ -207,7 +211,8 @@ class RankerBackend(ServiceBackend):
             seen[m] = i
         entries = [self._known(m, f"model_ids[{i}]") for i, m in enumerate(model_ids)]
         stats, times = await self._graph(task)
-        return score_report(entries, self.weights, stats, times, self.tasks)
+        adoption = await self.adoption.for_models(entries, self._db, self.store)
+        return score_report(entries, self.weights, stats, times, self.tasks, adoption, time.time())
 
     async def _graph(self, task: str):  # (GraphStats, times matched)
         """Match-graph statistics of ``task`` ('' = every non-mechanism, non-eval task), recomputed only when a match

@@ -27,6 +27,11 @@ class RankerConfig(ServerConfig):
     ridge: float = setting(1e-4, "L2 penalty of the Bradley-Terry fit (keeps unbeaten models finite).")
     max_models_per_score: int = setting(16, "Models in one Score request.")
     max_evidence_chars: int = setting(65536, "Longest evidence text in RecordMatch.")
+    read_hub: bool = setting(False, "Read downloads and likes from the Hugging Face Hub API for Score (HF_ENDPOINT "
+                                    "names the hub, HF_HUB_OFFLINE stops it); off: adoption is 'not read (offline)'.")
+    hub_timeout_s: float = setting(3.0, "Deadline of one hub read; Score never waits longer for adoption.")
+    adoption_max_age_s: float = setting(86400.0, "A stored hub reading younger than this is used without asking again.")
+    adoption_retry_s: float = setting(300.0, "After a failed hub read, ask again only after this many seconds.")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -38,6 +43,9 @@ class RankerConfig(ServerConfig):
             raise ConfigError(f"{self.label('bootstrap_rounds')} must be 0..100000")
         if self.ridge <= 0:
             raise ConfigError(f"{self.label('ridge')} must be > 0")
+        for name in ("hub_timeout_s", "adoption_max_age_s", "adoption_retry_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{self.label(name)} must be > 0")
         for name in ("max_models_per_score", "max_evidence_chars"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{self.label(name)} must be >= 1")

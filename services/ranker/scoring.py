@@ -5,24 +5,27 @@ Formula (documented in docs/RANKING.md):
 - quality: the model's task names a primary metric with a floor and a ceiling taken from two reference
   models of the catalog (tasks.json); the sub-score is 100 * (value - floor) / (ceiling - floor), clamped.
 - adoption / ecosystem: each signal maps to 0..100 by its catalog scale (linear, or log10 for counts);
-  the sub-score is the mean of that dimension's normalised signals.
+  the sub-score is the mean of that dimension's normalised signals. Adoption adds the hub's downloads and
+  likes as read by adoption.py (each with its URL, time read and age; "not read (offline)" without one).
 - match_graph sub-score = 0.7 * 100 * P(model beats an average opponent in its component, Bradley-Terry
   over all recorded matches) + 0.3 * 100 * (distinct opponents / (models in the graph - 1)).
 - composite = sum(weight_d * sub_d) / sum(weight_d) over the dimensions that have data; a dimension
   without data is shown as missing and left out (never counted as zero); confidence = share of the
   total weight that had data.
 
-Same inputs, same scores: nothing here is random or time-dependent.
+Same inputs, same scores: nothing here is random, and the time ("now", for a reading's age) is an input.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 
 import numpy as np
 
 from services.ranker import bt
+from services.ranker.adoption import NAMES, OFFLINE, SCALE, UNIT, Adoption, Reading
 from services.ranker.catalog import DIMENSIONS, CatalogEntry, Signal, TaskScale, primary_signal
 from services.ranker.store import MatchTable
 
@@ -132,6 +135,50 @@ def _signal_sub(entry: CatalogEntry, dimension: str, weight: float) -> SubScore:
                     + _absent(entry, dimension), False)
 
 
+def _age(seconds: float) -> str:
+    seconds = max(seconds, 0.0)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f} {unit} old"
+    return f"{seconds:.0f} s old"
+
+
+def _reading(r: Reading, now: float) -> tuple[float, str]:
+    scale = SCALE[r.name]
+    norm = scale.normalise(r.value)
+    when = datetime.fromtimestamp(r.read_at, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return norm, (f"{r.name} = {r.value:,.0f} {UNIT[r.name]} ({scale.describe()} → {norm:.1f}; read from the Hub API "
+                  f"{r.url} at {when}, {_age(now - r.read_at)})")
+
+
+def adoption_sub(entry: CatalogEntry, weight: float, adoption: Adoption | None, now: float) -> SubScore:
+    """The catalog's adoption signals plus the hub's figures (``adoption``, None when the hub was not asked, as
+    for a model without a hub repository); a reading that could not be renewed is shown with its age."""
+    if adoption is None:
+        return _signal_sub(entry, "adoption", weight)
+    values, parts = [], []
+    for s in entry.signals:
+        if s.dimension == "adoption":
+            values.append(s.scale.normalise(s.value))
+            parts.append(f"{s.name} = {s.value:,.6g} {s.unit} ({s.scale.describe()} → {values[-1]:.1f}; {_cite(s)})")
+    for r in adoption.readings:
+        norm, text = _reading(r, now)
+        values.append(norm)
+        parts.append(text)
+    status = adoption.status or OFFLINE
+    if not values:
+        return SubScore("adoption", 0.0, weight, f"{_join(list(NAMES))} of {entry.hub_id}: {status}; no earlier "
+                        "reading (never a guess)", True)
+    text = f"mean of {len(values)}: " + "; ".join(parts)
+    if adoption.status:
+        text += (f"; not read again now ({adoption.status}): the figures shown are the last dated readings, with "
+                 "their age")
+    unread = [n for n in NAMES if n not in {r.name for r in adoption.readings}]
+    if unread:
+        text += f"; {_join(unread)}: {status}"
+    return SubScore("adoption", float(np.mean(values)), weight, text, False)
+
+
 def _quality_value(s: Signal) -> str:
     kind = "measured" if s.measured else "claimed"
     return (f"{s.name} = {s.value:g} {s.unit} ({kind}; protocol {s.protocol}; {_cite(s)}"
@@ -189,9 +236,10 @@ def _graph_sub(model_id: str, stats: GraphStats, weight: float) -> SubScore:
 
 
 def score_model(entry: CatalogEntry, weights: Mapping[str, float], stats: GraphStats, times_matched: int,
-                tasks: Mapping[str, TaskScale]) -> ModelScore:
-    subs = [quality_sub(entry, weights[d], tasks) if d == "quality" else _signal_sub(entry, d, weights[d])
-            for d in DIMENSIONS]
+                tasks: Mapping[str, TaskScale], adoption: Adoption | None = None, now: float = 0.0) -> ModelScore:
+    subs = [quality_sub(entry, weights[d], tasks) if d == "quality"
+            else adoption_sub(entry, weights[d], adoption, now) if d == "adoption"
+            else _signal_sub(entry, d, weights[d]) for d in DIMENSIONS]
     subs.append(_graph_sub(entry.id, stats, weights["match_graph"]))
     present = [s for s in subs if not s.missing and s.weight > 0]
     total = sum(weights.values())
@@ -264,10 +312,13 @@ def verdict(scores: Sequence[ModelScore], shared: Sequence[str]) -> str:
 
 
 def score_report(entries: Sequence[CatalogEntry], weights: Mapping[str, float], stats: GraphStats,
-                 times: Mapping[str, int], tasks: Mapping[str, TaskScale]) -> ScoreReport:
+                 times: Mapping[str, int], tasks: Mapping[str, TaskScale],
+                 adoption: Mapping[str, Adoption] | None = None, now: float = 0.0) -> ScoreReport:
     """Each model's own composite, plus a shared composite over the dimensions every model has; the
-    ranking (and the verdict) uses the shared one, so a missing fact never lifts one model over another."""
-    own = [score_model(e, weights, stats, times.get(e.id, 0), tasks) for e in entries]
+    ranking (and the verdict) uses the shared one, so a missing fact never lifts one model over another.
+    ``adoption``: the hub's figures per model id (adoption.py), read at or before ``now`` (Unix seconds)."""
+    adoption = adoption or {}
+    own = [score_model(e, weights, stats, times.get(e.id, 0), tasks, adoption.get(e.id), now) for e in entries]
     shared = shared_dimensions(own)
     scores = sorted((replace(s, shared_composite=_blend([s.sub(d) for d in shared])) for s in own),
                     key=lambda s: (-s.shared_composite, -s.composite, s.model_id))

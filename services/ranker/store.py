@@ -17,6 +17,7 @@ import numpy as np
 
 from services.common import tracing
 from services.common.errors import ConfigError, Unavailable, quote
+from services.ranker.adoption import Reading
 from services.ranker.errors import IdempotencyConflict
 
 OUTCOMES = (1, 2, 3)  # A_WINS, B_WINS, TIE (the proto's values)
@@ -81,6 +82,12 @@ class MatchStore(Protocol):
     def version(self) -> tuple[int, int]:
         """(largest match id, number of matches): changes whenever a match is recorded."""
 
+    def record_readings(self, readings: list[Reading]) -> None:
+        """Keep each hub figure as the latest reading of its (model, figure), with its URL and time."""
+
+    def adoption_readings(self, model_ids: list[str]) -> list[Reading]:
+        """The latest stored reading of each figure of ``model_ids``."""
+
     def close(self) -> None: ...
 
 
@@ -103,6 +110,17 @@ CREATE TABLE IF NOT EXISTS deployments (
     id TEXT PRIMARY KEY,
     identity TEXT NOT NULL,
     created_at DOUBLE PRECISION NOT NULL
+)
+"""
+#: The latest hub reading per (model, figure): what Score shows with its age when the hub cannot be read.
+_ADOPTION = """
+CREATE TABLE IF NOT EXISTS adoption_readings (
+    model_id TEXT NOT NULL,
+    name TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    url TEXT NOT NULL,
+    read_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (model_id, name)
 )
 """
 _COLUMNS = "idempotency_key, fingerprint, model_a, model_b, outcome, task, evidence, created_at"
@@ -207,6 +225,24 @@ class _SqlStore:
                 f"SELECT model_b FROM matches {where}) t GROUP BY m", args + args).fetchall()
         return {m: int(c) for m, c in rows}
 
+    def record_readings(self, readings: list[Reading]) -> None:
+        with self._lock:
+            for r in readings:
+                self._execute(self._sql(
+                    "INSERT INTO adoption_readings (model_id, name, value, url, read_at) VALUES (?, ?, ?, ?, ?) "
+                    "ON CONFLICT (model_id, name) DO UPDATE SET value = excluded.value, url = excluded.url, "
+                    "read_at = excluded.read_at"), (r.model_id, r.name, r.value, r.url, r.read_at))
+
+    def adoption_readings(self, model_ids: list[str]) -> list[Reading]:
+        if not model_ids:
+            return []
+        marks = ", ".join("?" * len(model_ids))
+        with self._lock:
+            rows = self._execute(self._sql(
+                f"SELECT model_id, name, value, url, read_at FROM adoption_readings WHERE model_id IN ({marks}) "
+                "ORDER BY model_id, name"), tuple(model_ids)).fetchall()
+        return [Reading(m, n, float(v), u, float(t)) for m, n, v, u, t in rows]
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -231,6 +267,7 @@ class SqliteStore(_SqlStore):
             self._db.execute(_SCHEMA.format(id_type="INTEGER PRIMARY KEY AUTOINCREMENT"))
             self._db.execute(_INDEX)
             self._db.execute(_DEPLOYMENTS)
+            self._db.execute(_ADOPTION)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open SQLite database {path}: {exc}") from exc
 
@@ -254,6 +291,7 @@ class PostgresStore(_SqlStore):
             self._db.execute(_SCHEMA.format(id_type="BIGSERIAL PRIMARY KEY"))
             self._db.execute(_INDEX)
             self._db.execute(_DEPLOYMENTS)
+            self._db.execute(_ADOPTION)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot open PostgreSQL database: {exc}") from exc
 
