@@ -185,8 +185,9 @@ def test_all_four_services_are_complete(overlay: str) -> None:
                                   ("ServiceMonitor", name)):
             assert object_name in by_kind(docs, kind), f"{overlay}: {kind}/{object_name} missing"
         assert by_kind(docs, "Service")[f"{name}-headless"]["spec"]["clusterIP"] == "None"
-        if name != "ranker":  # SQLite on a ReadWriteOnce claim: one pod (PostgreSQL lifts it; docs/DEPLOY.md)
-            assert name in autoscalers(docs), f"{overlay}: {name} has no autoscaler"
+        # The ranker scales only on PostgreSQL: on SQLite it is one pod on a ReadWriteOnce claim.
+        scaled = name != "ranker" or overlay == "postgresql"
+        assert (name in autoscalers(docs)) is scaled, f"{overlay}: {name} autoscaler"
     gateway_ports = {p["name"]: p["port"] for p in by_kind(docs, "Service")["gateway"]["spec"]["ports"]}
     # No report pages (8080): they bind the pod's loopback and are reached with kubectl port-forward only.
     assert gateway_ports == {"grpc": 50050, "metrics": 9100}
@@ -462,7 +463,7 @@ def test_triton_overlay_serves_the_vit_through_triton() -> None:
     export = triton["initContainers"][0]
     args = export["args"]
     assert args[:2] == ["triton", "export"] and args[args.index("--name") + 1] == vit["VIT_TRITON_MODEL"]
-    assert args[args.index("--platform") + 1] == "onnxruntime" and args[args.index("--device") + 1] == "gpu"
+    assert args[args.index("--platform") + 1] == "onnxruntime" and args[args.index("--device") + 1] == "cuda"
     # The export reads the checkpoint the vit pods read (labels, preprocessing) from the same claim ...
     assert args[args.index("--model") + 1] == vit["VIT_MODEL"]
     claim = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in triton["volumes"]}
@@ -497,7 +498,8 @@ def test_every_versus_command_line_parses(overlay: str) -> None:
 
 #: Process environment the images read besides the service settings (documented in docs/DEPLOY.md).
 PROCESS_ENV = {"HF_HUB_OFFLINE", "HF_HOME", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "PYTHONUNBUFFERED",
-               "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "MPLCONFIGDIR", "HOME"}
+               "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "MPLCONFIGDIR", "HOME",
+               "PGPASSWORD"}
 #: The standard OpenTelemetry variables tracing reads (services/common/tracing.py; versus-tracing ConfigMap).
 TRACING_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED",
                "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
@@ -539,6 +541,105 @@ def test_every_env_var_is_a_setting_of_its_service(overlay: str) -> None:
                 config.from_env({k: v for k, v in data.items() if k in settings})
             checked.add(args[1])
     assert checked == set(SERVICES)
+
+
+# -- secrets --------------------------------------------------------------------------------------------------------
+SECRET = {"gateway": "gateway-token", "vit": "vit-token", "sd35": "sd35-token", "ranker": "ranker-token"}
+
+
+def _materialise(pod: dict, container: dict, root: Path) -> dict[str, str]:
+    """Lay the container's versus-tokens mounts out under ``root`` as the kubelet would (each item's key → its
+    path, with SECRET's values) and return the container's env with mount paths moved under ``root``."""
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    moved = {}
+    for mount in container.get("volumeMounts", []):
+        secret = volumes[mount["name"]].get("secret")
+        if not secret:
+            continue
+        assert secret["secretName"] == "versus-tokens" and mount["readOnly"], mount
+        assert not secret.get("optional"), "auth on: a missing Secret must stop the pod, not open it"
+        where = root / mount["mountPath"].strip("/")
+        for item in secret["items"]:
+            (where / item["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (where / item["path"]).write_text(SECRET[item["key"]] + "\n")
+        moved[mount["mountPath"]] = str(where)
+    env = {}
+    for e in container.get("env", []):
+        assert "secretKeyRef" not in e.get("valueFrom", {}) or e["name"] == "PGPASSWORD", f"{e['name']}: not a file"
+        value = e.get("value", "")
+        for mount_path, local in moved.items():
+            value = value.replace(mount_path, local) if value.startswith(mount_path) else value
+        env[e["name"]] = value
+    return env
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_auth_component_gives_each_process_its_token_as_a_file(overlay: str, tmp_path: Path) -> None:
+    """With components/auth every server requires its own key of versus-tokens, read from a mounted file; the
+    gateway requires `gateway` and sends each service exactly the token that service requires."""
+    from services.gateway.config import GatewayConfig
+    from services.ranker.config import RankerConfig
+    from services.sd35.config import Sd35Config
+
+    deployments = by_kind(render_with(overlay, components=("auth",)), "Deployment")
+    for name in SERVICES:
+        assert "token" not in str(pod_spec(by_kind(render(overlay), "Deployment")[name])["volumes"]), \
+            f"{overlay}/{name}: tokens are off without the component"
+    required = {}
+    for name in ("vit", "sd35", "ranker"):
+        pod = pod_spec(deployments[name])
+        env = _materialise(pod, pod["containers"][0], tmp_path / name)
+        path = env[f"{name.upper()}_TOKEN_FILE"]
+        if name == "vit":  # VitConfig checks its model directory: read the file as ServerConfig does
+            required[name] = Path(path).read_text().strip()
+        else:
+            settings = {"SD35_MODELS": "large=/models/large"} if name == "sd35" else {}
+            config = {"sd35": Sd35Config, "ranker": RankerConfig}[name].from_env(
+                {**settings, f"{name.upper()}_TOKEN_FILE": path})
+            required[name] = config.resolved_token()
+    assert required == {n: SECRET[n] for n in ("vit", "sd35", "ranker")}
+    pod = pod_spec(deployments["gateway"])
+    env = _materialise(pod, pod["containers"][0], tmp_path / "gateway")
+    data = by_kind(render_with(overlay, components=("auth",)), "ConfigMap")["gateway-config"]["data"]
+    gateway = GatewayConfig.from_env({**data, **{k: v for k, v in env.items() if k.startswith("GATEWAY_")}})
+    assert gateway.resolved_token() == SECRET["gateway"]
+    assert {n: gateway.resolved_downstream_token(n) for n in required} == required
+
+
+def test_clients_read_a_token_file_or_versus_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from versus_cli.cli import CliError, _client_settings, build_parser
+
+    parser = build_parser()
+    (tmp_path / "token").write_text("from-file\n")
+    monkeypatch.setenv("VERSUS_TOKEN", "from-env")
+    def bearer(*flags: str) -> tuple:
+        return _client_settings(parser.parse_args(["classify", *flags, "x.png"])).metadata()
+
+    assert bearer("--token-file", str(tmp_path / "token")) == (("authorization", "Bearer from-file"),)
+    assert bearer() == (("authorization", "Bearer from-env"),)
+    assert bearer("--token", "flag") == (("authorization", "Bearer flag"),)
+    with pytest.raises(CliError, match="cannot read"):
+        bearer("--token-file", str(tmp_path / "missing"))
+    with pytest.raises(CliError, match="not both"):
+        bearer("--token", "flag", "--token-file", str(tmp_path / "token"))
+    monkeypatch.delenv("VERSUS_TOKEN")
+    assert bearer() == ()
+
+
+def test_postgresql_overlay_wires_the_ranker_db_secret() -> None:
+    docs = render("postgresql")
+    ranker = by_kind(docs, "Deployment")["ranker"]
+    container = pod_spec(ranker)["containers"][0]
+    (password,) = [e for e in container["env"] if e["name"] == "PGPASSWORD"]
+    assert password["valueFrom"]["secretKeyRef"] == {"name": "versus-ranker-db", "key": "password"}
+    db = by_kind(docs, "ConfigMap")["ranker-config"]["data"]["RANKER_DB"]
+    assert db.startswith("postgresql://") and ":" not in db.split("//")[1].split("@")[0], "no password in the URL"
+    assert ranker["spec"]["strategy"]["type"] == "RollingUpdate" and ranker["spec"]["replicas"] >= 2
+    assert "ranker-data" not in by_kind(docs, "PersistentVolumeClaim")
+    assert all(m["mountPath"] != "/data" for m in container["volumeMounts"])
+    assert autoscalers(docs)["ranker"] == ["HorizontalPodAutoscaler/ranker"]
+    for overlay in set(OVERLAYS) - {"postgresql"}:  # SQLite: one pod, never two on the file
+        assert by_kind(render(overlay), "Deployment")["ranker"]["spec"]["strategy"] == {"type": "Recreate"}
 
 
 # -- images -----------------------------------------------------------------------------------------------------------

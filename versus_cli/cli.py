@@ -67,8 +67,23 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def _client_settings(args: argparse.Namespace):
     from services.common.client import ClientSettings
 
-    return ClientSettings(args.target, token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+    return ClientSettings(args.target, token=_client_token(args), tls_ca=args.tls_ca, tls_cert=args.tls_cert,
                           tls_key=args.tls_key, server_name=args.tls_server_name)
+
+
+def _client_token(args: argparse.Namespace) -> str:
+    """The bearer token: --token, or the file --token-file names, or $VERSUS_TOKEN (in that order)."""
+    if args.token and args.token_file:
+        raise CliError("give --token or --token-file, not both")
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise CliError(f"cannot read --token-file {args.token_file}: {exc.strerror or exc}") from None
+        if not token:
+            raise CliError(f"--token-file {args.token_file} is empty")
+        return token
+    return args.token or os.environ.get("VERSUS_TOKEN", "").strip()
 
 
 def _images(paths: Sequence[str]) -> list:
@@ -336,7 +351,9 @@ def _fields(message: object) -> dict[str, object]:
 # -- parser -------------------------------------------------------------------------------------
 def _add_client_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default="localhost:50051", help="HOST:PORT of the service")
-    p.add_argument("--token", default="", help="bearer token")
+    p.add_argument("--token", default="", help="bearer token (visible in the process list: prefer --token-file "
+                                               "or $VERSUS_TOKEN)")
+    p.add_argument("--token-file", default="", help="file holding the bearer token (e.g. a mounted Secret)")
     p.add_argument("--tls-ca", default="", help="PEM CA that signed the server certificate (enables TLS)")
     p.add_argument("--tls-cert", default="", help="client certificate (mTLS)")
     p.add_argument("--tls-key", default="", help="client key (mTLS)")
