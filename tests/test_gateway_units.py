@@ -9,7 +9,7 @@ from versus.gateway.v1 import gateway_pb2 as gw
 from versus.ranker.v1 import ranker_pb2 as rk
 
 from services.common.stats import wilson
-from services.gateway.compare import checks, duels, evidence, facts
+from services.gateway.compare import checks, duels, evidence, facts, verdicts
 from services.gateway.compare.probes import ProbeResult
 from services.gateway.stats import images_to_verify
 
@@ -25,9 +25,9 @@ def test_the_default_image_count_lets_a_perfect_generator_verify() -> None:
     n = images_to_verify(checks.ADHERENCE_BAR)
     assert n == 4
     perfect = checks.BY_ID["quality"].judge({"images": n, "top5_hits": n, "top1_hits": n})
-    assert perfect.mark == checks.VERIFIED
+    assert perfect.mark == verdicts.VERIFIED
     short = checks.BY_ID["quality"].judge({"images": 3, "top5_hits": 3, "top1_hits": 3})
-    assert short.mark == checks.CONTRADICTED and "0.44" in short.why
+    assert short.mark == verdicts.CONTRADICTED and "0.44" in short.why
 
 
 def test_the_tie_margin_turns_a_near_tie_into_half_a_win() -> None:
@@ -54,7 +54,8 @@ def _entry() -> rk.CatalogEntry:
 
 @pytest.mark.parametrize(("device", "decided"), [("cpu", False), ("cuda:0", True)])
 def test_a_measurement_decides_only_a_claim_made_under_its_conditions(device: str, decided: bool) -> None:
-    ev = evidence.ModelEvidence(_entry(), True, {"vit.batching": _batch_result(device)}, described="a ViT")
+    ev = evidence.ModelEvidence(_entry(), True, [(checks.BY_ID["vit.batching"], _batch_result(device))],
+                                described="a ViT")
     claim_row = next(r for r in evidence.capability_evidence(ev, 1.0) if r.claim.startswith("10x"))
     assert claim_row.check == "vit.batching" and claim_row.conditions.device_class == "gpu"
     if decided:
@@ -102,6 +103,6 @@ def test_gateway_md_lists_every_check_as_declared() -> None:
 
 def test_the_t5_check_needs_t5_served_to_decide() -> None:
     judge = checks.BY_ID["sd35.t5"].judge
-    assert judge({"differ": True, "t5_reported": "t5"}).mark == checks.VERIFIED
-    assert judge({"differ": False, "t5_reported": "t5"}).mark == checks.CONTRADICTED
-    assert judge({"differ": False, "t5_reported": "dropped"}).mark == checks.UNDECIDED  # --drop-t5: cannot decide
+    assert judge({"differ": True, "t5_reported": "t5"}).mark == verdicts.VERIFIED
+    assert judge({"differ": False, "t5_reported": "t5"}).mark == verdicts.CONTRADICTED
+    assert judge({"differ": False, "t5_reported": "dropped"}).mark == verdicts.UNDECIDED  # --drop-t5: cannot decide

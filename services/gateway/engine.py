@@ -10,12 +10,8 @@ read from the error details. Only the client's own mistakes fail it (INVALID_ARG
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import re
 import time
-from dataclasses import dataclass
 
 import grpc
 from prometheus_client import Counter, Histogram
@@ -24,10 +20,12 @@ from versus.ranker.v1 import ranker_pb2
 
 from services.common.admission import Admission
 from services.common.client import ErrorDetails
-from services.common.errors import InvalidArgument, NotFound, quote
+from services.common.errors import InvalidArgument, NotFound
 from services.common.metrics import Metrics
 from services.gateway.byo.registry import ByoRegistry
 from services.gateway.cache import ProbeCache, lookup_counter
+from services.gateway.compare import pipeline
+from services.gateway.compare.options import Settings, validate
 from services.gateway.compare.probes import Budget
 from services.gateway.compare.run import Progress, Run
 from services.gateway.config import GatewayConfig
@@ -35,62 +33,7 @@ from services.gateway.downstream import Downstream, DownstreamError
 
 log = logging.getLogger(__name__)
 
-MODEL_ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
-CLASS_NAME = re.compile(r"[A-Za-z0-9 '.,()-]{1,64}")
-MAX_MODELS, MAX_CLASSES, MAX_PER_CLASS, MAX_BUDGET_S = 4, 16, 8, 600.0
 INFO_TTL_S = 5.0
-
-
-@dataclass(frozen=True)
-class Options:
-    model_ids: tuple[str, ...]
-    live: bool
-    classes: tuple[str, ...]
-    per_class: int
-    budget_s: float
-    record_matches: bool
-    head_to_head: bool
-
-    def comparison_id(self) -> str:
-        raw = json.dumps([sorted(self.model_ids), self.live, self.classes, self.per_class, self.record_matches,
-                          self.head_to_head])
-        return hashlib.sha256(raw.encode()).hexdigest()[:16]
-
-
-def validate(request: gateway_pb2.CompareRequest, config: GatewayConfig) -> Options:
-    """Every limit, before any work; all violations reported at once."""
-    ids = list(request.model_ids)
-    problems = _id_problems(ids)
-    p = request.probes
-    classes = list(p.imagenet_classes)
-    if len(classes) > MAX_CLASSES:
-        problems.append(("probes.imagenet_classes", f"at most {MAX_CLASSES} classes, got {len(classes)}"))
-    for i, name in enumerate(classes[:MAX_CLASSES]):  # (at most MAX_CLASSES violations + the ids' 4 + 2)
-        if not CLASS_NAME.fullmatch(name):
-            problems.append((f"probes.imagenet_classes[{i}]", f"must be 1..64 plain characters, got {quote(name)}"))
-    if not 0 <= p.images_per_class <= MAX_PER_CLASS:
-        problems.append(("probes.images_per_class", f"must be 0..{MAX_PER_CLASS}, got {p.images_per_class}"))
-    if not 0 <= p.budget_s <= MAX_BUDGET_S or p.budget_s != p.budget_s:
-        problems.append(("probes.budget_s", f"must be 0..{MAX_BUDGET_S:g} seconds, got {p.budget_s}"))
-    if problems:
-        raise InvalidArgument(problems[0][0], problems[0][1], more=problems[1:])
-    return Options(tuple(ids), p.live, tuple(classes) or tuple(config.classes()),
-                   p.images_per_class or config.images_per_class, p.budget_s or config.compare_budget_s,
-                   p.record_matches, p.head_to_head)
-
-
-def _id_problems(ids: list[str]) -> list[tuple[str, str]]:
-    """At most MAX_MODELS ids are looked at (a request with 20 million ids costs no more than one with 5)."""
-    if not 2 <= len(ids) <= MAX_MODELS:
-        return [("model_ids", f"compare 2..{MAX_MODELS} models, got {len(ids)}")]
-    problems, seen = [], set()
-    for i, model_id in enumerate(ids):
-        if not MODEL_ID.fullmatch(model_id):
-            problems.append((f"model_ids[{i}]", f"must be 1..128 characters of [a-z0-9._-], got {quote(model_id)}"))
-        elif model_id in seen:
-            problems.append((f"model_ids[{i}]", f"{quote(model_id)} is listed twice"))
-        seen.add(model_id)
-    return problems
 
 
 class GatewayMetrics:
@@ -121,7 +64,9 @@ class Gateway:
         #: Comparisons running new live probe work at once (catalog-only and cached ones take no slot).
         self.admission = Admission(config.max_concurrent_compares, model="gateway", metrics=metrics,
                                    what="comparisons with live probe work")
-        self.served = config.served_map()
+        #: The configuration's lists, parsed once here (never per comparison).
+        self.settings = Settings.parse(config)
+        self.served = self.settings.served
         self.ds: Downstream | None = None
         self.byo: ByoRegistry | None = None
 
@@ -185,12 +130,12 @@ class Gateway:
                       progress: Progress | None = None) -> gateway_pb2.Comparison:
         if request.eval_set and self.byo is not None:  # registered deployments on the user's eval set
             return await self.byo.compare(request, self.downstream, timeout_s=timeout_s, progress=progress)
-        opts = validate(request, self.config)
+        opts = validate(request, self.settings)
         started = time.perf_counter()
         budget_s = opts.budget_s if timeout_s is None else min(opts.budget_s, max(0.0, timeout_s - 0.25))
         run = Run(self, opts, Budget(time.monotonic() + budget_s, self.config.call_timeout_s), progress)
         try:
-            comparison = await run.execute()
+            comparison = await pipeline.execute(run)
         except BaseException:
             self.m.compares.labels("error").inc()
             raise

@@ -24,15 +24,15 @@ def assemble(run: Run) -> None:
                                   else run.played.get(model_id, 0))
         if model_id in scores:
             report.score.CopyFrom(scores[model_id])
-        probes = served.probes if served else {}
-        measurements = [m for p in probes.values() for m in p.measurements]
-        for p in probes.values():
+        results = served.results if served else []
+        measurements = [m for _, p in results for m in p.measurements]
+        for _, p in results:
             if p.unavailable is not None:
                 run.add_unavailable(p.unavailable)
         if served:
             report.weights.CopyFrom(served.weights)
         report.measurements.extend(measurements)
-        ev = evidence.ModelEvidence(entry, served is not None, probes, measurements, run.opts.live, run.catalog,
+        ev = evidence.ModelEvidence(entry, served is not None, results, measurements, run.opts.live, run.catalog,
                                     served.described if served else "", served.reported if served else "",
                                     served.info_error if served else None)
         report.capabilities.extend(evidence.capability_evidence(ev, run.cfg.claim_tolerance_pt))

@@ -32,17 +32,10 @@ from dataclasses import dataclass, field
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
-from services.gateway.compare.checks import (
-    BY_ID,
-    FOR_CAPABILITY,
-    SELF_DESCRIBED,
-    UNDECIDED,
-    WEIGHTS_AWARE,
-    Check,
-    Verdict,
-    check_of,
-)
+from services.gateway.compare.check import Check
+from services.gateway.compare.checks import BY_ID, FOR_CAPABILITY, SELF_DESCRIBED
 from services.gateway.compare.probes import DECIDING_KINDS, ProbeResult
+from services.gateway.compare.verdicts import UNDECIDED, WEIGHTS_AWARE, Verdict
 
 VERIFIED = gateway_pb2.EVIDENCE_MARK_VERIFIED_LIVE
 SUPPORTED = gateway_pb2.EVIDENCE_MARK_SUPPORTED
@@ -59,7 +52,7 @@ class ModelEvidence:
 
     entry: ranker_pb2.CatalogEntry
     served: bool
-    probes: dict[str, ProbeResult] = field(default_factory=dict)  # by check id ("vit.batching", "sd35.generate")
+    results: list[tuple[Check, ProbeResult]] = field(default_factory=list)  # each observation beside its check
     measurements: list[gateway_pb2.Measurement] = field(default_factory=list)
     live_requested: bool = True
     catalog: dict[str, ranker_pb2.CatalogEntry] = field(default_factory=dict)  # every entry fetched, for compared_with
@@ -166,8 +159,8 @@ def _row(ev: ModelEvidence, capability_id: str, claim: str, **kw: object) -> gat
 
 
 def _results(capability_id: str, ev: ModelEvidence) -> list[tuple[Check, ProbeResult]]:
-    checks = {c.id for c in FOR_CAPABILITY.get(capability_id, [])}
-    return [(check_of(key), r) for key, r in ev.probes.items() if check_of(key).id in checks]
+    checks = FOR_CAPABILITY.get(capability_id, [])
+    return [(c, r) for c, r in ev.results if c in checks]
 
 
 def _judged(check: Check, r: ProbeResult) -> Verdict:
@@ -262,7 +255,7 @@ def _from_sources(capability_id: str, claim: ranker_pb2.Claim | None, text: str,
 def _live_numeric(claim: ranker_pb2.Claim, ev: ModelEvidence) -> gateway_pb2.CapabilityEvidence | None:
     """Rule 1, or None when no check measured the claim's metric on this model."""
     check = DECIDED_BY[claim.metric]
-    found = [r for key, r in ev.probes.items() if check_of(key) is check
+    found = [r for c, r in ev.results if c is check
              and (not r.observed or any(m.name == claim.metric for m in r.measurements))]
     if not found or not ev.served:
         return None
@@ -274,7 +267,7 @@ def _live_numeric(claim: ranker_pb2.Claim, ev: ModelEvidence) -> gateway_pb2.Cap
         row = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit,
                    mark=CONTRADICTED, detail=f"{r.probe}: the service answered out of contract: {r.fault}")
     else:
-        why_not = mismatch(claim.conditions, r, check.weights_dependent, claim.metric in WEIGHTS_AWARE)
+        why_not = mismatch(claim.conditions, r, check.weights_dependent, check.decides[claim.metric] in WEIGHTS_AWARE)
         verdict = Verdict(UNDECIDED, why_not) if why_not else check.decides[claim.metric](claim.value, r, r.weights.kind
                                                                                           in DECIDING_KINDS)
         said = (f"claimed {_fmt(claim.value)} {claim.unit} ({claim.claimed_by or 'catalog'}"

@@ -16,7 +16,6 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from versus.common.v1 import common_pb2
 from versus.gateway.v1 import gateway_pb2
@@ -24,7 +23,8 @@ from versus.vit.v1 import vit_pb2
 
 from services.common.errors import InvalidArgument, quote
 from services.common.stats import wilson
-from services.gateway.compare.checks import ADHERENCE_BAR
+from services.gateway.compare import cached
+from services.gateway.compare.checks import ADHERENCE_BAR, QUALITY
 from services.gateway.compare.probes import (
     DECIDING_KINDS,
     ProbeResult,
@@ -34,10 +34,9 @@ from services.gateway.compare.probes import (
     now_iso,
     unavailable,
 )
+from services.gateway.compare.run import Run, Served
+from services.gateway.compare.sd35_checks import sd35_probes
 from services.gateway.stats import images_to_verify
-
-if TYPE_CHECKING:
-    from services.gateway.compare.run import Run, Served
 
 TASK = "t2i-imagenet-judge"
 MECHANISM_TASK = "mechanism." + TASK
@@ -96,14 +95,12 @@ def summarise(judgements: list[gateway_pb2.Judgement], generator: str, mechanism
 
 # -- the stage ------------------------------------------------------------------------------------------
 def _generators(run: Run) -> list[str]:
-    from services.gateway.compare.run import Served
-
     def generates(served: Served) -> bool:  # an SD3.5 variant whose GetModelInfo answered
         return served.by.t2i and served.info_error is None and served.by.variant in run.variants
 
     t2i = [m for m in run.opts.model_ids if m in run.served and generates(run.served[m])]
     if run.opts.head_to_head:
-        for model_id, by in run.gw.served.items():
+        for model_id, by in run.settings.served.items():
             if by.t2i and by.variant in run.variants and model_id not in t2i:
                 run.served.setdefault(model_id, Served(model_id, by, run.variants[by.variant].weights))
                 t2i.append(model_id)
@@ -123,7 +120,7 @@ async def _judge_labels(run: Run) -> list[str]:
             labels[lab.index] = lab.label
         return ProbeResult("vit.labels", "", [], {"labels": labels}, vit.weights, now_iso())
 
-    result = await run.probe("vit", vit.weights, "vit.labels", fetch)
+    result = await cached.probe(run, "vit", vit.weights, "vit.labels", fetch)
     return result.data.get("labels", []) if result is not None and result.ran else []
 
 
@@ -142,7 +139,7 @@ async def choose_classes(run: Run) -> None:
         if run.opts.live:
             run.unavailable("quality", "the ViT judge's labels could not be read")
         return  # not live and nothing cached: no quality evidence this time
-    from_client = run.opts.classes != tuple(run.cfg.classes())
+    from_client = run.opts.classes != run.settings.classes
     for i, name in enumerate(run.opts.classes):
         index = class_index(run.labels, name)
         if index >= 0:
@@ -195,11 +192,11 @@ async def judge_generations(run: Run) -> None:
 
 
 def _quality_result(run: Run, served: Served, s: gateway_pb2.QualitySummary) -> None:
-    """The prompt-adherence check's observation (judged by checks.BY_ID["quality"])."""
+    """The prompt-adherence check's observation (judged by checks.QUALITY)."""
     at = now_iso()
     if not s.images:
-        served.probes["quality"] = unavailable(f"quality.{served.model_id}", f"all {s.requested} images were lost "
-                                               "to outages (see unavailable)", served.weights)
+        served.results.append((QUALITY, unavailable(f"quality.{served.model_id}", f"all {s.requested} images were lost "
+                                               "to outages (see unavailable)", served.weights)))
         return
     assert run.vit is not None
     w = gateway_pb2.ServedWeights()
@@ -213,17 +210,15 @@ def _quality_result(run: Run, served: Served, s: gateway_pb2.QualitySummary) -> 
               f"[{s.top5_ci_low:.2f}, {s.top5_ci_high:.2f}] (Wilson 95%), mean p(class) {s.mean_class_probability:.4f}")
     data = {"images": s.images, "top5_hits": round(s.top5_hit_rate * s.images), "top1_hits":
             round(s.top1_hit_rate * s.images)}
-    served.probes["quality"] = ProbeResult(f"quality.{served.model_id}", detail, [
+    served.results.append((QUALITY, ProbeResult(f"quality.{served.model_id}", detail, [
         measurement("prompt_top1_hit_rate", s.top1_hit_rate, "fraction", "quality", detail, w, at),
         measurement("prompt_top5_hit_rate", s.top5_hit_rate, "fraction", "quality", detail, w, at),
-    ], data, w, at)
+    ], data, w, at)))
 
 
 async def _judgement(run: Run, generator: str, cls: str, seed: int) -> gateway_pb2.Judgement | None:
     """One generated image judged; None when an outage lost it. A fault (generation or judgement out of
     contract) is a judgement with ``error`` set: a miss that is shown."""
-    from services.gateway.compare.checks import sd35_probes
-
     served, vit = run.served[generator], run.vit
     assert vit is not None
     sp = sd35_probes(run, served.by.variant)
@@ -238,7 +233,7 @@ async def _judgement(run: Run, generator: str, cls: str, seed: int) -> gateway_p
         return ProbeResult(gen_probe, "", [], {"png": g.png, "w": g.decoded[0], "h": g.decoded[1]},
                            served.weights, now_iso())
 
-    image = await run.probe(str(served.by), served.weights, gen_probe, generate, kind="sd35.image")
+    image = await cached.probe(run, str(served.by), served.weights, gen_probe, generate, kind="sd35.image")
     if image is None or not image.observed:
         return _lost_or_failed(run, out, image)
     png = image.data["png"]
@@ -253,7 +248,7 @@ async def _judgement(run: Run, generator: str, cls: str, seed: int) -> gateway_p
         scores = [(lab.index, lab.label, lab.score) for lab in reply.results[0].labels]
         return ProbeResult(judge_probe, "", [], {"scores": scores}, vit.weights, now_iso())
 
-    judged = await run.probe("vit", vit.weights, judge_probe, classify, kind="vit.judge")
+    judged = await cached.probe(run, "vit", vit.weights, judge_probe, classify, kind="vit.judge")
     if judged is None or not judged.observed:
         return _lost_or_failed(run, out, judged)
     j = judge(judged.data["scores"], class_index(run.labels, cls))

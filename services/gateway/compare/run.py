@@ -1,32 +1,47 @@
-"""One comparison while it is built: its state, its progress, and the order of its stages.
-
-Each stage is a module of its own (``catalog``, ``checks``, ``quality``, ``duels``, ``scores``,
-``assembly``) with functions that take the :class:`Run`; this module only holds what every stage
-shares — the document being filled in, the served models, the probe cache path, the unavailable list.
-"""
+"""The state of one comparison while it is built: the document being filled in, the served models and
+what was observed of them, the progress, and the unavailable list. Nothing else: the order of the
+stages is :mod:`services.gateway.compare.pipeline`, each stage a module of its own."""
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol
 
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
+from services.common.admission import Admission
 from services.common.client import ErrorDetails
-from services.gateway.compare.probes import Budget, ProbeResult, VitInfo, guarded, unavailable
+from services.gateway.cache import ProbeCache
+from services.gateway.compare.options import Options, Settings
+from services.gateway.compare.probes import Budget, ProbeResult, VitInfo
 from services.gateway.compare.sd35_probes import VariantInfo
-from services.gateway.config import ServedBy
-from services.gateway.downstream import DownstreamError
+from services.gateway.config import GatewayConfig, ServedBy
+from services.gateway.downstream import Downstream, DownstreamError
 
 if TYPE_CHECKING:
-    from services.gateway.engine import Gateway, Options
+    from services.gateway.compare.check import Check
 
 Progress = Callable[[str, str, float], None]
+
+
+class Host(Protocol):
+    """What a comparison uses of the gateway that runs it (the gateway's engine, duck-typed: no wing
+    depends on the assembly above it)."""
+
+    config: GatewayConfig
+    settings: Settings
+    cache: ProbeCache[object]
+    admission: Admission
+    m: Any  # the gateway's metrics: probes, downstream_errors
+
+    @property
+    def downstream(self) -> Downstream: ...
+
+    async def cached_call(self, component: str, method: str, request: object, timeout: float) -> object: ...
 
 
 @dataclass
@@ -36,7 +51,9 @@ class Served:
     model_id: str
     by: ServedBy
     weights: gateway_pb2.ServedWeights = field(default_factory=gateway_pb2.ServedWeights)
-    probes: dict[str, ProbeResult] = field(default_factory=dict)  # by check id ("vit.batching", "sd35.generate")
+    #: What each declared check observed of it, in the order they ran (a check may observe more than once:
+    #: the precision check once per other deployment).
+    results: list[tuple[Check, ProbeResult]] = field(default_factory=list)
     #: What this deployment showed of itself, in words ("a 2-layer random pipeline"), for live row titles.
     described: str = ""
     #: GetModelInfo's own description (backend, device, files), shown as "reported by the service".
@@ -44,14 +61,19 @@ class Served:
     #: Why GetModelInfo failed: every live row of the model is then UNAVAILABLE with this reason.
     info_error: gateway_pb2.Unavailable | None = None
 
+    def result_of(self, check: Check) -> ProbeResult | None:
+        """The last observation of ``check`` on this model, if any."""
+        return next((r for c, r in reversed(self.results) if c is check), None)
+
 
 class Run:
     """The state of one comparison while it is built."""
 
-    def __init__(self, gw: Gateway, opts: Options, budget: Budget, progress: Progress | None) -> None:
+    def __init__(self, gw: Host, opts: Options, budget: Budget, progress: Progress | None) -> None:
         self.gw = gw
         self.ds = gw.downstream
         self.cfg = gw.config
+        self.settings = gw.settings
         self.opts = opts
         self.budget = budget
         #: Probe runs are shared with (and cached for) other comparisons, so they run on the gateway's own
@@ -72,23 +94,6 @@ class Run:
         self.labels: list[str] = []
         self.classes: list[str] = []
         self.generators: list[str] = []
-
-    async def execute(self) -> gateway_pb2.Comparison:
-        from services.gateway.compare import assembly, catalog, checks, duels, quality, scores
-
-        self.progress("catalog", "reading the catalog", 0.02)
-        await catalog.read_catalog(self)
-        self.progress("probe", "asking the model services what they serve", 0.08)
-        await catalog.read_infos(self)
-        await quality.choose_classes(self)  # the client's classes are checked against the judge before any probe
-        await checks.run_checks(self)
-        await quality.judge_generations(self)
-        played = await duels.head_to_head(self)
-        self.progress("scores", "scores and leaderboard from the ranker", 0.92)
-        await scores.read_scores(self, played)
-        assembly.assemble(self)
-        self.progress("done", "comparison ready", 1.0)
-        return self.c
 
     def progress(self, stage: str, detail: str, fraction: float) -> None:
         """Report progress; concurrent stages report their own estimates, so the fraction never goes back."""
@@ -112,34 +117,5 @@ class Run:
             self.c.unavailable.append(item)
 
     def is_t2i(self, model_id: str) -> bool:
-        by = self.gw.served.get(model_id)
+        by = self.settings.served.get(model_id)
         return by is not None and by.t2i
-
-    async def probe(self, component_key: str, weights: gateway_pb2.ServedWeights, probe: str,
-                    fn: Callable[[], Awaitable[ProbeResult]], kind: str = "") -> ProbeResult | None:
-        """One probe through the cache (fresh result, the shared in-flight run, or a new run when live).
-        ``kind`` labels the metrics (probe names of generated images carry prompts and seeds)."""
-        key = (component_key, weights.digest, probe)
-        kind = kind or probe
-        if self.opts.live and not self.admitted and self.gw.cache.would_run(key):
-            # only new probe work is bounded: catalog-only and cached comparisons are never refused
-            self.gw.admission.acquire(1)
-            self.admitted = True
-
-        async def run() -> ProbeResult:
-            result = await guarded(probe, fn, weights)
-            outcome = "unavailable" if not result.ran else "failed" if result.fault else "ok"
-            self.gw.m.probes.labels(kind, outcome).inc()
-            return result
-
-        try:
-            result, how = await asyncio.wait_for(
-                self.gw.cache.get(key, kind, run, live=self.opts.live, ok=lambda r: r.ran),
-                timeout=max(0.001, self.budget.remaining()))
-        except TimeoutError:
-            return unavailable(probe, "budget exhausted before the probe finished", weights)
-        if how in ("hit", "shared"):
-            self.c.probes_cached += 1
-        elif how == "run":
-            self.c.probes_run += 1
-        return result  # type: ignore[return-value]

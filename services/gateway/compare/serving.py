@@ -1,0 +1,69 @@
+"""Stage 1 of a comparison: the catalog's entries, and each compared model that a configured service hosts
+as :class:`~services.gateway.compare.run.Served` (when its service's GetModelInfo fails it is still served
+here, with the reason: its live rows are then UNAVAILABLE)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from versus.gateway.v1 import gateway_pb2
+
+from services.gateway.compare import catalog
+from services.gateway.compare.run import Run, Served
+from services.gateway.downstream import DownstreamError
+
+
+async def read_catalog(run: Run) -> None:
+    try:
+        run.catalog, run.played = await catalog.read_catalog(run.gw.cached_call, run.budget.timeout(),
+                                                             run.opts.model_ids)
+    except DownstreamError as exc:
+        run.unavailable("ranker", exc)
+
+
+def _needs(run: Run, service: str) -> bool:
+    served = run.settings.served
+    compared = any(by.service == service for m in run.opts.model_ids if (by := served.get(m)) is not None)
+    judge = service == "vit" and any(run.is_t2i(m) for m in run.opts.model_ids)
+    h2h = service == "sd35" and run.opts.head_to_head
+    return run.ds.has(service) and (compared or judge or h2h)
+
+
+async def read_infos(run: Run) -> None:
+    errors: dict[str, gateway_pb2.Unavailable] = {}
+    weights_of = catalog.weights_judge(run.catalog, run.settings.served, run.settings.attested)
+    timeout = run.budget.timeout()
+
+    async def vit() -> None:
+        try:
+            run.vit = await catalog.read_vit_info(run.gw.cached_call, timeout, weights_of)
+        except DownstreamError as exc:
+            errors["vit"] = run.unavailable("vit", exc)
+
+    async def sd35() -> None:
+        try:
+            run.variants = await catalog.read_sd35_info(run.gw.cached_call, timeout, weights_of)
+        except DownstreamError as exc:
+            errors["sd35"] = run.unavailable("sd35", exc)
+
+    await asyncio.gather(*([vit()] if _needs(run, "vit") else []), *([sd35()] if _needs(run, "sd35") else []))
+    for model_id in run.opts.model_ids:
+        _serve(run, model_id, errors)
+
+
+def _serve(run: Run, model_id: str, errors: dict[str, gateway_pb2.Unavailable]) -> None:
+    by = run.settings.served.get(model_id)
+    if by is None or not run.ds.has(by.service):
+        return
+    if by.service in errors:
+        run.served[model_id] = Served(model_id, by, gateway_pb2.ServedWeights(service=str(by), kind="unknown"),
+                                      info_error=errors[by.service])
+    elif not by.t2i and run.vit is not None:
+        run.served[model_id] = Served(model_id, by, run.vit.weights, described=catalog.vit_described(run.vit),
+                                      reported=catalog.reported(run.vit.response.model, run.vit.weights))
+    elif by.variant in run.variants:
+        v = run.variants[by.variant]
+        run.served[model_id] = Served(model_id, by, v.weights, described=catalog.sd35_described(v),
+                                      reported=catalog.reported(v.info.model, v.weights))
+    elif run.variants:
+        run.unavailable(str(by), f"the sd35 service does not host variant {by.variant}")
