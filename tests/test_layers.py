@@ -100,7 +100,7 @@ def test_a_missing_file_is_one_line_and_exit_1() -> None:
 def test_an_unreachable_service_is_one_line_and_exit_1(tmp_path: Path) -> None:
     image = tmp_path / "x.png"
     image.write_bytes(b"not really")
-    out = subprocess.run([sys.executable, "-m", "versus_cli", "classify", "--target", "127.0.0.1:1", "--timeout", "2",
+    out = subprocess.run([sys.executable, "-m", "versus_cli", "classify", "--target", "127.0.0.1:1", "--timeout-s", "2",
                           str(image)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     lines = out.stderr.strip().splitlines()
