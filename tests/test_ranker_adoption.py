@@ -17,7 +17,7 @@ from hub_fixtures import FakeHub
 from services.ranker.adoption import HubAdoption, HubReader, Reading, model_info_url
 from services.ranker.catalog import load_catalog, load_tasks
 from services.ranker.scoring import DEFAULT_WEIGHTS, GraphStats, score_report
-from services.ranker.store import SqliteStore
+from services.ranker.store import SqliteStore, open_store
 
 VIT, LARGE = "vit-base-patch16-224", "stable-diffusion-3.5-large"
 CATALOG = load_catalog()
@@ -43,6 +43,28 @@ def store(tmp_path: Path):
     s = SqliteStore(str(tmp_path / "r.db"))
     yield s
     s.close()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_store(request, tmp_path: Path):
+    if request.param == "sqlite":
+        s = open_store(f"sqlite:///{tmp_path / 'r.db'}")
+    else:
+        s = open_store(request.getfixturevalue("postgres_url"))
+        s._execute("TRUNCATE adoption_readings")  # noqa: SLF001 - isolate tests sharing the server
+    yield s
+    s.close()
+
+
+def test_the_store_keeps_the_latest_reading_of_each_figure(any_store) -> None:
+    old = Reading(VIT, "hf_likes", 700, "https://huggingface.co/api/models/x?expand=likes", 1000.0)
+    new = Reading(VIT, "hf_likes", 812, "https://huggingface.co/api/models/y?expand=likes", 2000.0)
+    other = Reading(LARGE, "hf_downloads_30d", 5, "https://huggingface.co/api/models/z", 1500.0)
+    any_store.record_readings([old, other])
+    any_store.record_readings([new])
+    assert any_store.adoption_readings([VIT]) == [new]
+    assert any_store.adoption_readings([VIT, LARGE]) == [other, new]  # by model id, then figure
+    assert any_store.adoption_readings([]) == [] and any_store.adoption_readings(["nope"]) == []
 
 
 @pytest.fixture
