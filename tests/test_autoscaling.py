@@ -24,12 +24,14 @@ from versus.common.v1 import common_pb2
 from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
+from services.common import registry
+
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 KEDA = K8S / "components" / "keda-queue-depth"
 ADAPTER_VALUES = ROOT / "deploy" / "prometheus-adapter" / "values.yaml"
 NODE_TOOLS = ROOT / ".tools"
-MODEL_SERVERS = ("vit", "sd35")
+MODEL_SERVERS = registry.MODEL_SERVERS
 SERVER = {"port": 0, "metrics_port": 0, "host": "127.0.0.1", "metrics_host": "127.0.0.1", "drain_delay_s": 0.0,
           "log_format": "text"}
 

@@ -111,3 +111,19 @@ def test_triton_export_speaks_the_serve_vocabulary() -> None:
     assert _instance_device("auto", "onnxruntime") == "cuda" and _instance_device("auto", "python") == "cpu"
     assert _instance_device("gpu", "onnxruntime") == "cuda"
     assert build_parser().parse_args(["triton", "serve-local", "--repo", "r", "--port", "9"]).grpc_port == 9
+
+
+def test_a_missing_model_stack_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.common import registry
+    from versus_cli.cli import CliError, _create_server
+
+    def missing(self: registry.ServiceSpec) -> None:
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(registry.ServiceSpec, "create_server", missing)
+    with pytest.raises(CliError, match=r"pip install 'versus\[vit\]'"):
+        _create_server("vit")
+    monkeypatch.setattr(registry.ServiceSpec, "create_server",
+                        lambda self: (_ for _ in ()).throw(ModuleNotFoundError("x", name="yaml")))
+    with pytest.raises(ModuleNotFoundError):  # not a model stack: a real bug, not an install step
+        _create_server("ranker")

@@ -15,12 +15,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from services.common import registry
+
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir() if p.is_dir())
-SERVICES = ("vit", "sd35", "ranker", "gateway")
-#: gRPC and metrics ports of the model services (DESIGN §1) and the gateway.
-PORTS = {"vit": (50051, 9101), "sd35": (50052, 9102), "ranker": (50053, 9103), "gateway": (50050, 9100)}
+SERVICES = registry.NAMES
+#: gRPC and metrics ports of every service: its config's defaults (DESIGN §1).
+PORTS = {s.name: (s.config_class().port, s.config_class().metrics_port) for s in registry.SERVICES}
 CLIENT_LABEL = {"versus.dev/client": "true"}
 
 pytestmark = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
@@ -519,8 +521,6 @@ def _container_env(docs: list[dict], container: dict) -> set[str]:
 def test_every_env_var_is_a_setting_of_its_service(overlay: str) -> None:
     """A variable a container sets must be a setting of THAT service (e.g. VIT_TOKEN in the sd35 pod would
     leave SD3.5 without auth) or a documented process variable; and every setting's value parses."""
-    from versus_cli.cli import SERVICES, _config_class
-
     docs = render(overlay)
     checked = set()
     for name, dep in by_kind(docs, "Deployment").items():
@@ -528,7 +528,7 @@ def test_every_env_var_is_a_setting_of_its_service(overlay: str) -> None:
             args = container.get("args", [])
             if args[:1] != ["serve"] or args[1] not in SERVICES:
                 continue
-            config = _config_class(args[1])
+            config = registry.spec(args[1]).config_class()
             settings = {config.env_name(f) for f in config.__dataclass_fields__}
             env = _container_env(docs, container)
             unknown = env - settings - PROCESS_ENV - TRACING_ENV

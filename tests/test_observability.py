@@ -27,6 +27,8 @@ from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
+from services.common import registry
+
 ROOT = Path(__file__).resolve().parent.parent
 MONITORING = ROOT / "deploy" / "k8s" / "components" / "prometheus-operator"
 RULE = MONITORING / "prometheusrule.yaml"
@@ -359,8 +361,8 @@ def test_prometheus_loads_and_evaluates_every_alert_on_live_series(live: dict) -
         assert rule["health"] == "ok", f"{name}: {rule.get('lastError')}"
     # Healthy services: nothing about readiness or scraping fires.
     assert not prom.query('ALERTS{alertname=~"VersusTargetDown|VersusModelNotReady"}')
-    assert {s["metric"]["job"] for s in prom.query('up{job=~"vit|sd35|ranker|gateway"} == 1')} == {
-        "vit", "sd35", "ranker", "gateway"}
+    jobs = "|".join(registry.NAMES)
+    assert {s["metric"]["job"] for s in prom.query(f'up{{job=~"{jobs}"}} == 1')} == set(registry.NAMES)
 
 
 @pytest.mark.slow

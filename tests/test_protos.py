@@ -15,6 +15,8 @@ from versus.ranker.v1 import ranker_pb2
 from versus.sd35.v1 import sd35_pb2
 from versus.vit.v1 import vit_pb2
 
+from services.common.errors import ConfigError
+
 ROOT = Path(__file__).resolve().parent.parent
 PROTOS = ROOT / "protos"
 FILES = [common_pb2, vit_pb2, sd35_pb2, ranker_pb2, gateway_pb2]
@@ -87,3 +89,27 @@ def test_design_rpcs_exist() -> None:
 def test_configuration_doc_is_current() -> None:
     out = subprocess.run([sys.executable, str(ROOT / "scripts" / "config_docs.py"), "--check"], capture_output=True)
     assert out.returncode == 0, "docs/CONFIGURATION.md is stale: run `python scripts/config_docs.py`"
+
+
+def test_the_service_registry_names_real_pieces_that_agree() -> None:
+    """Every registry entry resolves: its config's prefix is its name, its servicer implements the
+    proto it names, and its server module registers that same service (so the CLI, the docs and the
+    deploy tests, which read the registry, read the truth)."""
+    import importlib
+
+    from services.common import registry
+    from services.common.config import ServerConfig
+
+    assert registry.NAMES == ("vit", "sd35", "ranker", "gateway")
+    for s in registry.SERVICES:
+        config = s.config_class()
+        assert issubclass(config, ServerConfig) and config.ENV_PREFIX.lower() == s.name
+        server_module = importlib.import_module(s.server.partition(":")[0])
+        assert server_module.SERVICE_NAME == s.proto and callable(s.create_server())
+        servicer = registry._load(s.servicer)
+        package, _, service = s.proto.rpartition(".")
+        grpc_module = importlib.import_module(f"{package}.{package.split('.')[1]}_pb2_grpc")
+        assert issubclass(servicer, getattr(grpc_module, f"{service}Servicer"))
+        registry._load(s.backend)
+    with pytest.raises(ConfigError, match="choose from vit, sd35, ranker, gateway"):
+        registry.spec("nope")

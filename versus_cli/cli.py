@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from services.common import registry
 from services.common.config import DeprecatedFlag
 from services.common.errors import VersusError
 from versus_cli import export as export_commands
@@ -21,31 +22,27 @@ from versus_cli import export as export_commands
 class CliError(Exception):
     """A mistake in how the command was called (a missing file, a bad flag value): one line, exit 1."""
 
-#: service name → (config module:class, server module); imported only when used.
-SERVICES = {
-    "vit": ("services.vit.config:VitConfig", "services.vit.server"),
-    "ranker": ("services.ranker.config:RankerConfig", "services.ranker.server"),
-    "sd35": ("services.sd35.config:Sd35Config", "services.sd35.server"),
-    "gateway": ("services.gateway.config:GatewayConfig", "services.gateway.server"),
-}
-
-
 # -- serve --------------------------------------------------------------------------------------
+#: Model stacks a service's extra installs: a missing one is an install step, not a crash.
+_MODEL_STACK = ("torch", "transformers", "diffusers", "accelerate", "safetensors", "peft", "onnxruntime")
+
+
 def _config_class(name: str) -> type:
     """The service's config class (light: imports no model code, so ``--help`` and the ranker stay torch-free)."""
-    import importlib
-
-    if name not in SERVICES:
-        raise CliError(f"unknown service {name!r}; choose from {', '.join(SERVICES)}")
-    module, cls = SERVICES[name][0].split(":")
-    return getattr(importlib.import_module(module), cls)
+    return registry.spec(name).config_class()
 
 
 def _create_server(name: str) -> Callable:
-    """The service's ``create_server`` — imported only for the service being started."""
-    import importlib
-
-    return importlib.import_module(SERVICES[name][1]).create_server
+    """The service's ``create_server`` — imported only for the service being started. A model stack that is
+    not installed is named with the extra that installs it."""
+    spec = registry.spec(name)
+    try:
+        return spec.create_server()
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _MODEL_STACK:
+            raise
+        raise CliError(f"versus serve {name} needs {exc.name}, which this install lacks: "
+                       f"pip install 'versus[{spec.extra}]'") from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -371,9 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run a service until SIGTERM")
     serve_sub = serve.add_subparsers(dest="service", required=True)
-    for name in SERVICES:
-        config_cls = _config_class(name)
-        sp = serve_sub.add_parser(name, help=f"the {name} service")
+    for spec in registry.SERVICES:
+        name = spec.name
+        config_cls = spec.config_class()
+        sp = serve_sub.add_parser(name, help=spec.summary)
         config_cls.add_arguments(sp)
         sp.set_defaults(func=cmd_serve)
 

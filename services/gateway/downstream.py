@@ -15,7 +15,7 @@ from versus.ranker.v1 import ranker_pb2_grpc
 from versus.sd35.v1 import sd35_pb2_grpc
 from versus.vit.v1 import vit_pb2_grpc
 
-from services.common import tracing
+from services.common import registry, tracing
 from services.common.client import ErrorDetails, error_details
 from services.gateway.config import GatewayConfig
 
@@ -82,11 +82,15 @@ class Target:
     stub: Any
 
 
+#: The services the gateway calls: every registered service but itself.
+DOWNSTREAMS = tuple(n for n in registry.NAMES if n != "gateway")
+
+
 class Downstream:
     """The gateway's clients. Create inside the event loop; ``close()`` on shutdown."""
 
     def __init__(self, config: GatewayConfig) -> None:
-        self._tokens = {c: config.resolved_downstream_token(c) for c in ("vit", "sd35", "ranker")}
+        self._tokens = {c: config.resolved_downstream_token(c) for c in DOWNSTREAMS}
         self._credentials = self._tls(config)
         self._server_name = config.downstream_server_name
         self.targets: dict[str, Target] = {}
