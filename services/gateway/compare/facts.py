@@ -84,11 +84,11 @@ ROWS: list[tuple[str, Callable[[gateway_pb2.ModelReport], Cell]]] = [
     ("Parameters", _parameters),
     ("License", _license),
     ("Pricing", _pricing),
-    ("Rank score (own composite)", lambda r: (f"{r.score.composite:.1f}/100 (confidence {r.score.confidence:.0%})",
-                                              "ranker: this model's own blend of the sub-scores it has")
-     if r.score.model_id else ("—", "ranker unavailable")),
     ("Rank score on shared dimensions", lambda r: (f"{r.score.shared_composite:.1f}/100", "ranker: the blend over the "
                                                    "dimensions every compared model has (the verdict's basis)")
+     if r.score.model_id else ("—", "ranker unavailable")),
+    ("Rank score (own composite)", lambda r: (f"{r.score.composite:.1f}/100 (confidence {r.score.confidence:.0%})",
+                                              "ranker: this model's own blend of the sub-scores it has (secondary)")
      if r.score.model_id else ("—", "ranker unavailable")),
     ("Quality", lambda r: _sub(r.score, "quality")),
     ("Primary quality metric", _quality_metric),
