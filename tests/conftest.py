@@ -296,7 +296,8 @@ class GatewayStack:
                 "http_host": "127.0.0.1", "http_open": True,  # tests' pages: loopback, opened explicitly
                 "drain_delay_s": 0.0, "log_format": "text", "vit": self.vit.target,
                 "sd35": self.sd35.target, "ranker": self.ranker.target, "lora_probe_path": "loras/example.safetensors",
-                "imagenet_classes": "tench,goldfish", "images_per_class": 1, "compare_budget_s": 240.0}
+                "imagenet_classes": "tench,goldfish", "images_per_class": 1, "compare_budget_s": 240.0,
+                "weights_root": str(MODELS)}  # the gateway hashes the built models itself
         return GatewayConfig.from_env({}, **(base | kw))
 
 

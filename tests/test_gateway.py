@@ -119,6 +119,9 @@ def test_the_84_percent_claim_is_contradicted_with_both_numbers_and_sources(comp
 def test_provenance_on_every_number(comparison: gateway_pb2.Comparison) -> None:
     for report in comparison.models:
         assert report.weights.digest and report.weights.kind in ("random", "trained-here", "real")
+        # the honest project-built models: the gateway hashed them itself (GATEWAY_WEIGHTS_ROOT), equal to what
+        # the services report
+        assert report.weights.store_directory and report.weights.digest == report.weights.reported_digest
         for m in report.measurements:
             assert m.probe and m.measured_at and m.weights.service and m.weights.digest and m.unit, m
             assert m.mechanism_only == (m.weights.kind != "real")

@@ -1,8 +1,9 @@
-"""Weights are proven before they are called real (issue 14, item 4): services.gateway.weights.
+"""Weights are proven before they are called real (issues 14 and 20): services.gateway.weights.
 
 The real path end to end: a project-built model laid out in a hub cache, served by a real vit service
-from its hub id, and a catalog (served by a real ranker) that records the digests of those files as the
-checkpoint's published ones → "real". Everything short of that proof is something else, and says why.
+from its hub id, a catalog (served by a real ranker) that records the digests of those files as the
+checkpoint's published ones, and the gateway hashing the same cache itself (GATEWAY_WEIGHTS_ROOT) →
+"real". Digests the service reports decide nothing. Fakes that lie about weights: tests/fakes/weights.py.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 from services.common.errors import ConfigError
 from services.gateway.config import GatewayConfig
-from services.gateway.weights import classify_weights
+from services.gateway.weights import classify_weights, read_store
+from services.gateway.weights_store import StoreReading, WeightsStore
 
 REPO, COMMIT, MODEL = "versus-test/vit-digits", "d1617" * 8, "vit-base-patch16-224"
 SHIPPED = Path(__file__).parent.parent / "services/ranker/catalog"
@@ -80,60 +82,80 @@ def digests(model_dir: Path) -> dict[str, str]:
             for p in model_dir.rglob("*.safetensors")}
 
 
-def test_published_digests_and_the_hub_id_prove_weights_real(tmp_path: Path, hub_model, vit_digits_dir: Path) -> None:
+def store_reading(root: Path, info: common_pb2.ModelInfo, entry: ranker_pb2.CatalogEntry | None) -> StoreReading:
+    return read_store(WeightsStore(str(root)), info, entry)
+
+
+def test_every_published_file_hashed_by_the_gateway_proves_weights_real(tmp_path: Path, hub_model,
+                                                                        vit_digits_dir: Path) -> None:
     entry = catalog_entry(fixture_catalog(tmp_path / "catalog", digests(vit_digits_dir)))
-    w = classify_weights("vit", hub_model, entry, {})
+    reading = store_reading(tmp_path / "hub", hub_model, entry)
+    w = classify_weights("vit", hub_model, entry, {}, reading)
     assert w.kind == "real", w.proof
     assert w.reported_kind == "trained-here"  # what the service said is kept beside the proof, not used as it
-    assert w.proof.startswith(f"1 of 1 served weight files match the sha256 the catalog records from {REPO} ("
-                              f"https://huggingface.co/{REPO}/tree/main") and f"at revision {COMMIT}" in w.proof
-    assert (w.revision, [f.path for f in w.files], w.digest) == (COMMIT, ["model.safetensors"],
-                                                                  hub_model.weights.digest)
+    assert w.proof.startswith(f"the gateway hashed all 1 files the catalog lists for {REPO} in "
+                              f"{tmp_path / 'hub'}/models--versus-test--vit-digits/snapshots/{COMMIT}")
+    assert f"https://huggingface.co/{REPO}/tree/main" in w.proof and "the same as the computed one" in w.proof
+    assert (w.revision, [f.path for f in w.files]) == (COMMIT, ["model.safetensors"])
+    assert w.digest == hub_model.weights.digest == w.reported_digest  # honest: computed equals reported
+    assert w.store_directory == reading.directory
+
+
+def test_without_a_store_the_services_own_digests_decide_nothing(tmp_path: Path, hub_model,
+                                                                 vit_digits_dir: Path) -> None:
+    """The honest service, unheard: its reported files equal the catalog's, but the gateway computed nothing."""
+    entry = catalog_entry(fixture_catalog(tmp_path / "catalog", digests(vit_digits_dir)))
+    w = classify_weights("vit", hub_model, entry, {})
+    assert w.kind == "trained-here" and w.digest == "" and w.reported_digest == hub_model.weights.digest
+    assert "GATEWAY_WEIGHTS_ROOT is not set" in w.proof
+    assert [f.sha256 for f in w.reported_files] == list(digests(vit_digits_dir).values())
 
 
 def test_one_different_file_is_not_proof(tmp_path: Path, hub_model, vit_digits_dir: Path) -> None:
     published = {path: "0" * 64 for path in digests(vit_digits_dir)}
-    w = classify_weights("vit", hub_model, catalog_entry(fixture_catalog(tmp_path / "catalog", published)), {})
-    assert w.kind == "trained-here"  # the project's own marker: this deployment only
+    entry = catalog_entry(fixture_catalog(tmp_path / "catalog", published))
+    w = classify_weights("vit", hub_model, entry, {}, store_reading(tmp_path / "hub", hub_model, entry))
+    assert w.kind == "trained-here"  # the project's marker, read by the gateway in its store: this deployment only
     assert "never for the catalog checkpoint" in w.proof
+    assert "per the project's marker in the gateway's store" in w.proof
 
 
-def test_the_same_files_under_another_name_are_not_the_catalogs_checkpoint(tmp_path: Path,
+def test_a_blob_changed_after_download_is_known_by_its_bytes_not_its_name(tmp_path: Path, hub_model,
                                                                           vit_digits_dir: Path) -> None:
-    copy = tmp_path / "copy"
-    shutil.copytree(vit_digits_dir, copy)
-    (copy / "versus-weights.json").unlink()  # someone else's directory: no marker
     entry = catalog_entry(fixture_catalog(tmp_path / "catalog", digests(vit_digits_dir)))
-    w = classify_weights("vit", served_info(str(copy)), entry, {})
-    assert w.kind == "external-unverified" and w.reported_kind == "external"
-    assert f"loaded as {copy}, not as the catalog's hub id {REPO}" in w.proof
+    snapshot = tmp_path / "hub" / "models--versus-test--vit-digits" / "snapshots" / COMMIT
+    blob = (snapshot / "model.safetensors").resolve()
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\0")  # the name still says the published sha256
+    w = classify_weights("vit", hub_model, entry, {}, store_reading(tmp_path / "hub", hub_model, entry))
+    assert w.kind == "trained-here" and "differ from the published checkpoint" in w.proof, w.proof
+    assert w.files[0].sha256 == hashlib.sha256(blob.read_bytes()).hexdigest() != blob.name
 
 
-def test_a_service_calling_itself_real_with_an_unpublished_digest_is_unverified() -> None:
-    shipped = ranker_pb2.CatalogEntry(id=MODEL, hub_id="google/vit-base-patch16-224",
-                                      published_files_source="not found: no network reaches the hub")
-    lying = common_pb2.ModelInfo(id="google/vit-base-patch16-224", weights=common_pb2.ServedWeightsInfo(
-        source="google/vit-base-patch16-224", digest="ab" * 32, reported_kind="real",
-        files=[common_pb2.WeightFile(path="model.safetensors", sha256="cd" * 32, size_bytes=1)]))
-    w = classify_weights("vit", lying, shipped, {})
-    assert w.kind == "external-unverified" and w.reported_kind == "real"
-    assert "the catalog records no published weight digests for vit-base-patch16-224 (not found: no network" in \
-        w.proof and "the service reports 'real', which is not proof" in w.proof
-    old = common_pb2.ModelInfo(id="x", properties={"weights_digest": "ab" * 32, "weights_kind": "real"})
-    assert classify_weights("vit", old, shipped, {}).kind == "external-unverified"  # properties only: same
+def test_reported_locations_never_lead_outside_the_store(tmp_path: Path, vit_digits_dir: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    for hint, revision in ((str(vit_digits_dir), ""), ("../../" + str(vit_digits_dir), ""), ("x", "../../..")):
+        info = common_pb2.ModelInfo(id="m", weights=common_pb2.ServedWeightsInfo(source=hint, revision=revision))
+        reading = store_reading(store, info, ranker_pb2.CatalogEntry(id=MODEL, hub_id=REPO))
+        assert reading.directory == "" and "no weight files" in reading.note
 
 
-def test_a_digest_the_deployer_pinned_is_operator_attested() -> None:
+def test_a_digest_the_deployer_pinned_is_operator_attested_when_the_gateway_computed_it(tmp_path: Path,
+                                                                                       vit_tiny_dir: Path) -> None:
     entry = ranker_pb2.CatalogEntry(id=MODEL, published_files_source="not found: …")
-    info = common_pb2.ModelInfo(id="m", weights=common_pb2.ServedWeightsInfo(digest="ab" * 32,
+    external = tmp_path / "store" / "someone-elses"
+    shutil.copytree(vit_tiny_dir, external)
+    (external / "versus-weights.json").unlink()
+    info = common_pb2.ModelInfo(id="m", weights=common_pb2.ServedWeightsInfo(source=str(external),
                                                                              reported_kind="external"))
-    w = classify_weights("vit", info, entry, {MODEL: "ab" * 32})
+    reading = store_reading(tmp_path / "store", info, entry)
+    w = classify_weights("vit", info, entry, {MODEL: reading.digest}, reading)
     assert w.kind == "operator-attested" and w.proof.startswith("operator-attested: the deployer pinned sha256")
-    wrong = classify_weights("vit", info, entry, {MODEL: "ef" * 32})
-    assert wrong.kind == "external-unverified" and "differs from the served" in wrong.proof
+    wrong = classify_weights("vit", info, entry, {MODEL: "ef" * 32}, reading)
+    assert wrong.kind == "external-unverified" and "differs from the computed" in wrong.proof
     random = common_pb2.ModelInfo(id="m", weights=common_pb2.ServedWeightsInfo(digest="ab" * 32,
                                                                                reported_kind="random"))
-    assert classify_weights("vit", random, entry, {}).kind == "random"
+    assert classify_weights("vit", random, entry, {}).kind == "random"  # a built-here kind only ever lowers
     assert classify_weights("vit", common_pb2.ModelInfo(id="m"), entry, {}).kind == "unknown"
 
 
@@ -141,5 +163,5 @@ def test_attested_digests_are_a_checked_setting() -> None:
     config = GatewayConfig.from_env({"GATEWAY_ATTEST": f"{MODEL}={'ab' * 32}", "GATEWAY_HTTP_PORT": "-1"})
     assert config.attested_digests() == {MODEL: "ab" * 32}
     for bad in (f"{MODEL}=short", "=" + "ab" * 32, f"{MODEL}={'AB' * 32}", f"{MODEL}={'ab' * 32},{MODEL}={'cd' * 32}"):
-        with pytest.raises(ConfigError, match="GATEWAY_ATTEST: .* is not MODEL_ID=SHA256"):
+        with pytest.raises(ConfigError, match=r"GATEWAY_ATTEST\): .* is not MODEL_ID=SHA256"):
             GatewayConfig.from_env({"GATEWAY_ATTEST": bad, "GATEWAY_HTTP_PORT": "-1"})

@@ -22,7 +22,7 @@ from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 from services.common.errors import ModelLoadError
 from services.common.hub import resolve_source
-from services.common.weights import PROVENANCE_FILE, describe_weights
+from services.common.weights import PROVENANCE_FILE, DigestCache, describe_weights
 from versus_cli.launch import ServiceProcess
 
 DIGITS, TINY, SD = "versus-test/vit-digits", "versus-test/vit-tiny", "versus-test/sd35-large-tiny"
@@ -66,17 +66,24 @@ def test_weight_files_are_reported_with_their_sha256(cache: Path, vit_digits_dir
     assert (local.source, local.revision) == (str(vit_digits_dir), "")
 
 
-def test_a_hub_blob_is_known_by_its_name_other_files_by_their_bytes(cache: Path, vit_digits_dir: Path) -> None:
+def test_a_hub_blob_is_known_by_its_bytes_never_by_its_name(cache: Path, vit_digits_dir: Path) -> None:
     snapshot = put_in_hub_cache(vit_digits_dir, cache, DIGITS, COMMIT)
     blob = (snapshot / "model.safetensors").resolve()
     assert blob.parent.name == "blobs" and blob.name == sha256(vit_digits_dir / "model.safetensors")
     blob.write_bytes(b"changed after download")  # the hub client named the blob by the sha256 it fetched
-    assert describe_weights(resolve_source(DIGITS)).files[0].sha256 == blob.name  # read from the name, no re-hash
-    other = snapshot / "extra.safetensors"
-    other.symlink_to(os.path.relpath(snapshot.parent.parent / "blobs" / "not-a-sha256", other.parent))
-    (snapshot.parent.parent / "blobs" / "not-a-sha256").write_bytes(b"abc")
-    files = {f.path: f.sha256 for f in describe_weights(resolve_source(DIGITS)).files}
-    assert files["extra.safetensors"] == hashlib.sha256(b"abc").hexdigest()
+    assert describe_weights(resolve_source(DIGITS)).files[0].sha256 == hashlib.sha256(b"changed after "
+                                                                                        b"download").hexdigest()
+
+
+def test_digests_are_cached_by_path_size_and_mtime(tmp_path: Path) -> None:
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(b"abc")
+    digests = DigestCache()
+    assert digests.sha256(f) == digests.sha256(f) == hashlib.sha256(b"abc").hexdigest() and digests.hashed == 1
+    f.write_bytes(b"abcd")  # rewritten in place: another size, another mtime → hashed again
+    assert digests.sha256(f) == hashlib.sha256(b"abcd").hexdigest() and digests.hashed == 2
+    os.utime(f, ns=(1, 1))  # same size, another mtime → hashed again
+    assert digests.sha256(f) == hashlib.sha256(b"abcd").hexdigest() and digests.hashed == 3
 
 
 def test_weights_without_the_projects_marker_are_external_not_real(tmp_path: Path, vit_tiny_dir: Path) -> None:

@@ -8,16 +8,17 @@ as "external", never "real" — what a service says about its own weights is a d
 gateway proves weights real only by comparing the per-file sha256 with the digests the checkpoint's
 own repository publishes (services/gateway/weights.py).
 
-In a Hugging Face cache a snapshot's files are links into ``blobs/``, and the hub client names an LFS
-blob by the sha256 of its content: such a file's digest is read from its blob's name instead of
-hashing gigabytes again. Any other file is hashed.
+Every digest is computed from the file's bytes, never read from a name: in a Hugging Face cache a
+snapshot's files are links into ``blobs/`` named by the sha256 the hub client fetched, and a blob
+changed after download keeps its name. :class:`DigestCache` keeps each file's sha256 by (path, size,
+mtime) so that a 16 GB checkpoint is hashed once per process, not once per look.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import re
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,6 @@ KINDS = ("random", "trained-here", "external", "unknown")
 BUILT_KINDS = ("random", "trained-here")
 #: File endings that hold weights (what the digest covers).
 WEIGHT_SUFFIXES = (".safetensors", ".onnx")
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -64,24 +64,50 @@ def write_provenance(model_dir: Path, kind: str, builder: str, note: str = "") -
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file: the blob's own name when ``path`` links to a hub-cache blob named by its sha256
-    (the hub client's naming of LFS files), else computed from the bytes."""
-    if path.is_symlink():
-        target = path.resolve()
-        if target.parent.name == "blobs" and _SHA256.fullmatch(target.name):
-            return target.name
+    """sha256 of a file's bytes (links followed; a hub blob's name is never taken for its content)."""
     h = hashlib.sha256()
-    with path.open("rb") as fh:
+    with Path(path).open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
 
 
-def weight_files(directory: Path) -> tuple[WeightFile, ...]:
-    """Every weight file under ``directory`` (links followed), sorted by path."""
-    found = sorted((p for p in directory.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()),
-                   key=lambda p: p.relative_to(directory).as_posix())
-    return tuple(WeightFile(p.relative_to(directory).as_posix(), file_sha256(p), p.stat().st_size) for p in found)
+class DigestCache:
+    """sha256 of file contents, remembered by (resolved path, size, mtime in ns): a file rewritten in place
+    changes its size or mtime and is hashed again. Thread-safe (the gateway hashes off its event loop)."""
+
+    def __init__(self) -> None:
+        self._known: dict[tuple[str, int, int], str] = {}
+        self._lock = threading.Lock()
+        self.hashed = 0  # files actually read (for tests and logs)
+
+    def sha256(self, path: Path) -> str:
+        real = Path(path).resolve()
+        st = real.stat()
+        key = (str(real), st.st_size, st.st_mtime_ns)
+        with self._lock:
+            if key in self._known:
+                return self._known[key]
+        digest = file_sha256(real)
+        with self._lock:
+            self._known[key] = digest
+            self.hashed += 1
+        return digest
+
+    def weight_file(self, directory: Path, path: Path) -> WeightFile:
+        return WeightFile(path.relative_to(directory).as_posix(), self.sha256(path), path.stat().st_size)
+
+
+def weight_paths(directory: Path) -> list[Path]:
+    """Every weight file under ``directory`` (links followed), sorted by relative path."""
+    return sorted((p for p in directory.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file()),
+                  key=lambda p: p.relative_to(directory).as_posix())
+
+
+def weight_files(directory: Path, cache: DigestCache | None = None) -> tuple[WeightFile, ...]:
+    """Every weight file under ``directory`` with the sha256 of its bytes, sorted by path."""
+    cache = cache or DigestCache()
+    return tuple(cache.weight_file(directory, p) for p in weight_paths(directory))
 
 
 def combined_digest(files: tuple[WeightFile, ...]) -> str:
@@ -92,7 +118,8 @@ def combined_digest(files: tuple[WeightFile, ...]) -> str:
     return total.hexdigest() if files else ""
 
 
-def _reported_kind(directory: Path) -> tuple[str, str]:
+def marker_kind(directory: Path) -> tuple[str, str]:
+    """The kind the project's marker in ``directory`` records, and a note ("external" without one)."""
     marker = directory / PROVENANCE_FILE
     if not marker.exists():
         return "external", "external weights (no versus provenance file): unverified"
@@ -112,6 +139,6 @@ def describe_weights(model: ModelSource | str) -> WeightsProvenance:
         return WeightsProvenance("", "unknown", f"{model.source} is not a local directory (not hashed)",
                                  source=model.source)
     files = weight_files(model.path)
-    kind, note = _reported_kind(model.path)
+    kind, note = marker_kind(model.path)
     return WeightsProvenance(combined_digest(files), kind, note, source=model.hub_id or model.source,
                              revision=model.revision, files=files)

@@ -93,10 +93,17 @@ class GatewayConfig(ServerConfig):
                                        "adapter is loaded; empty: probe only adapters already loaded.")
     claim_tolerance_pt: float = setting(1.0, "A numeric claim agrees with a source within this many units "
                                              "(percentage points for accuracy).")
-    attest: tuple[str, ...] = setting((), "Weights the deployer vouches for: MODEL_ID=SHA256 (catalog id = the served "
-                                          "weights' combined digest, ServedWeightsInfo.digest), comma-separated or "
-                                          "repeated. Such weights are 'operator-attested': they may decide quality "
-                                          "claims, and every such mark says so.")
+    weights_root: str = setting("", "A weights store the gateway reads and hashes itself: a Hugging Face hub cache "
+                                    "(models--ORG--NAME/snapshots/REV) or a weights volume (ORG/NAME, or directories "
+                                    "named like the ones the services load), the same files the model services "
+                                    "serve, mounted read-only. Only digests computed here count: without it no "
+                                    "weights are real or attested.")
+    attest: tuple[str, ...] = setting((), "Weights the deployer vouches for: MODEL_ID=SHA256 (catalog id = the "
+                                          "combined digest the gateway computes from GATEWAY_WEIGHTS_ROOT; an echoed "
+                                          "digest "
+                                          "is not enough), comma-separated or repeated. Such weights are "
+                                          "'operator-attested': they may decide quality claims, and every such mark "
+                                          "says so.")
 
     deployments: tuple[str, ...] = setting(
         (), "Registered deployments (image classifiers on any Open Inference Protocol server) a comparison can "

@@ -30,6 +30,7 @@ from services.gateway.compare.probes import Budget
 from services.gateway.compare.run import Progress, Run
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstream, DownstreamError
+from services.gateway.weights_store import WeightsStore
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class Gateway:
         #: The configuration's lists, parsed once here (never per comparison).
         self.settings = Settings.parse(config)
         self.served = self.settings.served
+        #: The weights store the gateway hashes itself (GATEWAY_WEIGHTS_ROOT); digests cached by path, size, mtime.
+        self.weights_store = WeightsStore(config.weights_root)
         self.ds: Downstream | None = None
         self.byo: ByoRegistry | None = None
 

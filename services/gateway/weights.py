@@ -1,19 +1,26 @@
-"""Which weights a service really serves, established by the gateway, never taken from the service's word.
+"""Which weights a service really serves, established by the gateway from files it hashed itself.
 
-:func:`classify_weights` turns what a service reports (``ModelInfo.weights``: per-file sha256, combined
-digest, source, revision, the kind it claims) into ``gateway.v1.ServedWeights`` with a ``kind`` and a
-``proof`` in plain words:
+:func:`classify_weights` turns the gateway's own reading of its weights store (:mod:`weights_store`,
+``GATEWAY_WEIGHTS_ROOT``: every file hashed from its bytes) into ``gateway.v1.ServedWeights`` with a
+``kind`` and a ``proof`` in plain words. What the service reports (``ModelInfo.weights``: per-file sha256,
+combined digest, source, revision, kind) is kept as "reported by the service" and only says where to
+look in the store; it never makes weights real or attested:
 
-- **real**: every served weight file's sha256 equals the digest the catalog records from the
-  checkpoint's own repository (``CatalogEntry.published_files``), and the weights were loaded as the
-  catalog's hub id;
-- **operator-attested**: the combined digest equals the one the deployer pinned for this model in the
-  gateway's config (``--attest MODEL_ID=SHA256``);
-- **trained-here** / **random**: built by this project (its ``versus-weights.json`` marker): they
-  decide claims about this deployment only, never the catalog checkpoint's;
-- **external-unverified**: anything else, including a service that calls its weights real with a
-  digest nobody published: a mechanism check;
-- **unknown**: the service described no weights.
+- **real**: the gateway hashed *every* file the catalog lists for the checkpoint (``CatalogEntry.
+  published_files``, from the checkpoint's own repository) in its store, and each sha256 equals the
+  catalog's; a subset is never enough;
+- **operator-attested**: the combined digest the gateway computed equals the one the deployer pinned for
+  this model (``--attest MODEL_ID=SHA256``); a digest the service merely echoes is not;
+- **trained-here** / **random**: built by this project (its ``versus-weights.json`` marker, read by the
+  gateway in the store, or reported: a reported built-here kind only ever lowers what weights decide):
+  they decide claims about this deployment only, never the catalog checkpoint's;
+- **external-unverified**: anything else, including a service that calls its weights real or echoes the
+  catalog's digests: a mechanism check;
+- **unknown**: the service described no weights and the store holds none.
+
+What binds the hashed files to what answers on the wire is the known-answer check (reference inputs
+whose expected outputs are recorded against the digest); without it, a digest says what the store
+holds, not what the endpoint runs.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
 from services.common.convert import PRECISION_FROM_PROTO
+from services.gateway.weights_store import StoreReading, WeightsStore
 
 REAL, ATTESTED, UNVERIFIED, UNKNOWN = "real", "operator-attested", "external-unverified", "unknown"
 #: Kinds a service may report from the project's own marker (they only ever lower what weights decide).
@@ -44,58 +52,92 @@ def _short(digest: str) -> str:
     return digest[:16] + "…" if digest else "none"
 
 
-def _published_match(w: common_pb2.ServedWeightsInfo, entry: ranker_pb2.CatalogEntry) -> tuple[bool, str]:
-    """Whether the served files are the catalog's published checkpoint, and why (or why not)."""
+def weights_key(w: gateway_pb2.ServedWeights) -> str:
+    """What keys cached probes and recorded duels for these weights: the digest the gateway computed. Without
+    one, the service's reported digest, marked as reported: such weights are never real or attested, so a
+    model swapped behind an echoed digest can only meet mechanism marks cached for its predecessor."""
+    return f"sha256:{w.digest}" if w.digest else f"reported:{w.reported_digest}"
+
+
+def read_store(store: WeightsStore, info: common_pb2.ModelInfo, entry: ranker_pb2.CatalogEntry | None) -> StoreReading:
+    """The gateway's own reading of the model's files (blocking: call it off the event loop)."""
+    w = _reported(info)
+    listed = [f.path for f in entry.published_files] if entry is not None else []
+    return store.read(entry.hub_id if entry is not None else "", listed, w.source, w.revision)
+
+
+def _published_match(reading: StoreReading, entry: ranker_pb2.CatalogEntry) -> tuple[bool, str]:
+    """Whether the store holds every file of the catalog's published checkpoint, and why (or why not)."""
     where = entry.published_files_source or "no source recorded"
     if not entry.published_files:
         return False, f"the catalog records no published weight digests for {entry.id} ({where})"
-    if not w.files:
-        return False, "the service reported no per-file sha256"
-    published = {f.path: f.sha256 for f in entry.published_files}
-    wrong = [f"{f.path}: served sha256 {_short(f.sha256)}, " + (
-        f"published {_short(published[f.path])}" if f.path in published else "not a published file")
-        for f in w.files if published.get(f.path) != f.sha256]
+    if not reading.directory:
+        return False, reading.note
+    missing = [p for p, d in reading.listed.items() if not d]
+    wrong = [f"{f.path}: computed sha256 {_short(reading.listed[f.path])}, published {_short(f.sha256)}"
+             for f in entry.published_files if reading.listed.get(f.path) and reading.listed[f.path] != f.sha256]
+    n = len(entry.published_files)
+    if missing:
+        return False, (f"{len(missing)} of the {n} files the catalog lists are not in the gateway's store at "
+                       f"{reading.directory} ({', '.join(missing[:4])}): a subset is no proof")
     if wrong:
-        return False, "served weight files differ from the published checkpoint (" + "; ".join(wrong) + ")"
-    if w.source != entry.hub_id:
-        return False, (f"every served file matches, but the weights were loaded as {w.source or 'an unnamed source'}"
-                       f", not as the catalog's hub id {entry.hub_id or '(none)'}")
-    return True, (f"{len(w.files)} of {len(w.files)} served weight files match the sha256 the catalog records from "
-                  f"{entry.hub_id} ({where}); loaded as {w.source}" + (f" at revision {w.revision}" if w.revision
-                                                                           else ""))
+        return False, "the store's files differ from the published checkpoint (" + "; ".join(wrong) + ")"
+    return True, (f"the gateway hashed all {n} files the catalog lists for {entry.hub_id} in {reading.directory}: "
+                  f"every sha256 equals the one the catalog records ({where})")
+
+
+def _reported_note(w: common_pb2.ServedWeightsInfo, computed: str) -> str:
+    if not w.digest:
+        return "the service reports no digest"
+    if not computed:
+        return f"the service reports sha256 {_short(w.digest)} (reported by the service; decides nothing)"
+    same = "the same as" if w.digest == computed else "unlike"
+    return f"the service reports sha256 {_short(w.digest)}, {same} the computed one (reported; decides nothing)"
 
 
 def classify_weights(service: str, info: common_pb2.ModelInfo, entry: ranker_pb2.CatalogEntry | None,
-                     attested: Mapping[str, str]) -> gateway_pb2.ServedWeights:
-    """``ServedWeights`` for one served model: its ``kind`` established from digests, with the ``proof``.
+                     attested: Mapping[str, str], reading: StoreReading | None = None) -> gateway_pb2.ServedWeights:
+    """``ServedWeights`` for one served model: its ``kind`` established from the digests the gateway computed
+    (``reading``; None: no store), with the ``proof``.
 
     ``entry`` is the catalog entry the service serves (None when unknown); ``attested`` maps a catalog
     id (or, without an entry, the served id) to the combined sha256 the deployer pinned.
     """
     w = _reported(info)
+    reading = reading or StoreReading(note="the gateway has no weights store (GATEWAY_WEIGHTS_ROOT is not set)")
     out = gateway_pb2.ServedWeights(
-        service=service, served_model_id=info.id, digest=w.digest, precision=PRECISION_FROM_PROTO.get(
+        service=service, served_model_id=info.id, digest=reading.digest, precision=PRECISION_FROM_PROTO.get(
             info.precision, ""), device=info.device, backend=info.backend, reported_kind=w.reported_kind,
-        files=list(w.files), revision=w.revision)
-    if not (w.digest or w.files or w.reported_kind):
-        out.kind, out.proof = UNKNOWN, "the service described no weights"
+        files=[common_pb2.WeightFile(path=f.path, sha256=f.sha256, size_bytes=f.size_bytes)
+               for f in reading.files], revision=w.revision, reported_digest=w.digest, reported_files=list(w.files),
+        store_directory=reading.directory)
+    said = _reported_note(w, out.digest)
+    if not (w.digest or w.files or w.reported_kind or reading.files):
+        out.kind, out.proof = UNKNOWN, f"the service described no weights and {reading.note or 'the store holds none'}"
         return out
-    real, why = _published_match(w, entry) if entry is not None else (False, "no catalog entry to compare with")
+    real, why = _published_match(reading, entry) if entry is not None else (False, "no catalog entry to compare with")
     key = entry.id if entry is not None else info.id
     pinned = attested.get(key, "")
+    built = reading.marker or (w.reported_kind if w.reported_kind in BUILT_HERE else "")
     if real:
-        out.kind, out.proof = REAL, why
-    elif pinned and pinned == w.digest:
+        out.kind, out.proof = REAL, f"{why}; {said}"
+    elif pinned and pinned == out.digest:
         out.kind, out.proof = ATTESTED, (f"operator-attested: the deployer pinned sha256 {_short(pinned)} for {key} "
-                                         f"in the gateway's config and the served digest equals it; not checked "
-                                         f"against a published checkpoint ({why})")
-    elif w.reported_kind in BUILT_HERE:
-        out.kind, out.proof = w.reported_kind, (
-            f"built by this project ({w.reported_kind}, per the service's versus-weights.json marker): its "
-            "measurements speak for this deployment only, never for the catalog checkpoint")
+                                         f"in the gateway's config and the gateway computed it from "
+                                         f"{reading.directory}; not checked against a published checkpoint ({why})")
+    elif built:
+        whose = "the project's marker in the gateway's store" if reading.marker else "the service's marker, reported"
+        out.kind, out.proof = built, (
+            f"built by this project ({built}, per {whose}): its measurements speak for this deployment only, "
+            f"never for the catalog checkpoint ({why}); "
+            + (f"sha256 {_short(out.digest)} computed by the gateway from {reading.directory}" if out.digest
+               else reading.note))
     else:
-        pin = (f"; the pinned digest {_short(pinned)} for {key} differs from the served {_short(w.digest)}"
-               if pinned else "")
-        said = f"the service reports '{w.reported_kind}'" if w.reported_kind else "the service reports no kind"
-        out.kind, out.proof = UNVERIFIED, f"unverified: {why}{pin}; {said}, which is not proof"
+        pin = ""
+        if pinned:
+            pin = (f"; the pinned digest {_short(pinned)} for {key} differs from the computed {_short(out.digest)}"
+                   if out.digest else f"; a digest {_short(pinned)} is pinned for {key}, but the gateway computed "
+                                      "none (an echoed digest is not attestation)")
+        kind = f"; the service calls them '{w.reported_kind}', which is not proof" if w.reported_kind else ""
+        out.kind, out.proof = UNVERIFIED, f"unverified: {why}{pin}; {said}{kind}"
     return out

@@ -10,13 +10,14 @@ from versus.gateway.v1 import gateway_pb2
 
 from services.gateway.compare.probes import ProbeResult, guarded, unavailable
 from services.gateway.compare.run import Run
+from services.gateway.weights import weights_key
 
 
 async def probe(run: Run, component_key: str, weights: gateway_pb2.ServedWeights, name: str,
                 fn: Callable[[], Awaitable[ProbeResult]], kind: str = "") -> ProbeResult | None:
     """One probe, cached per (component, weights digest, ``name``). ``kind`` labels the metrics (names of
     generated images carry prompts and seeds). None when live probes are off and nothing is cached."""
-    key = (component_key, weights.digest, name)
+    key = (component_key, weights_key(weights), name)
     kind = kind or name
     if run.opts.live and not run.admitted and run.gw.cache.would_run(key):
         # only new probe work is bounded: catalog-only and cached comparisons are never refused

@@ -4,6 +4,7 @@ stage that stores the answers in a comparison is :mod:`services.gateway.compare.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from versus.common.v1 import common_pb2
@@ -17,12 +18,13 @@ from services.common.errors import NotFound, quote
 from services.gateway.compare.probes import VitInfo
 from services.gateway.compare.sd35_probes import VariantInfo
 from services.gateway.config import ServedBy
-from services.gateway.weights import classify_weights
+from services.gateway.weights import classify_weights, read_store
+from services.gateway.weights_store import WeightsStore
 
 #: A read-only call whose answer the gateway may share for a few seconds: (component, method, request, timeout).
 CachedCall = Callable[[str, str, object, float], Awaitable[object]]
 #: What the gateway establishes about one service's weights from its GetModelInfo.
-WeightsOf = Callable[[ServedBy, common_pb2.ModelInfo], gateway_pb2.ServedWeights]
+WeightsOf = Callable[[ServedBy, common_pb2.ModelInfo], Awaitable[gateway_pb2.ServedWeights]]
 
 
 async def read_catalog(call: CachedCall, timeout: float, model_ids: tuple[str, ...]
@@ -39,17 +41,20 @@ async def read_catalog(call: CachedCall, timeout: float, model_ids: tuple[str, .
 
 
 def weights_judge(catalog: Mapping[str, ranker_pb2.CatalogEntry], served: Mapping[str, ServedBy],
-                  attested: Mapping[str, str]) -> WeightsOf:
-    """Real only on published digests and the hub id, operator-attested on a pinned digest."""
-    def weights_of(by: ServedBy, info: common_pb2.ModelInfo) -> gateway_pb2.ServedWeights:
+                  attested: Mapping[str, str], store: WeightsStore) -> WeightsOf:
+    """From files the gateway hashes itself in ``store``: real only on every published digest, operator-attested
+    on a pinned one. Hashing runs off the event loop (a first read of a large checkpoint takes minutes)."""
+    async def weights_of(by: ServedBy, info: common_pb2.ModelInfo) -> gateway_pb2.ServedWeights:
         model_id = next((m for m, s in served.items() if s == by), "")
-        return classify_weights(str(by), info, catalog.get(model_id), dict(attested))
+        entry = catalog.get(model_id)
+        reading = await asyncio.to_thread(read_store, store, info, entry)
+        return classify_weights(str(by), info, entry, dict(attested), reading)
     return weights_of
 
 
 async def read_vit_info(call: CachedCall, timeout: float, weights_of: WeightsOf) -> VitInfo:
     reply = await call("vit", "GetModelInfo", vit_pb2.GetModelInfoRequest(), timeout)
-    return VitInfo("vit", reply, weights_of(ServedBy("vit"), reply.model))  # type: ignore[arg-type, attr-defined]
+    return VitInfo("vit", reply, await weights_of(ServedBy("vit"), reply.model))  # type: ignore[arg-type, attr-defined]
 
 
 async def read_sd35_info(call: CachedCall, timeout: float, weights_of: WeightsOf) -> dict[str, VariantInfo]:
@@ -57,7 +62,7 @@ async def read_sd35_info(call: CachedCall, timeout: float, weights_of: WeightsOf
     out = {}
     for v in reply.variants:  # type: ignore[attr-defined]
         name = enum_name(sd35_pb2.Variant, "VARIANT", v.variant)
-        out[name] = VariantInfo(name, v, weights_of(ServedBy("sd35", name), v.model))
+        out[name] = VariantInfo(name, v, await weights_of(ServedBy("sd35", name), v.model))
     return out
 
 
@@ -66,7 +71,7 @@ def reported(model: common_pb2.ModelInfo, w: gateway_pb2.ServedWeights) -> str:
     props = model.properties
     extra = f", text encoder 3: {props['text_encoder_3']}" if "text_encoder_3" in props else ""
     return (f"GetModelInfo says {model.id} runs on {model.backend or '?'}/{model.device or '?'} at "
-            f"{w.precision or '?'}{extra}, weights sha256 {w.digest[:16] or 'not reported'} "
+            f"{w.precision or '?'}{extra}, weights sha256 {w.reported_digest[:16] or 'not reported'} "
             f"({props.get('weights_kind') or 'kind not reported'})")
 
 

@@ -16,6 +16,7 @@ from versus.ranker.v1 import ranker_pb2
 from services.gateway.compare.probes import DECIDING_KINDS
 from services.gateway.compare.quality import MECHANISM_TASK, TASK
 from services.gateway.downstream import DownstreamError
+from services.gateway.weights import weights_key
 
 if TYPE_CHECKING:
     from services.gateway.compare.run import Run
@@ -64,8 +65,10 @@ async def head_to_head(run: Run) -> list[gateway_pb2.Duel]:
         return []
     kinds = {run.served[g].weights.kind for g in generators} | {run.vit.weights.kind}
     task = TASK if kinds <= set(DECIDING_KINDS) else MECHANISM_TASK
-    digests = ",".join(f"{g}={run.served[g].weights.digest}" for g in generators)
-    context = f"{task}|{digests}|judge={run.vit.weights.digest}|size={run.cfg.probe_size}|" \
+    # keyed by the digests the gateway computed (weights_key): an echoed digest neither decides the task
+    # (DECIDING_KINDS need computed digests) nor makes a swapped model's duels duplicates of the old one's
+    digests = ",".join(f"{g}={weights_key(run.served[g].weights)}" for g in generators)
+    context = f"{task}|{digests}|judge={weights_key(run.vit.weights)}|size={run.cfg.probe_size}|" \
               f"steps={run.cfg.probe_steps}"
     played = duels(run.judgements, generators, context, run.cfg.tie_margin, task)
     run.progress("head-to-head", f"{len(played)} duels among {', '.join(generators)}", 0.85)

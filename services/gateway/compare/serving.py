@@ -31,7 +31,8 @@ def _needs(run: Run, service: str) -> bool:
 
 async def read_infos(run: Run) -> None:
     errors: dict[str, gateway_pb2.Unavailable] = {}
-    weights_of = catalog.weights_judge(run.catalog, run.settings.served, run.settings.attested)
+    weights_of = catalog.weights_judge(run.catalog, run.settings.served, run.settings.attested,
+                                       run.gw.weights_store)
     timeout = run.budget.timeout()
 
     async def vit() -> None:

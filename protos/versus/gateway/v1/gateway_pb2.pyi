@@ -252,18 +252,24 @@ class ServedWeights(_message.Message):
     FILES_FIELD_NUMBER: _builtins.int
     PROOF_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    REPORTED_DIGEST_FIELD_NUMBER: _builtins.int
+    REPORTED_FILES_FIELD_NUMBER: _builtins.int
+    STORE_DIRECTORY_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """"vit", "sd35/large", ..."""
     served_model_id: _builtins.str
     """The model id the service reports."""
     digest: _builtins.str
-    """sha256 over the weight files (hex), as the service reports it; empty if it reports none."""
+    """sha256 over the weight files (hex) that the gateway computed itself from the file contents in its
+    weights store (GATEWAY_WEIGHTS_ROOT); empty when it could not read them. Never the service's word
+    (that is reported_digest).
+    """
     kind: _builtins.str
     """What the gateway established, never what the service says of itself:
-    "real": every served weight file's sha256 equals the digest the catalog records from the
-      checkpoint's own repository, and the served id equals the catalog's hub id;
-    "operator-attested": the digest equals one the deployer pinned in the gateway's config (may decide
-      quality claims; every such mark says so);
+    "real": the gateway hashed every file the catalog lists for the checkpoint (from the checkpoint's
+      own repository) in its weights store, and each sha256 equals the catalog's;
+    "operator-attested": the gateway-computed digest equals one the deployer pinned in the gateway's
+      config (may decide quality claims; every such mark says so); an echoed digest is not enough;
     "trained-here" / "random": built by this project (decide claims about this deployment only);
     "external-unverified": anything else (a mechanism check); "unknown": no description was read.
     """
@@ -277,10 +283,18 @@ class ServedWeights(_message.Message):
     "the catalog records no published digests for this checkpoint").
     """
     revision: _builtins.str
-    """Hub revision, when the service loaded the weights through a hub cache."""
+    """Hub revision, when the service loaded the weights through a hub cache (as reported)."""
+    reported_digest: _builtins.str
+    """The combined digest the service reports ("reported by the service"; decides nothing)."""
+    store_directory: _builtins.str
+    """The directory of the gateway's weights store it read the files from; empty when none."""
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WeightFile]:
-        """The served weight files with their sha256, as reported."""
+        """The weight files the gateway hashed in its store, with the sha256 of their bytes."""
+
+    @_builtins.property
+    def reported_files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WeightFile]:
+        """The weight files and sha256 the service reports (decide nothing)."""
 
     def __init__(
         self,
@@ -296,10 +310,13 @@ class ServedWeights(_message.Message):
         files: _abc.Iterable[_common_pb2.WeightFile] | None = ...,
         proof: _builtins.str = ...,
         revision: _builtins.str = ...,
+        reported_digest: _builtins.str = ...,
+        reported_files: _abc.Iterable[_common_pb2.WeightFile] | None = ...,
+        store_directory: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "digest", b"digest", "files", b"files", "kind", b"kind", "precision", b"precision", "proof", b"proof", "reported_kind", b"reported_kind", "revision", b"revision", "served_model_id", b"served_model_id", "service", b"service"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "digest", b"digest", "files", b"files", "kind", b"kind", "precision", b"precision", "proof", b"proof", "reported_digest", b"reported_digest", "reported_files", b"reported_files", "reported_kind", b"reported_kind", "revision", b"revision", "served_model_id", b"served_model_id", "service", b"service", "store_directory", b"store_directory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
