@@ -490,7 +490,8 @@ def test_every_versus_command_line_parses(overlay: str) -> None:
 
     parser = build_parser()
     parsed = 0
-    for dep in by_kind(render(overlay), "Deployment").values():
+    docs = render(overlay)
+    for dep in [*by_kind(docs, "Deployment").values(), *by_kind(docs, "Job").values()]:
         for c in all_containers(dep):
             if c["image"].startswith("versus:"):
                 parser.parse_args(c["args"])
@@ -501,7 +502,7 @@ def test_every_versus_command_line_parses(overlay: str) -> None:
 #: Process environment the images read besides the service settings (documented in docs/DEPLOY.md).
 PROCESS_ENV = {"HF_HUB_OFFLINE", "HF_HOME", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "PYTHONUNBUFFERED",
                "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "PYTORCH_CUDA_ALLOC_CONF", "MPLCONFIGDIR", "HOME",
-               "PGPASSWORD"}
+               "PGPASSWORD", "HF_HUB_CACHE", "HF_TOKEN_PATH"}
 #: The standard OpenTelemetry variables tracing reads (services/common/tracing.py; versus-tracing ConfigMap).
 TRACING_ENV = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_SDK_DISABLED",
                "OTEL_SERVICE_NAME", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG"}
@@ -640,6 +641,192 @@ def test_postgresql_overlay_wires_the_ranker_db_secret() -> None:
     assert autoscalers(docs)["ranker"] == ["HorizontalPodAutoscaler/ranker"]
     for overlay in set(OVERLAYS) - {"postgresql"}:  # SQLite: one pod, never two on the file
         assert by_kind(render(overlay), "Deployment")["ranker"]["spec"]["strategy"] == {"type": "Recreate"}
+
+
+# -- weights -------------------------------------------------------------------------------------------------------
+WEIGHTS_OVERLAYS = [o for o in OVERLAYS if o != "cpu"]
+
+
+def _hub_ids(configs: dict[str, dict]) -> dict[str, set[str]]:
+    """Claim → the hub ids the pods mounting it are configured with (VIT_MODEL, SD35_MODELS)."""
+    vit, sd35 = configs["vit-config"]["data"], configs["sd35-config"]["data"]
+    return {"vit-weights": {vit["VIT_MODEL"]},
+            "sd35-weights": {part.split("=", 1)[1] for part in sd35["SD35_MODELS"].split(",")}}
+
+
+@pytest.mark.parametrize("overlay", WEIGHTS_OVERLAYS)
+def test_weights_jobs_pull_what_the_pods_read(overlay: str) -> None:
+    """One Job per claim pulls, into the hub cache the pods read offline (HF_HUB_CACHE on the claim they mount
+    read-only), exactly the hub ids the pods are configured with; SD3.5 with the HF token from a Secret file and
+    every part its engine loads."""
+    from services.sd35.engine import _HUB_PARTS, _T5_PARTS
+    from versus_cli.cli import build_parser
+
+    docs = render(overlay)
+    configs, jobs, claims = by_kind(docs, "ConfigMap"), by_kind(docs, "Job"), by_kind(docs, "PersistentVolumeClaim")
+    wanted = _hub_ids(configs)
+    pulled = {}
+    for job in jobs.values():
+        pod = pod_spec(job)
+        (container,) = pod["containers"]
+        args = build_parser().parse_args(container["args"])
+        assert (args.command, args.models_command) == ("models", "pull")
+        claim = next(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
+        mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "models")
+        assert args.cache.startswith(mount + "/") and claims[claim]["spec"]["accessModes"] == ["ReadWriteMany"]
+        pulled[claim] = (set(args.ids), args.cache[len(mount):], args.include)
+        assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["HF_HUB_OFFLINE"] == "0"
+        if claim == "sd35-weights":  # gated: the token is a mounted Secret file, never an env var or an arg
+            token_dir = next(m for m in container["volumeMounts"] if env["HF_TOKEN_PATH"].startswith(m["mountPath"]))
+            secret = next(v["secret"] for v in pod["volumes"] if v["name"] == token_dir["name"])
+            assert secret["secretName"] == "hf-token" and token_dir["readOnly"]
+            assert {f"{p}/*" for p in (*_HUB_PARTS, *_T5_PARTS)} | {"model_index.json"} <= set(args.include)
+    assert {c: ids for c, (ids, _, _) in pulled.items()} == wanted
+    for name, service in (("vit", "vit-config"), ("sd35", "sd35-config")):
+        pod = pod_spec(by_kind(docs, "Deployment")[name])
+        models = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
+        mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "models")
+        cache = configs[service]["data"]["HF_HUB_CACHE"]
+        assert mount["readOnly"] and models["readOnly"] and configs[service]["data"]["HF_HUB_OFFLINE"] == "1"
+        assert cache == mount["mountPath"] + pulled[models["claimName"]][1], f"{overlay}/{name} reads another cache"
+
+
+@pytest.mark.slow
+def test_models_pull_fills_a_hub_cache_the_services_read_offline(tmp_path: Path) -> None:
+    """`versus models pull` against a fake hub (the real hub client): the snapshot lands in the cache's own
+    layout, only the included files; a second pull offline finds it and fetches nothing."""
+    import os
+    import sys
+
+    from hub_fixtures import FakeHub
+
+    repo = tmp_path / "repo"
+    shutil.copytree(Path(os.environ.get("VERSUS_MODELS_DIR", ROOT / ".models")) / "vit-tiny", repo)
+    (repo / "notes.md").write_text("not included")
+    cache = tmp_path / "hub"
+    pull = [sys.executable, "-m", "versus_cli", "models", "pull", "versus-test/vit-tiny", "--cache", str(cache),
+            "--include", "*.json", "--include", "*.safetensors"]
+    with FakeHub({"versus-test/vit-tiny": repo}) as hub:
+        env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_TELEMETRY": "1"}
+        done = subprocess.run(pull, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert f"at {hub.commit}" in done.stdout
+        fetched = len(hub.requests)
+        offline = subprocess.run(pull, env={**env, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=120)
+        assert offline.returncode == 0, offline.stderr
+        assert len(hub.requests) == fetched
+    snapshot = cache / "models--versus-test--vit-tiny" / "snapshots" / hub.commit  # the hub client's layout
+    assert (cache / "models--versus-test--vit-tiny" / "refs" / "main").read_text() == hub.commit
+    assert (snapshot / "model.safetensors").read_bytes() == (repo / "model.safetensors").read_bytes()
+    assert not (snapshot / "notes.md").exists()
+
+
+# -- KServe ---------------------------------------------------------------------------------------------------------
+KSERVE_CRDS = ROOT / "tests" / "data" / "kserve"
+
+
+def _strict(schema: dict) -> dict:
+    """A CRD's structural schema, refusing fields it does not name (the API server would prune them silently;
+    ``kubectl apply --validate=strict`` refuses them)."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if ("properties" in schema and "additionalProperties" not in schema
+                and not schema.get("x-kubernetes-preserve-unknown-fields")):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_strict(v) for v in schema]
+    return schema
+
+
+@cache
+def _kserve_validators() -> dict[tuple[str, str], object]:
+    """(apiVersion, kind) → a jsonschema validator of KServe's full CRD schema (tests/data/kserve/SOURCE.md)."""
+    import jsonschema
+
+    out = {}
+    for path in sorted(KSERVE_CRDS.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        for version in crd["spec"]["versions"]:
+            schema = _strict(version["schema"]["openAPIV3Schema"])
+            out[(f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])] = \
+                jsonschema.Draft7Validator(schema)
+    return out
+
+
+def kserve_errors(doc: dict) -> list[str]:
+    validator = _kserve_validators()[(doc["apiVersion"], doc["kind"])]
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def test_kserve_manifests_validate_against_the_full_crd_schemas() -> None:
+    docs = render_dir(ROOT / "deploy" / "kserve")
+    assert sorted((d["kind"], d["metadata"]["name"]) for d in docs) == [
+        ("InferenceService", "stable-diffusion-3-5-large-turbo"), ("InferenceService", "vit-base-patch16-224"),
+        ("ServingRuntime", "versus-sd35"), ("ServingRuntime", "versus-vit")]
+    for doc in docs:
+        assert not kserve_errors(doc), (doc["metadata"]["name"], kserve_errors(doc))
+
+
+@pytest.mark.parametrize(("path", "value", "why"), [
+    (("spec", "predictor", "model", "resources", "limit"), {"nvidia.com/gpu": "1"}, "a misspelt field"),
+    (("spec", "predictor", "minReplicas"), "one", "a string for an integer"),
+    (("spec", "predictor", "model", "env"), {"name": "X"}, "an object for a list"),
+])
+def test_the_kserve_schema_check_refuses_mistakes(path: tuple[str, ...], value: object, why: str) -> None:
+    import copy
+
+    (isvc,) = [d for d in render_dir(ROOT / "deploy" / "kserve") if d["metadata"]["name"] == "vit-base-patch16-224"]
+    broken = copy.deepcopy(isvc)
+    node = broken
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    assert kserve_errors(broken), f"{why} passed the schema"
+
+
+def test_kserve_runtimes_serve_v2_on_gpus_with_the_project_image() -> None:
+    """RawDeployment, OIP v2 over gRPC on the servers' own port (which is first: KServe publishes it), one GPU each,
+    the CUDA image of the Dockerfiles, command lines and settings the real service accepts, the weights the weights
+    Jobs pull, on the claims they fill."""
+    import tomllib
+
+    from versus_cli.cli import _config_class, build_parser
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    docs = render_dir(ROOT / "deploy" / "kserve")
+    runtimes, services = by_kind(docs, "ServingRuntime"), by_kind(docs, "InferenceService")
+    overlay = render("gpu")
+    claims, jobs = by_kind(overlay, "PersistentVolumeClaim"), by_kind(overlay, "Job")
+    pulled = {a for j in jobs.values() for a in pod_spec(j)["containers"][0]["args"] if "/" in a and a[0] != "/"}
+    for isvc in services.values():
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+        model = isvc["spec"]["predictor"]["model"]
+        runtime = runtimes[model["runtime"]]["spec"]
+        assert model["modelFormat"]["name"] in [f["name"] for f in runtime["supportedModelFormats"]]
+        assert model["protocolVersion"] == "grpc-v2" and "grpc-v2" in runtime["protocolVersions"]
+        assert model["resources"]["requests"]["nvidia.com/gpu"] == model["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        (container,) = runtime["containers"]
+        assert container["name"] == "kserve-container" and container["image"] == f"versus:{version}-cuda"
+        args = build_parser().parse_args(container["args"])
+        service = args.service
+        config = _config_class(service)
+        env = {e["name"]: e["value"] for e in [*container["env"], *model["env"]]}
+        settings = {config.env_name(f) for f in config.__dataclass_fields__}
+        assert set(env) - settings <= PROCESS_ENV, f"{service}: {sorted(set(env) - settings - PROCESS_ENV)}"
+        first = container["ports"][0]
+        assert "grpc" in first["name"]
+        assert first["containerPort"] == int(env[f"{service.upper()}_PORT"]) == PORTS[service][0]
+        assert container["readinessProbe"]["grpc"]["port"] == first["containerPort"]
+        volumes = {v["name"]: v for v in isvc["spec"]["predictor"]["volumes"]}
+        (mount,) = model["volumeMounts"]
+        claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
+        assert claim in claims and mount["readOnly"] and env["HF_HUB_CACHE"].startswith(mount["mountPath"] + "/")
+        ids = {env["VIT_MODEL"]} if service == "vit" else {p.split("=", 1)[1] for p in env["SD35_MODELS"].split(",")}
+        assert ids <= pulled, f"{service}: {ids - pulled} are not pulled by a weights Job"
+        if service == "sd35":
+            assert len(ids) == 1, "one SD3.5 variant (one pipeline) per GPU"
 
 
 # -- images -----------------------------------------------------------------------------------------------------------

@@ -318,6 +318,15 @@ def cmd_models_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models_pull(args: argparse.Namespace) -> int:
+    from versus_cli.models import pull_model
+
+    for hub_id in args.ids:
+        source = pull_model(hub_id, args.cache, args.include)
+        print(f"pulled {hub_id} at {source.revision} into {args.cache}")
+    return 0
+
+
 def cmd_demo_byo(args: argparse.Namespace) -> int:
     from versus_cli.byo import run_demo_byo
 
@@ -439,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--out", default="", help="write comparison.md and comparison.html into this directory")
     compare.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    models = sub.add_parser("models", help="build the project's own models")
+    models = sub.add_parser("models", help="build the project's own models, pull hub models")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     build = models_sub.add_parser("build", help="build NAME into --out DIR")
     build.add_argument(
@@ -450,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True)
     build.add_argument("--base", default="", help="base pipeline directory (sd35-lora-example)")
     build.set_defaults(func=cmd_models_build)
+    pull = models_sub.add_parser("pull", help="fetch hub models into a Hugging Face cache (HF_TOKEN_PATH for gated)")
+    pull.add_argument("ids", nargs="+", help="hub ids, ORG/NAME")
+    pull.add_argument("--cache", required=True, help="hub cache directory (the services' HF_HUB_CACHE)")
+    pull.add_argument("--include", action="append", default=[], help="only files matching this pattern (repeatable)")
+    pull.set_defaults(func=cmd_models_pull)
 
     demo = sub.add_parser("demo", help="build models, start the four services, run the demo comparison")
     demo.add_argument("--models-dir", default=".models", help="where built models are cached")

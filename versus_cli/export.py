@@ -112,7 +112,9 @@ def cmd_triton_export(args: argparse.Namespace) -> int:
                           max_queue_delay_us=args.max_queue_delay_us, instances=args.instances,
                           device=_instance_device(args.device, args.platform),
                           threads=args.threads)
-    source = Path(args.model)
+    from services.common.hub import resolve_source
+
+    source = resolve_source(args.model).path  # a directory, or a hub id already in the cache (offline)
     with tempfile.TemporaryDirectory(prefix="versus-export-") as tmp:
         if not (source / EXPORT_META).exists():  # a checkpoint: export it first
             export_onnx(source, Path(tmp), quantize_to=args.quantize, log_fn=print)

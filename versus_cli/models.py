@@ -1,4 +1,5 @@
-"""One entry point for every model the project builds (`versus models build NAME --out DIR`)."""
+"""One entry point for every model the project builds (`versus models build NAME --out DIR`) and pulls from a hub
+(`versus models pull ORG/NAME --cache DIR`)."""
 
 from __future__ import annotations
 
@@ -42,3 +43,15 @@ def build_model(name: str, out: Path, base: Path | None = None) -> Path:
     else:
         write_provenance(target, "random", name, "random weights from the architecture's config")
     return built
+
+
+def pull_model(hub_id: str, cache: str, include: list[str] | None = None):
+    """Fetch ``hub_id``'s snapshot (only ``include`` patterns, when given) into the hub cache ``cache``: the layout
+    the services read offline with HF_HUB_CACHE. Idempotent: files already there are not fetched again. The hub
+    client reads its token from HF_TOKEN or the file HF_TOKEN_PATH names (gated models)."""
+    from services.common.errors import ConfigError
+    from services.common.hub import HUB_ID, resolve_source
+
+    if not HUB_ID.fullmatch(hub_id):
+        raise ConfigError(f"{hub_id!r} is not a hub id (ORG/NAME)")
+    return resolve_source(hub_id, allow_download=True, allow_patterns=include or None, cache_dir=cache)
