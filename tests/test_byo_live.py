@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -18,7 +19,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from services.common.errors import ConfigError
 from services.gateway.byo.evalrun import paired, run_deployment, score
-from services.gateway.byo.evalset import load_eval_set
+from services.gateway.byo.evalset import load_eval_set, stratified_order
 from services.gateway.deployments import match_labels, parse_deployment
 from services.gateway.oip_client import OipClient
 from versus_cli.byo import write_digits_eval_set, write_digits_repository
@@ -57,11 +58,11 @@ def spec(name: str, target: str, repo: Path, model: str = "", extra: str = ""):
                             f"processor={model_dir / 'preprocessor_config.json'}{extra}")
 
 
-async def measure(dep, eval_set, budget_s: float = 120.0, concurrency: int = 4):
+async def measure(dep, eval_set, budget_s: float = 120.0, concurrency: int = 4, seed: int = 0):
     client = OipClient(dep)
     try:
-        run = await run_deployment(client, eval_set, deadline=time.monotonic() + budget_s, concurrency=concurrency,
-                                   call_timeout_s=10.0)
+        run = await run_deployment(client, eval_set, stratified_order(eval_set.images, seed),
+                                   deadline=time.monotonic() + budget_s, concurrency=concurrency, call_timeout_s=10.0)
         return run, client.endpoint
     finally:
         await client.close()
@@ -80,9 +81,9 @@ def test_triton_endpoints_measured_on_held_out_digits(triton, digits_set) -> Non
     assert r_weak.top1.rate < r_good.top1.rate - 0.1
     assert r_good.latency_p50_ms > 0 and r_good.throughput_img_s > 0 and len(r_good.per_class) == 10
     same = paired(good, again, digits_set, match, match, good_ep.labels, good_ep.labels)
-    assert same.n == 360 and same.only_a == same.only_b == 0 and not same.significant and same.p_value == 1.0
+    assert same.n == 360 and same.only_a == same.only_b == 0 and same.p_value == 1.0
     diff = paired(good, weak, digits_set, match, match, good_ep.labels, weak_ep.labels)
-    assert diff.significant and diff.p_value < 1e-3 and diff.only_a > diff.only_b
+    assert diff.p_value < 1e-3 and diff.only_a > diff.only_b
     assert diff.disagreements and len(diff.disagreements) <= 24 and diff.confusions
 
 
@@ -113,6 +114,7 @@ class Proxy(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, upstream: str, mode: str) -> None:
         self.upstream, self.mode, self.calls = upstream, mode, 0
         self.attempts: dict[str, int] = {}
+        self.digest = "a" * 64  # mode "digest": the weights digest it reports (a test swaps the model)
 
     async def ModelMetadata(self, request, context):  # noqa: N802 - the protocol's name
         async with grpc.aio.insecure_channel(self.upstream) as ch:
@@ -134,10 +136,32 @@ class Proxy(service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
         async with grpc.aio.insecure_channel(self.upstream) as ch:
             reply = await service_pb2_grpc.GRPCInferenceServiceStub(ch).ModelInfer(request, timeout=10)
+        if self.mode == "digest":
+            reply.parameters["weights_digest"].string_param = self.digest
         if self.mode == "wrong-shape" and self.calls > 3:
             reply.outputs[0].shape[1] = 9
             reply.raw_output_contents[0] = reply.raw_output_contents[0][:-4]
         return reply
+
+
+class ProxyServer:
+    """A :class:`Proxy` as a server for ``conftest.InProcessServer`` (its own event loop thread)."""
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.server = grpc.aio.server()
+        service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(proxy, self.server)
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    async def start(self) -> None:
+        await self.server.start()
+
+    async def stop(self, grace: float, drain_delay: float = 0) -> None:
+        await self.server.stop(grace)
+
+    @classmethod
+    def create(cls, proxy: Proxy) -> tuple[ProxyServer, int]:
+        server = cls(proxy)
+        return server, server.port
 
 
 async def through_proxy(mode: str, upstream: str, repo: Path, eval_set, **kw):
@@ -175,3 +199,10 @@ def test_down_and_slow_endpoints_are_unavailable(triton, digits_set) -> None:
     run, _ = asyncio.run(through_proxy("slow", server.url, repo, digits_set, budget_s=2.0, concurrency=1))
     assert run.state == "partial" and 0 < run.answered < digits_set.size and run.reason == "budget exhausted"
     assert run.not_measured == digits_set.size - run.answered
+    # What a run cut short measured is the seeded, label-stratified sample: every label in the set's
+    # proportions (the folder's path order would have measured label 0 only).
+    answered = Counter(next(i.label for i in digits_set.images if i.path == path) for path in run.top)
+    sizes = Counter(i.label for i in digits_set.images)
+    assert run.answered >= 10 and set(answered) == set(sizes), answered
+    for label, n in sizes.items():
+        assert abs(answered[label] - run.answered * n / digits_set.size) <= 2, (answered, run.answered)

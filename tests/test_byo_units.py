@@ -181,15 +181,15 @@ def test_unmatched_labels_are_counted_and_left_out_of_accuracy_and_the_paired_te
 
     for label in ("cat", "dog", "okapi"):
         for k in range(2):
-            png(tmp_path / "set" / label / f"{k}.png", 40 * k + len(label))
+            png(tmp_path / "set" / label / f"{k}.png", 40 * k + ("cat", "dog", "okapi").index(label))
     s = load_eval_set("zoo", tmp_path / "set")
     labels_a, labels_b = ["cat", "dog", "okapi"], ["cat", "dog"]
     match_a, match_b = match_labels(s.labels, labels_a, {}), match_labels(s.labels, labels_b, {})
-    a = Run("a", "a", "t", top={i.path: [labels_a.index(i.label)] for i in s.images})  # always right
-    b = Run("b", "b", "t", top={i.path: [0] for i in s.images})  # always says "cat"
+    a = Run("a", "t", top={i.path: [labels_a.index(i.label)] for i in s.images})  # always right
+    b = Run("b", "t", top={i.path: [0] for i in s.images})  # always says "cat"
     ra, rb = score(a, s, match_a), score(b, s, match_b)
     assert (ra.top1.hits, ra.top1.n, ra.unmatched) == (6, 6, 0)
     assert (rb.top1.hits, rb.top1.n, rb.unmatched, rb.unmatched_labels) == (2, 4, 2, ["okapi"])
     p = paired(a, b, s, match_a, match_b, labels_a, labels_b)
-    assert (p.n, p.both_right, p.only_a, p.only_b) == (4, 2, 2, 0) and not p.significant  # 2 vs 0: p = 0.5
+    assert (p.n, p.both_right, p.only_a, p.only_b) == (4, 2, 2, 0) and p.p_value == 0.5  # 2 vs 0
     assert p.disagreements and all(d[1] == "dog" for d in p.disagreements)

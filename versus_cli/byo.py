@@ -96,37 +96,74 @@ def run_demo_byo(models_dir: Path, out_dir: Path) -> int:
                 svc.wait_ready(timeout_s=300)
                 say(f"{name} SERVING on {svc.target}")
 
-            def dep(dep_id: str, model: str) -> list[str]:
-                files = repo / model
-                return ["--deployment", f"{dep_id}={triton.url},model={model},labels={files / 'config.json'},"
-                                        f"processor={files / 'preprocessor_config.json'}"]
+            def gateway(eval_set: Path, log: str) -> ClientSettings:
+                files = {m: repo / m for m in ("digits", "digits-weak")}
+                deps = [f"versus-digits={services['vit'].target},model=vit"] + [
+                    f"{dep_id}={triton.url},model={m},labels={files[m] / 'config.json'},"
+                    f"processor={files[m] / 'preprocessor_config.json'}"
+                    for dep_id, m in (("triton-digits", "digits"), ("triton-digits-weak", "digits-weak"))]
+                services["gateway"] = ServiceProcess("gateway", [
+                    "--ranker", services["ranker"].target, "--http-port", "-1", *common,
+                    *(x for d in deps for x in ("--deployment", d)), "--eval-set", f"digits={eval_set}"],
+                    log_path=logs / log)
+                services["gateway"].start(timeout_s=120)
+                say(f"gateway SERVING on {services['gateway'].target} (eval set digits = {eval_set})")
+                return ClientSettings(services["gateway"].target)
 
-            services["gateway"] = ServiceProcess("gateway", [
-                "--ranker", services["ranker"].target, "--http-port", "-1", *common,
-                "--deployment", f"versus-digits={services['vit'].target},model=vit",
-                *dep("triton-digits", "digits"), *dep("triton-digits-weak", "digits-weak"),
-                "--eval-set", f"digits={evalset}"], log_path=logs / "gateway.log")
-            services["gateway"].start(timeout_s=120)
-            say(f"gateway SERVING on {services['gateway'].target}")
-            settings = ClientSettings(services["gateway"].target)
-            request = gateway_pb2.CompareRequest(model_ids=["versus-digits", "triton-digits", "triton-digits-weak"],
-                                                 eval_set="digits",
-                                                 probes=gateway_pb2.ProbeOptions(record_matches=True))
-            say("\n== versus-digits vs triton-digits vs triton-digits-weak on the held-out digits ==")
-            comparison = run_compare(settings, request, timeout=900)
+            def compare(settings: ClientSettings, ids: list[str]) -> gateway_pb2.Comparison:
+                return run_compare(settings, gateway_pb2.CompareRequest(
+                    model_ids=ids, eval_set="digits", probes=gateway_pb2.ProbeOptions(record_matches=True)),
+                    timeout=900)
+
+            settings = gateway(evalset, "gateway.log")
+            three = ["versus-digits", "triton-digits", "triton-digits-weak"]
+            say("\n== versus-digits vs triton-digits vs triton-digits-weak on the held-out digits (3 pairs: Holm) ==")
+            comparison = compare(settings, three)
             files = write_reports(settings, comparison, out_dir, timeout=120)
             print_eval_summary(comparison, files)
             say("\n== the same comparison again: the outcomes are recorded already, nothing is added ==")
-            again = run_compare(settings, request, timeout=900)
-            for p in again.eval.pairs:
-                say(f"{p.deployment_a} vs {p.deployment_b}: recorded {p.recorded}, already recorded {p.duplicates}, "
-                    f"answered differently {p.nondeterministic}")
+            _say_recorded(say, compare(settings, three))
+            say("\n== the first pair in reverse order: the keys hold the sorted pair, nothing is added ==")
+            _say_recorded(say, compare(settings, ["triton-digits", "versus-digits"]))
+            codes["gateway"] = services["gateway"].stop()
+            edited = edit_eval_set(evalset, out_dir / "eval-set-edited" / "digits")
+            say(f"\n== the set edited ({EDIT_DROPPED} images removed, 1 copied): a new digest, a new record ==")
+            settings = gateway(edited, "gateway-edited.log")
+            _say_recorded(say, compare(settings, ["versus-digits", "triton-digits"]))
         finally:
             for name, svc in reversed(list(services.items())):
                 if svc.started:
-                    codes[name] = svc.stop()
+                    codes[name] = max(codes.get(name, 0), svc.stop())
     say(f"\nservices drained and exited with codes {codes}; demo took {time.perf_counter() - started:.0f}s")
     return 0 if comparison is not None and not any(codes.values()) else 1
+
+
+#: The demo's edit of the eval set: images of label 0 removed, and one image copied (counted once).
+EDIT_DROPPED = 4
+
+
+def edit_eval_set(src: Path, out: Path) -> Path:
+    """A copy of an eval-set folder with ``EDIT_DROPPED`` images of label "0" removed and one image of label
+    "1" copied under another name: a new digest; the copy is dropped as a duplicate."""
+    import shutil
+
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src, out)
+    for path in sorted((out / "0").iterdir())[:EDIT_DROPPED]:
+        path.unlink()
+    first = sorted((out / "1").iterdir())[0]
+    shutil.copyfile(first, out / "1" / "copy-of-first.png")
+    return out
+
+
+def _say_recorded(say, c) -> None:
+    e = c.eval
+    dropped = e.eval_set.skipped.get("duplicate", 0)
+    say(f"task {e.task}: {e.eval_set.images} images, sha256 {e.eval_set.digest[:12]}"
+        + (f", {dropped} duplicate dropped" if dropped else ""))
+    for p in e.pairs:
+        say(f"{p.deployment_a} vs {p.deployment_b}: recorded {p.recorded}, already recorded {p.duplicates}, "
+            f"answered differently {p.nondeterministic}")
 
 
 def print_eval_summary(c, files: list[Path], out=None) -> None:
@@ -137,14 +174,24 @@ def print_eval_summary(c, files: list[Path], out=None) -> None:
 
     out = out or console()
     e = c.eval
-    table = Table(title=f"{e.eval_set.name}: {e.eval_set.images} images, sha256 {e.eval_set.digest[:12]}")
+    dropped = e.eval_set.skipped.get("duplicate", 0)
+    table = Table(title=f"{e.eval_set.name}: {e.eval_set.images} images, sha256 {e.eval_set.digest[:12]}"
+                        + (f" ({dropped} duplicate images dropped)" if dropped else "")
+                        + f"; sample seed {e.sample_seed} (--sample-seed {e.sample_seed} repeats the order)")
     for column in ("deployment", "state", "top-1 (95% CI)", "top-5", "p50 ms", "img/s"):
         table.add_column(column)
     for d in e.deployments:
         top1 = f"{d.top1:.1%} [{d.top1_ci_low:.1%}, {d.top1_ci_high:.1%}]" if d.scored else "—"
-        table.add_row(d.deployment.id, d.state + (f": {d.reason}" if d.reason else ""), top1,
+        name = d.deployment.id + (f" → {d.deployment.ranker_id}" if d.deployment.ranker_id not in ("", d.deployment.id)
+                                  else "")
+        table.add_row(name, d.state + (f": {d.reason}" if d.reason else ""), top1,
                       f"{d.top5:.1%}" if d.scored else "—", f"{d.latency_p50_ms:.2f}", f"{d.throughput_img_s:.0f}")
     out.print(table)
+    for d in e.deployments:
+        if d.deployment.identity_change:
+            out.print(f"{d.deployment.id}: identity changed: {d.deployment.identity_change}")
+    if e.correction == "holm":
+        out.print(f"{len(e.pairs)} pairs tested: significance on Holm-adjusted p-values")
     for p in e.pairs:
         out.print(f"{p.deployment_a} vs {p.deployment_b}: {p.verdict}; recorded {p.recorded}, "
                   f"already recorded {p.duplicates}, answered differently {p.nondeterministic}")

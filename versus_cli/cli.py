@@ -281,11 +281,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"a seed is 0..2**64-1, got {text}")
+    return value
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from versus_cli.compare import compare_request, print_summary, run_compare, write_reports
 
     request = compare_request(args)
     request.eval_set, request.eval_budget_s = args.eval_set, args.eval_budget
+    if args.sample_seed is not None:
+        request.eval_sample_seed = args.sample_seed
     comparison = run_compare(_client_settings(args), request, timeout=args.timeout, quiet=args.quiet or args.json)
     files = write_reports(_client_settings(args), comparison, Path(args.out), timeout=args.timeout) if args.out \
         else []
@@ -439,6 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("models", nargs="+", help="2-4 catalog model ids (with --eval-set: registered deployments)")
     compare.add_argument("--eval-set", default="", help="measure registered deployments live on this eval set")
     compare.add_argument("--eval-budget", type=float, default=0.0, help="seconds for the eval run (max 3600)")
+    compare.add_argument("--sample-seed", type=_seed, default=None,
+                         help="seed of the eval run's label-stratified image order (a run cut short measures that "
+                              "random sample); default: the gateway draws one and the report prints it")
     compare.add_argument("--live", action="store_true", help="run live probes against the model services")
     compare.add_argument("--classes", default="", help="ImageNet classes for the quality probe (comma-separated)")
     compare.add_argument("--per-class", type=int, default=0, help="images per class (default: the gateway's)")

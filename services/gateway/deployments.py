@@ -12,12 +12,16 @@ there are several). Labels come from a ``labels=`` file (one per line, index ord
 ``config.json`` with ``id2label``) or from a BYTES label output read once at start. An endpoint that is
 not such a classifier is refused at start with one clear line (:class:`ConfigError`).
 
-A deployment is not a catalog checkpoint: it is identified by ID, endpoint, model, version and — where
-the server reports one in its response parameters (``weights_digest``) — a weights digest.
+A deployment is not a catalog checkpoint. Its identity (:class:`ServedIdentity`) is what the endpoint
+serves, read at every run: ID, endpoint, model and requested version, the ModelMetadata platform and
+versions, the weights digest the server reports in its response parameters (``weights_digest``: labelled
+as reported, never recomputed) and the known-answer fingerprint where one was taken. Replacing the model
+behind an endpoint changes the identity, and the outcomes then go to a new record.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass, field
@@ -26,6 +30,9 @@ from pathlib import Path
 from services.common.errors import ConfigError
 
 ID = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+#: "<id>.<12 hex>" names a changed identity's record in the ranker, so a user's id may not end that way.
+CHANGED_ID = re.compile(r".*\.[0-9a-f]{12}")
+MAX_IDENTITY_CHARS = 1024  # the ranker's limit on a deployment's identity text
 OPTIONS = ("model", "version", "labels", "processor", "output", "token-file", "tls-ca", "label-map")
 MAX_LABELS = 100_000
 
@@ -47,8 +54,42 @@ class DeploymentSpec:
         return Path(self.token_file).read_text().strip() if self.token_file else ""
 
     def identity(self) -> str:
-        """ID, endpoint, model and version: what a recorded outcome is about."""
+        """ID, endpoint, model and version: what the user registered (what it serves is :class:`ServedIdentity`)."""
         return f"{self.id}={self.target}/{self.model}" + (f"@{self.version}" if self.version else "")
+
+
+@dataclass(frozen=True)
+class ServedIdentity:
+    """What a deployment serves, as seen in one run: what a recorded outcome is about."""
+
+    registered: str  # DeploymentSpec.identity(): id, endpoint, model, requested version
+    platform: str = ""  # ModelMetadata
+    versions: tuple[str, ...] = ()  # ModelMetadata
+    weights_digests: tuple[str, ...] = ()  # reported by the server in ModelInfer parameters; never recomputed
+    fingerprint: str = ""  # known-answer fingerprint of the served model; "" until one is taken
+
+    def text(self) -> str:
+        """The identity as one line (at most the ranker's 1024 characters; a longer one keeps its hash)."""
+        parts = [self.registered, f"platform={self.platform}", f"versions={','.join(self.versions)}",
+                 f"weights_digest(reported)={','.join(self.weights_digests)}", f"fingerprint={self.fingerprint}"]
+        text = "; ".join(re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", p) for p in parts)
+        if len(text) > MAX_IDENTITY_CHARS:
+            text = text[:MAX_IDENTITY_CHARS - 80] + f" ... sha256 {hashlib.sha256(text.encode()).hexdigest()}"
+        return text
+
+    @property
+    def hash(self) -> str:
+        """12 hex of the identity's sha256: names a changed identity's ranker record."""
+        return hashlib.sha256(self.text().encode()).hexdigest()[:12]
+
+    def changes(self, before: ServedIdentity) -> list[str]:
+        """What differs from ``before``, in words (empty when nothing does)."""
+        fields = (("endpoint/model/version", self.registered, before.registered),
+                  ("platform", self.platform, before.platform),
+                  ("versions", ",".join(self.versions), ",".join(before.versions)),
+                  ("weights digest (reported)", ",".join(self.weights_digests), ",".join(before.weights_digests)),
+                  ("known-answer fingerprint", self.fingerprint, before.fingerprint))
+        return [f"{name} {old[:24] or '(none)'} → {new[:24] or '(none)'}" for name, new, old in fields if new != old]
 
 
 def parse_deployment(text: str) -> DeploymentSpec:
@@ -59,6 +100,9 @@ def parse_deployment(text: str) -> DeploymentSpec:
         raise ConfigError(f"--deployment takes ID=TARGET,model=NAME[,...], got {text[:80]!r}")
     if not ID.fullmatch(dep_id):
         raise ConfigError(f"--deployment id must be 1..64 characters of [a-z0-9._-], got {dep_id[:40]!r}")
+    if CHANGED_ID.fullmatch(dep_id):
+        raise ConfigError(f"--deployment id {dep_id[:40]!r} ends in '.' and 12 hex digits, which names a changed "
+                          "identity's record in the ranker; choose another id")
     target, options = _split_target(dep_id, rest)
     if not options.get("model"):
         raise ConfigError(f"--deployment {dep_id}: model=NAME is required")

@@ -1,8 +1,10 @@
 """Measuring registered deployments live on an eval set, and comparing two of them honestly.
 
-One run sends every usable image of the set to one deployment, one image per ModelInfer request, with
-at most ``concurrency`` requests in flight (it never floods the user's server), inside a wall-clock
-budget. RESOURCE_EXHAUSTED and UNAVAILABLE are retried after the server's RetryInfo delay, or with
+One run reads the endpoint's ModelMetadata afresh (what it serves is part of its identity), then sends
+every usable image of the set to one deployment, one image per ModelInfer request, in the run's seeded,
+label-stratified order (so a run cut short has measured a random sample with the set's label
+proportions), with at most ``concurrency`` requests in flight (it never floods the user's server), inside
+a wall-clock budget. RESOURCE_EXHAUSTED and UNAVAILABLE are retried after the server's RetryInfo delay, or with
 exponential back-off when it sends none. A run ends in one of four states:
 
 - ``complete``: every image answered;
@@ -14,7 +16,8 @@ exponential back-off when it sends none. A run ends in one of four states:
 
 The comparison of two runs uses only images both answered and both can label (images whose label a
 model cannot output are counted as unmatched for it, never silently dropped). A difference in accuracy
-is called only when McNemar's exact test on the discordant images gives p < ``alpha``.
+is called only when McNemar's exact test on the discordant images gives p < ``alpha`` (after Holm's
+correction when one run tests several pairs). No image scored decides nothing (UNDECIDED).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from services.common.errors import ConfigError
 from services.common.stats import mcnemar_exact, wilson
 from services.gateway.byo.evalset import EvalImage, EvalSet
 from services.gateway.deployments import LabelMatch
@@ -45,7 +49,6 @@ class Run:
     """One deployment's answers on an eval set."""
 
     deployment: str
-    identity: str
     started_at: str
     state: str = "complete"  # complete | partial | unavailable | contradicted
     reason: str = ""
@@ -54,7 +57,7 @@ class Run:
     wall_s: float = 0.0
     retries: int = 0
     not_measured: int = 0
-    weights_digest: str = ""
+    weights_digests: set[str] = field(default_factory=set)  # as reported by the server, never recomputed
     concurrency: int = 1
 
     @property
@@ -68,20 +71,20 @@ class Progress:
     total: int = 0
 
 
-async def run_deployment(client: OipClient, eval_set: EvalSet, *, deadline: float, concurrency: int,
-                         call_timeout_s: float, progress: Progress | None = None) -> Run:
-    """Send every image of the set to one deployment (see the module doc for the states)."""
-    spec = client.spec
-    run = Run(spec.id, spec.identity(), datetime.now(UTC).isoformat(timespec="seconds"), concurrency=concurrency)
-    if client.endpoint is None:
-        try:
-            await client.describe(min(call_timeout_s, max(0.0, deadline - time.monotonic())))
-        except EndpointOutage as exc:
-            return _ended(run, "unavailable", f"ModelMetadata: {exc.details.describe()[:200]}", eval_set.size)
-        except EndpointFault as exc:
-            return _ended(run, "contradicted", exc.seen, eval_set.size)
+async def run_deployment(client: OipClient, eval_set: EvalSet, order: list[EvalImage], *, deadline: float,
+                         concurrency: int, call_timeout_s: float, progress: Progress | None = None) -> Run:
+    """Send the set's images, in ``order``, to one deployment (see the module doc for the states)."""
+    run = Run(client.spec.id, datetime.now(UTC).isoformat(timespec="seconds"), concurrency=concurrency)
+    try:  # afresh every run: a model replaced behind the endpoint is another identity
+        await client.describe(min(call_timeout_s, max(0.0, deadline - time.monotonic())))
+    except EndpointOutage as exc:
+        return _ended(run, "unavailable", f"ModelMetadata: {exc.details.describe()[:200]}", eval_set.size)
+    except EndpointFault as exc:
+        return _ended(run, "contradicted", exc.seen, eval_set.size)
+    except ConfigError as exc:  # it no longer is the classifier it was at registration
+        return _ended(run, "contradicted", str(exc)[:300], eval_set.size)
     queue: asyncio.Queue[EvalImage] = asyncio.Queue()
-    for image in eval_set.images:
+    for image in order:
         queue.put_nowait(image)
     stop = asyncio.Event()
     started = time.perf_counter()
@@ -155,8 +158,8 @@ async def _one(client: OipClient, eval_set: EvalSet, image: EvalImage, run: Run,
         run.latencies_ms.append((time.perf_counter() - t0) * 1e3)
         run.top[image.path] = [int(i) for i in np.argsort(-scores[0], kind="stable")[:TOP_K]]
         digest = params.get("weights_digest")
-        if isinstance(digest, str):
-            run.weights_digest = digest[:64]
+        if isinstance(digest, str) and len(run.weights_digests) < 4:
+            run.weights_digests.add(digest[:64])
         return
 
 
@@ -223,8 +226,7 @@ class Paired:
     both_wrong: int
     only_a: int  # A right, B wrong
     only_b: int
-    p_value: float
-    significant: bool
+    p_value: float  # McNemar exact, uncorrected
     confusions: list[tuple[str, str, str, int]]  # (true label, A's answer, B's answer, images), most first
     disagreements: list[tuple[str, str, str, str]]  # (image path, true label, A's answer, B's answer)
 
@@ -258,7 +260,8 @@ def paired_images(run_a: Run, run_b: Run, eval_set: EvalSet, match_a: LabelMatch
 
 
 def paired(run_a: Run, run_b: Run, eval_set: EvalSet, match_a: LabelMatch, match_b: LabelMatch,
-           labels_a: list[str], labels_b: list[str], *, alpha: float = ALPHA, max_shown: int = 24) -> Paired:
+           labels_a: list[str], labels_b: list[str], *, max_shown: int = 24) -> Paired:
+    """The 2x2 table and McNemar's exact p (scipy; callers on the event loop run this in a thread)."""
     counts = Counter[str]()
     confusions = Counter[tuple[str, str, str]]()
     shown: list[tuple[str, str, str, str]] = []
@@ -271,7 +274,7 @@ def paired(run_a: Run, run_b: Run, eval_set: EvalSet, match_a: LabelMatch, match
                 shown.append((x.image.path, x.image.label, answer_a, answer_b))
     p = mcnemar_exact(counts["only_a"], counts["only_b"])
     return Paired(sum(counts.values()), counts["both_right"], counts["both_wrong"], counts["only_a"], counts["only_b"],
-                  p, p < alpha, [(*k, v) for k, v in confusions.most_common(20)], _spread(shown, max_shown))
+                  p, [(*k, v) for k, v in confusions.most_common(20)], _spread(shown, max_shown))
 
 
 def _spread(items: list[tuple[str, str, str, str]], limit: int) -> list[tuple[str, str, str, str]]:

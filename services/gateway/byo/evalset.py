@@ -5,7 +5,8 @@ Two layouts:
 - a CSV manifest ``path,label`` (a header row is optional; paths relative to the manifest's folder).
 
 The set's identity is the sha256 over every usable image's path, label and content digest, and its
-size; both travel with every number measured on it. A hostile set gets one clear error
+size; both travel with every number measured on it. An image whose content repeats another's counts once
+(the first path's, with its label); the others are counted as "duplicate". A hostile set gets one clear error
 (:class:`~services.common.errors.ConfigError`) or counts in the report — never a crash, never a silent
 drop: images that cannot be used are counted by reason (unreadable, outside the folder, not an image,
 no label, too large). Directory symlinks are never followed (no loops); a file symlink is followed only
@@ -21,6 +22,7 @@ import csv
 import hashlib
 import io
 import os
+import random
 import re
 import warnings
 from collections import Counter
@@ -36,7 +38,8 @@ MAX_IMAGES = 10_000
 MAX_IMAGE_BYTES = 16 * 1024 * 1024
 MAX_PIXELS = 64_000_000
 #: Skip reasons, in the order a report lists them.
-SKIPS = ("unreadable", "outside-folder", "not-an-image", "no-label", "too-large", "not-in-a-label-folder")
+SKIPS = ("unreadable", "outside-folder", "not-an-image", "no-label", "too-large", "not-in-a-label-folder",
+         "duplicate")
 
 
 @dataclass(frozen=True)
@@ -118,6 +121,7 @@ def load_eval_set(name: str, path: str | Path, *, max_images: int = MAX_IMAGES) 
         detail = ", ".join(f"{n} {r} (e.g. {examples[r]})" for r, n in skipped.items())
         raise ConfigError(f"eval set {name}: no usable images in {source}" + (f": {detail}" if detail else ""))
     images.sort(key=lambda i: i.path)
+    images = _once(images, skipped, examples)
     total = hashlib.sha256()
     for image in images:
         total.update(f"{image.path}\0{image.label}\0{image.sha256}\n".encode())
@@ -126,6 +130,39 @@ def load_eval_set(name: str, path: str | Path, *, max_images: int = MAX_IMAGES) 
 
 
 Entry = tuple[str, str, str | None]  # (relative path, label, skip reason or None)
+
+
+def _once(images: list[EvalImage], skipped: Counter[str], examples: dict[str, str]) -> list[EvalImage]:
+    """Each image content once (the first path's): a copy would be scored, and recorded, twice."""
+    seen: set[str] = set()
+    kept = []
+    for image in images:
+        if image.sha256 in seen:
+            skipped["duplicate"] += 1
+            examples.setdefault("duplicate", image.path[:120])
+            continue
+        seen.add(image.sha256)
+        kept.append(image)
+    return kept
+
+
+def stratified_order(images: tuple[EvalImage, ...], seed: int) -> list[EvalImage]:
+    """The images in a seeded, label-stratified random order: shuffled within each label, then interleaved
+    in proportion to the labels' sizes, so every prefix (what a run cut short has measured) is a random
+    sample with the set's label proportions. The same seed gives the same order."""
+    rng = random.Random(seed)
+    by_label: dict[str, list[EvalImage]] = {}
+    for image in images:
+        by_label.setdefault(image.label, []).append(image)
+    labels = sorted(by_label)
+    rng.shuffle(labels)  # which label goes first among equal positions
+    keyed = []
+    for rank, label in enumerate(labels):
+        group = by_label[label]
+        rng.shuffle(group)
+        keyed.extend(((k + 0.5) / len(group), rank, image) for k, image in enumerate(group))
+    keyed.sort(key=lambda t: (t[0], t[1]))
+    return [image for _, _, image in keyed]
 
 
 def _folder_entries(root: Path, max_images: int) -> list[Entry]:

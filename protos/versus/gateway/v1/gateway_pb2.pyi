@@ -162,6 +162,7 @@ class CompareRequest(_message.Message):
     PROBES_FIELD_NUMBER: _builtins.int
     EVAL_SET_FIELD_NUMBER: _builtins.int
     EVAL_BUDGET_S_FIELD_NUMBER: _builtins.int
+    EVAL_SAMPLE_SEED_FIELD_NUMBER: _builtins.int
     eval_set: _builtins.str
     """A registered eval set (--eval-set NAME=PATH): the compared deployments (--deployment) are measured
     live on it over the Open Inference Protocol (see EvalReport). Unknown: NOT_FOUND (resource_type
@@ -170,6 +171,11 @@ class CompareRequest(_message.Message):
     eval_budget_s: _builtins.float
     """Wall-clock budget of the eval run in seconds, 0..3600 (0 = the gateway default); apart from
     probes.budget_s. A run cut short reports partial counts with their intervals.
+    """
+    eval_sample_seed: _builtins.int
+    """Seed of the order the eval set's images are sent in: a label-stratified random order, so a run cut
+    short has measured a random sample with the set's label proportions. Unset = the gateway draws one;
+    EvalReport.sample_seed reports the seed used, and sending it back reproduces the order.
     """
     @_builtins.property
     def model_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -184,12 +190,15 @@ class CompareRequest(_message.Message):
         probes: Global___ProbeOptions | None = ...,
         eval_set: _builtins.str = ...,
         eval_budget_s: _builtins.float = ...,
+        eval_sample_seed: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["probes", b"probes"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_eval_sample_seed", b"_eval_sample_seed", "eval_sample_seed", b"eval_sample_seed", "probes", b"probes"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["eval_budget_s", b"eval_budget_s", "eval_set", b"eval_set", "model_ids", b"model_ids", "probes", b"probes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_eval_sample_seed", b"_eval_sample_seed", "eval_budget_s", b"eval_budget_s", "eval_sample_seed", b"eval_sample_seed", "eval_set", b"eval_set", "model_ids", b"model_ids", "probes", b"probes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__eval_sample_seed: _TypeAlias = _typing.Literal["eval_sample_seed"]  # noqa: Y015
+    _WhichOneofArgType__eval_sample_seed: _TypeAlias = _typing.Literal["_eval_sample_seed", b"_eval_sample_seed"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__eval_sample_seed) -> _WhichOneofReturnType__eval_sample_seed | None: ...
 
 Global___CompareRequest: _TypeAlias = CompareRequest  # noqa: Y015
 
@@ -1116,7 +1125,8 @@ class EvalSetInfo(_message.Message):
     @_builtins.property
     def skipped(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
         """Files that could not be used, by reason ("unreadable", "outside-folder", "not-an-image", "no-label",
-        "too-large", "not-in-a-label-folder").
+        "too-large", "not-in-a-label-folder", "duplicate": the same image content as another file, counted once
+        under the first path's label).
         """
 
     def __init__(
@@ -1138,8 +1148,10 @@ Global___EvalSetInfo: _TypeAlias = EvalSetInfo  # noqa: Y015
 
 @_typing.final
 class DeploymentIdentity(_message.Message):
-    """A registered deployment: not a catalog checkpoint. Identified by id, endpoint, model and version,
-    and by the weights digest where its server reports one (ModelInfer parameter "weights_digest").
+    """A registered deployment: not a catalog checkpoint. Its identity is what the endpoint serves, read at
+    each run: id, endpoint, model and requested version, the ModelMetadata platform and versions, the
+    weights digest its server reports (ModelInfer parameter "weights_digest"; reported, never recomputed),
+    and the known-answer fingerprint where one exists. Outcome keys hold this identity.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1151,14 +1163,34 @@ class DeploymentIdentity(_message.Message):
     WEIGHTS_DIGEST_FIELD_NUMBER: _builtins.int
     PLATFORM_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    IDENTITY_HASH_FIELD_NUMBER: _builtins.int
+    RANKER_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_CHANGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     target: _builtins.str
     model: _builtins.str
     version: _builtins.str
     weights_digest: _builtins.str
+    """Reported by the server, never recomputed by the gateway (comma-separated when one run saw several)."""
     platform: _builtins.str
     """From ModelMetadata: platform, and the input/output the measurement used."""
     signature: _builtins.str
+    fingerprint: _builtins.str
+    """The known-answer fingerprint of the served model, where one was taken; empty otherwise."""
+    identity_hash: _builtins.str
+    """sha256 (12 hex) of the identity above; names the ranker record when the identity changed."""
+    ranker_id: _builtins.str
+    """The id its outcomes are recorded under in the ranker: the deployment id, or "<id>.<identity_hash>"
+    when the ranker already holds another identity for that id.
+    """
+    identity_change: _builtins.str
+    """Empty when the identity is the one last seen; otherwise what changed (a new record starts)."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """From ModelMetadata: the versions the endpoint says it serves."""
+
     def __init__(
         self,
         *,
@@ -1169,10 +1201,15 @@ class DeploymentIdentity(_message.Message):
         weights_digest: _builtins.str = ...,
         platform: _builtins.str = ...,
         signature: _builtins.str = ...,
+        versions: _abc.Iterable[_builtins.str] | None = ...,
+        fingerprint: _builtins.str = ...,
+        identity_hash: _builtins.str = ...,
+        ranker_id: _builtins.str = ...,
+        identity_change: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["id", b"id", "model", b"model", "platform", b"platform", "signature", b"signature", "target", b"target", "version", b"version", "weights_digest", b"weights_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "id", b"id", "identity_change", b"identity_change", "identity_hash", b"identity_hash", "model", b"model", "platform", b"platform", "ranker_id", b"ranker_id", "signature", b"signature", "target", b"target", "version", b"version", "versions", b"versions", "weights_digest", b"weights_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1396,6 +1433,7 @@ class PairedTest(_message.Message):
     RECORDED_FIELD_NUMBER: _builtins.int
     DUPLICATES_FIELD_NUMBER: _builtins.int
     NONDETERMINISTIC_FIELD_NUMBER: _builtins.int
+    P_VALUE_ADJUSTED_FIELD_NUMBER: _builtins.int
     deployment_a: _builtins.str
     deployment_b: _builtins.str
     images: _builtins.int
@@ -1414,6 +1452,10 @@ class PairedTest(_message.Message):
     """
     duplicates: _builtins.int
     nondeterministic: _builtins.int
+    p_value_adjusted: _builtins.float
+    """Holm-adjusted p-value when the run tests more than one pair (EvalReport.correction); otherwise equal
+    to p_value. `significant` is decided on this value.
+    """
     @_builtins.property
     def confusions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Confusion]: ...
     @_builtins.property
@@ -1436,10 +1478,11 @@ class PairedTest(_message.Message):
         recorded: _builtins.int = ...,
         duplicates: _builtins.int = ...,
         nondeterministic: _builtins.int = ...,
+        p_value_adjusted: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["both_right", b"both_right", "both_wrong", b"both_wrong", "confusions", b"confusions", "deployment_a", b"deployment_a", "deployment_b", b"deployment_b", "disagreements", b"disagreements", "duplicates", b"duplicates", "images", b"images", "nondeterministic", b"nondeterministic", "only_a", b"only_a", "only_b", b"only_b", "p_value", b"p_value", "recorded", b"recorded", "significant", b"significant", "verdict", b"verdict"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["both_right", b"both_right", "both_wrong", b"both_wrong", "confusions", b"confusions", "deployment_a", b"deployment_a", "deployment_b", b"deployment_b", "disagreements", b"disagreements", "duplicates", b"duplicates", "images", b"images", "nondeterministic", b"nondeterministic", "only_a", b"only_a", "only_b", b"only_b", "p_value", b"p_value", "p_value_adjusted", b"p_value_adjusted", "recorded", b"recorded", "significant", b"significant", "verdict", b"verdict"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1456,12 +1499,18 @@ class EvalReport(_message.Message):
     LEADERBOARD_FIELD_NUMBER: _builtins.int
     BUDGET_S_FIELD_NUMBER: _builtins.int
     MEASURED_AT_FIELD_NUMBER: _builtins.int
+    SAMPLE_SEED_FIELD_NUMBER: _builtins.int
+    CORRECTION_FIELD_NUMBER: _builtins.int
     task: _builtins.str
     """The ranker task the outcomes went to: "eval.<set>.<digest prefix>" (neither a catalog nor a
     mechanism task; it feeds only its own leaderboard).
     """
     budget_s: _builtins.float
     measured_at: _builtins.str
+    sample_seed: _builtins.int
+    """The seed of the label-stratified order the images were sent in (CompareRequest.eval_sample_seed)."""
+    correction: _builtins.str
+    """"holm" when more than one pair was tested (family-wise error held at alpha), else ""."""
     @_builtins.property
     def eval_set(self) -> Global___EvalSetInfo: ...
     @_builtins.property
@@ -1480,10 +1529,12 @@ class EvalReport(_message.Message):
         leaderboard: _ranker_pb2.GetLeaderboardResponse | None = ...,
         budget_s: _builtins.float = ...,
         measured_at: _builtins.str = ...,
+        sample_seed: _builtins.int = ...,
+        correction: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["eval_set", b"eval_set", "leaderboard", b"leaderboard"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_s", b"budget_s", "deployments", b"deployments", "eval_set", b"eval_set", "leaderboard", b"leaderboard", "measured_at", b"measured_at", "pairs", b"pairs", "task", b"task"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["budget_s", b"budget_s", "correction", b"correction", "deployments", b"deployments", "eval_set", b"eval_set", "leaderboard", b"leaderboard", "measured_at", b"measured_at", "pairs", b"pairs", "sample_seed", b"sample_seed", "task", b"task"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
