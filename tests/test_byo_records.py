@@ -132,3 +132,17 @@ def test_holm_decides_significance_when_a_run_tests_several_pairs(tmp_path: Path
     assert "Holm-adjusted over 3 pairs p = 0.094" in corrected.verdict
     empty = paired(Run("a", "t"), cats, s, match, match, LABELS, LABELS)
     assert paired_test("a", "b", empty, s, 1.0, 1).verdict.startswith("undecided")
+
+
+def test_the_cli_sends_the_sample_seed_back_only_when_given(capsys: pytest.CaptureFixture[str]) -> None:
+    from versus_cli.cli import build_parser, eval_fields
+
+    parser = build_parser()
+    given = eval_fields(parser.parse_args(["compare", "--eval-set", "d", "--sample-seed", "0", "a", "b"]),
+                        gateway_pb2.CompareRequest())
+    assert given.HasField("eval_sample_seed") and given.eval_sample_seed == 0 and given.eval_set == "d"
+    drawn = eval_fields(parser.parse_args(["compare", "--eval-set", "d", "a", "b"]), gateway_pb2.CompareRequest())
+    assert not drawn.HasField("eval_sample_seed")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["compare", "--sample-seed", "-1", "a", "b"])
+    assert "a seed is 0..2**64-1" in capsys.readouterr().err

@@ -288,13 +288,18 @@ def _seed(text: str) -> int:
     return value
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    from versus_cli.compare import compare_request, print_summary, run_compare, write_reports
-
-    request = compare_request(args)
+def eval_fields(args: argparse.Namespace, request):
+    """The eval-set fields of a CompareRequest (the seed only when given: unset, the gateway draws one)."""
     request.eval_set, request.eval_budget_s = args.eval_set, args.eval_budget
     if args.sample_seed is not None:
         request.eval_sample_seed = args.sample_seed
+    return request
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from versus_cli.compare import compare_request, print_summary, run_compare, write_reports
+
+    request = eval_fields(args, compare_request(args))
     comparison = run_compare(_client_settings(args), request, timeout=args.timeout, quiet=args.quiet or args.json)
     files = write_reports(_client_settings(args), comparison, Path(args.out), timeout=args.timeout) if args.out \
         else []
