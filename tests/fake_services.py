@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 
 import grpc
+import numpy as np
 from PIL import Image
 from versus.common.v1 import common_pb2
 from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
@@ -129,25 +130,39 @@ class FakeVit(vit_pb2_grpc.VitServiceServicer):
         return vit_pb2.DeleteHeadResponse()
 
 
-def _png(colour: tuple[int, int, int], side: int) -> bytes:
+def _noise_png(digest: bytes, side: int) -> bytes:
+    """A picture of 8x8-pixel blocks of noise seeded by ``digest`` (never flat; pixels follow the digest)."""
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
+    blocks = rng.integers(0, 256, (max(1, side // 8), max(1, side // 8), 3), dtype=np.uint8)
     buf = io.BytesIO()
-    Image.new("RGB", (side, side), colour).save(buf, format="PNG")
+    Image.fromarray(blocks.repeat(8, 0).repeat(8, 1)[:side, :side]).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _flat_png(digest: bytes, side: int) -> bytes:
+    """A flat grey image whose PNG text chunk holds ``digest``: its bytes vary with the request, its pixels never."""
+    from PIL import PngImagePlugin
+
+    meta = PngImagePlugin.PngInfo()
+    meta.add_text("request", digest.hex())
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side), (128, 128, 128)).save(buf, format="PNG", pnginfo=meta)
     return buf.getvalue()
 
 
 class FakeSd35(sd35_pb2_grpc.Sd35ServiceServicer):
-    """Large and Large Turbo "pipelines" that paint one colour from what a real pipeline would condition
-    on. ``lies``: size, nondeterministic, guidance, refuse-max, accept-beyond, t5, lora, turbo-slow,
-    undecodable, internal, down."""
+    """Large and Large Turbo "pipelines" that paint noise seeded from what a real pipeline would condition
+    on. ``lies``: size, nondeterministic, guidance, accept-beyond, t5, lora, turbo-slow, undecodable,
+    internal, down. Consistent lies (GetModelInfo describes what the service does): flat (a flat grey image,
+    the request's hash in a PNG text chunk), max-256 (advertises and serves at most 256x256), steps-4 (Turbo
+    says and replies 4 steps, runs 28), ignores-prompt (the prompt never reaches the picture)."""
 
-    MAX_PIXELS, STEPS = 256 * 256, {sd35_pb2.VARIANT_LARGE: 28, sd35_pb2.VARIANT_LARGE_TURBO: 4}
+    STEPS = {sd35_pb2.VARIANT_LARGE: 28, sd35_pb2.VARIANT_LARGE_TURBO: 4}
 
     def __init__(self, lies: frozenset[str] = frozenset()) -> None:
         self.lies = lies
+        self.max_pixels = 256 * 256 if "max-256" in lies else 1024 * 1024
         self.generating = threading.Event()  # set by the first Generate (a test may kill the server then)
-
-    def _max_side(self) -> int:
-        return math.isqrt(self.MAX_PIXELS) // 16 * 16
 
     async def Generate(self, request, context) -> AsyncIterator[sd35_pb2.GenerateResponse]:
         self.generating.set()
@@ -156,23 +171,27 @@ class FakeSd35(sd35_pb2_grpc.Sd35ServiceServicer):
         if "internal" in self.lies:
             await context.abort(grpc.StatusCode.INTERNAL, "internal error")
         side = request.width
-        too_big = side * side > self.MAX_PIXELS and "accept-beyond" not in self.lies
-        if too_big or side % 16 or ("refuse-max" in self.lies and side == self._max_side()):
+        too_big = side * side > self.max_pixels and "accept-beyond" not in self.lies
+        if too_big or side % 16:
             await _refuse(context, "width", f"width {side} is outside the limits")
         steps = request.steps if request.HasField("steps") else self.STEPS[request.variant]
-        if "turbo-slow" in self.lies and request.variant == sd35_pb2.VARIANT_LARGE_TURBO:
+        turbo = request.variant == sd35_pb2.VARIANT_LARGE_TURBO
+        said = steps
+        if turbo and not request.HasField("steps") and ({"turbo-slow", "steps-4"} & self.lies):
             steps = 28
+            said = 4 if "steps-4" in self.lies else steps
         await asyncio.sleep(0.002 * steps)
         prompt = " ".join(request.prompt.split()[:60]) if "t5" in self.lies else request.prompt
+        prompt = "" if "ignores-prompt" in self.lies else prompt
         guidance = request.guidance_scale if "guidance" not in self.lies else 0
         negative = request.negative_prompt if "guidance" not in self.lies else ""
         adapters = [(a.name, a.weight) for a in request.adapters] if "lora" not in self.lies else []
         extra = time.perf_counter() if "nondeterministic" in self.lies else 0
         digest = _seed(prompt, request.seed, guidance, negative, adapters, steps, extra)
-        data = b"not a png" if "undecodable" in self.lies else _png(tuple(digest[:3]), side - (16 if "size" in
-                                                                                               self.lies else 0))
+        paint = _flat_png if "flat" in self.lies else _noise_png
+        data = b"not a png" if "undecodable" in self.lies else paint(digest, side - (16 if "size" in self.lies else 0))
         yield sd35_pb2.GenerateResponse(result=sd35_pb2.Result(
-            images=[common_pb2.Image(data=data, mime_type="image/png")], seeds=[request.seed], steps=steps,
+            images=[common_pb2.Image(data=data, mime_type="image/png")], seeds=[request.seed], steps=said,
             width=side, height=side))
 
     async def GetModelInfo(self, request, context):
@@ -185,7 +204,7 @@ class FakeSd35(sd35_pb2_grpc.Sd35ServiceServicer):
                                          properties={"weights_kind": "random", "weights_digest": "b" * 64,
                                                      "transformer_layers": "2", "text_encoder_3": "t5"})
             variants.append(sd35_pb2.VariantInfo(variant=v, model=model, default_steps=steps, default_width=64,
-                                                 default_height=64, min_pixels=0, max_pixels=self.MAX_PIXELS))
+                                                 default_height=64, min_pixels=0, max_pixels=self.max_pixels))
         return sd35_pb2.GetModelInfoResponse(variants=variants, max_prompt_chars=2000, max_queue=8, max_adapters=2)
 
     async def ListAdapters(self, request, context):

@@ -78,9 +78,9 @@ def test_structural_probes_check_the_served_shape(comparison: gateway_pb2.Compar
                 "classifier-free-guidance"):
         assert row(comparison, LARGE, cap).mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE"), row(comparison, LARGE,
                                                                                                    cap)
-    assert "byte-identical" in row(comparison, LARGE, "seeded-determinism").detail
+    assert "identical pixels" in row(comparison, LARGE, "seeded-determinism").detail
     encoders = next(r for r in rows(comparison, LARGE) if r.capability_id == "three-text-encoders")
-    assert encoders.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and "different images" in encoders.detail
+    assert encoders.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and "different pixels" in encoders.detail
     edges = row(comparison, LARGE, "megapixel-output").detail
     assert "1024x1024" in edges and "INVALID_ARGUMENT (width" in edges
 
@@ -268,7 +268,7 @@ def test_head_to_head_feeds_the_leaderboard_once(gateway_stack: GatewayStack, st
 def test_turbo_four_steps_and_speed_against_large(stub) -> None:
     c = stub.Compare(request(LARGE, TURBO), timeout=300).comparison
     steps = row(c, TURBO, "four-step-generation", "generates in 4 steps")
-    assert steps.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and steps.check == "sd35.generate"
+    assert steps.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and steps.check == "sd35.steps"
     assert next(m for m in steps.measurements if m.name == "default_steps").value == 4
     live = next(r for r in rows(c, TURBO) if r.capability_id == "four-step-generation" and "served here" in r.title)
     assert live.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and "sd35.vs-large" in live.check, live.detail

@@ -28,10 +28,12 @@ LIES = {
     "vit.batching": [("vit", "order", "batch-inference"), ("vit", "count", "batch-inference")],
     "vit.transfer": [("vit", "head", "fine-tuning")],
     "vit.precision": [("vit-int8", "reports-fp32", "quantization-onnx-export")],
-    "sd35.generate": [("sd35", "size", "text-to-image"), ("sd35", "nondeterministic", "seeded-determinism"),
-                      ("sd35", "undecodable", "text-to-image")],
+    "sd35.generate": [("sd35", "size", "text-to-image"), ("sd35", "undecodable", "text-to-image"),
+                      ("sd35", "flat", "text-to-image"), ("sd35", "ignores-prompt", "text-to-image")],
+    "sd35.determinism": [("sd35", "nondeterministic", "seeded-determinism")],
+    "sd35.steps": [("sd35", "steps-4", "four-step-generation")],
     "sd35.guidance": [("sd35", "guidance", "classifier-free-guidance")],
-    "sd35.resolution": [("sd35", "refuse-max", "megapixel-output"), ("sd35", "accept-beyond", "megapixel-output")],
+    "sd35.resolution": [("sd35", "max-256", "megapixel-output"), ("sd35", "accept-beyond", "megapixel-output")],
     "sd35.t5": [("sd35", "t5", "three-text-encoders")],
     "sd35.lora": [("sd35", "lora", "lora-fine-tuning")],
     "sd35.vs-large": [("sd35", "turbo-slow", "four-step-generation")],
@@ -57,7 +59,7 @@ def compare(ranker: InProcessServer, ids: tuple[str, ...], live: bool = True, **
     cfg = GatewayConfig.from_env({}, **({"port": 0, "metrics_port": 0, "http_port": -1, "host": "127.0.0.1",
                                          "metrics_host": "127.0.0.1", "drain_delay_s": 0.0, "log_format": "text",
                                          "ranker": ranker.target, "cache_ttl_s": 0.0, "compare_budget_s": 60.0,
-                                         "vit": "", "sd35": ""} | targets))
+                                         "vit": "", "sd35": "", "probe_size": 64} | targets))
     with InProcessServer(create_server, cfg) as gw, gw.channel() as ch:
         return gateway_pb2_grpc.GatewayServiceStub(ch).Compare(gateway_pb2.CompareRequest(
             model_ids=list(ids), probes=gateway_pb2.ProbeOptions(live=live)), timeout=120).comparison
@@ -90,7 +92,7 @@ def test_every_check_has_a_lie_it_catches() -> None:
                          [(c, *case) for c, cases in LIES.items() for case in cases])
 def test_a_lie_is_contradicted(ranker, check: str, service: str, lie: str, capability: str) -> None:
     c = run_with(ranker, service, lie)
-    model = {"vit": VIT, "vit-int8": VIT}.get(service, TURBO if check == "sd35.vs-large" else LARGE)
+    model = {"vit": VIT, "vit-int8": VIT}.get(service, TURBO if capability == "four-step-generation" else LARGE)
     row = live_row(c, model, capability)
     assert row.mark == CONTRADICTED, (lie, row)
     assert check in row.check and row.detail and row.measured_conditions.startswith("cpu")

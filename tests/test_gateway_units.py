@@ -101,8 +101,17 @@ def test_gateway_md_lists_every_check_as_declared() -> None:
             in doc, c.id
 
 
-def test_the_t5_check_needs_t5_served_to_decide() -> None:
+def test_the_t5_check_is_not_excused_by_the_service_word() -> None:
     judge = checks.BY_ID["sd35.t5"].judge
     assert judge({"differ": True, "t5_reported": "t5"}).mark == verdicts.VERIFIED
     assert judge({"differ": False, "t5_reported": "t5"}).mark == verdicts.CONTRADICTED
-    assert judge({"differ": False, "t5_reported": "dropped"}).mark == verdicts.UNDECIDED  # --drop-t5: cannot decide
+    assert judge({"differ": False, "t5_reported": "dropped"}).mark == verdicts.CONTRADICTED  # its word excuses nothing
+
+
+def test_the_steps_check_needs_the_catalog_figure_and_the_pixels() -> None:
+    judge = checks.BY_ID["sd35.steps"].judge
+    assert judge({"expected": None}).mark == verdicts.UNDECIDED
+    assert judge({"expected": 4, "observed": 4, "equal": {"3": False, "4": True, "5": False}}).mark \
+        == verdicts.VERIFIED
+    assert judge({"expected": 4, "observed": None, "equal": {"3": False, "4": False, "5": False}}).mark \
+        == verdicts.CONTRADICTED

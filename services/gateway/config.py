@@ -84,7 +84,8 @@ class GatewayConfig(ServerConfig):
                                        "for a perfect generator's Wilson lower bound to clear the prompt-adherence "
                                        "bar (4 images in all: 3/3 only reaches 0.44).")
     probe_seed: int = setting(1234, "First seed of the generation probes (image i of a class uses seed + i).")
-    probe_size: int = setting(0, "Side of generated probe images in pixels; 0 = each variant's default size.")
+    probe_size: int = setting(0, "Side of generated probe images in pixels; 0 = the size the catalog claims (1024 for "
+                                 "SD3.5 Large), else 512. The resolution check always requests the claimed sizes.")
     probe_steps: int = setting(0, "Denoising steps for quality/head-to-head images; 0 = each variant's default.")
     tie_margin: float = setting(0.05, "Head-to-head: |ln p_a - ln p_b| below this is a tie. 0.05 is a 5% relative "
                                       "difference in the judge's probability: closer than that, numeric noise of the "

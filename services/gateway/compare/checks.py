@@ -63,11 +63,12 @@ async def run_checks(run: Run) -> None:
 
 
 def _wanted(run: Run, served: Served, check: Check) -> bool:
-    """A check runs when it probes this model's service and a capability of the model needs it (all of them
-    without a catalog entry)."""
+    """A check runs when it probes this model's service and a capability of the model, or a catalog claim whose
+    metric it decides, needs it (all of them without a catalog entry)."""
     entry = run.catalog.get(served.model_id)
     return (check.plan is not None and served.by.service == check.service and check.applies(served)
-            and (entry is None or any(c.id in check.capabilities for c in entry.capabilities)))
+            and (entry is None or any(c.id in check.capabilities for c in entry.capabilities)
+                 or any(cl.metric in check.decides for cl in entry.claims)))
 
 
 async def _check_model(run: Run, served: Served) -> None:

@@ -212,7 +212,14 @@ def _live_row(capability_id: str, ev: ModelEvidence) -> gateway_pb2.CapabilityEv
                             f"→ {v.why}" for _, r, v in verdicts)
     if missing:
         row.detail = "; ".join(filter(None, [row.detail, *(_reason(u) for u in missing)]))
+    row.detail += _misses(row.mark, [c for c, _, _ in verdicts])
     return row
+
+
+def _misses(mark: int, checks: list[Check]) -> str:
+    """What a verified row's checks do not prove, in their own words."""
+    misses = [c.misses for c in checks if c.misses]
+    return " | does not prove: " + "; ".join(dict.fromkeys(misses)) if misses and mark == VERIFIED else ""
 
 
 def _from_sources(capability_id: str, claim: ranker_pb2.Claim | None, text: str, ev: ModelEvidence

@@ -1,4 +1,7 @@
-"""The SD3.5 service's checks: their judgements, their plans, and their rows of the table."""
+"""The SD3.5 service's checks: their judgements, their plans, and their rows of the table.
+
+Every image is compared by its decoded pixels (:mod:`.sd35_probes`); the figures a check expects (sizes,
+default steps) are the catalog's (:mod:`.sd35_expected`); without one the row is UNDECIDED."""
 
 from __future__ import annotations
 
@@ -8,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from services.gateway.compare.check import Check, Job
 from services.gateway.compare.probes import ProbeResult, measurement, now_iso, unavailable
+from services.gateway.compare.sd35_expected import Expected
 from services.gateway.compare.sd35_probes import Sd35Probes
 from services.gateway.compare.verdicts import CONTRADICTED as _CONTRADICTED
-from services.gateway.compare.verdicts import UNDECIDED, Verdict, equal_to, verdict
+from services.gateway.compare.verdicts import NO_FIGURE, UNDECIDED, Verdict, equal_to, verdict
 from services.gateway.compare.verdicts import VERIFIED as _VERIFIED
+from services.gateway.config import ServedBy
 
 if TYPE_CHECKING:
     from services.gateway.compare.run import Run, Served
@@ -25,38 +30,66 @@ VS_LARGE_PAIRS = 3
 
 
 def sd35_probes(run: Run, variant: str) -> Sd35Probes:
-    return Sd35Probes(run.ds, run.variants[variant], run.probe_budget, run.cfg.probe_size, run.cfg.probe_steps)
+    """Probes of a variant the sd35 service hosts, expecting the figures of the catalog entry it serves."""
+    by = ServedBy("sd35", variant)
+    model_id = next((m for m, b in run.gw.served.items() if b == by), "")
+    return Sd35Probes(run.ds, run.variants[variant], run.probe_budget, Expected.of(run.catalog.get(model_id)),
+                      run.cfg.probe_size, run.cfg.probe_steps)
 
 
 # -- judgements: what was observed → a verdict ------------------------------------------------------------
 def _generate(d: dict[str, Any]) -> Verdict:
     problems = [f"asked for {d['requested']}, decoded {d['decoded']} (the reply says {d['reported']})"] \
         if not d["requested"] == d["decoded"] == d["reported"] else []
-    problems += ["the same request and seed gave different bytes"] if not d["deterministic"] else []
-    return verdict(problems, "the requested size, byte-identical for the same request and seed")
+    problems += [f"a flat image (pixel spread {d['spread']:.2f} levels, below {d['flat_below']:g})"] \
+        if d["spread"] < d["flat_below"] else []
+    problems += ["two prompts, same seed, gave identical pixels"] if not d["prompt_changes"] else []
+    return verdict(problems, "a picture of the requested size whose pixels change with the prompt")
+
+
+def _determinism(d: dict[str, Any]) -> Verdict:
+    problems = ["the same request and seed gave different pixels"] if not d["deterministic"] else []
+    problems += [f"another seed moved the pixels by {d['seed_diff']:.2f} levels (more than {d['seed_min_diff']:g} "
+                 "expected)"] if d["seed_diff"] <= d["seed_min_diff"] else []
+    return verdict(problems, "identical pixels for the same request and seed; another seed, another image")
+
+
+def _steps(d: dict[str, Any]) -> Verdict:
+    n = d["expected"]
+    if n is None:
+        return Verdict(UNDECIDED, f"{NO_FIGURE} (the catalog states no default step count)")
+    if d["observed"] is None:
+        same = [k for k, v in d["equal"].items() if v]
+        return Verdict(_CONTRADICTED, f"the default's pixels equal those of steps={', '.join(same)}, not only "
+                                      f"steps={n}" if same else f"the default's pixels equal none of steps={n - 1}, "
+                                      f"{n}, {n + 1}: it does not run the catalog's {n}")
+    return Verdict(_VERIFIED, f"runs {n} steps by default (the catalog's figure), observed in the pixels")
 
 
 def _guidance(d: dict[str, Any]) -> Verdict:
-    problems = ["guidance 0 and 4.5 gave identical images"] if not d["guidance_changes"] else []
-    problems += ["a negative prompt left the image unchanged"] if not d["negative_changes"] else []
+    problems = ["guidance 0 and 4.5 gave identical pixels"] if not d["guidance_changes"] else []
+    problems += ["a negative prompt left the pixels unchanged"] if not d["negative_changes"] else []
     return verdict(problems, "guidance scale and negative prompts change the output")
 
 
 def _resolution(d: dict[str, Any]) -> Verdict:
-    problems = [f"{s}x{s} (inside the advertised limits) → {got}" for s, got in d["accepted"].items()
-                if got != f"{s}x{s}"]
+    problems = [f"{s}x{s} (claimed by the catalog) → {got}" for s, got in d["claimed"].items() if got != f"{s}x{s}"]
+    problems += [f"{s}x{s} (inside the advertised limits) → {got}" for s, got in d["accepted"].items()
+                 if got != f"{s}x{s}"]
     problems += [f"{s}x{s} (outside them) → {got} {fields or ''}".strip() for s, (got, fields) in d["refused"].items()
                  if got != "INVALID_ARGUMENT" or "width" not in fields]
-    return verdict(problems, f"{d['min_side']}..{d['max_side']} px squares generate; beyond them, refused "
-                             "naming width")
+    if not problems and not d["claimed"]:
+        return Verdict(UNDECIDED, f"{NO_FIGURE} (the catalog claims no output size)")
+    sizes = ", ".join(f"{s}x{s}" for s in d["claimed"])
+    return verdict(problems, f"the claimed {sizes} generates at that size; beyond the limits, refused naming width")
 
 
 def _t5(d: dict[str, Any]) -> Verdict:
+    """The service's own text_encoder_3 never excuses identical pixels: the claim is the catalog's."""
     if d["differ"]:
         return Verdict(_VERIFIED, "a third encoder reads past CLIP's 77 tokens")
-    if d["t5_reported"] == "dropped":
-        return Verdict(UNDECIDED, "this deployment runs without T5 (identical images, as expected without it)")
-    return Verdict(_CONTRADICTED, "nothing reads past CLIP's 77 tokens, though the service reports T5")
+    return Verdict(_CONTRADICTED, "nothing reads past CLIP's 77 tokens (the service reports text_encoder_3="
+                                  f"{d['t5_reported'] or 'nothing'})")
 
 
 def _lora(d: dict[str, Any]) -> Verdict:
@@ -66,11 +99,16 @@ def _lora(d: dict[str, Any]) -> Verdict:
 
 
 def _vs_large(d: dict[str, Any]) -> Verdict:
-    problems = [f"Turbo ran {d['turbo_steps']} steps, Large {d['large_steps']}"] \
-        if d["turbo_steps"] >= d["large_steps"] else []
+    """Steps as observed by the same pixel probe on both (never the replies' ``steps``)."""
+    turbo, large = d["turbo_steps"], d["large_steps"]
+    problems = [f"Turbo runs {turbo} steps by default, Large {large}"] \
+        if None not in (turbo, large) and turbo >= large else []
     problems += [f"only {d['speedup']:.2f}x faster than Large (at least {TURBO_MIN_SPEEDUP:g}x expected)"] \
         if d["speedup"] < TURBO_MIN_SPEEDUP else []
-    return verdict(problems, f"{d['turbo_steps']} vs {d['large_steps']} steps, {d['speedup']:.1f}x faster")
+    if not problems and None in (turbo, large):
+        return Verdict(UNDECIDED, f"{d['speedup']:.1f}x faster, but the default steps of both were not observed "
+                                  "(the catalog states no figure, or a default did not match it)")
+    return verdict(problems, f"{turbo} vs {large} steps by default (observed), {d['speedup']:.1f}x faster")
 
 
 # -- plans -----------------------------------------------------------------------------------------------------
@@ -81,8 +119,19 @@ def _one(probe: Callable[[Sd35Probes, Run], Callable[[], Awaitable[ProbeResult]]
     return plan
 
 
+async def _observed_steps(run: Run, variant: str) -> int | None:
+    """The default step count the steps probe observed for ``variant`` (the same cached observation as its
+    own steps row), or None: no catalog figure, a default unlike it, or no observation."""
+    from services.gateway.compare import cached
+
+    r = await cached.probe(run, str(ServedBy("sd35", variant)), run.variants[variant].weights,
+                           STEPS.id, sd35_probes(run, variant).default_steps)
+    return r.data.get("observed") if r is not None and r.observed else None
+
+
 def _vs_large_jobs(run: Run, served: Served) -> list[Job]:
-    """Large and Turbo at their default steps, same prompt, seed and size, alternated 3 times: medians."""
+    """Large and Turbo at their default steps, same prompt, seed and size, alternated 3 times: medians; the
+    steps of both as the steps probe observes them."""
     turbo, w = served.result_of(GENERATE), served.weights
     name = "sd35.large-turbo.vs-large"
     if turbo is None:
@@ -95,17 +144,17 @@ def _vs_large_jobs(run: Run, served: Served) -> list[Job]:
 
     async def measure() -> ProbeResult:
         times: dict[str, list[float]] = {"large": [], "turbo": []}
-        steps = {}
         for _ in range(VS_LARGE_PAIRS):  # alternated, so load drifts hit both alike
             for key, probes in (("large", large), ("turbo", fast)):
-                g = await probes.generate("a photo of a lighthouse at dusk", 7)
+                g = await probes.generate("a photo of a lighthouse at dusk", 7, steps=-1)
                 times[key].append(g.total_ms)
-                steps[key] = g.steps
         ms = {k: statistics.median(v) for k, v in times.items()}
         at = now_iso()
-        data = {"turbo_steps": steps["turbo"], "large_steps": steps["large"], "speedup": ms["large"] / ms["turbo"]}
-        detail = (f"same prompt, seed and size, {VS_LARGE_PAIRS} alternated pairs: Large {steps['large']} steps in "
-                  f"{ms['large']:.0f} ms, Turbo {steps['turbo']} steps in {ms['turbo']:.0f} ms (medians)")
+        seen = {"turbo": await _observed_steps(run, "large-turbo"), "large": await _observed_steps(run, "large")}
+        data = {"turbo_steps": seen["turbo"], "large_steps": seen["large"], "speedup": ms["large"] / ms["turbo"]}
+        shown = {k: f"{v} steps (observed)" if v else "steps not observed" for k, v in seen.items()}
+        detail = (f"same prompt, seed and size, {VS_LARGE_PAIRS} alternated pairs at their default steps: Large "
+                  f"{shown['large']} in {ms['large']:.0f} ms, Turbo {shown['turbo']} in {ms['turbo']:.0f} ms (medians)")
         return ProbeResult(name, detail, [measurement("turbo_vs_large_speedup", data["speedup"], "x", name,
                                                       f"median Large time ÷ median Turbo time, {VS_LARGE_PAIRS} "
                                                       "alternated pairs at their default steps", w, at)], data, w, at)
@@ -115,39 +164,57 @@ def _vs_large_jobs(run: Run, served: Served) -> list[Job]:
 
 # -- the table's SD3.5 rows -----------------------------------------------------------------------------------
 GENERATE = Check(
-    "sd35.generate", "sd35", ("text-to-image", "seeded-determinism", "four-step-generation"),
-    "an image of the requested size, byte-identical for the same request and seed",
-    "any weights; the variant's default size and steps", "Generate twice, same prompt and seed; decode the PNG",
-    "another size, undecodable bytes, different bytes on repeat",
-    "that the pixels depend on the prompt (bytes are compared, not pixels)", _generate,
-    _one(lambda sp, _run: sp.size_and_determinism), decides={"default_steps": equal_to("default_steps")})
+    "sd35.generate", "sd35", ("text-to-image",),
+    "a picture of the requested size whose pixels change with the prompt",
+    "any weights; the catalog's size (or GATEWAY_PROBE_SIZE), the variant's default steps",
+    "Generate two prompts, same seed; decode both and compare pixels",
+    "another size, undecodable bytes, a flat image, identical pixels for two prompts",
+    "that the picture shows the prompt (a generator hashing the prompt into noise passes)", _generate,
+    _one(lambda sp, _run: sp.size_and_determinism))
+DETERMINISM = Check(
+    "sd35.determinism", "sd35", ("seeded-determinism",),
+    "identical pixels for the same request and seed; another seed gives another image",
+    "any weights; the catalog's size", "Generate the same request twice, then with another seed; decode",
+    "different pixels on repeat, or another seed moving the pixels by less than the threshold",
+    "determinism across hardware or library versions (one deployment, one run)", _determinism,
+    _one(lambda sp, _run: sp.determinism))
+STEPS = Check(
+    "sd35.steps", "sd35", ("four-step-generation",),
+    "runs the catalog's default step count when a request leaves steps unset",
+    "any weights; same prompt, size and seed", "Generate with steps unset, then steps N-1, N, N+1 (N: the "
+    "catalog's figure); compare pixels", "the default's pixels unlike steps=N's, or like N-1's or N+1's",
+    "the step count without a catalog figure (UNDECIDED), or a schedule that repeats N's exact pixels", _steps,
+    _one(lambda sp, _run: sp.default_steps), decides={"default_steps": equal_to("default_steps")})
 GUIDANCE = Check(
     "sd35.guidance", "sd35", ("classifier-free-guidance",), "guidance scale and negative prompts change the output",
-    "any weights; same seed", "Generate with guidance 0, 4.5, then 4.5 with a negative prompt", "identical images",
-    "that the change is in the pixels (bytes are compared)", _guidance, _one(lambda sp, _run: sp.guidance))
+    "any weights; same seed", "Generate with guidance 0, 4.5, then 4.5 with a negative prompt; compare pixels",
+    "identical pixels", "that the change is classifier-free guidance (any change passes)", _guidance,
+    _one(lambda sp, _run: sp.guidance))
 RESOLUTION = Check(
     "sd35.resolution", "sd35", ("megapixel-output", "multi-resolution"),
-    "the advertised pixel limits hold at both edges", "any weights; 1 step",
-    "the smallest and largest advertised squares; one step beyond each and a side not a multiple of 16",
-    "an advertised size refused or resized, or an out-of-range one accepted",
-    "the catalog's claimed sizes (it tests the service's own limits)", _resolution,
-    _one(lambda sp, _run: sp.resolution_edges))
+    "generates the sizes the catalog claims, at that size", "any weights; 1 step",
+    "each square size the catalog claims, then the smallest advertised square; one step beyond the largest and "
+    "a side not a multiple of 16", "a claimed size refused or resized, or an out-of-range one accepted",
+    "the quality of the picture at that size, or aspect ratios the catalog does not state", _resolution,
+    _one(lambda sp, _run: sp.resolution), decides={"image_side_px": equal_to("image_side_px")})
 T5 = Check(
-    "sd35.t5", "sd35", ("three-text-encoders",), "a third text encoder reads past CLIP's 77 tokens",
-    "any weights; a deployment serving T5", "two prompts identical in their first 77 CLIP tokens, different after, "
-    "same seed", "identical images while the service reports T5",
-    "that the encoder is T5 (any reader past 77 tokens passes)", _t5, _one(lambda sp, _run: sp.t5))
+    "sd35.t5", "sd35", ("three-text-encoders",), "a third text encoder reads past CLIP's 77 tokens", "any weights",
+    "two prompts identical in their first 77 CLIP tokens, different after, same seed; compare pixels",
+    "identical pixels, whatever the service reports of T5",
+    "that the third encoder is T5-XXL (any reader past 77 tokens passes)", _t5, _one(lambda sp, _run: sp.t5))
 LORA = Check(
     "sd35.lora", "sd35", ("lora-fine-tuning",), "a LoRA adapter changes the output; without it the base output returns",
-    "any weights; an adapter loaded or GATEWAY_LORA_PROBE_PATH", "Generate without, with, without the adapter",
-    "no change, or the base not restored", "that the adapter is a LoRA (any change passes)", _lora,
+    "any weights; an adapter loaded or GATEWAY_LORA_PROBE_PATH",
+    "Generate without, with, without the adapter; compare pixels", "no change, or the base not restored",
+    "that the adapter is a LoRA, or that it was trained (any change passes)", _lora,
     _one(lambda sp, run: lambda: sp.lora(run.cfg.lora_probe_path)))
 VS_LARGE = Check(
     "sd35.vs-large", "sd35", ("four-step-generation",),
     "Turbo runs fewer steps than Large and is clearly faster at the same size and seed",
     "any weights; both on this deployment, same prompt, seed and size",
-    "3 alternated Large/Turbo generations at their default steps: steps and median times",
+    "the default steps of both as the steps check observes them; 3 alternated Large/Turbo generations at "
+    "their defaults: median times",
     f"as many steps as Large, or a wall-clock speed-up below {TURBO_MIN_SPEEDUP:g}x",
-    "the step counts themselves (they are read from the replies)", _vs_large, _vs_large_jobs,
+    "the steps without catalog figures for both (UNDECIDED)", _vs_large, _vs_large_jobs,
     applies=lambda served: served.by.variant == "large-turbo")
-SD35_CHECKS = (GENERATE, GUIDANCE, RESOLUTION, T5, LORA, VS_LARGE)
+SD35_CHECKS = (GENERATE, DETERMINISM, STEPS, GUIDANCE, RESOLUTION, T5, LORA, VS_LARGE)
