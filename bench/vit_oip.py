@@ -1,7 +1,7 @@
 """Versus ÷ Triton over the Open Inference Protocol, same fp32 ONNX ViT, in one run → docs/BENCHMARKS.md
 (section ``vit-oip``).
 
-    python bench/vit_oip.py [--quick]
+    python bench/vit_oip.py [--quick] [--rounds 5] [--background-load] [--profile]
 
 - Peer: the bundled tritonserver (2.51; its only backend is Python) running ``model.onnx`` of
   vit-base-random (ViT-B/16, fp32) under ONNX Runtime inside its Python backend — the repository
@@ -12,7 +12,12 @@
   own process) sends ModelInfer with one preprocessed 224² image as FP32 [1, 3, 224, 224] raw contents
   and asks for one FP32 [1, 1000] output (Triton's ``logits``; Versus' ``vit-tensor`` ``PROBABILITIES``).
 - 1, 8 and 32 concurrent clients; within each round the two servers alternate (order flipped every
-  round); medians over rounds. Versus' time per stage comes from its own /metrics over its runs.
+  round); medians and ranges over rounds. Versus' time per stage comes from its own /metrics over its runs.
+- ``--background-load``: a busy process pinned on one core for the whole run (the "loaded" condition, as
+  when other pods share the node); the section name then says so.
+- ``--profile``: py-spy (``pip install py-spy``) samples the Versus server process, every thread, over one
+  extra Versus run at 32 clients; the functions holding most samples, on their own and with their callees,
+  go into the section (where the time goes when a range crosses 1.0).
 """
 
 from __future__ import annotations
@@ -119,7 +124,71 @@ def drive(target: str, reqs: list[bytes], requests: int, clients: int, metrics_p
     return Run(result.rps, result.p50_ms, result.cpu_share, spent)
 
 
-def measure(export_dir: Path, rounds: int, requests: dict[int, int]) -> dict[tuple[str, int], list[Run]]:
+def _spin(stop) -> None:  # the background load: one core kept busy until told to stop
+    x = 0
+    while not stop.is_set():
+        for i in range(100_000):
+            x ^= i
+
+
+class BackgroundLoad:
+    """One busy process for the length of a ``with`` block (``enabled=False``: nothing)."""
+
+    def __init__(self, enabled: bool) -> None:
+        import multiprocessing
+
+        self.enabled = enabled
+        self._stop = multiprocessing.Event()
+        self._proc = multiprocessing.Process(target=_spin, args=(self._stop,), daemon=True) if enabled else None
+
+    def __enter__(self) -> BackgroundLoad:
+        if self._proc is not None:
+            self._proc.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None:
+            self._stop.set()
+            self._proc.join(10)
+
+
+def profile_versus(pid: int, target: str, reqs: list[bytes], requests: int, clients: int) -> list[str]:
+    """py-spy over one Versus run: the top frames by own samples and by inclusive samples, as table rows."""
+    import collections
+    import shutil
+    import subprocess
+
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "stacks.txt"
+        rec = subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw",
+                                "--output", str(out), "--nonblocking"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        time.sleep(1.0)  # attached before the load starts
+        run_clients(target, MODEL_INFER, reqs, requests, clients, warmup=0)
+        rec.send_signal(2)  # SIGINT: py-spy writes what it sampled
+        rec.wait(60)
+        lines = out.read_text().splitlines() if out.exists() else []
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        n = int(count)
+        frames = [f.split(" (")[0] for f in stack.split(";") if f]
+        total += n
+        if frames:
+            own[frames[-1]] += n
+        for frame in set(frames[1:]):  # the thread's name is the first entry
+            inclusive[frame] += n
+    if not total:
+        return ["| (py-spy recorded nothing: is it installed, and may this user ptrace?) | | |"]
+    return [f"| `{name}` | {own[name] / total:.0%} | {inclusive[name] / total:.0%} |"
+            for name, _ in own.most_common(12)]
+
+
+def measure(export_dir: Path, rounds: int, requests: dict[int, int],
+            profile: bool = False) -> tuple[dict[tuple[str, int], list[Run]], list[str]]:
     from services.vit.triton_repo import RepoOptions, write_repository
     from versus_cli.export import LocalTriton
     from versus_cli.launch import ServiceProcess
@@ -144,15 +213,16 @@ def measure(export_dir: Path, rounds: int, requests: dict[int, int]) -> dict[tup
                         runs[server, clients].append(run)
                         print(f"round {r + 1} {server} x{clients}: {run.rps:.2f} req/s p50 {run.p50_ms:.0f} ms",
                               flush=True)
-    return runs
+            profile_rows = profile_versus(svc.proc.pid, svc.target, versus_reqs, requests[32], 32) if profile else []
+    return runs, profile_rows
 
 
 def med(runs: list[Run], attr: str) -> float:
     return statistics.median(getattr(r, attr) for r in runs)
 
 
-def write_report(quick: bool, runs: dict[tuple[str, int], list[Run]], rounds: int, requests: dict[int, int],
-                 seconds: float, loadavg: tuple[float, float]) -> None:
+def write_report(command: str, runs: dict[tuple[str, int], list[Run]], rounds: int, requests: dict[int, int],
+                 seconds: float, loadavg: tuple[float, float], loaded: bool, profile_rows: list[str]) -> None:
     rows, stage_rows, short = [], [], []
     for c in CONCURRENCY:
         v, t = runs["versus", c], runs["triton", c]
@@ -167,10 +237,11 @@ def write_report(quick: bool, runs: dict[tuple[str, int], list[Run]], rounds: in
             per_image = f"{s['compute_ms_per_image']:.0f}" if "compute_ms_per_image" in s else "—"
             stage_rows.append(f"| {c} | {name} | {s['request_ms']:.0f} | {s['queue_ms']:.0f} | {s['batch_ms']:.0f} | "
                               f"{s['mean_batch']:.1f} | {per_image} |")
+    condition = "with a busy process on one core" if loaded else "no load added"
     lines = [
-        "## Versus ÷ Triton over the Open Inference Protocol (ViT-B/16 fp32 ONNX, CPU)",
+        f"## Versus ÷ Triton over the Open Inference Protocol (ViT-B/16 fp32 ONNX, CPU, {condition})",
         "",
-        f"Command: `python bench/vit_oip.py{' --quick' if quick else ''}` (commit {git_rev()}, "
+        f"Command: `{command}` (commit {git_rev()}, {time.strftime('%Y-%m-%d')}, "
         f"{seconds / 60:.1f} min). "
         f"Machine: {machine()}; shared with other work (1-minute load average {loadavg[0]:.1f} at the start, "
         f"{loadavg[1]:.1f} at the end), so the figures are medians over {rounds} round(s) in which the two servers "
@@ -203,7 +274,11 @@ def write_report(quick: bool, runs: dict[tuple[str, int], list[Run]], rounds: in
            "how much of the gap is the machine and where each server's time goes." if short
            else "Met at every concurrency (medians over rounds; see the ranges)."),
     ]
-    write_section("vit-oip", "\n".join(lines))
+    if profile_rows:
+        lines += ["", "Where Versus' time goes at 32 clients: py-spy samples of the server process (every thread, "
+                  "busy samples only) over one extra run; share of samples in the function itself and with its callees.",
+                  "", "| function | own | with callees |", "|---|---:|---:|", *profile_rows]
+    write_section("vit-oip-loaded" if loaded else "vit-oip", "\n".join(lines))
     print("\n".join(lines))
 
 
@@ -211,6 +286,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default=str(ROOT / ".models"))
     parser.add_argument("--quick", action="store_true", help="one round, fewer requests (smoke run)")
+    parser.add_argument("--rounds", type=int, default=0, help="alternated rounds (default 5; --quick: 1)")
+    parser.add_argument("--background-load", action="store_true", help="keep one core busy during the run")
+    parser.add_argument("--profile", action="store_true", help="py-spy the Versus server over one extra run")
     args = parser.parse_args()
     reexec_with(SERVICE_ENV)
     from services.vit.builders import BUILDERS
@@ -223,10 +301,13 @@ def main() -> None:
         BUILDERS["vit-base-random"](base)
     if not (export / "model.onnx").exists():
         export_onnx(base, export, quantize_to="none", log_fn=print)
-    rounds = 1 if args.quick else 3
+    rounds = args.rounds or (1 if args.quick else 5)
     requests = {1: 6, 8: 16, 32: 48} if args.quick else {1: 12, 8: 32, 32: 64}
-    runs = measure(export, rounds, requests)
-    write_report(args.quick, runs, rounds, requests, time.perf_counter() - started, (load_before, os.getloadavg()[0]))
+    with BackgroundLoad(args.background_load):
+        runs, profile_rows = measure(export, rounds, requests, profile=args.profile)
+    command = "python bench/vit_oip.py " + " ".join(sys.argv[1:])
+    write_report(command.strip(), runs, rounds, requests, time.perf_counter() - started,
+                 (load_before, os.getloadavg()[0]), args.background_load, profile_rows)
 
 
 if __name__ == "__main__":
