@@ -276,7 +276,8 @@ def write_report(command: str, runs: dict[tuple[str, int], list[Run]], rounds: i
     ]
     if profile_rows:
         lines += ["", "Where Versus' time goes at 32 clients: py-spy samples of the server process (every thread, "
-                  "busy samples only) over one extra run; share of samples in the function itself and with its callees.",
+                  "busy samples only) over one extra run; share of samples in the function itself and with its "
+                  "callees.",
                   "", "| function | own | with callees |", "|---|---:|---:|", *profile_rows]
     write_section("vit-oip-loaded" if loaded else "vit-oip", "\n".join(lines))
     print("\n".join(lines))
