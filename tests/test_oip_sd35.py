@@ -30,6 +30,7 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 @pytest.fixture(scope="module")
 def server(sd35_dirs: dict[str, Path]):
     config = Sd35Config.from_env({}, models=tuple(f"{v}={p}" for v, p in sd35_dirs.items()), port=0, metrics_port=0,
+                                 http_port=0,
                                  host="127.0.0.1", metrics_host="127.0.0.1", drain_delay_s=0.0, log_format="text",
                                  torch_threads=1, default_size=128)
     with InProcessServer(create_server, config) as srv:
@@ -195,3 +196,32 @@ def test_model_config_and_statistics(client: tc.InferenceServerClient) -> None:
     assert a.success.ns - b.success.ns >= a.compute_infer.ns - b.compute_infer.ns > 0
     assert (after.inference_count, after.execution_count) == (before.inference_count + 1, before.execution_count + 1)
     assert [(s.batch_size, s.compute_infer.count) for s in after.batch_stats] == [(1, after.execution_count)]
+
+
+def test_rest_infer_equals_grpc_and_sends_the_png_as_binary(server: InProcessServer,
+                                                           client: tc.InferenceServerClient) -> None:
+    """Over REST (tritonclient.http) the seeded image is byte-identical to the gRPC one; a PNG cannot be a
+    JSON string, so IMAGE comes back as binary data even when the request asks for JSON."""
+    import tritonclient.http as tch
+
+    expected = client.infer("sd35-large", inputs(**small()))
+    rest = tch.InferenceServerClient(f"127.0.0.1:{server.server.http_port}")
+    try:
+        prompt = tch.InferInput("PROMPT", [1], "BYTES")
+        prompt.set_data_from_numpy(np.array([b"a photo of a cat"], np.object_), binary_data=False)
+        numbers = []
+        for name, value, datatype, dtype in (("WIDTH", 64, "INT32", np.int32), ("HEIGHT", 64, "INT32", np.int32),
+                                             ("STEPS", 3, "INT32", np.int32), ("SEED", 42, "INT64", np.int64)):
+            inp = tch.InferInput(name, [1], datatype)
+            inp.set_data_from_numpy(np.array([value], dtype))
+            numbers.append(inp)
+        result = rest.infer("sd35-large", [prompt, *numbers],
+                            outputs=[tch.InferRequestedOutput("IMAGE", binary_data=False),
+                                     tch.InferRequestedOutput("SEED", binary_data=False)])
+        assert result.as_numpy("IMAGE")[0] == expected.as_numpy("IMAGE")[0]
+        assert "binary_data_size" in result.get_output("IMAGE")["parameters"]
+        assert result.get_output("SEED")["data"] == [42]
+        config = rest.get_model_config("sd35-large")
+        assert config["max_batch_size"] == 0 and config["backend"] == "diffusers"
+    finally:
+        rest.close()

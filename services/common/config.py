@@ -230,3 +230,17 @@ class ServerConfig:
         if out.get("token"):
             out["token"] = "***"
         return out
+
+
+@dataclasses.dataclass(frozen=True)
+class OipServerConfig(ServerConfig):
+    """Settings of a service that also serves the Open Inference Protocol (vit, sd35)."""
+
+    http_port: int = setting(
+        -1, "Port of the Open Inference Protocol over HTTP/REST (/v2/...; KServe's default protocol); 0 picks a "
+        "free port, -1 (the default) serves it over gRPC only.")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not -1 <= self.http_port <= 65535:
+            raise ConfigError(f"{self.label('http_port')}: ports are 0..65535 (-1 disables)")

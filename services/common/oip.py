@@ -131,7 +131,7 @@ class OipModel(abc.ABC):
         yield await self.infer(request, timeout_s), True
 
 
-def _flat(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
+def elements(t: pb.ModelInferRequest.InferInputTensor, raw: bytes | None) -> np.ndarray:
     """The tensor's elements in row-major order, from raw bytes or typed contents."""
     if raw is not None:
         if t.datatype == "BYTES":
@@ -170,7 +170,7 @@ def decode_tensor(t: pb.ModelInferRequest.InferInputTensor, spec: TensorSpec, ra
     shape = _check_header(t, spec)
     if raw is not None and t.HasField("contents"):
         raise InvalidArgument(t.name, "send typed contents or raw_input_contents, not both")
-    flat = _flat(t, raw)
+    flat = elements(t, raw)
     count = math.prod(shape)
     if count != flat.size:
         raise InvalidArgument(t.name, f"shape {list(shape)} needs {count} elements, got {flat.size}")

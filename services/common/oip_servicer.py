@@ -25,6 +25,7 @@ from tritonclient.grpc import service_pb2_grpc
 
 from services.common.errors import VersusError
 from services.common.oip import FINAL_RESPONSE, ModelRepository, OipModel
+from services.common.oip_rest import OipRest
 from services.common.server import ServiceBinding
 from services.common.status import status_for
 
@@ -101,11 +102,12 @@ def server_version() -> str:
         return "unknown"
 
 
-def oip_binding(models: Sequence[OipModel], server_name: str) -> ServiceBinding:
-    """The binding that registers the protocol's service for ``models`` on a server."""
+def oip_binding(models: Sequence[OipModel], server_name: str, http: bool = False) -> ServiceBinding:
+    """The binding that registers the protocol's service for ``models`` on a server; with ``http``, the
+    same repository is served over REST too (:mod:`services.common.oip_rest`, on the config's http_port)."""
+    repository = ModelRepository(server_name, server_version(), models, EXTENSIONS)
 
     def register(server: grpc.aio.Server) -> None:
-        repository = ModelRepository(server_name, server_version(), models, EXTENSIONS)
         service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(OipServicer(repository), server)
 
-    return ServiceBinding(SERVICE_NAME, register)
+    return ServiceBinding(SERVICE_NAME, register, OipRest(repository) if http else None)

@@ -15,7 +15,7 @@ import os
 import signal
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -43,12 +43,24 @@ class Backend(Protocol):
         """Release workers and memory after the gRPC server has drained."""
 
 
+class Listener(Protocol):
+    """A service on another transport beside the gRPC port (the OIP's REST endpoint)."""
+
+    async def start(self, config: Any, metrics: Metrics) -> int:
+        """Listen; the bound port."""
+
+    async def stop(self) -> None:
+        """Refuse new calls and let in-flight ones finish."""
+
+
 @dataclass(frozen=True)
 class ServiceBinding:
-    """One gRPC service to register: its full name and the generated ``add_..._to_server``."""
+    """One gRPC service to register: its full name and the generated ``add_..._to_server``; ``listener``
+    serves it on another transport too, started and stopped with the server."""
 
     name: str
     register: Callable[[grpc.aio.Server], None]
+    listener: Listener | None = None
 
 
 def _read(path: str) -> bytes:
@@ -104,8 +116,11 @@ class VersusServer:
         backend: Backend,
         service_names: Sequence[str],
         traces: tracing.Tracing | None = None,
+        listeners: Sequence[Listener] = (),
     ) -> None:
         self.config = config
+        self.listeners = tuple(listeners)
+        self.http_port = -1  # the REST listener's port once started
         self.tracing = traces  # None unless the OTEL_* variables turn tracing on
         self.grpc_server = server
         self.port = port
@@ -131,6 +146,12 @@ class VersusServer:
         self._stopping = asyncio.Event()
         await self.set_serving(False)
         await self.grpc_server.start()
+        try:
+            for listener in self.listeners:
+                self.http_port = await listener.start(self.config, self.metrics)
+        except BaseException:
+            await self.stop(grace=0, drain_delay=0)
+            raise
         self.metrics_port = self.metrics.serve(self.config.metrics_host, self.config.metrics_port)
         log.info("server listening; loading model", extra={"port": self.port, "services": self.service_names})
         self.backend.on_readiness = self.set_serving  # a backend whose readiness changes later (a remote engine)
@@ -154,7 +175,7 @@ class VersusServer:
         log.info("draining", extra={"grace_s": grace, "drain_delay_s": drain_delay})
         if drain_delay > 0:
             await asyncio.sleep(drain_delay)
-        await self.grpc_server.stop(grace)
+        await asyncio.gather(self.grpc_server.stop(grace), *(listener.stop() for listener in self.listeners))
         await self.backend.close()
         self.metrics.close()
         tracing.release(self.tracing)  # exports the spans still buffered
@@ -179,7 +200,8 @@ class VersusServer:
         assert self._stopping is not None
         if self.config.port_file:
             with open(self.config.port_file, "w", encoding="utf-8") as fh:
-                json.dump({"port": self.port, "metrics_port": self.metrics_port, "pid": os.getpid()}, fh)
+                json.dump({"port": self.port, "metrics_port": self.metrics_port, "http_port": self.http_port,
+                           "pid": os.getpid()}, fh)
         def on_signal(signum: int) -> None:
             log.info("signal received; shutting down", extra={"signal": signal.Signals(signum).name})
             self.request_stop()
@@ -227,7 +249,8 @@ def build_server(
     if port == 0:
         tracing.release(traces)
         raise errors.ConfigError(f"cannot bind {address}")
-    return VersusServer(config, server, port, health, metrics, backend, names, traces), port
+    listeners = [b.listener for b in bindings if b.listener is not None]
+    return VersusServer(config, server, port, health, metrics, backend, names, traces, listeners), port
 
 
 def build_service_server(

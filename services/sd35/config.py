@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import ServerConfig, setting
+from services.common.config import OipServerConfig, setting
 from services.common.errors import ConfigError
 from services.sd35.variants import VARIANTS
 
 
 @dataclasses.dataclass(frozen=True)
-class Sd35Config(ServerConfig):
+class Sd35Config(OipServerConfig):
     """Everything ``versus serve sd35`` can be told."""
 
     ENV_PREFIX = "SD35"

@@ -25,4 +25,5 @@ def create_server(config: Sd35Config, pipelines: dict | None = None) -> tuple[Ve
     metrics = Sd35Metrics()
     return build_service_server(config, lambda c, m: Sd35Backend(c, m, pipelines), Sd35Servicer,
                                 sd35_pb2_grpc.add_Sd35ServiceServicer_to_server, SERVICE_NAME, metrics,
-                                extra=lambda backend: [oip_binding(oip_models(backend), "versus-sd35")])
+                                extra=lambda backend: [oip_binding(oip_models(backend), "versus-sd35",
+                                                                      http=config.http_port >= 0)])

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.common.config import ServerConfig, setting
+from services.common.config import OipServerConfig, setting
 from services.common.errors import ConfigError
 from services.vit.precision import CHOICES as PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
-class VitConfig(ServerConfig):
+class VitConfig(OipServerConfig):
     """Everything ``versus serve vit`` can be told."""
 
     ENV_PREFIX = "VIT"

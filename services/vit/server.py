@@ -19,4 +19,5 @@ def create_server(config: VitConfig) -> tuple[VersusServer, int]:
     with an event loop running. With a remote engine (Triton), health follows the remote model's readiness
     through the backend's ``on_readiness``."""
     return build_service_server(config, VitBackend, VitServicer, vit_pb2_grpc.add_VitServiceServicer_to_server,
-                                SERVICE_NAME, extra=lambda backend: [oip_binding(oip_models(backend), "versus-vit")])
+                                SERVICE_NAME, extra=lambda backend: [oip_binding(oip_models(backend), "versus-vit",
+                                                                      http=config.http_port >= 0)])
