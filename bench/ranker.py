@@ -108,8 +108,8 @@ def main() -> None:
         f"{args.baseline_rounds} rounds) | "
         f"{base_total:.1f} s | {1e3 * base_per_round:.1f} ms |",
         "",
-        f"- Speed-up: **{speedup:.1f}×** (target ≥ 10×).",
-        f"- Point ratings, max |difference|: **{point_diff:.2e}** rating points (target ≤ 1e-3).",
+        f"- Speed-up: {speedup:.1f}×** (target ≥ 10×).",
+        f"- Point ratings, max |difference|: {point_diff:.2e} rating points (target ≤ 1e-3).",
         f"- Same resampled rounds fitted both ways, max |difference|: {boot_diff:.2e} rating points"
         + (f"; 95% interval bounds differ by at most {ci_diff:.2e}." if ci_diff == ci_diff else "."),
     ]

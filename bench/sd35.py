@@ -54,7 +54,7 @@ def main() -> None:
         "",
         "| case | raw s (median) | service s (median) | service / raw (median of pairs) |",
         "|---|---:|---:|---:|",
-        f"| {row['case']} | {row['raw_s']:.3f} | {row['service_s']:.3f} | **{row['ratio']:.3f}** (target ≤ 1.03) |",
+        f"| {row['case']} | {row['raw_s']:.3f} | {row['service_s']:.3f} | {row['ratio']:.3f} (target ≤ 1.03) |",
         "",
         f"Service-side breakdown of the last run: text encoding {t['text_encoding']:.1f} ms, denoising "
         f"{t['denoising']:.1f} ms, VAE decode {t['decode']:.1f} ms, PNG encode {t['encode']:.1f} ms.",

@@ -184,7 +184,7 @@ median (min–max over rounds); the spread of `off` is the run-to-run noise.
 {chr(10).join(rows)}
 
 Off, measured directly: the tracing code one Classify request runs while tracing is off (context
-capture, three no-op spans, the copied context onto the device thread) takes **{off_us:.1f} µs** in this
+capture, three no-op spans, the copied context onto the device thread) takes {off_us:.1f} µs** in this
 process ({off_us / 1e3 / p50_before * 100:.3f}% of the 1-client p50 of `before`): far below what the
 alternating runs above can resolve on this machine, which is why `off` ÷ `before` moves both ways by
 several percent from round to round.

@@ -176,10 +176,10 @@ def main() -> None:
         *[f"| {c} | {svc[c][0]:.2f} | {svc[c][1]:.1f} | {svc[c][2]['mean_batch']:.1f} | "
           f"{svc[c][2]['client_cpu']:.1%} |" for c in (1, 8, 32)],
         "",
-        f"- Service throughput at 32 clients / best raw batch throughput: **{ratio32:.2f}** (target ≥ 0.90).",
+        f"- Service throughput at 32 clients / best raw batch throughput: {ratio32:.2f} (target ≥ 0.90).",
         f"- p50 latency overhead at 1 client, measured per request from the server's own timings: client-observed "
         f"latency − decode/preprocess − model compute (gRPC, queueing, thread hops) = "
-        f"**{svc[1][2]['serving_ms']:.1f} ms** (target ≤ 2 ms; the raw baseline does the same decode and "
+        f"{svc[1][2]['serving_ms']:.1f} ms** (target ≤ 2 ms; the raw baseline does the same decode and "
         f"preprocessing); including decode and preprocessing: {svc[1][2]['overhead_ms']:.1f} ms. The cross-process "
         f"difference (service p50 − raw processor+forward p50) is {overhead_ms:.1f} ms: at ~150 ms per image, "
         "run-to-run noise is larger than the overhead, so the per-request figures are the ones to read.",

@@ -350,11 +350,11 @@ def write_report(quick: bool, raw: dict, svc: dict[str, Load], peer: Load, pair:
         f"| PyTriton peer (torch fp32) | {peer.img_s:.2f} | {peer.p50_ms:.0f} | | {raw['torch fp32'][0]:.2f} "
         f"({raw['torch fp32'][1]}) | {peer.img_s / raw['torch fp32'][0]:.2f} |",
         "",
-        f"- Versus torch fp32 ÷ PyTriton: **{vs_peer:.2f}** (preprocessing on the pool thread; rounds, alternated: "
-        f"{rounds} img/s); with `--preprocess device`: **{vs_peer_dev:.2f}** (target ≥ 1.0).",
-        f"- ONNX Runtime int8 ÷ torch fp32, both through the service: **{int8_x:.2f}×** (target ≥ 3×).",
+        f"- Versus torch fp32 ÷ PyTriton: {vs_peer:.2f} (preprocessing on the pool thread; rounds, alternated: "
+        f"{rounds} img/s); with `--preprocess device`: {vs_peer_dev:.2f} (target ≥ 1.0).",
+        f"- ONNX Runtime int8 ÷ torch fp32, both through the service: {int8_x:.2f}×** (target ≥ 3×).",
         f"- Top-1 agreement with fp32 on vit-digits' 360 held-out images: ONNX Runtime int8 (dynamic) "
-        f"**{agree['onnx-int8']:.2%}**, bf16 (`--precision auto` on this CPU) **{agree['bf16']:.2%}**.",
+        f"{agree['onnx-int8']:.2%}, bf16 (`--precision auto` on this CPU) {agree['bf16']:.2%}.",
     ]
     write_section("vit-backends", "\n".join(lines))
     print("\n".join(lines))

@@ -229,7 +229,7 @@ def write_report(command: str, runs: dict[tuple[str, int], list[Run]], rounds: i
         ratios = [a.rps / b.rps for a, b in zip(v, t, strict=True)]
         if statistics.median(ratios) < 1.0:
             short.append(f"{c} clients ({statistics.median(ratios):.2f})")
-        rows.append(f"| {c} | {med(v, 'rps'):.2f} | {med(t, 'rps'):.2f} | **{statistics.median(ratios):.2f}** "
+        rows.append(f"| {c} | {med(v, 'rps'):.2f} | {med(t, 'rps'):.2f} | {statistics.median(ratios):.2f} "
                     f"({min(ratios):.2f}–{max(ratios):.2f}) | {med(v, 'p50_ms'):.0f} | {med(t, 'p50_ms'):.0f} | "
                     f"{med(v + t, 'client_cpu'):.1%} |")
         for name, server_runs in (("Versus", v), ("Triton", t)):
