@@ -471,7 +471,7 @@ def test_triton_overlay_serves_the_vit_through_triton() -> None:
     claim = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName") for v in triton["volumes"]}
     vit_claims = {v["name"]: v.get("persistentVolumeClaim", {}).get("claimName")
                   for v in pod_spec(deployments["vit"])["volumes"]}
-    assert claim["models"] == vit_claims["models"] == "vit-weights"
+    assert claim["models"] == vit_claims["models"] == "weights"
     # ... and writes the repository that tritonserver serves.
     out = args[args.index("--out") + 1]
     server = triton["containers"][0]
@@ -648,24 +648,23 @@ WEIGHTS_OVERLAYS = [o for o in OVERLAYS if o != "cpu"]
 
 
 def _hub_ids(configs: dict[str, dict]) -> dict[str, set[str]]:
-    """Claim → the hub ids the pods mounting it are configured with (VIT_MODEL, SD35_MODELS)."""
+    """Service → the hub ids its pods are configured with (VIT_MODEL, SD35_MODELS)."""
     vit, sd35 = configs["vit-config"]["data"], configs["sd35-config"]["data"]
-    return {"vit-weights": {vit["VIT_MODEL"]},
-            "sd35-weights": {part.split("=", 1)[1] for part in sd35["SD35_MODELS"].split(",")}}
+    return {"vit": {vit["VIT_MODEL"]}, "sd35": {part.split("=", 1)[1] for part in sd35["SD35_MODELS"].split(",")}}
 
 
 @pytest.mark.parametrize("overlay", WEIGHTS_OVERLAYS)
 def test_weights_jobs_pull_what_the_pods_read(overlay: str) -> None:
-    """One Job per claim pulls, into the hub cache the pods read offline (HF_HUB_CACHE on the claim they mount
-    read-only), exactly the hub ids the pods are configured with; SD3.5 with the HF token from a Secret file and
-    every part its engine loads."""
+    """The Jobs pull, into the hub cache the pods read offline (HF_HUB_CACHE on the claim they mount read-only),
+    exactly the hub ids the pods are configured with; SD3.5 with the HF token from a Secret file and every part its
+    engine loads. The gateway hashes that same store, read-only (GATEWAY_WEIGHTS_ROOT)."""
     from services.sd35.engine import _HUB_PARTS, _T5_PARTS
     from versus_cli.cli import build_parser
 
     docs = render(overlay)
     configs, jobs, claims = by_kind(docs, "ConfigMap"), by_kind(docs, "Job"), by_kind(docs, "PersistentVolumeClaim")
     wanted = _hub_ids(configs)
-    pulled = {}
+    pulled: dict[str, tuple[set[str], str]] = {}  # claim → (ids, cache path inside the claim)
     for job in jobs.values():
         pod = pod_spec(job)
         (container,) = pod["containers"]
@@ -674,16 +673,19 @@ def test_weights_jobs_pull_what_the_pods_read(overlay: str) -> None:
         claim = next(v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v)
         mount = next(m["mountPath"] for m in container["volumeMounts"] if m["name"] == "models")
         assert args.cache.startswith(mount + "/") and claims[claim]["spec"]["accessModes"] == ["ReadWriteMany"]
-        pulled[claim] = (set(args.ids), args.cache[len(mount):], args.include)
+        ids, cache = pulled.get(claim, (set(), args.cache[len(mount):]))
+        assert cache == args.cache[len(mount):], "one hub cache per claim"
+        pulled[claim] = (ids | set(args.ids), cache)
         assert pod["securityContext"]["runAsNonRoot"] and container["securityContext"]["readOnlyRootFilesystem"]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert env["HF_HUB_OFFLINE"] == "0"
-        if claim == "sd35-weights":  # gated: the token is a mounted Secret file, never an env var or an arg
+        # SD3.5 is gated: the token is a mounted Secret file, never an env var or an arg.
+        if any(i.startswith("stabilityai/") for i in args.ids):
             token_dir = next(m for m in container["volumeMounts"] if env["HF_TOKEN_PATH"].startswith(m["mountPath"]))
             secret = next(v["secret"] for v in pod["volumes"] if v["name"] == token_dir["name"])
             assert secret["secretName"] == "hf-token" and token_dir["readOnly"]
             assert {f"{p}/*" for p in (*_HUB_PARTS, *_T5_PARTS)} | {"model_index.json"} <= set(args.include)
-    assert {c: ids for c, (ids, _, _) in pulled.items()} == wanted
+    assert {c: ids for c, (ids, _) in pulled.items()} == {"weights": wanted["vit"] | wanted["sd35"]}
     for name, service in (("vit", "vit-config"), ("sd35", "sd35-config")):
         pod = pod_spec(by_kind(docs, "Deployment")[name])
         models = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
@@ -691,6 +693,11 @@ def test_weights_jobs_pull_what_the_pods_read(overlay: str) -> None:
         cache = configs[service]["data"]["HF_HUB_CACHE"]
         assert mount["readOnly"] and models["readOnly"] and configs[service]["data"]["HF_HUB_OFFLINE"] == "1"
         assert cache == mount["mountPath"] + pulled[models["claimName"]][1], f"{overlay}/{name} reads another cache"
+    gateway = pod_spec(by_kind(docs, "Deployment")["gateway"])
+    (mount,) = [m for m in gateway["containers"][0]["volumeMounts"] if m["name"] == "weights"]
+    claim = next(v for v in gateway["volumes"] if v["name"] == "weights")["persistentVolumeClaim"]
+    root = next(e["value"] for e in gateway["containers"][0]["env"] if e["name"] == "GATEWAY_WEIGHTS_ROOT")
+    assert mount["readOnly"] and claim["readOnly"] and root == mount["mountPath"] + pulled[claim["claimName"]][1]
 
 
 @pytest.mark.slow
