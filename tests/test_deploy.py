@@ -424,6 +424,34 @@ def test_gpu_requests(overlay: str, on_gpu: tuple[str, ...], off_gpu: tuple[str,
         assert not pod_spec(deployments[name])["containers"][0]["image"].endswith("-cuda"), name
 
 
+#: Parameters of what every SD3.5 pipeline loads besides its transformer, computed from the architectures' configs
+#: (docs/DEPLOY.md section 6): CLIP-L text encoder, OpenCLIP bigG text encoder, T5-XXL v1.1 encoder, the VAE.
+SD35_SHARED_PARAMETERS = 123_060_480 + 694_659_840 + 4_762_310_656 + 83_653_863
+
+
+def _sd35_weights_bytes(variants: list[str], bytes_per_parameter: int = 2) -> int:
+    """bf16 weights of ``variants`` hosted in one process: each loads its own pipeline (services/sd35/engine.py)."""
+    import json
+
+    catalog = ROOT / "services" / "ranker" / "catalog"
+    return sum(bytes_per_parameter * (json.loads((catalog / f"stable-diffusion-3.5-{v}.json").read_text())["parameters"]
+                                      + SD35_SHARED_PARAMETERS) for v in variants)
+
+
+@pytest.mark.parametrize("overlay", ["gpu", "triton"])
+def test_the_sd35_pod_lands_only_on_a_gpu_its_variants_fit(overlay: str) -> None:
+    """The variants of SD35_MODELS, each a whole pipeline in bf16, plus 10% for activations, fit the smallest GPU
+    the pod may be scheduled on (GPU feature discovery's nvidia.com/gpu.memory, MiB)."""
+    docs = render(overlay)
+    pod = pod_spec(by_kind(docs, "Deployment")["sd35"])
+    variants = [p.split("=", 1)[0] for p in by_kind(docs, "ConfigMap")["sd35-config"]["data"]["SD35_MODELS"].split(",")]
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    (memory,) = [e for e in term["matchExpressions"] if e["key"] == "nvidia.com/gpu.memory"]
+    assert memory["operator"] == "Gt"
+    assert int(memory["values"][0]) * 2**20 >= 1.1 * _sd35_weights_bytes(variants), f"{overlay}: {variants}"
+    assert 70e9 < _sd35_weights_bytes(["large", "large-turbo", "medium"]) < 73e9  # the 71 GB docs/DEPLOY.md states
+
+
 # -- overlays' specifics ------------------------------------------------------------------------------------------
 def test_cpu_overlay_builds_its_own_models() -> None:
     docs = render("cpu")
