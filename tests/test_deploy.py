@@ -572,6 +572,33 @@ def test_every_env_var_is_a_setting_of_its_service(overlay: str) -> None:
     assert checked == set(SERVICES)
 
 
+def test_the_walk_in_docs_deploys_what_it_says(tmp_path: Path) -> None:
+    """docs/DEPLOY.md's bare-cluster walk, steps 1-2, on a copy of the tree: its image override and its component
+    give every container the registry's image, and its Secret holds every key the pods mount."""
+    walk = _doc_block("walk")
+    lines = [ln.strip() for ln in walk.replace("\\\n", " ").splitlines()]
+    (overlay,) = [ln.split()[1] for ln in lines if ln.startswith("cd deploy/k8s/overlays/")]
+    (set_image,) = [ln for ln in lines if ln.startswith("kustomize edit set image")]
+    (add,) = [ln for ln in lines if ln.startswith("kustomize edit add component")]
+    tree = tmp_path / "k8s"
+    shutil.copytree(K8S, tree)
+    where = tree / overlay.removeprefix("deploy/k8s/")
+    pairs = [p.replace("REGISTRY/versus", REGISTRY).replace("TAG", TAG) for p in shlex.split(set_image)[4:]]
+    _set_images(where / "kustomization.yaml", pairs)
+    doc = yaml.safe_load((where / "kustomization.yaml").read_text())
+    doc.setdefault("components", []).append(shlex.split(add)[4])  # what `kustomize edit add component` writes
+    (where / "kustomization.yaml").write_text(yaml.safe_dump(doc))
+    docs = render_dir(where)
+    images = {c["image"] for d in by_kind(docs, "Deployment").values() for c in all_containers(d)}
+    assert images == {f"{REGISTRY}:{TAG}"}
+    (create,) = [ln for ln in lines if "create secret generic versus-tokens" in ln]
+    created = set(re.findall(r"--from-literal=(\w+)=", create))
+    mounted = {item["key"] for d in by_kind(docs, "Deployment").values() for v in pod_spec(d)["volumes"]
+               if v.get("secret", {}).get("secretName") == "versus-tokens" for item in v["secret"]["items"]}
+    assert mounted and mounted == created
+    assert f"kubectl apply -k {overlay}" in walk and "--token-file" in walk
+
+
 # -- secrets --------------------------------------------------------------------------------------------------------
 SECRET = {"gateway": "gateway-token", "vit": "vit-token", "sd35": "sd35-token", "ranker": "ranker-token"}
 
