@@ -122,6 +122,9 @@ def test_provenance_on_every_number(comparison: gateway_pb2.Comparison) -> None:
         # the honest project-built models: the gateway hashed them itself (GATEWAY_WEIGHTS_ROOT), equal to what
         # the services report
         assert report.weights.store_directory and report.weights.digest == report.weights.reported_digest
+        # and the ViT reproduced the known answers its build recorded for that digest
+        assert report.weights.known_answers == ("reproduced" if report.weights.service == "vit" else "not run"), \
+            report.weights.known_answers_detail
         for m in report.measurements:
             assert m.probe and m.measured_at and m.weights.service and m.weights.digest and m.unit, m
             assert m.mechanism_only == (m.weights.kind != "real")

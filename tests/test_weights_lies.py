@@ -7,11 +7,12 @@ ranker) lists the checkpoint's files with their sha256.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
 from conftest import InProcessServer
-from fakes.weights import catalog_with, described_as, describing, echoing, external_copy
+from fakes.weights import catalog_with, described_as, describing, echoing, external_copy, perturbed_copy, swapped
 from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 VIT, OTHER, HUB = "vit-base-patch16-224", "resnet-50", "versus-test/ckpt"
@@ -87,3 +88,34 @@ def test_attestation_needs_the_digest_the_gateway_computed(tmp_path: Path, store
     assert report.weights.digest == honest.digest and report.weights.store_directory == str(store / HUB)
     live = [r for r in report.capabilities if "served here" in r.title and r.mark == 1]
     assert live and all("operator-attested weights" in r.detail for r in live)
+
+
+def vit_service(model: Path) -> InProcessServer:
+    from services.vit.config import VitConfig
+    from services.vit.server import create_server
+
+    return InProcessServer(create_server, VitConfig.from_env({}, model=str(model), torch_threads=1, precision="fp32",
+                                                             **COMMON))
+
+
+def test_a_changed_model_behind_the_endpoint_contradicts_the_known_answers(tmp_path: Path,
+                                                                           vit_tiny_dir: Path) -> None:
+    """The honest project-built model: digest computed by the gateway, known answers (recorded at build time)
+    reproduced. The same endpoint, serving other weights while describing the old ones: contradicted."""
+    store = tmp_path / "store"
+    store.mkdir()
+    original = Path(shutil.copytree(vit_tiny_dir, store / "vit-tiny"))
+    catalog = catalog_with(tmp_path / "catalog", VIT, HUB, {})
+    with vit_service(original) as honest:
+        control = compare(catalog, honest.target, weights_root=str(store))
+    changed = perturbed_copy(original, tmp_path / "elsewhere" / "vit-tiny")
+    with vit_service(changed) as other, swapped(other.target, described_as(original, kind="random")) as liar:
+        lied = compare(catalog, liar.target, weights_root=str(store))
+    w = control.weights
+    assert (w.kind, w.known_answers, w.store_directory) == ("random", "reproduced", str(original)), \
+        w.known_answers_detail
+    assert w.digest == w.reported_digest
+    assert lied.weights.known_answers == "contradicted", lied.weights.known_answers_detail
+    assert lied.weights.kind == "external-unverified" and lied.weights.proof.startswith("contradicted: the served")
+    assert lied.weights.digest == w.digest == lied.weights.reported_digest  # the files and the echo agree: no proof
+    assert marks(lied) == marks(control)  # behaviour rows unchanged: only the weights mark moved

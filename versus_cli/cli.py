@@ -341,6 +341,16 @@ def cmd_models_pull(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_fingerprint(args: argparse.Namespace) -> int:
+    from services.vit.fingerprint import fingerprint_vit
+
+    doc = fingerprint_vit(Path(args.path))
+    top1 = ", ".join(str(o["top5"][0]) for o in doc["outputs"])
+    print(f"recorded the known answers of {args.path} (weights sha256 {doc['weights_digest']}): top-1 {top1} on "
+          f"{len(doc['outputs'])} reference images, in {Path(args.path) / 'versus-known-answers.json'}")
+    return 0
+
+
 def cmd_demo_byo(args: argparse.Namespace) -> int:
     from versus_cli.byo import run_demo_byo
 
@@ -481,6 +491,14 @@ def build_parser() -> argparse.ArgumentParser:
     pull.add_argument("--cache", required=True, help="hub cache directory (the services' HF_HUB_CACHE)")
     pull.add_argument("--include", action="append", default=[], help="only files matching this pattern (repeatable)")
     pull.set_defaults(func=cmd_models_pull)
+
+    weights = sub.add_parser("weights", help="known answers of weight files an operator hashed")
+    weights_sub = weights.add_subparsers(dest="weights_command", required=True)
+    fingerprint = weights_sub.add_parser(
+        "fingerprint", help="record the outputs of a ViT checkpoint directory on the shipped reference images "
+                            "(versus-known-answers.json beside the weights, against their sha256)")
+    fingerprint.add_argument("path", help="the checkpoint directory (config.json, *.safetensors, processor)")
+    fingerprint.set_defaults(func=cmd_weights_fingerprint)
 
     demo = sub.add_parser("demo", help="build models, start the four services, run the demo comparison")
     demo.add_argument("--models-dir", default=".models", help="where built models are cached")

@@ -42,6 +42,10 @@ def build_model(name: str, out: Path, base: Path | None = None) -> Path:
         write_provenance(target, "trained-here", name, TRAINED_HERE[name])
     else:
         write_provenance(target, "random", name, "random weights from the architecture's config")
+    if name in VIT:  # known answers recorded against these files' digest, at build time
+        from services.vit.fingerprint import fingerprint_vit
+
+        fingerprint_vit(target, recorded_by=f"versus models build {name}")
     return built
 
 

@@ -25,16 +25,20 @@ holds, not what the endpoint runs.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 from versus.common.v1 import common_pb2
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
+from services.common import known_answers
 from services.common.convert import PRECISION_FROM_PROTO
+from services.gateway.downstream import DownstreamError
 from services.gateway.weights_store import StoreReading, WeightsStore
 
 REAL, ATTESTED, UNVERIFIED, UNKNOWN = "real", "operator-attested", "external-unverified", "unknown"
+#: Sends reference images to the served model and returns one row of logits per image.
+Ask = Callable[[list[bytes]], Awaitable[list[list[float]]]]
 #: Kinds a service may report from the project's own marker (they only ever lower what weights decide).
 BUILT_HERE = ("random", "trained-here")
 
@@ -141,3 +145,39 @@ def classify_weights(service: str, info: common_pb2.ModelInfo, entry: ranker_pb2
         kind = f"; the service calls them '{w.reported_kind}', which is not proof" if w.reported_kind else ""
         out.kind, out.proof = UNVERIFIED, f"unverified: {why}{pin}; {said}{kind}"
     return out
+
+
+async def check_known_answers(out: gateway_pb2.ServedWeights, reading: StoreReading, ask: Ask | None) -> None:
+    """Bind the hashed files to what answers on the wire: the served model must reproduce the outputs recorded
+    for the computed digest, within the tolerance for its backend and precision (as reported: they choose
+    the tolerance only), or its weights are contradicted and no longer decide anything."""
+    doc = reading.known
+    if ask is None:
+        out.known_answers, out.known_answers_detail = "not run", "known answers are recorded for ViT classifiers only"
+        return
+    if doc is None or not out.digest:
+        out.known_answers = "not found"
+        out.known_answers_detail = reading.known_note or reading.note or "no record for these weights"
+        return
+    if doc["weights_digest"] != out.digest:
+        out.known_answers, out.known_answers_detail = "not found", (
+            f"the record in {reading.directory} is for sha256 {_short(doc['weights_digest'])}, not for the "
+            f"computed {_short(out.digest)}")
+        return
+    try:
+        observed = await ask(known_answers.reference_images())
+    except DownstreamError as exc:
+        out.known_answers, out.known_answers_detail = "not run", f"Classify failed: {exc.details.message}"
+        return
+    ok, said = known_answers.compare(doc, observed, out.backend, out.precision)
+    rec = doc.get("recorded_with", {})
+    source = (f"recorded by {rec.get('by', '?')} on {rec.get('backend', '?')}/{rec.get('precision', '?')} for sha256 "
+              f"{_short(out.digest)}")
+    out.known_answers_detail = f"{len(observed)} reference images, {source}: {said}"
+    if ok:
+        out.known_answers = "reproduced"
+        return
+    out.known_answers = "contradicted"
+    out.proof = (f"contradicted: the served model does not reproduce the known answers of the files the gateway "
+                 f"hashed ({out.known_answers_detail}); was {out.kind}: {out.proof}")
+    out.kind = UNVERIFIED

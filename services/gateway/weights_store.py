@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from services.common import known_answers
 from services.common.weights import BUILT_KINDS, DigestCache, WeightFile, combined_digest, marker_kind, weight_paths
 
 
@@ -27,6 +28,9 @@ class StoreReading:
     listed: dict[str, str] = field(default_factory=dict)
     marker: str = ""  # the project's marker kind read from the directory ("random", "trained-here"), or ""
     note: str = ""  # why nothing was read, in words
+    #: The known-answer record beside the files (services.common.known_answers), or None with known_note.
+    known: dict | None = None
+    known_note: str = ""
 
     @property
     def digest(self) -> str:
@@ -91,6 +95,8 @@ class WeightsStore:
             marker, _ = marker_kind(d)
             found = {p: by_path.get(p) or (self.cache.sha256(d / p) if _inside(d / p, d) and (d / p).is_file()
                                             else "") for p in listed}
-            return StoreReading(str(d), files, found, marker if marker in BUILT_KINDS else "")
+            known, known_note = known_answers.read(d)
+            return StoreReading(str(d), files, found, marker if marker in BUILT_KINDS else "", known=known,
+                                known_note=known_note)
         where = f"{hub_id or 'no hub id'}" + (f", reported source {source_hint}" if source_hint else "")
         return StoreReading(note=f"no weight files for {where} under the gateway's weights store {self.root}")

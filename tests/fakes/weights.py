@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+import grpc
 from fake_services import FakeVit, Loopback
 from versus.common.v1 import common_pb2
 from versus.vit.v1 import vit_pb2_grpc
@@ -59,9 +60,11 @@ def echoing(published: dict[str, str], hub_id: str) -> common_pb2.ServedWeightsI
 
 
 def external_copy(model_dir: Path, into: Path) -> Path:
-    """``model_dir`` copied without the project's marker: someone else's weights, as a store holds them."""
+    """``model_dir`` copied without the project's marker and known answers: someone else's weights, as a store
+    holds them (the fake ViT's answers are not those weights': with their record, known answers contradict)."""
     shutil.copytree(model_dir, into)
     (into / "versus-weights.json").unlink(missing_ok=True)
+    (into / "versus-known-answers.json").unlink(missing_ok=True)
     return into
 
 
@@ -76,3 +79,51 @@ def catalog_with(root: Path, model: str, hub_id: str, published: dict[str, str])
             else "not found: test fixture"}
     (root / f"{model}.json").write_text(json.dumps(doc))
     return root
+
+
+class SwappedVit(vit_pb2_grpc.VitServiceServicer):
+    """The lie "changed model behind the endpoint": every call goes to a real vit service at ``target`` (other
+    weights), while GetModelInfo describes ``weights`` (the files the endpoint served before)."""
+
+    def __init__(self, target: str, weights: common_pb2.ServedWeightsInfo) -> None:
+        self.target, self.weights = target, weights
+
+    async def _forward(self, method: str, request: object, context: object) -> object:
+        async with grpc.aio.insecure_channel(self.target) as ch:
+            return await getattr(vit_pb2_grpc.VitServiceStub(ch), method)(request, timeout=60)
+
+    async def Classify(self, request, context):
+        return await self._forward("Classify", request, context)
+
+    async def Embed(self, request, context):
+        return await self._forward("Embed", request, context)
+
+    async def CreateHead(self, request, context):
+        return await self._forward("CreateHead", request, context)
+
+    async def DeleteHead(self, request, context):
+        return await self._forward("DeleteHead", request, context)
+
+    async def GetModelInfo(self, request, context):
+        reply = await self._forward("GetModelInfo", request, context)
+        reply.model.weights.CopyFrom(self.weights)
+        reply.model.properties.clear()
+        return reply
+
+
+def swapped(target: str, weights: common_pb2.ServedWeightsInfo) -> Loopback:
+    return Loopback(SwappedVit(target, weights), vit_pb2_grpc.add_VitServiceServicer_to_server)
+
+
+def perturbed_copy(model_dir: Path, into: Path, scale: float = 0.05) -> Path:
+    """``model_dir`` with every weight tensor moved by seeded noise: the same architecture, other weights."""
+    import numpy as np
+    from safetensors.numpy import load_file, save_file
+
+    shutil.copytree(model_dir, into)
+    for f in into.rglob("*.safetensors"):
+        tensors = load_file(f)
+        rng = np.random.default_rng(7)
+        save_file({k: (v + scale * rng.standard_normal(v.shape)).astype(v.dtype) for k, v in tensors.items()}, f)
+    (into / "versus-known-answers.json").unlink(missing_ok=True)
+    return into

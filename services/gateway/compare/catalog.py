@@ -18,13 +18,13 @@ from services.common.errors import NotFound, quote
 from services.gateway.compare.probes import VitInfo
 from services.gateway.compare.sd35_probes import VariantInfo
 from services.gateway.config import ServedBy
-from services.gateway.weights import classify_weights, read_store
+from services.gateway.weights import Ask, check_known_answers, classify_weights, read_store
 from services.gateway.weights_store import WeightsStore
 
 #: A read-only call whose answer the gateway may share for a few seconds: (component, method, request, timeout).
 CachedCall = Callable[[str, str, object, float], Awaitable[object]]
 #: What the gateway establishes about one service's weights from its GetModelInfo.
-WeightsOf = Callable[[ServedBy, common_pb2.ModelInfo], Awaitable[gateway_pb2.ServedWeights]]
+WeightsOf = Callable[[ServedBy, common_pb2.ModelInfo, Ask | None], Awaitable[gateway_pb2.ServedWeights]]
 
 
 async def read_catalog(call: CachedCall, timeout: float, model_ids: tuple[str, ...]
@@ -44,17 +44,25 @@ def weights_judge(catalog: Mapping[str, ranker_pb2.CatalogEntry], served: Mappin
                   attested: Mapping[str, str], store: WeightsStore) -> WeightsOf:
     """From files the gateway hashes itself in ``store``: real only on every published digest, operator-attested
     on a pinned one. Hashing runs off the event loop (a first read of a large checkpoint takes minutes)."""
-    async def weights_of(by: ServedBy, info: common_pb2.ModelInfo) -> gateway_pb2.ServedWeights:
+    async def weights_of(by: ServedBy, info: common_pb2.ModelInfo, ask: Ask | None) -> gateway_pb2.ServedWeights:
         model_id = next((m for m, s in served.items() if s == by), "")
         entry = catalog.get(model_id)
         reading = await asyncio.to_thread(read_store, store, info, entry)
-        return classify_weights(str(by), info, entry, dict(attested), reading)
+        out = classify_weights(str(by), info, entry, dict(attested), reading)
+        await check_known_answers(out, reading, ask)
+        return out
     return weights_of
 
 
 async def read_vit_info(call: CachedCall, timeout: float, weights_of: WeightsOf) -> VitInfo:
     reply = await call("vit", "GetModelInfo", vit_pb2.GetModelInfoRequest(), timeout)
-    return VitInfo("vit", reply, await weights_of(ServedBy("vit"), reply.model))  # type: ignore[arg-type, attr-defined]
+
+    async def ask(images: list[bytes]) -> list[list[float]]:
+        answer = await call("vit", "Classify", vit_pb2.ClassifyRequest(
+            images=[common_pb2.Image(data=b) for b in images], top_k=1, return_logits=True), timeout)
+        return [list(r.logits) for r in answer.results]  # type: ignore[attr-defined]
+
+    return VitInfo("vit", reply, await weights_of(ServedBy("vit"), reply.model, ask))  # type: ignore[arg-type, attr-defined]
 
 
 async def read_sd35_info(call: CachedCall, timeout: float, weights_of: WeightsOf) -> dict[str, VariantInfo]:
@@ -62,7 +70,7 @@ async def read_sd35_info(call: CachedCall, timeout: float, weights_of: WeightsOf
     out = {}
     for v in reply.variants:  # type: ignore[attr-defined]
         name = enum_name(sd35_pb2.Variant, "VARIANT", v.variant)
-        out[name] = VariantInfo(name, v, await weights_of(ServedBy("sd35", name), v.model))
+        out[name] = VariantInfo(name, v, await weights_of(ServedBy("sd35", name), v.model, None))
     return out
 
 

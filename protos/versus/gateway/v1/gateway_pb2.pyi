@@ -264,6 +264,8 @@ class ServedWeights(_message.Message):
     REPORTED_DIGEST_FIELD_NUMBER: _builtins.int
     REPORTED_FILES_FIELD_NUMBER: _builtins.int
     STORE_DIRECTORY_FIELD_NUMBER: _builtins.int
+    KNOWN_ANSWERS_FIELD_NUMBER: _builtins.int
+    KNOWN_ANSWERS_DETAIL_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """"vit", "sd35/large", ..."""
     served_model_id: _builtins.str
@@ -297,6 +299,16 @@ class ServedWeights(_message.Message):
     """The combined digest the service reports ("reported by the service"; decides nothing)."""
     store_directory: _builtins.str
     """The directory of the gateway's weights store it read the files from; empty when none."""
+    known_answers: _builtins.str
+    """Known answers: whether the served model reproduced the outputs recorded for these weights' digest on
+    the shipped reference inputs (services/common/known_answers.py): "reproduced", "contradicted" (then
+    kind is "external-unverified": the files hashed are not what answers), "not found" (no record for
+    this digest), "not run" (no ViT, or the call failed).
+    """
+    known_answers_detail: _builtins.str
+    """The figures behind known_answers, in words (largest logit difference against the tolerance stated for
+    the deployment's backend and precision, top-1 changes, where the record came from).
+    """
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WeightFile]:
         """The weight files the gateway hashed in its store, with the sha256 of their bytes."""
@@ -322,10 +334,12 @@ class ServedWeights(_message.Message):
         reported_digest: _builtins.str = ...,
         reported_files: _abc.Iterable[_common_pb2.WeightFile] | None = ...,
         store_directory: _builtins.str = ...,
+        known_answers: _builtins.str = ...,
+        known_answers_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "digest", b"digest", "files", b"files", "kind", b"kind", "precision", b"precision", "proof", b"proof", "reported_digest", b"reported_digest", "reported_files", b"reported_files", "reported_kind", b"reported_kind", "revision", b"revision", "served_model_id", b"served_model_id", "service", b"service", "store_directory", b"store_directory"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "digest", b"digest", "files", b"files", "kind", b"kind", "known_answers", b"known_answers", "known_answers_detail", b"known_answers_detail", "precision", b"precision", "proof", b"proof", "reported_digest", b"reported_digest", "reported_files", b"reported_files", "reported_kind", b"reported_kind", "revision", b"revision", "served_model_id", b"served_model_id", "service", b"service", "store_directory", b"store_directory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
