@@ -10,14 +10,16 @@ McNemar's exact test for paired outcomes, and Holm's step-down correction when o
 - Holm (1979): with m tests, the i-th smallest p-value is multiplied by (m - i + 1), and the adjusted values
   are made non-decreasing; the family-wise error rate stays at alpha. scipy has no Holm; it is four lines.
 
-scipy is imported on first use (it costs about half a second), and callers on an event loop run these
-through ``asyncio.to_thread``.
+scipy is imported with this module (about half a second, once, before a server serves), so no first call
+imports it on an event loop; callers on an event loop run the heavier ones through ``asyncio.to_thread``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
+from scipy.stats import binomtest
 
 #: z for a two-sided 95% interval.
 Z95 = 1.959963984540054
@@ -30,8 +32,6 @@ def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
         raise ValueError(f"need 0 <= hits <= n, got {hits}/{n}")
     if n == 0:
         return 0.0, 1.0
-    from scipy.stats import binomtest
-
     level = math.erf(z / math.sqrt(2))  # two-sided coverage of +-z under the normal
     ci = binomtest(hits, n).proportion_ci(confidence_level=level, method="wilson")
     # Exact at the edges (rounding must not put 1.0 outside the interval of n/n).
@@ -44,8 +44,6 @@ def mcnemar_exact(only_a: int, only_b: int) -> float:
         raise ValueError("discordant counts must be >= 0")
     if only_a + only_b == 0:
         return 1.0
-    from scipy.stats import binomtest
-
     return min(1.0, float(binomtest(only_a, only_a + only_b, 0.5).pvalue))
 
 
