@@ -11,13 +11,10 @@ import io
 import math
 import threading
 import time
-from collections.abc import AsyncIterator
 
 import grpc
-import numpy as np
 from PIL import Image
 from versus.common.v1 import common_pb2
-from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 LABELS = [f"label{i}" for i in range(10)]
@@ -130,88 +127,6 @@ class FakeVit(vit_pb2_grpc.VitServiceServicer):
         return vit_pb2.DeleteHeadResponse()
 
 
-def _noise_png(digest: bytes, side: int) -> bytes:
-    """A picture of 8x8-pixel blocks of noise seeded by ``digest`` (never flat; pixels follow the digest)."""
-    rng = np.random.default_rng(int.from_bytes(digest[:8], "big"))
-    blocks = rng.integers(0, 256, (max(1, side // 8), max(1, side // 8), 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(blocks.repeat(8, 0).repeat(8, 1)[:side, :side]).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _flat_png(digest: bytes, side: int) -> bytes:
-    """A flat grey image whose PNG text chunk holds ``digest``: its bytes vary with the request, its pixels never."""
-    from PIL import PngImagePlugin
-
-    meta = PngImagePlugin.PngInfo()
-    meta.add_text("request", digest.hex())
-    buf = io.BytesIO()
-    Image.new("RGB", (side, side), (128, 128, 128)).save(buf, format="PNG", pnginfo=meta)
-    return buf.getvalue()
-
-
-class FakeSd35(sd35_pb2_grpc.Sd35ServiceServicer):
-    """Large and Large Turbo "pipelines" that paint noise seeded from what a real pipeline would condition
-    on. ``lies``: size, nondeterministic, guidance, accept-beyond, t5, lora, turbo-slow, undecodable,
-    internal, down. Consistent lies (GetModelInfo describes what the service does): flat (a flat grey image,
-    the request's hash in a PNG text chunk), max-256 (advertises and serves at most 256x256), steps-4 (Turbo
-    says and replies 4 steps, runs 28), ignores-prompt (the prompt never reaches the picture)."""
-
-    STEPS = {sd35_pb2.VARIANT_LARGE: 28, sd35_pb2.VARIANT_LARGE_TURBO: 4}
-
-    def __init__(self, lies: frozenset[str] = frozenset()) -> None:
-        self.lies = lies
-        self.max_pixels = 256 * 256 if "max-256" in lies else 1024 * 1024
-        self.generating = threading.Event()  # set by the first Generate (a test may kill the server then)
-
-    async def Generate(self, request, context) -> AsyncIterator[sd35_pb2.GenerateResponse]:
-        self.generating.set()
-        if "down" in self.lies:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "draining")
-        if "internal" in self.lies:
-            await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-        side = request.width
-        too_big = side * side > self.max_pixels and "accept-beyond" not in self.lies
-        if too_big or side % 16:
-            await _refuse(context, "width", f"width {side} is outside the limits")
-        steps = request.steps if request.HasField("steps") else self.STEPS[request.variant]
-        turbo = request.variant == sd35_pb2.VARIANT_LARGE_TURBO
-        said = steps
-        if turbo and not request.HasField("steps") and ({"turbo-slow", "steps-4"} & self.lies):
-            steps = 28
-            said = 4 if "steps-4" in self.lies else steps
-        await asyncio.sleep(0.002 * steps)
-        prompt = " ".join(request.prompt.split()[:60]) if "t5" in self.lies else request.prompt
-        prompt = "" if "ignores-prompt" in self.lies else prompt
-        guidance = request.guidance_scale if "guidance" not in self.lies else 0
-        negative = request.negative_prompt if "guidance" not in self.lies else ""
-        adapters = [(a.name, a.weight) for a in request.adapters] if "lora" not in self.lies else []
-        extra = time.perf_counter() if "nondeterministic" in self.lies else 0
-        digest = _seed(prompt, request.seed, guidance, negative, adapters, steps, extra)
-        paint = _flat_png if "flat" in self.lies else _noise_png
-        data = b"not a png" if "undecodable" in self.lies else paint(digest, side - (16 if "size" in self.lies else 0))
-        yield sd35_pb2.GenerateResponse(result=sd35_pb2.Result(
-            images=[common_pb2.Image(data=data, mime_type="image/png")], seeds=[request.seed], steps=said,
-            width=side, height=side))
-
-    async def GetModelInfo(self, request, context):
-        if "info-down" in self.lies:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "not ready")
-        variants = []
-        for v, steps in self.STEPS.items():
-            model = common_pb2.ModelInfo(id="fake-sd35", backend="diffusers", device="cpu",
-                                         precision=common_pb2.PRECISION_FP32,
-                                         properties={"weights_kind": "random", "weights_digest": "b" * 64,
-                                                     "transformer_layers": "2", "text_encoder_3": "t5"})
-            variants.append(sd35_pb2.VariantInfo(variant=v, model=model, default_steps=steps, default_width=64,
-                                                 default_height=64, min_pixels=0, max_pixels=self.max_pixels))
-        return sd35_pb2.GetModelInfoResponse(variants=variants, max_prompt_chars=2000, max_queue=8, max_adapters=2)
-
-    async def ListAdapters(self, request, context):
-        return sd35_pb2.ListAdaptersResponse(adapters=[sd35_pb2.AdapterInfo(name="style", path="loras/style",
-                                                                            variant=sd35_pb2.VARIANT_LARGE)])
-
-
 async def _refuse(context: grpc.aio.ServicerContext, field: str, message: str) -> None:
     """INVALID_ARGUMENT with a google.rpc BadRequest naming ``field``, as the real services answer."""
     from google.protobuf import any_pb2
@@ -265,7 +180,3 @@ class Loopback:
 def fake_vit(lies: str = "", **kw: object) -> Loopback:
     return Loopback(FakeVit(frozenset(filter(None, lies.split(","))), **kw),
                     vit_pb2_grpc.add_VitServiceServicer_to_server)
-
-
-def fake_sd35(lies: str = "") -> Loopback:
-    return Loopback(FakeSd35(frozenset(filter(None, lies.split(",")))), sd35_pb2_grpc.add_Sd35ServiceServicer_to_server)

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import InProcessServer
-from fake_services import fake_sd35, fake_vit
+from fake_services import fake_vit
+from fakes.sd35 import fake_sd35
 from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
 from services.gateway.compare.checks import CHECKS

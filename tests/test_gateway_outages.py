@@ -7,7 +7,8 @@ from __future__ import annotations
 import threading
 
 import pytest
-from fake_services import fake_sd35, fake_vit
+from fake_services import fake_vit
+from fakes.sd35 import fake_sd35
 from test_gateway_checks import LARGE, TURBO, UNAVAILABLE, VERIFIED, VIT, compare, ranker  # noqa: F401 (fixture)
 from versus.gateway.v1 import gateway_pb2
 

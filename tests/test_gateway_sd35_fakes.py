@@ -5,10 +5,12 @@ loopback); the ranker is real, with the project's catalog."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from conftest import InProcessServer
-from fake_services import fake_sd35
-from test_gateway_checks import LARGE, TURBO, VERIFIED, compare, ranker  # noqa: F401 (fixture)
+from fakes.sd35 import fake_judge, fake_sd35
+from test_gateway_checks import CONTRADICTED, LARGE, TURBO, VERIFIED, VIT, compare, ranker  # noqa: F401 (fixture)
 from versus.gateway.v1 import gateway_pb2
 
 Row = tuple[str, str, str]  # (model, capability, "live" or the claim's metric)
@@ -61,3 +63,29 @@ def test_the_honest_fake_verifies_every_sd35_row(honest: set[Row]) -> None:
 def test_a_consistent_lie_loses_exactly_its_rows(ranker, honest: set[Row], lie: str) -> None:  # noqa: F811
     lost = honest - _verified(_run(ranker, lie))
     assert lost == LOST[lie], (lie, sorted(lost ^ LOST[lie]))
+
+
+# -- quality: no check is exempt -------------------------------------------------------------------------------
+def _store(root: Path, hub_id: str, data: bytes) -> str:
+    """One weight file in the gateway's store under the catalog's hub id; the combined digest it computes."""
+    from services.common.weights import combined_digest, weight_files
+
+    d = root / hub_id
+    d.mkdir(parents=True)
+    (d / "model.safetensors").write_bytes(data)
+    return combined_digest(weight_files(d))
+
+
+@pytest.mark.parametrize("lie", ["", "ignores-prompt"])
+def test_quality_catches_a_generator_that_ignores_the_prompt(ranker, tmp_path: Path, lie: str) -> None:  # noqa: F811
+    """On weights that may decide (operator-attested here: the gateway hashed them itself), a generator whose
+    pictures follow the prompt clears the adherence bar; one that ignores it does not."""
+    pins = (f"{VIT}={_store(tmp_path, 'google/vit-base-patch16-224', b'judge')}",
+            f"{LARGE}={_store(tmp_path, 'stabilityai/stable-diffusion-3.5-large', b'large')}")
+    with fake_judge() as judge, fake_sd35(lie) as sd35:
+        c = compare(ranker, (LARGE, TURBO), vit=judge.target, sd35=sd35.target, lora_probe_path="",
+                    imagenet_classes="tench,goldfish", weights_root=str(tmp_path), attest=pins)
+    row = next(r for m in c.models if m.entry.id == LARGE for r in m.capabilities
+               if r.capability_id == "prompt-adherence" and "served here" in r.title)
+    assert row.mark == (CONTRADICTED if lie else VERIFIED), row
+    assert "top-5 hit" in row.detail
