@@ -849,7 +849,8 @@ def test_the_kserve_schema_check_refuses_mistakes(path: tuple[str, ...], value: 
 
 
 def test_kserve_runtimes_serve_v2_on_gpus_with_the_project_image() -> None:
-    """RawDeployment, OIP v2 over gRPC on the servers' own port (which is first: KServe publishes it), one GPU each,
+    """RawDeployment, OIP v2 over REST (the first port: KServe publishes it on 80) and over gRPC (the servers' own
+    port, h2c), one GPU each,
     the CUDA image of the Dockerfiles, command lines and settings the real service accepts, the weights the weights
     Jobs pull, on the claims they fill."""
     import tomllib
@@ -867,7 +868,7 @@ def test_kserve_runtimes_serve_v2_on_gpus_with_the_project_image() -> None:
         model = isvc["spec"]["predictor"]["model"]
         runtime = runtimes[model["runtime"]]["spec"]
         assert model["modelFormat"]["name"] in [f["name"] for f in runtime["supportedModelFormats"]]
-        assert model["protocolVersion"] == "grpc-v2" and "grpc-v2" in runtime["protocolVersions"]
+        assert model["protocolVersion"] == "v2" and {"v2", "grpc-v2"} <= set(runtime["protocolVersions"])
         assert model["resources"]["requests"]["nvidia.com/gpu"] == model["resources"]["limits"]["nvidia.com/gpu"] == "1"
         (container,) = runtime["containers"]
         assert container["name"] == "kserve-container" and container["image"] == f"versus:{version}-cuda"
@@ -877,10 +878,11 @@ def test_kserve_runtimes_serve_v2_on_gpus_with_the_project_image() -> None:
         env = {e["name"]: e["value"] for e in [*container["env"], *model["env"]]}
         settings = {config.env_name(f) for f in config.__dataclass_fields__}
         assert set(env) - settings <= PROCESS_ENV, f"{service}: {sorted(set(env) - settings - PROCESS_ENV)}"
-        first = container["ports"][0]
-        assert "grpc" in first["name"]
-        assert first["containerPort"] == int(env[f"{service.upper()}_PORT"]) == PORTS[service][0]
-        assert container["readinessProbe"]["grpc"]["port"] == first["containerPort"]
+        rest, *others = container["ports"]
+        assert "grpc" not in rest["name"] and rest["containerPort"] == int(env[f"{service.upper()}_HTTP_PORT"])
+        (grpc_port,) = [p for p in others if "grpc" in p["name"]]
+        assert grpc_port["containerPort"] == int(env[f"{service.upper()}_PORT"]) == PORTS[service][0]
+        assert container["readinessProbe"]["grpc"]["port"] == grpc_port["containerPort"]
         volumes = {v["name"]: v for v in isvc["spec"]["predictor"]["volumes"]}
         (mount,) = model["volumeMounts"]
         claim = volumes[mount["name"]]["persistentVolumeClaim"]["claimName"]
