@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.backend import ModelInfo, ServiceBackend
-from services.common.errors import InvalidArgument, quote
+from services.common.errors import InvalidArgument, NotFound, quote
 from services.common.metrics import Metrics
 from services.ranker import bt
 from services.ranker.adoption import HubAdoption, HubReader
+from services.ranker.attestations import AttestationRecord, digest_problem, fingerprint_problem
 from services.ranker.catalog import ID_PATTERN, MAX_ID_CHARS, CatalogEntry, TaskScale, load_catalog, load_tasks
 from services.ranker.config import RankerConfig
 from services.ranker.errors import DeploymentConflict, UnknownModel
@@ -270,6 +271,24 @@ class RankerBackend(ServiceBackend):
             raise DeploymentConflict(f"id: {quote(deployment_id)} is registered with another identity (another "
                                      "endpoint, model or version): give that deployment its own id")
         return existed
+
+    # -- attestations -------------------------------------------------------------------------------
+    async def record_attestation(self, model_id: str, digest: str, fingerprint: str) -> AttestationRecord:
+        """Keep the first attestation of (model, digest) and answer the stored one (first wins)."""
+        _raise([(f, p) for f, p in (("attestation.model_id", model_id_problem(model_id)),
+                                    ("attestation.digest", digest_problem(digest)),
+                                    ("attestation.fingerprint", fingerprint_problem(fingerprint))) if p])
+        stored, at, created = await self._db(self.store.record_attestation, model_id, digest, fingerprint)
+        return AttestationRecord(model_id, digest, stored, at, created)
+
+    async def attestation(self, model_id: str, digest: str) -> AttestationRecord:
+        _raise([(f, p) for f, p in (("model_id", model_id_problem(model_id)), ("digest", digest_problem(digest)))
+                if p])
+        found = await self._db(self.store.attestation, model_id, digest)
+        if found is None:
+            raise NotFound(f"no attestation of {quote(model_id)} for sha256 {digest[:16]}…",
+                           resource_type="attestation", resource_name=model_id)
+        return AttestationRecord(model_id, digest, found[0], found[1])
 
     # -- leaderboard --------------------------------------------------------------------------------
     async def leaderboard(self, task: str = "") -> Leaderboard:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import grpc
 from versus.common.v1 import common_pb2
 from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 
+from services.ranker.attestations import AttestationRecord
 from services.ranker.backend import Leaderboard, RankerBackend
 from services.ranker.catalog import CatalogEntry
 from services.ranker.scoring import ScoreReport
@@ -23,6 +26,11 @@ def score_response(report: ScoreReport) -> ranker_pb2.ScoreResponse:
         leaders=[ranker_pb2.DimensionLeader(dimension=d, model_id=m) for d, m in report.leaders.items()],
         verdict=report.verdict, shared_dimensions=report.shared_dimensions,
         unshared_dimensions=report.unshared_dimensions)
+
+
+def _attestation(r: AttestationRecord) -> ranker_pb2.Attestation:
+    at = datetime.fromtimestamp(r.recorded_at, UTC).isoformat(timespec="seconds")
+    return ranker_pb2.Attestation(model_id=r.model_id, digest=r.digest, fingerprint=r.fingerprint, recorded_at=at)
 
 
 def _iso(value: object) -> str:
@@ -89,6 +97,17 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
                                  context: grpc.aio.ServicerContext) -> ranker_pb2.RegisterDeploymentResponse:
         existed = await self.backend.register_deployment(request.id, request.identity)
         return ranker_pb2.RegisterDeploymentResponse(existed=existed)
+
+    async def RecordAttestation(self, request: ranker_pb2.RecordAttestationRequest,
+                                context: grpc.aio.ServicerContext) -> ranker_pb2.RecordAttestationResponse:
+        a = request.attestation
+        record = await self.backend.record_attestation(a.model_id, a.digest, a.fingerprint)
+        return ranker_pb2.RecordAttestationResponse(attestation=_attestation(record), created=record.created)
+
+    async def GetAttestation(self, request: ranker_pb2.GetAttestationRequest,
+                             context: grpc.aio.ServicerContext) -> ranker_pb2.GetAttestationResponse:
+        record = await self.backend.attestation(request.model_id, request.digest)
+        return ranker_pb2.GetAttestationResponse(attestation=_attestation(record))
 
     async def GetModel(self, request: ranker_pb2.GetModelRequest,
                        context: grpc.aio.ServicerContext) -> ranker_pb2.GetModelResponse:

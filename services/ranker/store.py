@@ -88,6 +88,12 @@ class MatchStore(Protocol):
     def adoption_readings(self, model_ids: list[str]) -> list[Reading]:
         """The latest stored reading of each figure of ``model_ids``."""
 
+    def record_attestation(self, model_id: str, digest: str, fingerprint: str) -> tuple[str, float, bool]:
+        """Store the first attestation of (model, digest); returns the stored (fingerprint, time, created)."""
+
+    def attestation(self, model_id: str, digest: str) -> tuple[str, float] | None:
+        """The stored (fingerprint, time) of (model, digest), or None."""
+
     def close(self) -> None: ...
 
 
@@ -121,6 +127,16 @@ CREATE TABLE IF NOT EXISTS adoption_readings (
     url TEXT NOT NULL,
     read_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (model_id, name)
+)
+"""
+#: Weights an operator attested, with the known-answer fingerprint of the first attested run (first one wins).
+_ATTESTATIONS = """
+CREATE TABLE IF NOT EXISTS attestations (
+    model_id TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    recorded_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (model_id, digest)
 )
 """
 _COLUMNS = "idempotency_key, fingerprint, model_a, model_b, outcome, task, evidence, created_at"
@@ -243,6 +259,26 @@ class _SqlStore:
                 "ORDER BY model_id, name"), tuple(model_ids)).fetchall()
         return [Reading(m, n, float(v), u, float(t)) for m, n, v, u, t in rows]
 
+    def record_attestation(self, model_id: str, digest: str, fingerprint: str) -> tuple[str, float, bool]:
+        with self._lock:
+            row = self._execute(self._sql(
+                "INSERT INTO attestations (model_id, digest, fingerprint, recorded_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (model_id, digest) DO NOTHING RETURNING fingerprint, recorded_at"),
+                (model_id, digest, fingerprint, time.time())).fetchone()
+            created = row is not None
+            if not created:
+                row = self._execute(self._sql("SELECT fingerprint, recorded_at FROM attestations WHERE model_id = ? "
+                                              "AND digest = ?"), (model_id, digest)).fetchone()
+        if row is None:
+            raise Unavailable("attestation store lost a row it just reported as present; retry")
+        return str(row[0]), float(row[1]), created
+
+    def attestation(self, model_id: str, digest: str) -> tuple[str, float] | None:
+        with self._lock:
+            row = self._execute(self._sql("SELECT fingerprint, recorded_at FROM attestations WHERE model_id = ? AND "
+                                          "digest = ?"), (model_id, digest)).fetchone()
+        return None if row is None else (str(row[0]), float(row[1]))
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -268,6 +304,7 @@ class SqliteStore(_SqlStore):
             self._db.execute(_INDEX)
             self._db.execute(_DEPLOYMENTS)
             self._db.execute(_ADOPTION)
+            self._db.execute(_ATTESTATIONS)
         except sqlite3.Error as exc:
             raise ConfigError(f"cannot open SQLite database {path}: {exc}") from exc
 
@@ -292,6 +329,7 @@ class PostgresStore(_SqlStore):
             self._db.execute(_INDEX)
             self._db.execute(_DEPLOYMENTS)
             self._db.execute(_ADOPTION)
+            self._db.execute(_ATTESTATIONS)
         except psycopg.Error as exc:
             raise ConfigError(f"cannot open PostgreSQL database: {exc}") from exc
 

@@ -914,3 +914,126 @@ class RegisterDeploymentResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterDeploymentResponse: _TypeAlias = RegisterDeploymentResponse  # noqa: Y015
+
+@_typing.final
+class Attestation(_message.Message):
+    """Weights an operator vouched for, bound to what the served model answered when first attested."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """The catalog id the attestation is for (1..128 characters of [a-z0-9._-])."""
+    digest: _builtins.str
+    """The combined sha256 of the weight files, as the gateway computed it (64 lower-case hex characters)."""
+    fingerprint: _builtins.str
+    """The known-answer record observed on the first attested run (JSON, services/common/known_answers.py:
+    the served model's logits on the shipped reference images); empty when the model has none (SD3.5).
+    """
+    recorded_at: _builtins.str
+    """When the ranker stored it (ISO 8601, UTC); set by the ranker."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        digest: _builtins.str = ...,
+        fingerprint: _builtins.str = ...,
+        recorded_at: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "fingerprint", b"fingerprint", "model_id", b"model_id", "recorded_at", b"recorded_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Attestation: _TypeAlias = Attestation  # noqa: Y015
+
+@_typing.final
+class RecordAttestationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTESTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attestation(self) -> Global___Attestation: ...
+    def __init__(
+        self,
+        *,
+        attestation: Global___Attestation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAttestationRequest: _TypeAlias = RecordAttestationRequest  # noqa: Y015
+
+@_typing.final
+class RecordAttestationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTESTATION_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    @_builtins.property
+    def attestation(self) -> Global___Attestation:
+        """The stored record: this request's when created, else the one recorded first."""
+
+    def __init__(
+        self,
+        *,
+        attestation: Global___Attestation | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordAttestationResponse: _TypeAlias = RecordAttestationResponse  # noqa: Y015
+
+@_typing.final
+class GetAttestationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    digest: _builtins.str
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "model_id", b"model_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAttestationRequest: _TypeAlias = GetAttestationRequest  # noqa: Y015
+
+@_typing.final
+class GetAttestationResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ATTESTATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def attestation(self) -> Global___Attestation: ...
+    def __init__(
+        self,
+        *,
+        attestation: Global___Attestation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAttestationResponse: _TypeAlias = GetAttestationResponse  # noqa: Y015

@@ -64,6 +64,16 @@ class RankerServiceStub:
                 request_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentRequest.SerializeToString,
                 response_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentResponse.FromString,
                 _registered_method=True)
+        self.RecordAttestation = channel.unary_unary(
+                '/versus.ranker.v1.RankerService/RecordAttestation',
+                request_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RecordAttestationRequest.SerializeToString,
+                response_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RecordAttestationResponse.FromString,
+                _registered_method=True)
+        self.GetAttestation = channel.unary_unary(
+                '/versus.ranker.v1.RankerService/GetAttestation',
+                request_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationRequest.SerializeToString,
+                response_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationResponse.FromString,
+                _registered_method=True)
 
 
 class RankerServiceServicer:
@@ -118,6 +128,25 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordAttestation(self, request, context):
+        """Records the weights an operator attested for a model (the combined digest the gateway computed) with
+        the known-answer fingerprint the gateway observed on the first attested run, so that every gateway
+        replica checks later runs against the same record. The first record of a (model_id, digest) wins:
+        later calls store nothing and answer the stored record (created = false), whatever fingerprint they
+        carry. INVALID_ARGUMENT: a malformed model id, a digest that is not 64 lower-case hex characters, a
+        fingerprint that is not a known-answer record (services/common/known_answers.py) or over 256 KiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetAttestation(self, request, context):
+        """The attestation recorded for (model_id, digest). NOT_FOUND when none; INVALID_ARGUMENT as above.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -150,6 +179,16 @@ def add_RankerServiceServicer_to_server(servicer, server):
                     servicer.RegisterDeployment,
                     request_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentRequest.FromString,
                     response_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentResponse.SerializeToString,
+            ),
+            'RecordAttestation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordAttestation,
+                    request_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RecordAttestationRequest.FromString,
+                    response_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.RecordAttestationResponse.SerializeToString,
+            ),
+            'GetAttestation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAttestation,
+                    request_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationRequest.FromString,
+                    response_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -314,6 +353,60 @@ class RankerService:
             '/versus.ranker.v1.RankerService/RegisterDeployment',
             versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentRequest.SerializeToString,
             versus_dot_ranker_dot_v1_dot_ranker__pb2.RegisterDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordAttestation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.ranker.v1.RankerService/RecordAttestation',
+            versus_dot_ranker_dot_v1_dot_ranker__pb2.RecordAttestationRequest.SerializeToString,
+            versus_dot_ranker_dot_v1_dot_ranker__pb2.RecordAttestationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAttestation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.ranker.v1.RankerService/GetAttestation',
+            versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationRequest.SerializeToString,
+            versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationResponse.FromString,
             options,
             channel_credentials,
             insecure,

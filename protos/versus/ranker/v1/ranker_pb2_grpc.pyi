@@ -66,6 +66,16 @@ class RankerServiceStub:
     Idempotent for the same id and identity; ALREADY_EXISTS when the id is a catalog id or is registered
     with another identity.
     """
+    RecordAttestation: _grpc.UnaryUnaryMultiCallable[_ranker_pb2.RecordAttestationRequest, _ranker_pb2.RecordAttestationResponse]
+    """Records the weights an operator attested for a model (the combined digest the gateway computed) with
+    the known-answer fingerprint the gateway observed on the first attested run, so that every gateway
+    replica checks later runs against the same record. The first record of a (model_id, digest) wins:
+    later calls store nothing and answer the stored record (created = false), whatever fingerprint they
+    carry. INVALID_ARGUMENT: a malformed model id, a digest that is not 64 lower-case hex characters, a
+    fingerprint that is not a known-answer record (services/common/known_answers.py) or over 256 KiB.
+    """
+    GetAttestation: _grpc.UnaryUnaryMultiCallable[_ranker_pb2.GetAttestationRequest, _ranker_pb2.GetAttestationResponse]
+    """The attestation recorded for (model_id, digest). NOT_FOUND when none; INVALID_ARGUMENT as above."""
 
 @_typing.type_check_only
 class RankerServiceAsyncStub(RankerServiceStub):
@@ -92,6 +102,16 @@ class RankerServiceAsyncStub(RankerServiceStub):
     Idempotent for the same id and identity; ALREADY_EXISTS when the id is a catalog id or is registered
     with another identity.
     """
+    RecordAttestation: _aio.UnaryUnaryMultiCallable[_ranker_pb2.RecordAttestationRequest, _ranker_pb2.RecordAttestationResponse]  # type: ignore[assignment]
+    """Records the weights an operator attested for a model (the combined digest the gateway computed) with
+    the known-answer fingerprint the gateway observed on the first attested run, so that every gateway
+    replica checks later runs against the same record. The first record of a (model_id, digest) wins:
+    later calls store nothing and answer the stored record (created = false), whatever fingerprint they
+    carry. INVALID_ARGUMENT: a malformed model id, a digest that is not 64 lower-case hex characters, a
+    fingerprint that is not a known-answer record (services/common/known_answers.py) or over 256 KiB.
+    """
+    GetAttestation: _aio.UnaryUnaryMultiCallable[_ranker_pb2.GetAttestationRequest, _ranker_pb2.GetAttestationResponse]  # type: ignore[assignment]
+    """The attestation recorded for (model_id, digest). NOT_FOUND when none; INVALID_ARGUMENT as above."""
 
 class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -151,5 +171,27 @@ class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
         Idempotent for the same id and identity; ALREADY_EXISTS when the id is a catalog id or is registered
         with another identity.
         """
+
+    @_abc_1.abstractmethod
+    def RecordAttestation(
+        self,
+        request: _ranker_pb2.RecordAttestationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranker_pb2.RecordAttestationResponse, _abc.Awaitable[_ranker_pb2.RecordAttestationResponse]]:
+        """Records the weights an operator attested for a model (the combined digest the gateway computed) with
+        the known-answer fingerprint the gateway observed on the first attested run, so that every gateway
+        replica checks later runs against the same record. The first record of a (model_id, digest) wins:
+        later calls store nothing and answer the stored record (created = false), whatever fingerprint they
+        carry. INVALID_ARGUMENT: a malformed model id, a digest that is not 64 lower-case hex characters, a
+        fingerprint that is not a known-answer record (services/common/known_answers.py) or over 256 KiB.
+        """
+
+    @_abc_1.abstractmethod
+    def GetAttestation(
+        self,
+        request: _ranker_pb2.GetAttestationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_ranker_pb2.GetAttestationResponse, _abc.Awaitable[_ranker_pb2.GetAttestationResponse]]:
+        """The attestation recorded for (model_id, digest). NOT_FOUND when none; INVALID_ARGUMENT as above."""
 
 def add_RankerServiceServicer_to_server(servicer: RankerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
