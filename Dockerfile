@@ -1,33 +1,33 @@
 # syntax=docker/dockerfile:1
 # The CPU image of every Versus service: `versus serve vit|sd35|ranker|gateway` picks the service
-# (deploy/k8s runs it as versus:0.1.0). Build from the repository root:
-#   docker build -t versus:0.1.0 -f Dockerfile .
-# The CUDA image for GPU nodes is Dockerfile.cuda (versus:0.1.0-cuda). Not built in this repository's CI
-# (no Docker engine there); tests/test_deploy.py checks what can be checked without one.
+# (deploy/k8s runs it as versus:0.1.0). `make image` builds it here with podman, on a Debian rootfs it makes
+# itself (no registry needed):
+#   make image
+# With a registry, build the wheelhouse on the host, then the image on a Python base of your choice:
+#   make wheelhouse && docker build -t versus:0.1.0 -f Dockerfile .
+# The build needs no network: the hashed lock (locks/image.txt) and our two wheels come from .wheelhouse/cpu,
+# made on the host by `make wheelhouse` (scripts/wheels.py + pip download --require-hashes).
+# The CUDA image for GPU nodes is Dockerfile.cuda (versus:0.1.0-cuda), not built in CI.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
-WORKDIR /src
-COPY requirements.lock ./
-# torch from PyTorch's CPU index first (PyPI's Linux wheel pulls ~3 GB of CUDA libraries), then the lock.
-RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
-    && pip install -r requirements.lock
-COPY protos protos
-COPY pyproject.toml README.md ./
-COPY services services
-COPY versus_cli versus_cli
-# The contracts are their own distribution (protos/); the services and tools stand on them.
-RUN pip install --no-deps ./protos . && pip check \
-    # open-clip-torch only for the CLIP BPE vocabulary it ships (the SD3.5 builders); not its torchvision.
-    && pip install --no-deps open-clip-torch==3.3.0
+COPY locks/image.txt /src/locks/image.txt
+COPY .wheelhouse/cpu /wheelhouse
+# Only hashed pins (every transitive one; torch is 2.13.0+cpu), then the contracts and the services, --no-deps.
+RUN pip install --no-index --find-links /wheelhouse --require-hashes -r /src/locks/image.txt \
+    && pip install --no-index --no-deps /wheelhouse/versus_contracts-0.1.0-py3-none-any.whl \
+       /wheelhouse/versus-0.1.0-py3-none-any.whl \
+    && pip check \
+    && pip uninstall --yes pip setuptools
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="versus" org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.description="Versus services (CPU): vit, sd35, ranker, gateway"
 COPY --from=build /opt/venv /opt/venv
+# HF_HUB_OFFLINE=1 is a default: hub ids resolve from the cache only, unless --allow-download overrides it.
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 HOME=/tmp HF_HUB_OFFLINE=1 HF_HOME=/tmp/hf \
     MPLCONFIGDIR=/tmp/matplotlib \
     MALLOC_MMAP_THRESHOLD_=1000000000 MALLOC_TRIM_THRESHOLD_=1000000000

@@ -8,11 +8,22 @@ TOOLS := .tools
 TOOLS_STAMP := $(TOOLS)/node_modules/.installed
 BUF := $(TOOLS)/node_modules/.bin/buf
 PROTOS ?= protos
+# The hashed lock `make setup` installs (locks/: one per role, made by `make locks`).
+LOCK ?= locks/dev.txt
+# Where pip finds the CPU torch wheel the locks pin (torch==2.13.0+cpu): this machine's wheel directory, or
+# elsewhere PyTorch's CPU wheel page, e.g. TORCH_FIND_LINKS=https://download.pytorch.org/whl/cpu/torch/
+TORCH_FIND_LINKS ?= $(wildcard /opt/wheels)
+PIP_QUIET := --quiet --disable-pip-version-check
+FIND_TORCH := $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS))
 
 
-.PHONY: setup system-deps tools buf-check demo demo-byo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-gateway bench-gpu-vit clean help
+.PHONY: setup setup-user locks image system-deps tools buf-check demo demo-byo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-gateway bench-gpu-vit clean help
 
 help:
+	@echo "make setup     system packages for the real-component tests (root: apt-get) + make setup-user"
+	@echo "make setup-user  the venv from the hashed lock, the two local projects, buf (no root)"
+	@echo "make locks     re-make the per-role hashed locks in locks/ (uv pip compile)"
+	@echo "make image     build the CPU image with podman (a Debian rootfs made here; no registry)"
 	@echo "make demo      build models, start the services, run the demo"
 	@echo "make test      linters (ruff, import-linter) + the full test suite"
 	@echo "make lint      ruff + the import-linter layer contracts + buf lint/breaking on protos/"
@@ -20,7 +31,13 @@ help:
 	@echo "make protos    regenerate versus/**/*_pb2*.py(i) from protos/"
 	@echo "make bench-vit ViT benchmark -> docs/BENCHMARKS.md"
 
-setup: system-deps $(STAMP) tools
+setup: system-deps setup-user
+
+# Everything that needs no root: the venv and the pinned tools. A component it cannot install (npm, and what
+# system-deps installs) is named by the tests that need it, with the command that installs it.
+setup-user: $(STAMP)
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory tools; \
+	  else echo "warning: no npm: buf is not installed; the contract checks will fail (apt-get install npm)" >&2; fi
 
 tools: $(TOOLS_STAMP)
 
@@ -46,18 +63,28 @@ system-deps:
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      echo "installing$$missing (Debian packages)"; \
 	      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null \
-	        || echo "warning: could not install$$missing; the tests that need them will be skipped"; \
-	    else echo "warning: missing$$missing (not root or no apt-get); the tests that need them will be skipped"; fi; \
+	        || echo "warning: could not install$$missing; the tests that need them will fail, naming them"; \
+	    else echo "warning: missing$$missing (not root or no apt-get); the tests that need them will fail"; fi; \
 	  fi
 
-$(STAMP): requirements.lock pyproject.toml protos/pyproject.toml
+# Only hashed pins: the lock with --require-hashes (every transitive pin, one hash per file), then the two local
+# projects (editable, --no-deps, built with the lock's setuptools: --require-hashes refuses local projects).
+# pip installs uv from its own hashed lines in the lock, and uv the rest (pip takes ~14 min for the dev lock
+# here, uv ~15 s); a lock without uv (LOCK=locks/gateway-ranker.txt) is installed by pip alone.
+$(STAMP): $(LOCK) pyproject.toml protos/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
-	# The contracts are their own distribution (protos/); the services and tools stand on them.
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -e ./protos -e .
-	# open-clip-torch only for the CLIP BPE vocabulary it ships; its own deps (torchvision) are not wanted.
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps open-clip-torch==3.3.0
+	@if grep -q '^uv==' $(LOCK); then \
+	  awk '/^uv==/{p=1} p{print; if ($$0 !~ /\\$$/) exit}' $(LOCK) > $(VENV)/uv.lock.txt && \
+	  $(VENV)/bin/pip install $(PIP_QUIET) --require-hashes -r $(VENV)/uv.lock.txt && \
+	  $(VENV)/bin/uv pip install --quiet --native-tls --python $(PY) --require-hashes $(FIND_TORCH) -r $(LOCK); \
+	else $(VENV)/bin/pip install $(PIP_QUIET) --require-hashes $(FIND_TORCH) -r $(LOCK); fi
+	$(VENV)/bin/pip install $(PIP_QUIET) --no-deps --no-build-isolation -e ./protos -e .
+	$(VENV)/bin/pip check
 	touch $(STAMP)
+
+# The per-role locks (scripts/locks.py says which extras each holds); uv comes with the dev lock.
+locks: $(STAMP)
+	$(PY) scripts/locks.py
 
 demo: setup
 	$(VENV)/bin/versus demo

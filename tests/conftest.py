@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import io
 import os
+import shutil
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,6 +20,27 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = Path(os.environ.get("VERSUS_MODELS_DIR", ROOT / ".models"))
+
+
+def require(component: str, present: bool, install: str) -> None:
+    """A test that needs a real component fails without it, naming it and the command that installs it.
+
+    Never a skip: a machine without PostgreSQL, Chromium, Prometheus or tritonserver must not pass quietly."""
+    if not present:
+        pytest.fail(f"{component} is not installed: {install}", pytrace=False)
+
+
+@pytest.fixture
+def requires_chromium() -> None:
+    from browser import CHROMIUM
+
+    require("Chromium", os.access(CHROMIUM, os.X_OK), "apt-get install chromium (make setup does, as root), "
+            "or set VERSUS_CHROMIUM to another browser")
+
+
+@pytest.fixture
+def requires_promtool() -> None:
+    require("promtool", shutil.which("promtool") is not None, "apt-get install prometheus (make setup does, as root)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -214,7 +236,7 @@ def postgres_url() -> Iterator[str]:
 
     bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
     if not bins:
-        pytest.skip("PostgreSQL server binaries not installed (make setup installs them as root)")
+        require("PostgreSQL", False, "apt-get install postgresql (make setup does, as root)")
     bindir = Path(bins[-1]).parent
     data = Path(tempfile.mkdtemp(prefix="versus-pg-", dir="/tmp"))
     run_as: list[str] = []

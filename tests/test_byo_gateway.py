@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from pathlib import Path
 
 import grpc
 import pytest
 from browser import CHROMIUM, Browser
-from conftest import InProcessServer
+from conftest import InProcessServer, require
 from test_byo_live import Proxy, ProxyServer, triton, weak_digits_dir  # noqa: F401 - fixtures
 from test_ranker_service import failure
 from test_vit_service import vit_config
@@ -162,8 +163,7 @@ def test_report_page_in_chromium(stack, tmp_path: Path) -> None:
     assert "## Paired tests" in md and "is more accurate" in md and c.eval.eval_set.digest[:16] in md
     assert f"sample seed **{c.eval.sample_seed}**" in md and "## Identities" in md and "Holm" not in md
     assert html.count("<img") == len(c.eval.pairs[0].disagreements) and "<svg" in html
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no browser at {CHROMIUM}")
+    require("Chromium", os.access(CHROMIUM, os.X_OK), "apt-get install chromium (make setup does, as root)")
     page = tmp_path / "comparison.html"
     page.write_text(html)
 

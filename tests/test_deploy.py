@@ -913,13 +913,15 @@ def test_dockerfiles_are_pinned_non_root_and_run_versus(name: str) -> None:
     assert users and users[-1].split(":")[0] not in ("root", "0"), f"{name}: must end as a non-root user"
     assert [arg for kind, arg in steps if kind == "ENTRYPOINT"][-1] == '["versus"]'
     runs = " ".join(arg for kind, arg in steps if kind == "RUN")
-    assert "-r requirements.lock" in runs, f"{name}: installs the pinned lock"
-    installs = [shlex.split(cmd) for cmd in re.split(r"&&|;", runs) if "pip install" in cmd and "./protos" in cmd]
-    assert installs and installs[0].index("./protos") < installs[0].index("."), f"{name}: contracts first"
+    assert "--require-hashes -r" in runs and "locks/image.txt" in runs, f"{name}: installs the hashed lock"
+    installs = [shlex.split(cmd) for cmd in re.split(r"&&|;", runs) if "pip install" in cmd and "versus-0" in cmd]
+    assert installs and "--no-deps" in installs[0] and "--no-index" in installs[0], f"{name}: our wheels, no index"
+    wheels = [arg for arg in installs[0] if arg.endswith(".whl")]
+    assert [Path(w).name.split("-")[0] for w in wheels] == ["versus_contracts", "versus"], f"{name}: contracts first"
     copied = " ".join(arg for kind, arg in steps if kind == "COPY")
-    for path in ("protos", "services", "versus_cli", "requirements.lock", "pyproject.toml"):
+    for path in ("locks/image.txt", ".wheelhouse/cpu"):
         assert path in copied, f"{name}: {path} not copied"
-        assert (ROOT / path).exists()
+    assert (ROOT / "locks/image.txt").exists()
 
 
 def test_overlays_run_the_images_the_dockerfiles_build() -> None:

@@ -8,12 +8,11 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 from urllib.parse import quote
 
 import aiohttp
 import pytest
-from browser import CHROMIUM, Browser
+from browser import Browser
 from markupsafe import escape
 from PIL import Image
 from test_gateway_render import SD, VIT, comparison
@@ -23,8 +22,7 @@ from versus.ranker.v1 import ranker_pb2 as rk
 from services.common.errors import DeadlineExceeded, InvalidArgument, NotFound, Unavailable
 from services.gateway.pages import web
 
-needs_chromium = pytest.mark.skipif(not os.access(CHROMIUM, os.X_OK), reason=f"no browser at {CHROMIUM} "
-                                    "(Debian's chromium; set VERSUS_CHROMIUM to use another)")
+needs_chromium = pytest.mark.usefixtures("requires_chromium")  # conftest: fails naming it, never skips
 #: A live comparison on the small models, on a shared 2-core machine.
 COMPARE_WAIT_S = 480
 SECURITY = {"Content-Security-Policy": web.SECURITY_HEADERS["Content-Security-Policy"],

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 import yaml
-from conftest import InProcessServer, encode, sample_image, scrape_metrics
+from conftest import InProcessServer, encode, require, sample_image, scrape_metrics
 from versus.common.v1 import common_pb2
 from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 from versus.sd35.v1 import sd35_pb2, sd35_pb2_grpc
@@ -40,8 +40,7 @@ SYNTHETIC = {"up"}
 GPU_ONLY = {"versus_gpu_memory_bytes"}
 RATE_INTERVAL = "5m"  # Prometheus starts with the test: a 5-minute window holds all its traffic
 
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool not installed (make setup installs Debian's prometheus)")
+needs_promtool = pytest.mark.usefixtures("requires_promtool")  # conftest: fails naming it, never skips
 
 
 def alert_rules() -> list[dict]:
@@ -295,8 +294,8 @@ def _compare(target: str, timeout_s: float = 300) -> gateway_pb2.Comparison:
 def live(gateway_stack, vit_tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
     """The four services (gateway_stack) plus a vit with a 4-image queue and a gateway whose vit is gone, all
     working while Prometheus scrapes them; yields what the test needs."""
-    if shutil.which("prometheus") is None:
-        pytest.skip("prometheus not installed (make setup installs Debian's prometheus)")
+    require("Prometheus", shutil.which("prometheus") is not None,
+            "apt-get install prometheus (make setup does, as root)")
     from services.gateway.server import create_server as create_gateway
     from services.vit.config import VitConfig
     from services.vit.server import create_server as create_vit

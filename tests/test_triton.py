@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from conftest import InProcessServer, encode, metric_sum
+from conftest import InProcessServer, encode, metric_sum, require
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from test_vit_service import img, vit_config
 from tritonclient.utils import InferenceServerException
@@ -29,7 +29,8 @@ from versus_cli.export import LocalTriton, _free_port
 
 def needs_tritonserver() -> None:
     if bundled_tritonserver() is None:
-        pytest.skip("the tritonserver binary is absent (it comes with the nvidia-pytriton wheel)")
+        require("tritonserver", False, "it comes with the nvidia-pytriton wheel: pip install 'versus[triton]' "
+                "(the dev lock has it: make setup)")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from services.common import registry
 from services.common.config import DeprecatedFlag
 from services.common.errors import VersusError
 from versus_cli import export as export_commands
+from versus_cli.extras import missing_extra
 
 
 class CliError(Exception):
@@ -521,7 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the one place a failure becomes the user's line
-        print(f"versus: {describe_failure(exc)}", file=sys.stderr)
+        line = missing_extra(args, exc) if isinstance(exc, ModuleNotFoundError) else None
+        print(f"versus: {line or describe_failure(exc)}", file=sys.stderr)
         if os.environ.get("VERSUS_DEBUG"):
             raise
         return 1

@@ -3,7 +3,7 @@
 Each has both CLIP text encoders with projection, a T5 encoder, a 16-latent-channel VAE, an SD3
 transformer with RMS-norm QK normalisation (Medium: MMDiT-X dual attention layers) and a
 FlowMatchEuler scheduler with shift 3.0, plus real tokenizers built locally: CLIP's byte-level BPE
-from the vocabulary shipped in the open-clip-torch wheel, and a T5 Unigram tokenizer from a
+from CLIP's vocabulary (shipped in services/sd35/data/ with its licence), and a T5 Unigram tokenizer from a
 (piece, score) list. Saved with ``save_pretrained`` so the service's ``from_pretrained`` path loads
 them. Builds are deterministic (fixed seeds).
 
@@ -13,7 +13,6 @@ Real-size configs (``LARGE_TRANSFORMER``, ``MEDIUM_TRANSFORMER``) are used by be
 from __future__ import annotations
 
 import gzip
-import importlib.util
 import string
 from pathlib import Path
 
@@ -63,12 +62,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def clip_bpe_file() -> Path:
-    """CLIP's BPE merges, as shipped in the open-clip-torch wheel (found without importing it)."""
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("open-clip-torch is not installed "
-                           "(make setup installs it, --no-deps, for its CLIP vocabulary)")
-    return Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
+    """CLIP's BPE merges, shipped with this package (data/, from OpenAI CLIP via open-clip-torch; MIT)."""
+    return Path(__file__).parent / "data" / "bpe_simple_vocab_16e6.txt.gz"
 
 
 def clip_tokenizer(pad_token: str = "<|endoftext|>"):  # transformers.CLIPTokenizer
