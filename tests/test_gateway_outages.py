@@ -8,7 +8,7 @@ import threading
 
 import pytest
 from fake_services import fake_vit
-from fakes.sd35 import fake_sd35
+from fakes.sd35 import fake_judge, fake_sd35
 from test_gateway_checks import LARGE, TURBO, UNAVAILABLE, VERIFIED, VIT, compare, ranker  # noqa: F401 (fixture)
 from versus.gateway.v1 import gateway_pb2
 
@@ -53,3 +53,22 @@ def test_sd35_killed_mid_comparison_then_both_kinds_are_ok(ranker) -> None:  # n
             assert bool(rows) == live
     vit_rows = _live_rows(after[True], VIT)  # the ViT service, still up, is probed as ever
     assert any(r.mark == VERIFIED and r.check == "vit.distribution" for r in vit_rows), vit_rows
+
+
+def test_the_judge_killed_mid_comparison_then_both_kinds_are_ok(ranker) -> None:  # noqa: F811
+    """The ViT judge goes away at its first Classify; the quality it could not judge is UNAVAILABLE (never a
+    miss), and the SD3.5 rows, their service up, are probed as ever."""
+    with fake_judge() as judge, fake_sd35() as sd35:
+        killer = threading.Thread(target=lambda: judge.servicer.classifying.wait(60) and judge.kill())
+        killer.start()
+        first = compare(ranker, (LARGE, TURBO), vit=judge.target, sd35=sd35.target, lora_probe_path="",
+                        imagenet_classes="tench,goldfish")
+        killer.join(60)
+        after = {live: compare(ranker, (LARGE, TURBO), vit=judge.target, sd35=sd35.target, lora_probe_path="",
+                               imagenet_classes="tench,goldfish", live=live) for live in (False, True)}
+    for c in (first, *after.values()):
+        assert not c.judgements and not [q for q in c.quality if q.images], c.quality
+    assert any(u.component in ("vit", "quality") for u in first.unavailable), first.unavailable
+    assert any(u.component in ("vit", "quality") for u in after[True].unavailable), after[True].unavailable
+    rows = _live_rows(after[True], LARGE)
+    assert any(r.mark == VERIFIED and r.check == "sd35.generate" for r in rows), rows

@@ -129,8 +129,10 @@ class FakeJudge(vit_pb2_grpc.VitServiceServicer):
     def __init__(self) -> None:
         names = [f"a photo of a {label.split(',')[0].strip()}" for label in LABELS]
         self.colours = np.stack([prompt_colour(n) for n in names])
+        self.classifying = threading.Event()  # set by the first Classify (a test may kill the server then)
 
     async def Classify(self, request, context):
+        self.classifying.set()
         results = []
         for img in request.images:
             with Image.open(io.BytesIO(img.data)) as im:
