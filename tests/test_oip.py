@@ -360,3 +360,7 @@ def test_unserved_rpc_answers_unimplemented_and_is_counted_so(method, server: In
     for code, more in (("UNIMPLEMENTED", 1), ("INTERNAL", 0)):
         assert metric_sum(after, handled, **labels, grpc_code=code) == metric_sum(before, handled, **labels,
                                                                                  grpc_code=code) + more
+
+
+def test_rest_is_off_unless_asked(server: InProcessServer) -> None:
+    assert server.config.http_port == -1 and server.server.http_port == -1 and not server.server.listeners

@@ -234,3 +234,25 @@ def test_timeout_parameter_is_the_deadline(client: tch.InferenceServerClient, he
     with pytest.raises(InferenceServerException) as info:
         client.infer("vit", [images([encode(im) for im in held.images[:8]])], headers={**AUTH}, timeout=1)  # 1 µs
     assert info.value.status() == "504", info.value.message()
+
+
+def test_rest_uses_the_grpc_ports_tls_files(vit_digits_dir: Path, tls_files: dict[str, Path]) -> None:
+    """The same certificate and client CA as the gRPC port: mTLS passes with a client certificate only."""
+    import ssl
+
+    f = tls_files
+    config = VitConfig.from_env({}, model=str(vit_digits_dir), port=0, http_port=0, metrics_port=-1, host="127.0.0.1",
+                                torch_threads=1, drain_delay_s=0.0, log_format="text", precision="fp32",
+                                tls_cert=str(f["server.crt"]), tls_key=str(f["server.key"]),
+                                tls_client_ca=str(f["ca.crt"]))
+    with InProcessServer(create_server, config) as srv:
+        address = f"localhost:{srv.server.http_port}"
+        good = ssl.create_default_context(cafile=str(f["ca.crt"]))
+        good.load_cert_chain(str(f["client.crt"]), str(f["client.key"]))
+        with urllib.request.urlopen(f"https://{address}/v2", context=good, timeout=30) as response:
+            assert json.loads(response.read())["name"] == "versus-vit"
+        anonymous = ssl.create_default_context(cafile=str(f["ca.crt"]))
+        with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+            urllib.request.urlopen(f"https://{address}/v2", context=anonymous, timeout=30).read()
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://{address}/v2", timeout=30).read()

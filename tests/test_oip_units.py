@@ -138,3 +138,94 @@ def test_statistics_count_a_shared_compute_batch_once() -> None:
     assert [(b.batch_size, b.compute_infer.count, b.compute_infer.ns) for b in proto.batch_stats] == [
         (1, 1, 250_000_000), (2, 1, 500_000_000)]
     assert (proto.inference_stats.queue.count, proto.inference_stats.queue.ns) == (2, 300_000_000)
+
+
+# -- REST bodies (services/common/oip_json.py) and REST errors (services/common/oip_rest.py) ---------------
+def test_rest_mixed_json_and_binary_inputs_decode_like_grpc() -> None:
+    import json
+
+    from services.common.oip_json import parse_infer
+
+    images = np.array([b"\x89PNG", b"x\x00y"], np.object_)
+    blob = serialize_byte_tensor(images).item()
+    header = json.dumps({"id": "r1", "inputs": [
+        {"name": "A", "datatype": "BYTES", "shape": [2], "parameters": {"binary_data_size": len(blob)}},
+        {"name": "B", "datatype": "INT32", "shape": [2, 2], "data": [[1, 2], [3, 4]]}],
+        "parameters": {"top_k": 3, "binary_data_output": True, "timeout": 2_000_000}}).encode()
+    rest = parse_infer(header + blob, str(len(header)), "m", "")
+    assert rest.binary_default and rest.timeout_s == 2.0 and rest.request.id == "r1"
+    assert len(rest.request.raw_input_contents) == 2 and not rest.request.inputs[1].HasField("contents")
+    assert "binary_data_output" not in rest.request.parameters and rest.request.parameters["top_k"].int64_param == 3
+
+    class Model(OipModel):
+        name, platform = "m", "test"
+        inputs = (TensorSpec("A", "BYTES", (-1,)), TensorSpec("B", "INT32", (2, 2)))
+        outputs = ()
+
+        def ready(self) -> bool:
+            return True
+
+        async def infer(self, request, timeout_s):
+            return []
+
+    _, domain = ModelRepository("s", "1", [Model()]).decode(rest.request)
+    assert list(domain.inputs["A"].data) == list(images)
+    assert domain.inputs["B"].data.tolist() == [[1, 2], [3, 4]] and domain.inputs["B"].data.dtype == np.int32
+
+
+def test_rest_outputs_are_json_unless_asked_binary_or_not_utf8() -> None:
+    import json
+
+    from services.common.oip import encode_tensor
+    from services.common.oip_json import RestInfer, infer_body
+
+    response = pb.ModelInferResponse(model_name="m", model_version="1", id="r")
+    for tensor in (Tensor("P", "FP32", np.array([[0.25, 0.75]], np.float32)), bytes_tensor("L", [b"0.75:1:cat"]),
+                   bytes_tensor("IMG", [b"\x89PNG\xff"])):
+        meta, raw = encode_tensor(tensor)
+        response.outputs.append(meta)
+        response.raw_output_contents.append(raw)
+    body, header_length = infer_body(response, RestInfer(pb.ModelInferRequest(), {"L": True}, False, None))
+    assert header_length is not None
+    header = json.loads(body[:header_length])
+    outputs = {o["name"]: o for o in header["outputs"]}
+    assert outputs["P"]["data"] == [0.25, 0.75] and outputs["P"]["shape"] == [1, 2]
+    assert "data" not in outputs["L"] and "data" not in outputs["IMG"]  # asked binary / a PNG is not UTF-8
+    sizes = [outputs[n]["parameters"]["binary_data_size"] for n in ("L", "IMG")]
+    assert len(body) == header_length + sum(sizes) and header["id"] == "r"
+
+
+@pytest.mark.parametrize(("error", "status"), [
+    ("InvalidArgument('x', 'bad')", 400), ("NotFound('no model')", 404), ("Unauthenticated('token')", 401),
+    ("ResourceExhausted('full', retry_after_s=1.5)", 429), ("Unavailable('loading')", 503),
+    ("DeadlineExceeded('late')", 504), ("Unimplemented('no')", 501), ("FailedPrecondition('no head')", 400),
+    ("ValueError('a bug')", 500), ("MessageTooLarge('request', 'too big')", 413),
+])
+def test_rest_error_bodies_carry_the_status_and_details(error: str, status: int) -> None:
+    import json
+
+    from services.common import errors
+    from services.common.calls import MessageTooLarge
+    from services.common.oip_rest import error_response
+    from services.common.status import status_for
+
+    exc = eval(error, {**vars(errors), "MessageTooLarge": MessageTooLarge})  # noqa: S307 - test table
+    response = error_response(exc, status_for(exc), "rid-1")
+    body = json.loads(response.body)
+    assert response.status == status and body["request_id"] == "rid-1" and body["error"]
+    assert body["code"] == status_for(exc).name
+    if status == 500:
+        assert "a bug" not in body["error"] and body["reason"] == "INTERNAL"
+    if status == 429:
+        assert response.headers["Retry-After"] == "2" and body["retry_after_s"] == 1.5
+    if status == 400 and "InvalidArgument" in error:
+        assert body["violations"] == [{"field": "x", "description": "bad"}]
+
+
+@pytest.mark.parametrize("port", [-2, 65536])
+def test_http_port_out_of_range_names_flag_and_env(port: int) -> None:
+    from services.common.errors import ConfigError
+    from services.sd35.config import Sd35Config
+
+    with pytest.raises(ConfigError, match=r"--http-port \(SD35_HTTP_PORT\)"):
+        Sd35Config.from_env({}, http_port=port)
