@@ -423,9 +423,30 @@ def _keep_vit_busy(target: str, stop: threading.Event) -> None:
                 stop.wait(0.05)
 
 
+def _hold_generations(monkeypatch: pytest.MonkeyPatch) -> threading.Event:
+    """Every SD3.5 generation stops after its first denoising step until the returned event is set: the real
+    pipeline and queue, held, so that the queued work stays queued until Prometheus has seen it (a tiny
+    generation outlives no scrape interval by itself)."""
+    from services.sd35.engine import Sd35Runner, StepHooks
+
+    release = threading.Event()
+    generate = Sd35Runner.generate
+
+    def held(self, p, hooks=None):
+        def on_step(step: int, total: int, elapsed_ms: float) -> None:
+            release.wait(timeout=300)  # bounded: a failed test never hangs the worker thread for good
+            if hooks is not None:
+                hooks.on_step(step, total, elapsed_ms)
+
+        return generate(self, p, StepHooks(on_step, hooks.on_preview if hooks else None))
+
+    monkeypatch.setattr(Sd35Runner, "generate", held)
+    return release
+
+
 @pytest.mark.slow
 @needs_promtool
-def test_the_autoscaling_queries_rise_under_load(live: dict) -> None:
+def test_the_autoscaling_queries_rise_under_load(live: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """The PromQL of the KEDA ScaledObjects (and the prometheus-adapter rule, its template filled for the pods)
     rises in a real Prometheus while vit and sd35 queue work, and falls back when the work is done."""
     from test_autoscaling import adapter_query, keda_query
@@ -433,6 +454,30 @@ def test_the_autoscaling_queries_rise_under_load(live: dict) -> None:
     prom, servers = live["prom"], live["servers"]
     vit_query, sd35_query = keda_query("vit"), keda_query("sd35")
     per_pod = adapter_query("versus_queue_depth", [pod for pods in servers.values() for pod, _ in pods])
+    for expr in (vit_query, sd35_query):
+        _wait_value(prom, expr, lambda v: v == 0, 60)
+    stop = threading.Event()
+    release = _hold_generations(monkeypatch)
+    busy_vit = dict(servers["vit"])["vit-small-0"]
+    sd35 = dict(servers["sd35"])["sd35-0"]
+    short = sd35_pb2.GenerateRequest(prompt="a lighthouse", variant=sd35_pb2.VARIANT_LARGE, width=256, height=256,
+                                     steps=2, seed=3)
+    with grpc.insecure_channel(sd35.target) as channel, concurrent.futures.ThreadPoolExecutor(3) as pool:
+        clients = [pool.submit(_keep_vit_busy, busy_vit.target, stop) for _ in range(3)]
+        stub = sd35_pb2_grpc.Sd35ServiceStub(channel)
+        generations = [stub.Generate(short, timeout=300) for _ in range(2)]  # one runs (held), one waits
+        try:
+            assert _wait_value(prom, vit_query, lambda v: v > 0, 60) > 0
+            assert _wait_value(prom, sd35_query, lambda v: v >= 1, 60) >= 1
+            rising = {s["metric"]["pod"] for s in prom.query(per_pod) if float(s["value"][1]) > 0}
+            assert rising & {"vit-small-0", "sd35-0"}, f"the adapter's per-pod query: {prom.query(per_pod)}"
+        finally:
+            stop.set()
+            release.set()
+        for call in generations:  # released, both finish: the queue drains by itself
+            assert [e for e in call if e.HasField("result")], "a released generation ends with its images"
+        for client in clients:
+            client.result(timeout=120)
     for expr in (vit_query, sd35_query):
         _wait_value(prom, expr, lambda v: v == 0, 60)
     stop = threading.Event()
