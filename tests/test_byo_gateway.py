@@ -123,6 +123,7 @@ def test_a_changed_identity_starts_a_new_record(stack) -> None:
     swapped, after = run("b" * 64)
     assert after.identity_hash != before.identity_hash and after.ranker_id == f"triton-swapped.{after.identity_hash}"
     assert f"weights digest (reported) {'a' * 24} → {'b' * 24}" in after.identity_change
+    assert len(before.fingerprint) == 16 and after.fingerprint == before.fingerprint  # the same network answers
     assert "a new record" in after.identity_change
     (pair,) = swapped.eval.pairs
     assert pair.recorded == pair.images == 360 and pair.duplicates == pair.nondeterministic == 0

@@ -18,6 +18,7 @@ from test_triton import needs_tritonserver
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common.errors import ConfigError
+from services.common.known_answers import REFERENCE_COUNT
 from services.gateway.byo.evalrun import paired, run_deployment, score
 from services.gateway.byo.evalset import load_eval_set, stratified_order
 from services.gateway.deployments import match_labels, parse_deployment
@@ -74,6 +75,8 @@ def test_triton_endpoints_measured_on_held_out_digits(triton, digits_set) -> Non
     again, _ = asyncio.run(measure(spec("again", server.url, repo), digits_set))
     weak, weak_ep = asyncio.run(measure(spec("weak", server.url, repo, "digits-weak"), digits_set))
     assert good.state == again.state == weak.state == "complete" and good.answered == digits_set.size == 360
+    # the known-answer fingerprint: the same network answers the reference images alike, another does not
+    assert len(good.fingerprint) == 16 and good.fingerprint == again.fingerprint != weak.fingerprint
     assert good_ep.input_datatype == "FP32" and good_ep.output_name == "logits" and good_ep.num_labels == 10
     match = match_labels(digits_set.labels, good_ep.labels, {})
     r_good, r_weak = score(good, digits_set, match), score(weak, digits_set, match)
@@ -189,7 +192,8 @@ def test_misbehaving_endpoints(triton, digits_set, mode: str, state: str) -> Non
         assert 0 < run.answered < digits_set.size and run.not_measured == digits_set.size - run.answered
         assert "UNAVAILABLE" in run.reason
     if mode == "busy":
-        assert run.answered == digits_set.size and run.retries == 2 * digits_set.size  # every refusal was retried
+        # every refusal was retried, the known-answer reference images' too
+        assert run.answered == digits_set.size and run.retries == 2 * (digits_set.size + REFERENCE_COUNT)
 
 
 def test_down_and_slow_endpoints_are_unavailable(triton, digits_set) -> None:

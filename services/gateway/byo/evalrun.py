@@ -1,6 +1,7 @@
 """Measuring registered deployments live on an eval set, and comparing two of them honestly.
 
-One run reads the endpoint's ModelMetadata afresh (what it serves is part of its identity), then sends
+One run reads the endpoint's ModelMetadata afresh and sends it the known-answer reference images (what it
+serves, and what it answers to fixed inputs, are its identity), then sends
 every usable image of the set to one deployment, one image per ModelInfer request, in the run's seeded,
 label-stratified order (so a run cut short has measured a random sample with the set's label
 proportions), with at most ``concurrency`` requests in flight (it never floods the user's server), inside
@@ -23,6 +24,8 @@ correction when one run tests several pairs). No image scored decides nothing (U
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
 import statistics
 import time
@@ -32,6 +35,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from services.common import known_answers
 from services.common.errors import ConfigError
 from services.common.stats import mcnemar_exact, wilson
 from services.gateway.byo.evalset import EvalImage, EvalSet
@@ -58,6 +62,7 @@ class Run:
     retries: int = 0
     not_measured: int = 0
     weights_digests: set[str] = field(default_factory=set)  # as reported by the server, never recomputed
+    fingerprint: str = ""  # answers to the known-answer reference images (see _fingerprint)
     concurrency: int = 1
 
     @property
@@ -75,14 +80,9 @@ async def run_deployment(client: OipClient, eval_set: EvalSet, order: list[EvalI
                          concurrency: int, call_timeout_s: float, progress: Progress | None = None) -> Run:
     """Send the set's images, in ``order``, to one deployment (see the module doc for the states)."""
     run = Run(client.spec.id, datetime.now(UTC).isoformat(timespec="seconds"), concurrency=concurrency)
-    try:  # afresh every run: a model replaced behind the endpoint is another identity
-        await client.describe(min(call_timeout_s, max(0.0, deadline - time.monotonic())))
-    except EndpointOutage as exc:
-        return _ended(run, "unavailable", f"ModelMetadata: {exc.details.describe()[:200]}", eval_set.size)
-    except EndpointFault as exc:
-        return _ended(run, "contradicted", exc.seen, eval_set.size)
-    except ConfigError as exc:  # it no longer is the classifier it was at registration
-        return _ended(run, "contradicted", str(exc)[:300], eval_set.size)
+    problem = await _identify(client, run, deadline, call_timeout_s)
+    if problem is not None:
+        return _ended(run, *problem, eval_set.size)
     queue: asyncio.Queue[EvalImage] = asyncio.Queue()
     for image in order:
         queue.put_nowait(image)
@@ -99,6 +99,27 @@ async def run_deployment(client: OipClient, eval_set: EvalSet, order: list[EvalI
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
     return _finished(run, eval_set.size, time.perf_counter() - started)
+
+
+async def _identify(client: OipClient, run: Run, deadline: float, call_timeout_s: float) -> tuple[str, str] | None:
+    """Read what the endpoint serves, afresh every run (a model replaced behind it is another identity):
+    ModelMetadata, then the known-answer fingerprint. (end state, reason) when the run cannot go on."""
+    try:
+        await client.describe(min(call_timeout_s, max(0.0, deadline - time.monotonic())))
+    except EndpointOutage as exc:
+        return "unavailable", f"ModelMetadata: {exc.details.describe()[:200]}"
+    except EndpointFault as exc:
+        return "contradicted", exc.seen
+    except ConfigError as exc:  # it no longer is the classifier it was at registration
+        return "contradicted", str(exc)[:300]
+    try:
+        run.fingerprint = await _fingerprint(client, run, deadline, call_timeout_s)
+    except EndpointFault as exc:
+        return "contradicted", f"known-answer reference image: {exc.seen}"[:300]
+    except (EndpointOutage, TimeoutError) as exc:
+        why = exc.details.describe() if isinstance(exc, EndpointOutage) else "budget exhausted"
+        return "unavailable", f"known-answer reference images: {why}"[:300]
+    return None
 
 
 def _finished(run: Run, size: int, wall_s: float) -> Run:
@@ -132,7 +153,26 @@ def _ended(run: Run, state: str, reason: str, size: int) -> Run:
 
 async def _one(client: OipClient, eval_set: EvalSet, image: EvalImage, run: Run, deadline: float,
                call_timeout_s: float) -> None:
-    data = eval_set.read(image)
+    scores, latency_ms = await _infer(client, eval_set.read(image), image.sha256[:32], run, deadline, call_timeout_s)
+    run.latencies_ms.append(latency_ms)
+    run.top[image.path] = [int(i) for i in np.argsort(-scores[0], kind="stable")[:TOP_K]]
+
+
+async def _fingerprint(client: OipClient, run: Run, deadline: float, call_timeout_s: float) -> str:
+    """The known-answer fingerprint of what the endpoint serves: for each of the shipped reference images
+    (:mod:`services.common.known_answers`), its top-1 class and its top-5 set; 16 hex of their sha256.
+    Classes only, not logits, so reduction-order noise does not change it, while another model does."""
+    answers = []
+    for name, data in zip(known_answers.reference_names(), known_answers.reference_images(), strict=True):
+        scores, _ = await _infer(client, data, f"known-answer-{name}", run, deadline, call_timeout_s)
+        top = [int(i) for i in np.argsort(-scores[0], kind="stable")[:known_answers.TOP_K]]
+        answers.append([top[0], sorted(top)])
+    return hashlib.sha256(json.dumps(answers).encode()).hexdigest()[:16]
+
+
+async def _infer(client: OipClient, data: bytes, request_id: str, run: Run, deadline: float,
+                 call_timeout_s: float) -> tuple[np.ndarray, float]:
+    """One image's scores and latency (ms), retried on RESOURCE_EXHAUSTED / UNAVAILABLE within the budget."""
     delay = BACKOFF_START_S
     for attempt in range(MAX_RETRIES + 1):
         left = deadline - time.monotonic()
@@ -140,7 +180,7 @@ async def _one(client: OipClient, eval_set: EvalSet, image: EvalImage, run: Run,
             raise TimeoutError
         t0 = time.perf_counter()
         try:
-            scores, params = await client.infer([data], min(call_timeout_s, left), request_id=image.sha256[:32])
+            scores, params = await client.infer([data], min(call_timeout_s, left), request_id=request_id)
         except EndpointOutage as exc:
             if exc.details.code.name == "DEADLINE_EXCEEDED" and left < call_timeout_s:
                 raise TimeoutError from None  # the call's deadline was the budget's end
@@ -155,12 +195,11 @@ async def _one(client: OipClient, eval_set: EvalSet, image: EvalImage, run: Run,
                 raise TimeoutError from None
             await asyncio.sleep(wait)
             continue
-        run.latencies_ms.append((time.perf_counter() - t0) * 1e3)
-        run.top[image.path] = [int(i) for i in np.argsort(-scores[0], kind="stable")[:TOP_K]]
         digest = params.get("weights_digest")
         if isinstance(digest, str) and len(run.weights_digests) < 4:
             run.weights_digests.add(digest[:64])
-        return
+        return scores, (time.perf_counter() - t0) * 1e3
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 # -- what the runs show ---------------------------------------------------------------------------

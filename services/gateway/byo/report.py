@@ -24,10 +24,10 @@ def eval_set_info(s: EvalSet) -> gateway_pb2.EvalSetInfo:
 
 
 def served_identity(spec: DeploymentSpec, endpoint: Endpoint | None, run: Run) -> ServedIdentity:
-    """What the deployment served in this run. The known-answer fingerprint stays empty until the weights
-    known-answer tool (issue 20 §3) can take one over an OIP classifier; the field is part of the identity."""
+    """What the deployment served in this run, and its answers to the known-answer reference images."""
     return ServedIdentity(spec.identity(), endpoint.platform if endpoint else "",
-                          tuple(endpoint.versions) if endpoint else (), tuple(sorted(run.weights_digests)))
+                          tuple(endpoint.versions) if endpoint else (), tuple(sorted(run.weights_digests)),
+                          run.fingerprint)
 
 
 def deployment_eval(spec: DeploymentSpec, endpoint: Endpoint | None, run: Run, eval_set: EvalSet,
