@@ -119,3 +119,28 @@ def test_a_changed_model_behind_the_endpoint_contradicts_the_known_answers(tmp_p
     assert lied.weights.kind == "external-unverified" and lied.weights.proof.startswith("contradicted: the served")
     assert lied.weights.digest == w.digest == lied.weights.reported_digest  # the files and the echo agree: no proof
     assert marks(lied) == marks(control)  # behaviour rows unchanged: only the weights mark moved
+
+
+def test_a_changed_model_behind_an_attested_endpoint_is_no_longer_attested(tmp_path: Path,
+                                                                           vit_tiny_dir: Path) -> None:
+    """--attest pins the digest the gateway computes; the first attested run records the served model's
+    fingerprint in the ranker; a later run whose model answers otherwise (the files and the echo unchanged)
+    is contradicted: "the served model changed since attestation"."""
+    store = tmp_path / "store"
+    original = external_copy(vit_tiny_dir, store / "vit-tiny")  # no build record: only the attestation binds
+    catalog = catalog_with(tmp_path / "catalog", VIT, HUB, {})
+    pin = {"weights_root": str(store), "attest": (f"{VIT}={described_as(original).digest}",)}
+    with vit_service(original) as honest:
+        first, second = compare(catalog, honest.target, **pin), compare(catalog, honest.target, **pin)
+    changed = perturbed_copy(original, tmp_path / "elsewhere" / "vit-tiny")
+    with vit_service(changed) as other, swapped(other.target, described_as(original)) as liar:
+        lied = compare(catalog, liar.target, **pin)
+    assert (first.weights.kind, first.weights.attestation) == ("operator-attested", "recorded now"), first.weights.proof
+    assert (second.weights.kind, second.weights.attestation) == ("operator-attested", "reproduced"), \
+        second.weights.attestation_detail
+    assert not any(m.mechanism_only for m in second.measurements)
+    assert (lied.weights.kind, lied.weights.attestation) == ("external-unverified", "contradicted")
+    assert lied.weights.proof.startswith("contradicted: the served model changed since attestation")
+    assert lied.weights.known_answers == "not found" and lied.weights.digest == first.weights.digest
+    assert all(m.mechanism_only for m in lied.measurements)
+    assert marks(lied) == marks(second)  # behaviour rows unchanged: only the weights mark moved

@@ -101,10 +101,10 @@ class GatewayConfig(ServerConfig):
                                     "weights are real or attested.")
     attest: tuple[str, ...] = setting((), "Weights the deployer vouches for: MODEL_ID=SHA256 (catalog id = the "
                                           "combined digest the gateway computes from GATEWAY_WEIGHTS_ROOT; an echoed "
-                                          "digest "
-                                          "is not enough), comma-separated or repeated. Such weights are "
-                                          "'operator-attested': they may decide quality claims, and every such mark "
-                                          "says so.")
+                                          "digest is not enough), comma-separated or repeated. The first attested "
+                                          "run records the served model's known-answer fingerprint in the ranker; "
+                                          "later runs must reproduce it. Such weights are 'operator-attested': they "
+                                          "may decide quality claims, and every such mark says so.")
 
     deployments: tuple[str, ...] = setting(
         (), "Registered deployments (image classifiers on any Open Inference Protocol server) a comparison can "

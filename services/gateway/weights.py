@@ -10,7 +10,10 @@ look in the store; it never makes weights real or attested:
   published_files``, from the checkpoint's own repository) in its store, and each sha256 equals the
   catalog's; a subset is never enough;
 - **operator-attested**: the combined digest the gateway computed equals the one the deployer pinned for
-  this model (``--attest MODEL_ID=SHA256``); a digest the service merely echoes is not;
+  this model (``--attest MODEL_ID=SHA256``; a digest the service merely echoes is not), and the served
+  model reproduces the known-answer fingerprint the ranker recorded on the first attested run
+  (:func:`check_attestation`; every gateway replica reads the same record). A model changed since is
+  contradicted: "the served model changed since attestation";
 - **trained-here** / **random**: built by this project (its ``versus-weights.json`` marker, read by the
   gateway in the store, or reported: a reported built-here kind only ever lowers what weights decide):
   they decide claims about this deployment only, never the catalog checkpoint's;
@@ -18,13 +21,14 @@ look in the store; it never makes weights real or attested:
   catalog's digests: a mechanism check;
 - **unknown**: the service described no weights and the store holds none.
 
-What binds the hashed files to what answers on the wire is the known-answer check (reference inputs
-whose expected outputs are recorded against the digest); without it, a digest says what the store
-holds, not what the endpoint runs.
+What binds the hashed files to what answers on the wire is the known-answer check (:func:`check_known_answers`:
+reference inputs whose outputs are recorded against the digest, at build time or by ``versus weights
+fingerprint``); without a record, a digest says what the store holds, not what the endpoint runs.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Mapping
 
 from versus.common.v1 import common_pb2
@@ -39,6 +43,8 @@ from services.gateway.weights_store import StoreReading, WeightsStore
 REAL, ATTESTED, UNVERIFIED, UNKNOWN = "real", "operator-attested", "external-unverified", "unknown"
 #: Sends reference images to the served model and returns one row of logits per image.
 Ask = Callable[[list[bytes]], Awaitable[list[list[float]]]]
+#: Keeps an attestation in the ranker: (model id, digest, fingerprint) → (stored fingerprint, created, recorded at).
+Attest = Callable[[str, str, str], Awaitable[tuple[str, bool, str]]]
 #: Kinds a service may report from the project's own marker (they only ever lower what weights decide).
 BUILT_HERE = ("random", "trained-here")
 
@@ -174,10 +180,64 @@ async def check_known_answers(out: gateway_pb2.ServedWeights, reading: StoreRead
     source = (f"recorded by {rec.get('by', '?')} on {rec.get('backend', '?')}/{rec.get('precision', '?')} for sha256 "
               f"{_short(out.digest)}")
     out.known_answers_detail = f"{len(observed)} reference images, {source}: {said}"
-    if ok:
-        out.known_answers = "reproduced"
-        return
-    out.known_answers = "contradicted"
-    out.proof = (f"contradicted: the served model does not reproduce the known answers of the files the gateway "
-                 f"hashed ({out.known_answers_detail}); was {out.kind}: {out.proof}")
+    out.known_answers = "reproduced" if ok else "contradicted"
+    if not ok:
+        _lower(out, "contradicted: the served model does not reproduce the known answers of the files the gateway "
+                    f"hashed ({out.known_answers_detail})")
+
+
+def _lower(out: gateway_pb2.ServedWeights, why: str) -> None:
+    """The weights decide nothing any more (external-unverified), and the proof says why first."""
+    out.proof = f"{why}; was {out.kind}: {out.proof}"
     out.kind = UNVERIFIED
+
+
+def _unattested(out: gateway_pb2.ServedWeights, status: str, why: str) -> None:
+    out.attestation, out.attestation_detail = status, why
+    _lower(out, f"not attested: {why}")
+
+
+async def check_attestation(out: gateway_pb2.ServedWeights, model_id: str, ask: Ask | None,
+                            attest: Attest | None) -> None:
+    """Operator-attested weights stay so only while the served model reproduces the fingerprint the ranker
+    recorded on the first attested run (every gateway replica reads the same record)."""
+    if out.kind != ATTESTED:
+        return
+    if attest is None:
+        _unattested(out, "not checked", "no ranker keeps the attestation's fingerprint")
+        return
+    observed: list[list[float]] | None = None
+    if ask is not None:
+        try:
+            observed = await ask(known_answers.reference_images())
+        except DownstreamError as exc:
+            _unattested(out, "not checked", f"the reference images could not be classified ({exc.details.message})")
+            return
+        if len(observed) != known_answers.REFERENCE_COUNT:
+            _unattested(out, "not checked", f"{len(observed)} answers for {known_answers.REFERENCE_COUNT} reference "
+                                            "images")
+            return
+    mine = json.dumps(known_answers.record(observed, out.digest, backend=out.backend, precision=out.precision,
+                                           device=out.device, recorded_by="gateway, first attested run")
+                      ) if observed is not None else ""
+    try:
+        stored, created, at = await attest(model_id, out.digest, mine)
+    except DownstreamError as exc:
+        _unattested(out, "not checked", f"the ranker could not keep or read the attestation ({exc.details.message})")
+        return
+    if created:
+        out.attestation, out.attestation_detail = "recorded now", (
+            f"first attested run: digest {_short(out.digest)} and " + (
+                f"the fingerprint of {len(observed or [])} reference images recorded in the ranker" if mine
+                else "no fingerprint (no known answers for this kind of model)") + f" at {at}")
+        return
+    if not stored or observed is None:
+        out.attestation, out.attestation_detail = "not checked", (
+            f"attested at {at} without a fingerprint to reproduce: the digest alone binds the files, not the "
+            "served model")
+        return
+    ok, said = known_answers.compare(known_answers.parse(stored), observed, out.backend, out.precision)
+    out.attestation_detail = f"fingerprint recorded at {at}: {said}"
+    out.attestation = "reproduced" if ok else "contradicted"
+    if not ok:
+        _lower(out, f"contradicted: the served model changed since attestation ({out.attestation_detail})")

@@ -18,7 +18,7 @@ from services.common.errors import NotFound, quote
 from services.gateway.compare.probes import VitInfo
 from services.gateway.compare.sd35_probes import VariantInfo
 from services.gateway.config import ServedBy
-from services.gateway.weights import Ask, check_known_answers, classify_weights, read_store
+from services.gateway.weights import Ask, Attest, check_attestation, check_known_answers, classify_weights, read_store
 from services.gateway.weights_store import WeightsStore
 
 #: A read-only call whose answer the gateway may share for a few seconds: (component, method, request, timeout).
@@ -41,7 +41,7 @@ async def read_catalog(call: CachedCall, timeout: float, model_ids: tuple[str, .
 
 
 def weights_judge(catalog: Mapping[str, ranker_pb2.CatalogEntry], served: Mapping[str, ServedBy],
-                  attested: Mapping[str, str], store: WeightsStore) -> WeightsOf:
+                  attested: Mapping[str, str], store: WeightsStore, attest: Attest | None) -> WeightsOf:
     """From files the gateway hashes itself in ``store``: real only on every published digest, operator-attested
     on a pinned one. Hashing runs off the event loop (a first read of a large checkpoint takes minutes)."""
     async def weights_of(by: ServedBy, info: common_pb2.ModelInfo, ask: Ask | None) -> gateway_pb2.ServedWeights:
@@ -50,6 +50,7 @@ def weights_judge(catalog: Mapping[str, ranker_pb2.CatalogEntry], served: Mappin
         reading = await asyncio.to_thread(read_store, store, info, entry)
         out = classify_weights(str(by), info, entry, dict(attested), reading)
         await check_known_answers(out, reading, ask)
+        await check_attestation(out, entry.id if entry is not None else info.id, ask, attest)
         return out
     return weights_of
 

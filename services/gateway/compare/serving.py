@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from versus.gateway.v1 import gateway_pb2
+from versus.ranker.v1 import ranker_pb2
 
 from services.gateway.compare import catalog
 from services.gateway.compare.run import Run, Served
@@ -21,6 +22,17 @@ async def read_catalog(run: Run) -> None:
         run.unavailable("ranker", exc)
 
 
+def _attest(run: Run) -> catalog.Attest:
+    """Keep an operator attestation in the ranker (the first attested run's fingerprint wins)."""
+    async def attest(model_id: str, digest: str, fingerprint: str) -> tuple[str, bool, str]:
+        reply = await run.ds.call("ranker", "RecordAttestation", ranker_pb2.RecordAttestationRequest(
+            attestation=ranker_pb2.Attestation(model_id=model_id, digest=digest, fingerprint=fingerprint)),
+            run.budget.timeout())
+        a = reply.attestation  # type: ignore[attr-defined]
+        return a.fingerprint, reply.created, a.recorded_at  # type: ignore[attr-defined]
+    return attest
+
+
 def _needs(run: Run, service: str) -> bool:
     served = run.settings.served
     compared = any(by.service == service for m in run.opts.model_ids if (by := served.get(m)) is not None)
@@ -32,7 +44,7 @@ def _needs(run: Run, service: str) -> bool:
 async def read_infos(run: Run) -> None:
     errors: dict[str, gateway_pb2.Unavailable] = {}
     weights_of = catalog.weights_judge(run.catalog, run.settings.served, run.settings.attested,
-                                       run.gw.weights_store)
+                                       run.gw.weights_store, _attest(run) if run.ds.has("ranker") else None)
     timeout = run.budget.timeout()
 
     async def vit() -> None:

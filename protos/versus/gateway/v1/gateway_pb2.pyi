@@ -266,6 +266,8 @@ class ServedWeights(_message.Message):
     STORE_DIRECTORY_FIELD_NUMBER: _builtins.int
     KNOWN_ANSWERS_FIELD_NUMBER: _builtins.int
     KNOWN_ANSWERS_DETAIL_FIELD_NUMBER: _builtins.int
+    ATTESTATION_FIELD_NUMBER: _builtins.int
+    ATTESTATION_DETAIL_FIELD_NUMBER: _builtins.int
     service: _builtins.str
     """"vit", "sd35/large", ..."""
     served_model_id: _builtins.str
@@ -309,6 +311,13 @@ class ServedWeights(_message.Message):
     """The figures behind known_answers, in words (largest logit difference against the tolerance stated for
     the deployment's backend and precision, top-1 changes, where the record came from).
     """
+    attestation: _builtins.str
+    """For operator-attested weights, the attestation the ranker keeps (digest + known-answer fingerprint of
+    the first attested run): "recorded now" (this is the first attested run), "reproduced", "contradicted"
+    (the served model changed since attestation: kind is then "external-unverified"), "not checked" (no
+    fingerprint to compare, or the ranker or the model could not be asked: kind is then not attested).
+    """
+    attestation_detail: _builtins.str
     @_builtins.property
     def files(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.WeightFile]:
         """The weight files the gateway hashed in its store, with the sha256 of their bytes."""
@@ -336,10 +345,12 @@ class ServedWeights(_message.Message):
         store_directory: _builtins.str = ...,
         known_answers: _builtins.str = ...,
         known_answers_detail: _builtins.str = ...,
+        attestation: _builtins.str = ...,
+        attestation_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backend", b"backend", "device", b"device", "digest", b"digest", "files", b"files", "kind", b"kind", "known_answers", b"known_answers", "known_answers_detail", b"known_answers_detail", "precision", b"precision", "proof", b"proof", "reported_digest", b"reported_digest", "reported_files", b"reported_files", "reported_kind", b"reported_kind", "revision", b"revision", "served_model_id", b"served_model_id", "service", b"service", "store_directory", b"store_directory"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "attestation_detail", b"attestation_detail", "backend", b"backend", "device", b"device", "digest", b"digest", "files", b"files", "kind", b"kind", "known_answers", b"known_answers", "known_answers_detail", b"known_answers_detail", "precision", b"precision", "proof", b"proof", "reported_digest", b"reported_digest", "reported_files", b"reported_files", "reported_kind", b"reported_kind", "revision", b"revision", "served_model_id", b"served_model_id", "service", b"service", "store_directory", b"store_directory"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
