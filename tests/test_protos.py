@@ -75,7 +75,7 @@ def test_design_rpcs_exist() -> None:
         },
         "versus.sd35.v1.Sd35Service": {"Generate", "ListAdapters", "LoadAdapter", "UnloadAdapter", "GetModelInfo"},
         "versus.ranker.v1.RankerService": {"Score", "RecordMatch", "GetLeaderboard", "GetModel", "ListModels",
-                                           "RegisterDeployment"},
+                                           "RegisterDeployment", "RecordAttestation", "GetAttestation"},
         "versus.gateway.v1.GatewayService": {"Compare", "CompareStream", "RenderComparison", "ListModels"},
     }
     for name, methods in expected.items():
