@@ -69,6 +69,15 @@ def weights_key(w: gateway_pb2.ServedWeights) -> str:
     return f"sha256:{w.digest}" if w.digest else f"reported:{w.reported_digest}"
 
 
+def digest_words(w: gateway_pb2.ServedWeights, chars: int = 16) -> str:
+    """The digest as a page shows it: computed by the gateway, or only reported by the service (and so no proof)."""
+    if w.digest:
+        return f"sha256 {w.digest[:chars]}… (computed by the gateway)"
+    if w.reported_digest:
+        return f"sha256 {w.reported_digest[:chars]}… (reported by the service, not computed)"
+    return "no digest"
+
+
 def read_store(store: WeightsStore, info: common_pb2.ModelInfo, entry: ranker_pb2.CatalogEntry | None) -> StoreReading:
     """The gateway's own reading of the model's files (blocking: call it off the event loop)."""
     w = _reported(info)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
+from services.gateway.weights import digest_words
+
 Cell = tuple[str, str]  # (value, provenance)
 NOT_FOUND = ("not found", "no primary source in the catalog")
 
@@ -73,7 +75,7 @@ def _served(report: gateway_pb2.ModelReport) -> Cell:
         return ("not served here", "no service of this deployment hosts it")
     w = report.weights
     return (f"{report.served_by}: {w.kind} weights", f"GetModelInfo of {w.service}: {w.served_model_id}, "
-                                                       f"sha256 {w.digest[:16] or 'not reported'}, {w.backend}, "
+                                                       f"{digest_words(w)}, {w.backend}, "
                                                        f"{w.device}, {w.precision}")
 
 

@@ -90,7 +90,8 @@ def pct(value: float, digits: int = 0) -> str:
 
 def digest(weights: gateway_pb2.ServedWeights) -> str:
     """``abcdef012345… (random)``: the short digest and the kind of weights."""
-    short = f"{weights.digest[:DIGEST_CHARS]}…" if weights.digest else "no digest"
+    short = f"{weights.digest[:DIGEST_CHARS]}…" if weights.digest else (
+        f"reported {weights.reported_digest[:DIGEST_CHARS]}…, not computed" if weights.reported_digest else "no digest")
     return f"{short} ({weights.kind or 'unknown'})"
 
 
