@@ -143,8 +143,9 @@ class FakeJudge(vit_pb2_grpc.VitServiceServicer):
             probs = np.exp(logits - logits.max())
             probs /= probs.sum()
             order = np.argsort(-probs, kind="stable")[:request.top_k or 5]
-            results.append(vit_pb2.Classification(labels=[vit_pb2.Label(index=int(i), label=LABELS[i],
-                                                                         score=float(probs[i])) for i in order]))
+            results.append(vit_pb2.Classification(
+                labels=[vit_pb2.Label(index=int(i), label=LABELS[i], score=float(probs[i])) for i in order],
+                logits=logits.tolist() if request.return_logits else []))
         return vit_pb2.ClassifyResponse(results=results, model_id="fake-judge")
 
     async def GetModelInfo(self, request, context):
