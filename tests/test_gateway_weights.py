@@ -8,6 +8,7 @@ checkpoint's published ones, and the gateway hashing the same cache itself (GATE
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import shutil
@@ -21,6 +22,7 @@ from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from versus.vit.v1 import vit_pb2, vit_pb2_grpc
 
 from services.common.errors import ConfigError
+from services.common.weights import combined_digest, weight_files
 from services.gateway.config import GatewayConfig
 from services.gateway.weights import classify_weights, read_store
 from services.gateway.weights_store import StoreReading, WeightsStore
@@ -83,7 +85,7 @@ def digests(model_dir: Path) -> dict[str, str]:
 
 
 def store_reading(root: Path, info: common_pb2.ModelInfo, entry: ranker_pb2.CatalogEntry | None) -> StoreReading:
-    return read_store(WeightsStore(str(root)), info, entry)
+    return asyncio.run(read_store(WeightsStore(str(root)), info, entry))
 
 
 def test_every_published_file_hashed_by_the_gateway_proves_weights_real(tmp_path: Path, hub_model,
@@ -165,3 +167,20 @@ def test_attested_digests_are_a_checked_setting() -> None:
     for bad in (f"{MODEL}=short", "=" + "ab" * 32, f"{MODEL}={'AB' * 32}", f"{MODEL}={'ab' * 32},{MODEL}={'cd' * 32}"):
         with pytest.raises(ConfigError, match=r"GATEWAY_ATTEST\): .* is not MODEL_ID=SHA256"):
             GatewayConfig.from_env({"GATEWAY_ATTEST": bad, "GATEWAY_HTTP_PORT": "-1"})
+
+
+def test_a_slow_first_read_goes_on_in_the_background_and_is_shared(tmp_path: Path, vit_tiny_dir: Path) -> None:
+    """SD3.5 Large is over 16 GB: a comparison does not wait for its first hashing, and concurrent comparisons
+    share one read; once done, the digests are cached by path, size and mtime."""
+    store = WeightsStore(str(tmp_path / "store"))
+    shutil.copytree(vit_tiny_dir, tmp_path / "store" / "vit-tiny")
+
+    async def go() -> tuple[StoreReading, list[StoreReading]]:
+        early = await store.read_within(0.0, "", [], "vit-tiny")
+        done = await asyncio.gather(*(store.read_within(30.0, "", [], "vit-tiny") for _ in range(3)))
+        return early, list(done)
+
+    early, done = asyncio.run(go())
+    assert early.digest == "" and "still hashing" in early.note
+    assert {r.digest for r in done} == {combined_digest(weight_files(vit_tiny_dir))}
+    assert store.cache.hashed == len(done[0].files)  # one read for four callers

@@ -78,11 +78,12 @@ def digest_words(w: gateway_pb2.ServedWeights, chars: int = 16) -> str:
     return "no digest"
 
 
-def read_store(store: WeightsStore, info: common_pb2.ModelInfo, entry: ranker_pb2.CatalogEntry | None) -> StoreReading:
-    """The gateway's own reading of the model's files (blocking: call it off the event loop)."""
+async def read_store(store: WeightsStore, info: common_pb2.ModelInfo, entry: ranker_pb2.CatalogEntry | None,
+                     wait_s: float = 60.0) -> StoreReading:
+    """The gateway's own reading of the model's files, hashed off the event loop (at most ``wait_s`` waited)."""
     w = _reported(info)
     listed = [f.path for f in entry.published_files] if entry is not None else []
-    return store.read(entry.hub_id if entry is not None else "", listed, w.source, w.revision)
+    return await store.read_within(wait_s, entry.hub_id if entry is not None else "", listed, w.source, w.revision)
 
 
 def _published_match(reading: StoreReading, entry: ranker_pb2.CatalogEntry) -> tuple[bool, str]:

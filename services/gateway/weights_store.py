@@ -10,6 +10,7 @@ is kept inside the root, and every file is hashed from its bytes (cached by path
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +51,24 @@ class WeightsStore:
     def __init__(self, root: str) -> None:
         self.root = Path(root).resolve() if root else None
         self.cache = DigestCache()
+        self._inflight: dict[tuple, asyncio.Future[StoreReading]] = {}
+
+    async def read_within(self, wait_s: float, hub_id: str, listed: Sequence[str], source_hint: str = "",
+                          revision_hint: str = "") -> StoreReading:
+        """:meth:`read` off the event loop, one read shared by concurrent callers. A first read that takes longer
+        than ``wait_s`` (16 GB of SD3.5 Large) goes on in the background, caching each file's digest, and this
+        answer says that the digest is not computed yet."""
+        key = (hub_id, tuple(listed), source_hint, revision_hint)
+        task = self._inflight.get(key)
+        if task is None:
+            task = asyncio.ensure_future(asyncio.to_thread(self.read, hub_id, listed, source_hint, revision_hint))
+            self._inflight[key] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+        try:
+            return await asyncio.wait_for(asyncio.shield(task), max(wait_s, 0.0))
+        except TimeoutError:
+            return StoreReading(note=f"the gateway is still hashing these weights in its store (a first read takes "
+                                     f"longer than {wait_s:g} s); their digest is not computed yet")
 
     def candidates(self, hub_id: str, source_hint: str, revision_hint: str) -> list[Path]:
         """Directories under the root that may hold the model, most likely first."""

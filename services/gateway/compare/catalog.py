@@ -4,7 +4,6 @@ stage that stores the answers in a comparison is :mod:`services.gateway.compare.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 
 from versus.common.v1 import common_pb2
@@ -41,13 +40,13 @@ async def read_catalog(call: CachedCall, timeout: float, model_ids: tuple[str, .
 
 
 def weights_judge(catalog: Mapping[str, ranker_pb2.CatalogEntry], served: Mapping[str, ServedBy],
-                  attested: Mapping[str, str], store: WeightsStore, attest: Attest | None) -> WeightsOf:
+                  attested: Mapping[str, str], store: WeightsStore, attest: Attest | None, wait_s: float) -> WeightsOf:
     """From files the gateway hashes itself in ``store``: real only on every published digest, operator-attested
     on a pinned one. Hashing runs off the event loop (a first read of a large checkpoint takes minutes)."""
     async def weights_of(by: ServedBy, info: common_pb2.ModelInfo, ask: Ask | None) -> gateway_pb2.ServedWeights:
         model_id = next((m for m, s in served.items() if s == by), "")
         entry = catalog.get(model_id)
-        reading = await asyncio.to_thread(read_store, store, info, entry)
+        reading = await read_store(store, info, entry, wait_s)
         out = classify_weights(str(by), info, entry, dict(attested), reading)
         await check_known_answers(out, reading, ask)
         await check_attestation(out, entry.id if entry is not None else info.id, ask, attest)

@@ -44,7 +44,8 @@ def _needs(run: Run, service: str) -> bool:
 async def read_infos(run: Run) -> None:
     errors: dict[str, gateway_pb2.Unavailable] = {}
     weights_of = catalog.weights_judge(run.catalog, run.settings.served, run.settings.attested,
-                                       run.gw.weights_store, _attest(run) if run.ds.has("ranker") else None)
+                                       run.gw.weights_store, _attest(run) if run.ds.has("ranker") else None,
+                                       run.budget.timeout())
     timeout = run.budget.timeout()
 
     async def vit() -> None:
