@@ -71,7 +71,8 @@ def test_structural_probes_check_the_served_shape(comparison: gateway_pb2.Compar
     detail = row(comparison, VIT, "imagenet-1k-classification", "distribution").detail
     assert row(comparison, VIT, "imagenet-1k-classification", "distribution").mark == MARK.Value(
         "EVIDENCE_MARK_VERIFIED_LIVE")
-    assert "saw 1000 label scores summing to 1.0000" in detail and "= argmax" in detail
+    assert "saw 1000 label scores (1000 distinct indices" in detail and "summing to 1.0000" in detail
+    assert "= argmax" in detail and "the other image's answer was different" in detail
     emb = row(comparison, VIT, "embedding-extraction")
     assert emb.mark == MARK.Value("EVIDENCE_MARK_VERIFIED_LIVE") and "identical" in emb.detail
     for cap in ("text-to-image", "seeded-determinism", "megapixel-output", "lora-fine-tuning",
@@ -100,7 +101,7 @@ def test_every_mark_appears_with_its_reason(comparison: gateway_pb2.Comparison) 
     batch = row(comparison, VIT, "batch-inference", "10x batch")  # a GPU claim, measured on a CPU: not decided
     assert batch.mark in (MARK.Value("EVIDENCE_MARK_SUPPORTED"), MARK.Value("EVIDENCE_MARK_CLAIMED"))
     assert any(m.name == "batch10_throughput_ratio" for m in batch.measurements)
-    assert "measured on cpu; the claim is about gpu" in batch.detail
+    assert "a device the service reports as cpu" in batch.detail
 
 
 def test_the_84_percent_claim_is_contradicted_with_both_numbers_and_sources(comparison: gateway_pb2.Comparison) -> None:
@@ -237,7 +238,9 @@ def test_concurrent_comparisons_share_one_probe_run(gateway_stack: GatewayStack)
             t.join()
         shared = metric_sum(gw.metrics(), "versus_gateway_probe_cache_total", result="shared")
     embeds = metric_sum(gateway_stack.vit.metrics(), "grpc_server_handled_total", grpc_method="Embed") - before
-    assert len(results) == 4 and embeds == 3  # one embedding probe: layers, then the final vector twice
+    # one run of each probe: embedding (layers, then the final vectors twice), continuity (21 images), the
+    # architecture (layers 0..N, then N+1, refused) and transfer (64 images): 3 + 1 + 2 + 1
+    assert len(results) == 4 and embeds == 7
     assert shared > 0 and sum(c.probes_run for c in results) == results[0].probes_run + sum(
         c.probes_run for c in results[1:])
     assert sum(c.probes_cached for c in results) > 0

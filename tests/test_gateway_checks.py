@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import InProcessServer
 from fake_services import fake_vit
+from fakes import vit as fakes_vit
 from fakes.sd35 import fake_sd35
 from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
@@ -28,7 +29,6 @@ LIES = {
     "vit.embedding": [("vit", "truncate", "embedding-extraction"), ("vit", "jitter", "embedding-extraction")],
     "vit.batching": [("vit", "order", "batch-inference"), ("vit", "count", "batch-inference")],
     "vit.transfer": [("vit", "head", "fine-tuning")],
-    "vit.precision": [("vit-int8", "reports-fp32", "quantization-onnx-export")],
     "sd35.generate": [("sd35", "size", "text-to-image"), ("sd35", "undecodable", "text-to-image"),
                       ("sd35", "flat", "text-to-image"), ("sd35", "ignores-prompt", "text-to-image")],
     "sd35.determinism": [("sd35", "nondeterministic", "seeded-determinism")],
@@ -86,7 +86,8 @@ def run_with(ranker: InProcessServer, service: str, lies: str) -> gateway_pb2.Co
 
 
 def test_every_check_has_a_lie_it_catches() -> None:
-    assert {c.id for c in CHECKS} - {"quality"} == set(LIES)
+    consistent = {"vit.continuity-scores", "vit.continuity-embedding", "vit.architecture", "vit.precision"}
+    assert {c.id for c in CHECKS} - {"quality"} == set(LIES) | consistent  # the consistent liars: below
 
 
 @pytest.mark.parametrize(("check", "service", "lie", "capability"),
@@ -99,7 +100,7 @@ def test_a_lie_is_contradicted(ranker, check: str, service: str, lie: str, capab
     assert check in row.check and row.detail and row.measured_conditions.startswith("cpu")
 
 
-@pytest.mark.parametrize("service", ["vit", "vit-int8", "sd35"])
+@pytest.mark.parametrize("service", ["vit", "sd35"])
 def test_honest_fakes_verify(ranker, service: str) -> None:
     c = run_with(ranker, service, "")
     cases = [case for cases in LIES.values() for case in cases if case[0] == service]
@@ -121,6 +122,7 @@ def test_get_model_info_failing_makes_live_rows_unavailable_not_claimed(ranker) 
     vit = next(m for m in c.models if m.entry.id == VIT)
     live = [r for r in vit.capabilities if "served here" in r.title]
     assert len(live) == 5 and all(r.mark == UNAVAILABLE and "GetModelInfo failed" in r.detail for r in live), live
+    assert not [r for r in vit.capabilities if r.capability_id == "vit.architecture"]  # nothing observed
     batch = next(r for r in vit.capabilities if r.claim.startswith("10x batch"))
     assert batch.mark == UNAVAILABLE and batch.unavailable_reason
 
@@ -163,7 +165,7 @@ def test_the_gpu_batch_claim_is_not_decided_on_a_cpu(ranker) -> None:
     row = next(r for r in report.capabilities if r.claim.startswith("10x batch"))
     assert row.conditions.device_class == "gpu" and row.check == "vit.batching"
     assert row.mark not in (VERIFIED, CONTRADICTED, UNAVAILABLE), row
-    assert "measured on cpu; the claim is about gpu" in row.detail and row.measurements
+    assert "a device the service reports as cpu" in row.detail and row.measurements
 
 
 # -- admission counts cost; unknown enum values ---------------------------------------------------------------
@@ -249,7 +251,7 @@ def test_lost_generations_are_not_misses_and_faulty_ones_are_shown(ranker, lie: 
     """An outage loses images (counted apart, never as misses); a fault is a miss that is shown."""
     with fake_vit() as vit, fake_sd35(lie) as sd35:
         c = compare(ranker, (LARGE, TURBO), vit=vit.target, sd35=sd35.target, lora_probe_path="",
-                    imagenet_classes="label1,label2")
+                    imagenet_classes="tench,goldfish")
     q = next(s for s in c.quality if s.generator == LARGE)
     assert q.requested == 4  # 2 classes x 2 images: the fewest a perfect generator can verify with
     if lie == "down":
@@ -259,3 +261,83 @@ def test_lost_generations_are_not_misses_and_faulty_ones_are_shown(ranker, lie: 
         mine = [j for j in c.judgements if j.generator == LARGE]
         assert (q.images, q.lost, q.failed) == (4, 0, 4) and q.top5_hit_rate == 0.0
         assert len(mine) == 4 and all("cannot identify image" in j.error and j.judge_id == "fake-vit" for j in mine)
+
+
+# -- consistent liars (tests/fakes/vit.py): each loses exactly the marks it fakes ------------------------------
+def verified(c: gateway_pb2.Comparison, model: str = VIT) -> set[str]:
+    report = next(m for m in c.models if m.entry.id == model)
+    return {r.capability_id for r in report.capabilities if r.mark == VERIFIED}
+
+
+@pytest.fixture(scope="module")
+def honest_vit(ranker) -> set[str]:
+    with fake_vit() as vit:
+        return verified(compare(ranker, (VIT, OTHER), vit=vit.target))
+
+
+def test_the_honest_stand_in_keeps_its_behaviour_and_architecture_marks(honest_vit: set[str]) -> None:
+    assert honest_vit >= {"imagenet-1k-classification", "embedding-extraction", "batch-inference", "fine-tuning",
+                          "vit.architecture"}, honest_vit
+
+
+def _tiny() -> object:
+    from fake_services import FakeVit
+
+    class Tiny(FakeVit):  # an honest smaller build: 2 layers, 64 wide, the catalog's labels
+        width, layers = 64, 2
+    return Tiny()
+
+
+@pytest.mark.parametrize(("fake", "lost"), [
+    (lambda: fakes_vit.HashClassifier(1), {"imagenet-1k-classification", "batch-inference", "vit.architecture"}),
+    (lambda: fakes_vit.HashClassifier(10), {"imagenet-1k-classification", "vit.architecture"}),
+    (lambda: fakes_vit.ConstantClassifier(), {"imagenet-1k-classification", "batch-inference"}),
+    (lambda: fakes_vit.HashEmbeddings(), {"embedding-extraction", "fine-tuning"}),
+    (lambda: fakes_vit.MeanColourHead(), {"fine-tuning"}),
+    (_tiny, {"vit.architecture"}),  # not the catalog's architecture; its behaviour rows do not depend on it
+], ids=["1-label-hash", "10-label-hash", "constant", "hash-embeddings", "mean-colour-head", "tiny-build"])
+def test_a_consistent_liar_loses_exactly_the_marks_it_fakes(ranker, honest_vit: set[str], fake, lost: set[str]) -> None:
+    with fakes_vit.serve(fake()) as vit:
+        c = compare(ranker, (VIT, OTHER), vit=vit.target)
+    got = verified(c)
+    assert honest_vit - got == lost and got <= honest_vit, (honest_vit - got, got - honest_vit)
+    report = next(m for m in c.models if m.entry.id == VIT)
+    for row in report.capabilities:
+        if row.capability_id in lost and "served here" in row.title:
+            assert row.detail, row
+
+
+def test_fp32_that_reports_int8_is_caught_by_its_speed_only(ranker) -> None:
+    """The reported precision decides nothing: the int8 claim falls on the measured speed-up."""
+    from fake_services import FakeVit
+
+    def run(int8: object) -> gateway_pb2.CapabilityEvidence:
+        with fakes_vit.serve(FakeVit(delay_s=0.2)) as vit, fakes_vit.serve(int8) as other:
+            c = compare(ranker, (VIT, OTHER), vit=vit.target, vit_precisions=f"int8={other.target}")
+        report = next(m for m in c.models if m.entry.id == VIT)
+        live = [r for r in report.capabilities if r.capability_id == "quantization-onnx-export"]
+        assert all(r.mark != VERIFIED for r in live), live  # the reported precision is only shown as reported
+        return next(r for r in live if r.claim.startswith("2-4x"))
+
+    from versus.common.v1 import common_pb2
+
+    liar = run(FakeVit(precision=common_pb2.PRECISION_INT8, delay_s=0.2))  # as slow as fp32
+    honest = run(FakeVit(precision=common_pb2.PRECISION_INT8))  # much faster
+    assert liar.mark == CONTRADICTED and "below 2x" in liar.detail, liar
+    assert honest.mark != CONTRADICTED and "speed-up" in honest.detail, honest
+
+
+def test_a_cpu_service_that_says_cuda_does_not_decide_the_gpu_claim(ranker) -> None:
+    from fake_services import FakeVit
+
+    class SaysCuda(FakeVit):
+        async def GetModelInfo(self, request, context):
+            reply = await super().GetModelInfo(request, context)
+            reply.model.device = "cuda:0"
+            return reply
+
+    with fakes_vit.serve(SaysCuda()) as vit:
+        c = compare(ranker, (VIT, OTHER), vit=vit.target)
+    row = next(r for m in c.models if m.entry.id == VIT for r in m.capabilities if r.claim.startswith("10x batch"))
+    assert row.mark not in (VERIFIED, CONTRADICTED), row
+    assert "reports as gpu" in row.detail and "never decides" in row.detail, row.detail

@@ -71,7 +71,8 @@ def vit_capabilities() -> list[gw.CapabilityEvidence]:
             model_id=VIT, capability_id="batch-inference", title="Batch inference",
             claim="10x batch size = ~9x throughput", mark=gw.EVIDENCE_MARK_VERIFIED_LIVE,
             detail="batch 10 ran 6.37x the images per second of batch 1", claimed_value=9.0, unit="x",
-            measurements=[BATCH], probes=["vit.batch_scaling"]),
+            measurements=[BATCH], probes=["vit.batch_scaling"], check="vit.batching",
+            does_not_prove="vit.batching: anything about the device it runs on (reported only)"),
         gw.CapabilityEvidence(
             model_id=VIT, capability_id="multi-framework-safetensors", title="Multi-framework safetensors loading",
             claim="Weights published for PyTorch, TensorFlow and JAX", mark=gw.EVIDENCE_MARK_SUPPORTED,
@@ -461,3 +462,9 @@ def test_leaderboard_chart_draws_each_interval() -> None:
     svg = charts.leaderboard_svg(leaderboard())
     assert f">#1 {TURBO}<" in svg and f">#1 {SD}<" in svg
     assert "1120 [1010, 1240]<" in svg and "1000 [905, 1101]<" in svg
+
+
+def test_what_a_mark_does_not_prove_is_shown_under_it(markdown: str, page: str) -> None:
+    said = "does not prove:* vit.batching: anything about the device it runs on (reported only)"
+    assert said in markdown
+    assert "does not prove: vit.batching: anything about the device it runs on (reported only)" in page

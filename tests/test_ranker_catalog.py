@@ -269,3 +269,30 @@ def test_explanations_reach_the_feature_table_whole() -> None:
     rows = fact_rows(gateway_pb2.Comparison(models=[gateway_pb2.ModelReport(score=scored)]))
     cell = next(r for r in rows if r.name == "Quality").cells[0]
     assert cell.provenance == f"ranker: {quality}"
+
+
+def test_the_vit_architecture_is_sourced_and_its_labels_are_the_shipped_list() -> None:
+    """The gateway's label and architecture checks expect what the catalog states; the label digest is the
+    digest of the names the project ships (services/vit/data/imagenet1k_labels.txt, the id2label copy)."""
+    import hashlib
+
+    from services.ranker.servicer import _entry
+
+    arch = CATALOG[VIT].architecture
+    assert arch is not None and (arch.layers, arch.hidden_size, arch.num_labels) == (12, 768, 1000)
+    assert arch.source.startswith("https://") and arch.locator and arch.labels_source.startswith("https://")
+    shipped = Path(__file__).parent.parent / "services/vit/data/imagenet1k_labels.txt"
+    names = [line for line in shipped.read_text(encoding="utf-8").splitlines() if line]
+    assert len(names) == arch.num_labels
+    assert hashlib.sha256("\n".join(sorted(names)).encode()).hexdigest() == arch.labels_sha256
+    assert _entry(CATALOG[VIT]).architecture.labels_sha256 == arch.labels_sha256  # on the wire
+    assert not _entry(CATALOG[LARGE]).HasField("architecture")  # none read: the checks say so
+
+
+def test_a_label_digest_needs_its_source(tmp_path: Path) -> None:
+    from services.ranker.catalog import parse_entry
+
+    doc = json.loads((Path(__file__).parent.parent / "services/ranker/catalog/vit-base-patch16-224.json").read_text())
+    doc["architecture"]["labels_source"] = ""
+    with pytest.raises(CatalogError, match="labels_sha256 and labels_source come together"):
+        parse_entry("vit.json", doc)

@@ -241,6 +241,30 @@ class PublishedFile(_Schema):
     size_bytes: int | None = Field(None, ge=0)
 
 
+class Architecture(_Schema):
+    """The checkpoint's architecture, each figure from a primary source (its config.json, or the code it was
+    converted from): what the gateway's architecture and label checks expect of a served model."""
+
+    layers: int = Field(0, ge=0, description="Transformer layers (ViT num_hidden_layers); 0 = not stated.")
+    hidden_size: int = Field(0, ge=0, description="Width of hidden states and embeddings; 0 = not stated.")
+    num_labels: int = Field(0, ge=0, description="Classes of the classification head; 0 = not stated.")
+    labels_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$",
+                               description="sha256 of the label names sorted and joined by '\\n' (duplicates "
+                                           "kept); '' = not stated.")
+    source: Url = Field(description="Where layers, hidden_size and num_labels were read.")
+    locator: Text
+    as_of: date
+    labels_source: str = Field("", description="Where the label names were read (required with labels_sha256).")
+    labels_locator: str = ""
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _labels_sourced(self) -> Architecture:
+        if bool(self.labels_sha256) != bool(self.labels_source.strip()):
+            raise ValueError("labels_sha256 and labels_source come together")
+        return self
+
+
 class CatalogEntry(_Schema):
     """One catalog file."""
 
@@ -257,6 +281,7 @@ class CatalogEntry(_Schema):
                                                                         "proven real only against these.")
     published_files_source: Text = Field(description="Where published_files were read (URL, place, date), or "
                                                      "'not found: …' with where they were looked for.")
+    architecture: Architecture | None = None
     license: License
     pricing: Pricing
     capabilities: tuple[Capability, ...] = Field(min_length=1)

@@ -62,7 +62,18 @@ def _entry(e: CatalogEntry) -> ranker_pb2.CatalogEntry:
             revenue_threshold_usd=lic.revenue_threshold_usd or 0, source=lic.source or "", as_of=_iso(lic.as_of),
             note=lic.note),
         pricing_terms=ranker_pb2.PricingTerms(kind=price.kind, price_usd=price.price_usd, per=price.per,
-                                              source=price.source or "", as_of=_iso(price.as_of), note=price.note))
+                                              source=price.source or "", as_of=_iso(price.as_of), note=price.note),
+        architecture=_architecture(e))
+
+
+def _architecture(e: CatalogEntry) -> ranker_pb2.Architecture | None:
+    a = e.architecture
+    if a is None:
+        return None
+    return ranker_pb2.Architecture(layers=a.layers, hidden_size=a.hidden_size, num_labels=a.num_labels,
+                                   labels_sha256=a.labels_sha256, source=a.source, locator=a.locator,
+                                   as_of=a.as_of.isoformat(), labels_source=a.labels_source,
+                                   labels_locator=a.labels_locator, note=a.note)
 
 
 def _leaderboard(board: Leaderboard) -> ranker_pb2.GetLeaderboardResponse:

@@ -36,7 +36,7 @@ Plan = Callable[["Run", "Served"], list[Job]]
 class Check:
     id: str
     service: str  # the family whose deployments it probes: "vit" or "sd35"
-    capabilities: tuple[str, ...]
+    capabilities: tuple[str, ...]  # () = a row of its own, under the check's id and ``title``
     claim: str  # what the check itself tests (the live row's claim)
     conditions: str  # what its measurement holds under
     observes: str
@@ -47,3 +47,9 @@ class Check:
     applies: Callable[[Served], bool] = lambda _served: True
     weights_dependent: bool = False  # only real or operator-attested weights decide it
     decides: Mapping[str, Decider] = field(default_factory=dict)  # catalog claim metric → decider
+    title: str = ""  # the title of its own row (checks without capabilities)
+
+    @property
+    def rows(self) -> tuple[str, ...]:
+        """The capability rows it speaks for (its own id when it has a row of its own)."""
+        return self.capabilities or (self.id,)

@@ -47,8 +47,10 @@ CHECKS: tuple[Check, ...] = (*VIT_CHECKS, *SD35_CHECKS, QUALITY)
 BY_ID = {c.id: c for c in CHECKS}
 FOR_CAPABILITY: dict[str, list[Check]] = {}
 for _check in CHECKS:
-    for _cap in _check.capabilities:
+    for _cap in _check.rows:
         FOR_CAPABILITY.setdefault(_cap, []).append(_check)
+#: Checks with a row of their own (not a catalog capability): the architecture.
+OWN_ROWS = tuple(c for c in CHECKS if not c.capabilities)
 #: Capabilities only the service's description speaks to: CLAIMED "reported by the service" unless sourced.
 SELF_DESCRIBED = ("multi-framework-safetensors", "diffusers-integration", "open-self-hosted-inference",
                   "skip-layer-guidance")
@@ -66,9 +68,9 @@ def _wanted(run: Run, served: Served, check: Check) -> bool:
     """A check runs when it probes this model's service and a capability of the model, or a catalog claim whose
     metric it decides, needs it (all of them without a catalog entry)."""
     entry = run.catalog.get(served.model_id)
-    return (check.plan is not None and served.by.service == check.service and check.applies(served)
-            and (entry is None or any(c.id in check.capabilities for c in entry.capabilities)
-                 or any(cl.metric in check.decides for cl in entry.claims)))
+    needed = (entry is None or not check.capabilities or any(c.id in check.capabilities for c in entry.capabilities)
+              or any(cl.metric in check.decides for cl in entry.claims))
+    return check.plan is not None and served.by.service == check.service and check.applies(served) and needed
 
 
 async def _check_model(run: Run, served: Served) -> None:
@@ -85,3 +87,12 @@ async def _check_model(run: Run, served: Served) -> None:
             if result is not None:
                 served.results.append((check, result))
                 run.progress("probe", f"{check.id} on {served.model_id}: observed", 0.3)
+
+
+def table_markdown() -> str:
+    """The check table as docs/GATEWAY.md shows it (a test keeps the two the same)."""
+    lines = ["| check (rows) | claim it tests | conditions its measurement holds under | what it observes | "
+             "lies it catches | does not prove |", "|---|---|---|---|---|---|"]
+    lines += [f"| `{c.id}` ({', '.join(c.rows)}) | {c.claim} | {c.conditions} | {c.observes} | {c.fails} | "
+              f"{c.misses} |" for c in CHECKS]
+    return "\n".join(lines) + "\n"

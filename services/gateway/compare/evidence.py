@@ -14,8 +14,9 @@ Rules, in order, for one claim of one model:
 1. A numeric claim whose metric a check measures (``batch10_throughput_ratio``, ``int8_speedup``,
    ``default_steps``) is decided by the measurement only when the claim's conditions (device class,
    precision, resolution, batch, and for weights-dependent claims real or operator-attested weights) are
-   those the measurement held under; otherwise the row keeps its source mark and says what was measured
-   and why it cannot decide.
+   those the measurement held under — observed, or set by the gateway's configuration: a condition only the
+   service reports (its device, its reported precision) never lets a measurement decide; otherwise the row
+   keeps its source mark and says what was measured and why it cannot decide.
 2. A numeric claim whose metric the catalog sources state (``imagenet1k_top1``) is contradicted when any
    primary source differs by more than ``claim_tolerance_pt``, else supported.
 3. A capability with checks, on a served model, gets one live row: its checks' judgements combined
@@ -33,7 +34,7 @@ from versus.gateway.v1 import gateway_pb2
 from versus.ranker.v1 import ranker_pb2
 
 from services.gateway.compare.check import Check
-from services.gateway.compare.checks import BY_ID, FOR_CAPABILITY, SELF_DESCRIBED
+from services.gateway.compare.checks import BY_ID, FOR_CAPABILITY, OWN_ROWS, SELF_DESCRIBED
 from services.gateway.compare.probes import DECIDING_KINDS, ProbeResult
 from services.gateway.compare.verdicts import UNDECIDED, WEIGHTS_AWARE, Verdict
 
@@ -75,8 +76,11 @@ def device_class(device: str) -> str:
 
 
 def measured_conditions(r: ProbeResult) -> str:
+    """The conditions of a measurement: the device as the service reports it (never observed here), the
+    precision as configured for the deployment (or as reported), the size and batch the probe chose."""
     w = r.weights
-    parts = [device_class(w.device), r.data.get("precision") or w.precision or "?"]
+    precision = r.data.get("precision") or f"{w.precision or '?'} (reported)"
+    parts = [f"{device_class(w.device)} (reported)", precision]
     parts += [f"{r.data['resolution']} px"] if r.data.get("resolution") else []
     parts += [f"batch {r.data['batch']}"] if r.data.get("batch") else []
     return ", ".join(parts + [f"{w.kind} weights"])
@@ -87,11 +91,12 @@ def mismatch(cond: ranker_pb2.ClaimConditions, r: ProbeResult, weights_dependent
     """Why a measurement cannot decide a claim made under ``cond``; empty when it can. ``weights_judged``:
     the decider weighs the weights itself (it may still contradict on a part that holds for any weights)."""
     w, d = r.weights, r.data
-    measured = {"device": device_class(w.device), "precision": d.get("precision") or w.precision}
-    if cond.device_class and cond.device_class != measured["device"]:
-        return f"measured on {measured['device']}; the claim is about {cond.device_class}"
-    if cond.precision and cond.precision != measured["precision"]:
-        return f"measured at {measured['precision']}; the claim is about {cond.precision}"
+    if cond.device_class:  # the device is the service's word: it never lets a measurement decide a claim
+        return (f"measured on a device the service reports as {device_class(w.device)} (not observed: a reported "
+                f"condition never decides a claim); the claim is about {cond.device_class}")
+    if cond.precision and cond.precision != d.get("precision"):
+        measured = d.get("precision") or f"a precision only reported by the service ({w.precision or '?'})"
+        return f"measured at {measured}; the claim is about {cond.precision}"
     if cond.resolution and d.get("resolution") and cond.resolution != d["resolution"]:
         return f"measured at {d['resolution']} px; the claim is about {cond.resolution} px"
     if cond.batch and d.get("batch") and cond.batch != d["batch"]:
@@ -149,8 +154,14 @@ def _find_subject(subject: str, catalog: dict[str, ranker_pb2.CatalogEntry]) -> 
     return None
 
 
+def does_not_prove(checks: Iterable[Check]) -> str:
+    """What the checks cannot tell apart, from the table, each once."""
+    return "; ".join(dict.fromkeys(f"{c.id}: {c.misses}" for c in checks))
+
+
 def _title(ev: ModelEvidence, capability_id: str) -> str:
-    return next((c.title for c in ev.entry.capabilities if c.id == capability_id), capability_id)
+    own = BY_ID[capability_id].title if capability_id in BY_ID else capability_id
+    return next((c.title for c in ev.entry.capabilities if c.id == capability_id), own)
 
 
 def _row(ev: ModelEvidence, capability_id: str, claim: str, **kw: object) -> gateway_pb2.CapabilityEvidence:
@@ -194,6 +205,7 @@ def _live_row(capability_id: str, ev: ModelEvidence) -> gateway_pb2.CapabilityEv
         return row
     row.probes.extend(r.probe for _, r in results)
     row.check = ",".join(dict.fromkeys(c.id for c, _ in results))
+    row.does_not_prove = does_not_prove(c for c, _ in results)
     row.measured_conditions = measured_conditions(results[0][1])
     for _, r in results:
         row.measurements.extend(r.measurements)
@@ -212,14 +224,7 @@ def _live_row(capability_id: str, ev: ModelEvidence) -> gateway_pb2.CapabilityEv
                             f"→ {v.why}" for _, r, v in verdicts)
     if missing:
         row.detail = "; ".join(filter(None, [row.detail, *(_reason(u) for u in missing)]))
-    row.detail += _misses(row.mark, [c for c, _, _ in verdicts])
     return row
-
-
-def _misses(mark: int, checks: list[Check]) -> str:
-    """What a verified row's checks do not prove, in their own words."""
-    misses = [c.misses for c in checks if c.misses]
-    return " | does not prove: " + "; ".join(dict.fromkeys(misses)) if misses and mark == VERIFIED else ""
 
 
 def _from_sources(capability_id: str, claim: ranker_pb2.Claim | None, text: str, ev: ModelEvidence
@@ -289,6 +294,7 @@ def _live_numeric(claim: ranker_pb2.Claim, ev: ModelEvidence) -> gateway_pb2.Cap
             row = _row(ev, claim.capability_id, claim.text, claimed_value=claim.value, unit=claim.unit,
                        mark=verdict.mark, detail=f"{said} → {verdict.why}")
     row.check, row.measured_conditions = check.id, measured_conditions(r)
+    row.does_not_prove = does_not_prove([check])
     row.conditions.CopyFrom(claim.conditions)
     row.probes.append(r.probe)
     row.measurements.extend(r.measurements)
@@ -310,6 +316,10 @@ def capability_evidence(ev: ModelEvidence, tolerance_pt: float) -> list[gateway_
         elif not claims or cap.id in ev.undecided:
             rows.append(_from_sources(cap.id, None, cap.description, ev))
         rows.extend(_claim_row(claim, ev, tolerance_pt) for claim in claims)
+    for check in OWN_ROWS:  # the architecture: a row of its own, which no behaviour row depends on
+        if any(c is check for c, _ in ev.results):
+            live = _live_row(check.id, ev)
+            rows.append(live if live is not None else _from_sources(check.id, None, check.claim, ev))
     return rows
 
 

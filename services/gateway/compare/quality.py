@@ -28,7 +28,6 @@ from services.gateway.compare.checks import ADHERENCE_BAR, QUALITY
 from services.gateway.compare.probes import (
     DECIDING_KINDS,
     ProbeResult,
-    VitProbes,
     expect,
     measurement,
     now_iso,
@@ -36,6 +35,7 @@ from services.gateway.compare.probes import (
 )
 from services.gateway.compare.run import Run, Served
 from services.gateway.compare.sd35_checks import sd35_probes
+from services.gateway.compare.vit_probes import VitProbes
 from services.gateway.stats import images_to_verify
 
 TASK = "t2i-imagenet-judge"

@@ -425,6 +425,7 @@ class CapabilityEvidence(_message.Message):
     CONDITIONS_FIELD_NUMBER: _builtins.int
     CHECK_FIELD_NUMBER: _builtins.int
     MEASURED_CONDITIONS_FIELD_NUMBER: _builtins.int
+    DOES_NOT_PROVE_FIELD_NUMBER: _builtins.int
     model_id: _builtins.str
     capability_id: _builtins.str
     title: _builtins.str
@@ -442,6 +443,10 @@ class CapabilityEvidence(_message.Message):
     """The declared live check behind a live mark ("vit.batching"), empty for source or claimed marks."""
     measured_conditions: _builtins.str
     """The conditions the live measurement held under ("cpu, fp32, 224 px, batch 10, random weights")."""
+    does_not_prove: _builtins.str
+    """What the live checks behind the mark cannot tell apart (from the check table), so a reader knows what a
+    mark is worth: "that the scores come from a network (a hash of the image with the right labels passes)".
+    """
     @_builtins.property
     def sources(self) -> _containers.RepeatedCompositeFieldContainer[Global___Source]:
         """Sources that support or contradict the claim, with their numbers."""
@@ -476,10 +481,11 @@ class CapabilityEvidence(_message.Message):
         conditions: _ranker_pb2.ClaimConditions | None = ...,
         check: _builtins.str = ...,
         measured_conditions: _builtins.str = ...,
+        does_not_prove: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value", "claimed_value", b"claimed_value", "conditions", b"conditions"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value", "capability_id", b"capability_id", "check", b"check", "claim", b"claim", "claimed_value", b"claimed_value", "conditions", b"conditions", "detail", b"detail", "mark", b"mark", "measured_conditions", b"measured_conditions", "measurements", b"measurements", "model_id", b"model_id", "probes", b"probes", "sources", b"sources", "title", b"title", "unavailable_reason", b"unavailable_reason", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value", "capability_id", b"capability_id", "check", b"check", "claim", b"claim", "claimed_value", b"claimed_value", "conditions", b"conditions", "detail", b"detail", "does_not_prove", b"does_not_prove", "mark", b"mark", "measured_conditions", b"measured_conditions", "measurements", b"measurements", "model_id", b"model_id", "probes", b"probes", "sources", b"sources", "title", b"title", "unavailable_reason", b"unavailable_reason", "unit", b"unit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__claimed_value: _TypeAlias = _typing.Literal["claimed_value"]  # noqa: Y015
     _WhichOneofArgType__claimed_value: _TypeAlias = _typing.Literal["_claimed_value", b"_claimed_value"]  # noqa: Y015

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from versus.common.v1 import common_pb2 as versus_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dversus/ranker/v1/ranker.proto\x12\x10versus.ranker.v1\x1a\x1dversus/common/v1/common.proto\"\xaa\x01\n\x06Signal\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x10\n\x08measured\x18\x07 \x01(\x08\x12\x0f\n\x07locator\x18\x08 \x01(\t\x12\x12\n\nconditions\x18\t \x01(\t\x12\x0c\n\x04note\x18\n \x01(\t\"=\n\x0c\x41\x62sentSignal\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\",\n\nComparison\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\x98\x02\n\x05\x43laim\x12\x15\n\rcapability_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nclaimed_by\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x33\n\rcompared_with\x18\x07 \x03(\x0b\x32\x1c.versus.ranker.v1.Comparison\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x0f\n\x07locator\x18\t \x01(\t\x12\r\n\x05\x61s_of\x18\n \x01(\t\x12\x35\n\nconditions\x18\x0b \x01(\x0b\x32!.versus.ranker.v1.ClaimConditionsB\x08\n\x06_value\"\x86\x01\n\x0f\x43laimConditions\x12\x14\n\x0c\x64\x65vice_class\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x12\n\nresolution\x18\x03 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x05\x12\x19\n\x11weights_dependent\x18\x05 \x01(\x08\x12\x0c\n\x04text\x18\x06 \x01(\t\"\xaa\x01\n\x0cLicenseTerms\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x0copen_weights\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0e\x63ommercial_use\x18\x03 \x01(\t\x12\x1d\n\x15revenue_threshold_usd\x18\x04 \x01(\x03\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\tB\x0f\n\r_open_weights\"|\n\x0cPricingTerms\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x16\n\tprice_usd\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0b\n\x03per\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05\x61s_of\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\tB\x0c\n\n_price_usd\"\xc3\x04\n\x0c\x43\x61talogEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\x12\x12\n\nparameters\x18\x05 \x01(\x03\x12\x0f\n\x07license\x18\x06 \x01(\t\x12\x0f\n\x07pricing\x18\x07 \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\x08 \x03(\x0b\x32\x1c.versus.common.v1.Capability\x12)\n\x07signals\x18\t \x03(\x0b\x32\x18.versus.ranker.v1.Signal\x12\x12\n\ncheckpoint\x18\n \x01(\t\x12\'\n\x06\x63laims\x18\x0b \x03(\x0b\x32\x17.versus.ranker.v1.Claim\x12\x31\n\tnot_found\x18\x0c \x03(\x0b\x32\x1e.versus.ranker.v1.AbsentSignal\x12\x35\n\rlicense_terms\x18\r \x01(\x0b\x32\x1e.versus.ranker.v1.LicenseTerms\x12\x35\n\rpricing_terms\x18\x0e \x01(\x0b\x32\x1e.versus.ranker.v1.PricingTerms\x12\x19\n\x11parameters_source\x18\x0f \x01(\t\x12\x0e\n\x06hub_id\x18\x10 \x01(\t\x12\x35\n\x0fpublished_files\x18\x11 \x03(\x0b\x32\x1c.versus.common.v1.WeightFile\x12\x1e\n\x16published_files_source\x18\x12 \x01(\t\"b\n\x08SubScore\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\x12\x0f\n\x07missing\x18\x05 \x01(\x08\"\xbc\x01\n\nModelScore\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x11\n\tcomposite\x18\x03 \x01(\x01\x12.\n\nsub_scores\x18\x04 \x03(\x0b\x32\x1a.versus.ranker.v1.SubScore\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12\x15\n\rtimes_matched\x18\x06 \x01(\x03\x12\x18\n\x10shared_composite\x18\x07 \x01(\x01\"6\n\x0f\x44imensionLeader\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"/\n\x0cScoreRequest\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\xba\x01\n\rScoreResponse\x12,\n\x06scores\x18\x01 \x03(\x0b\x32\x1c.versus.ranker.v1.ModelScore\x12\x32\n\x07leaders\x18\x02 \x03(\x0b\x32!.versus.ranker.v1.DimensionLeader\x12\x0f\n\x07verdict\x18\x03 \x01(\t\x12\x19\n\x11shared_dimensions\x18\x04 \x03(\t\x12\x1b\n\x13unshared_dimensions\x18\x05 \x03(\t\"\x9b\x01\n\x12RecordMatchRequest\x12\x0f\n\x07model_a\x18\x01 \x01(\t\x12\x0f\n\x07model_b\x18\x02 \x01(\t\x12*\n\x07outcome\x18\x03 \x01(\x0e\x32\x19.versus.ranker.v1.Outcome\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x10\n\x08\x65vidence\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\":\n\x13RecordMatchResponse\x12\x10\n\x08match_id\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"%\n\x15GetLeaderboardRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"\x9c\x01\n\x06Rating\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x03 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x04 \x01(\x01\x12\x15\n\rtimes_matched\x18\x05 \x01(\x03\x12\x0c\n\x04rank\x18\x06 \x01(\x05\x12\x0c\n\x04wins\x18\x07 \x01(\x03\x12\x0e\n\x06losses\x18\x08 \x01(\x03\x12\x0c\n\x04ties\x18\t \x01(\x03\"\xa1\x01\n\x16GetLeaderboardResponse\x12)\n\x07ratings\x18\x01 \x03(\x0b\x32\x18.versus.ranker.v1.Rating\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x18\n\x10\x62ootstrap_rounds\x18\x03 \x01(\x05\x12\x0f\n\x07matches\x18\x04 \x01(\x03\x12\x14\n\x0c\x61nchor_model\x18\x05 \x01(\t\x12\r\n\x05notes\x18\x06 \x03(\t\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"X\n\x10GetModelResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.versus.ranker.v1.CatalogEntry\x12\x15\n\rtimes_matched\x18\x02 \x01(\x03\"\x13\n\x11ListModelsRequest\"[\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.versus.ranker.v1.CatalogEntry\x12\x15\n\rtimes_matched\x18\x02 \x03(\x03\"9\n\x19RegisterDeploymentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\"-\n\x1aRegisterDeploymentResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"Y\n\x0b\x41ttestation\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x13\n\x0brecorded_at\x18\x04 \x01(\t\"N\n\x18RecordAttestationRequest\x12\x32\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x1d.versus.ranker.v1.Attestation\"`\n\x19RecordAttestationResponse\x12\x32\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x1d.versus.ranker.v1.Attestation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"9\n\x15GetAttestationRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"L\n\x16GetAttestationResponse\x12\x32\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x1d.versus.ranker.v1.Attestation*[\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x12\n\x0eOUTCOME_A_WINS\x10\x01\x12\x12\n\x0eOUTCOME_B_WINS\x10\x02\x12\x0f\n\x0bOUTCOME_TIE\x10\x03\x32\x8a\x06\n\rRankerService\x12H\n\x05Score\x12\x1e.versus.ranker.v1.ScoreRequest\x1a\x1f.versus.ranker.v1.ScoreResponse\x12Z\n\x0bRecordMatch\x12$.versus.ranker.v1.RecordMatchRequest\x1a%.versus.ranker.v1.RecordMatchResponse\x12\x63\n\x0eGetLeaderboard\x12\'.versus.ranker.v1.GetLeaderboardRequest\x1a(.versus.ranker.v1.GetLeaderboardResponse\x12Q\n\x08GetModel\x12!.versus.ranker.v1.GetModelRequest\x1a\".versus.ranker.v1.GetModelResponse\x12W\n\nListModels\x12#.versus.ranker.v1.ListModelsRequest\x1a$.versus.ranker.v1.ListModelsResponse\x12o\n\x12RegisterDeployment\x12+.versus.ranker.v1.RegisterDeploymentRequest\x1a,.versus.ranker.v1.RegisterDeploymentResponse\x12l\n\x11RecordAttestation\x12*.versus.ranker.v1.RecordAttestationRequest\x1a+.versus.ranker.v1.RecordAttestationResponse\x12\x63\n\x0eGetAttestation\x12\'.versus.ranker.v1.GetAttestationRequest\x1a(.versus.ranker.v1.GetAttestationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dversus/ranker/v1/ranker.proto\x12\x10versus.ranker.v1\x1a\x1dversus/common/v1/common.proto\"\xaa\x01\n\x06Signal\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\x01\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x10\n\x08measured\x18\x07 \x01(\x08\x12\x0f\n\x07locator\x18\x08 \x01(\t\x12\x12\n\nconditions\x18\t \x01(\t\x12\x0c\n\x04note\x18\n \x01(\t\"=\n\x0c\x41\x62sentSignal\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0c\n\x04note\x18\x03 \x01(\t\",\n\nComparison\x12\x0f\n\x07subject\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\x98\x02\n\x05\x43laim\x12\x15\n\rcapability_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\x12\n\nclaimed_by\x18\x03 \x01(\t\x12\x0e\n\x06metric\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04unit\x18\x06 \x01(\t\x12\x33\n\rcompared_with\x18\x07 \x03(\x0b\x32\x1c.versus.ranker.v1.Comparison\x12\x0e\n\x06source\x18\x08 \x01(\t\x12\x0f\n\x07locator\x18\t \x01(\t\x12\r\n\x05\x61s_of\x18\n \x01(\t\x12\x35\n\nconditions\x18\x0b \x01(\x0b\x32!.versus.ranker.v1.ClaimConditionsB\x08\n\x06_value\"\x86\x01\n\x0f\x43laimConditions\x12\x14\n\x0c\x64\x65vice_class\x18\x01 \x01(\t\x12\x11\n\tprecision\x18\x02 \x01(\t\x12\x12\n\nresolution\x18\x03 \x01(\x05\x12\r\n\x05\x62\x61tch\x18\x04 \x01(\x05\x12\x19\n\x11weights_dependent\x18\x05 \x01(\x08\x12\x0c\n\x04text\x18\x06 \x01(\t\"\xaa\x01\n\x0cLicenseTerms\x12\n\n\x02id\x18\x01 \x01(\t\x12\x19\n\x0copen_weights\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x16\n\x0e\x63ommercial_use\x18\x03 \x01(\t\x12\x1d\n\x15revenue_threshold_usd\x18\x04 \x01(\x03\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\r\n\x05\x61s_of\x18\x06 \x01(\t\x12\x0c\n\x04note\x18\x07 \x01(\tB\x0f\n\r_open_weights\"|\n\x0cPricingTerms\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x16\n\tprice_usd\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x0b\n\x03per\x18\x03 \x01(\t\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\r\n\x05\x61s_of\x18\x05 \x01(\t\x12\x0c\n\x04note\x18\x06 \x01(\tB\x0c\n\n_price_usd\"\xf9\x04\n\x0c\x43\x61talogEntry\x12\n\n\x02id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x0c\n\x04type\x18\x03 \x01(\t\x12\x0e\n\x06\x66\x61mily\x18\x04 \x01(\t\x12\x12\n\nparameters\x18\x05 \x01(\x03\x12\x0f\n\x07license\x18\x06 \x01(\t\x12\x0f\n\x07pricing\x18\x07 \x01(\t\x12\x32\n\x0c\x63\x61pabilities\x18\x08 \x03(\x0b\x32\x1c.versus.common.v1.Capability\x12)\n\x07signals\x18\t \x03(\x0b\x32\x18.versus.ranker.v1.Signal\x12\x12\n\ncheckpoint\x18\n \x01(\t\x12\'\n\x06\x63laims\x18\x0b \x03(\x0b\x32\x17.versus.ranker.v1.Claim\x12\x31\n\tnot_found\x18\x0c \x03(\x0b\x32\x1e.versus.ranker.v1.AbsentSignal\x12\x35\n\rlicense_terms\x18\r \x01(\x0b\x32\x1e.versus.ranker.v1.LicenseTerms\x12\x35\n\rpricing_terms\x18\x0e \x01(\x0b\x32\x1e.versus.ranker.v1.PricingTerms\x12\x19\n\x11parameters_source\x18\x0f \x01(\t\x12\x0e\n\x06hub_id\x18\x10 \x01(\t\x12\x35\n\x0fpublished_files\x18\x11 \x03(\x0b\x32\x1c.versus.common.v1.WeightFile\x12\x1e\n\x16published_files_source\x18\x12 \x01(\t\x12\x34\n\x0c\x61rchitecture\x18\x13 \x01(\x0b\x32\x1e.versus.ranker.v1.Architecture\"\xcb\x01\n\x0c\x41rchitecture\x12\x0e\n\x06layers\x18\x01 \x01(\x05\x12\x13\n\x0bhidden_size\x18\x02 \x01(\x05\x12\x12\n\nnum_labels\x18\x03 \x01(\x05\x12\x15\n\rlabels_sha256\x18\x04 \x01(\t\x12\x0e\n\x06source\x18\x05 \x01(\t\x12\x0f\n\x07locator\x18\x06 \x01(\t\x12\r\n\x05\x61s_of\x18\x07 \x01(\t\x12\x15\n\rlabels_source\x18\x08 \x01(\t\x12\x16\n\x0elabels_locator\x18\t \x01(\t\x12\x0c\n\x04note\x18\n \x01(\t\"b\n\x08SubScore\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x01\x12\x0e\n\x06weight\x18\x03 \x01(\x01\x12\x13\n\x0b\x65xplanation\x18\x04 \x01(\t\x12\x0f\n\x07missing\x18\x05 \x01(\x08\"\xbc\x01\n\nModelScore\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x11\n\tcomposite\x18\x03 \x01(\x01\x12.\n\nsub_scores\x18\x04 \x03(\x0b\x32\x1a.versus.ranker.v1.SubScore\x12\x12\n\nconfidence\x18\x05 \x01(\x01\x12\x15\n\rtimes_matched\x18\x06 \x01(\x03\x12\x18\n\x10shared_composite\x18\x07 \x01(\x01\"6\n\x0f\x44imensionLeader\x12\x11\n\tdimension\x18\x01 \x01(\t\x12\x10\n\x08model_id\x18\x02 \x01(\t\"/\n\x0cScoreRequest\x12\x11\n\tmodel_ids\x18\x01 \x03(\t\x12\x0c\n\x04task\x18\x02 \x01(\t\"\xba\x01\n\rScoreResponse\x12,\n\x06scores\x18\x01 \x03(\x0b\x32\x1c.versus.ranker.v1.ModelScore\x12\x32\n\x07leaders\x18\x02 \x03(\x0b\x32!.versus.ranker.v1.DimensionLeader\x12\x0f\n\x07verdict\x18\x03 \x01(\t\x12\x19\n\x11shared_dimensions\x18\x04 \x03(\t\x12\x1b\n\x13unshared_dimensions\x18\x05 \x03(\t\"\x9b\x01\n\x12RecordMatchRequest\x12\x0f\n\x07model_a\x18\x01 \x01(\t\x12\x0f\n\x07model_b\x18\x02 \x01(\t\x12*\n\x07outcome\x18\x03 \x01(\x0e\x32\x19.versus.ranker.v1.Outcome\x12\x0c\n\x04task\x18\x04 \x01(\t\x12\x10\n\x08\x65vidence\x18\x05 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x06 \x01(\t\":\n\x13RecordMatchResponse\x12\x10\n\x08match_id\x18\x01 \x01(\x03\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"%\n\x15GetLeaderboardRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\"\x9c\x01\n\x06Rating\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x03 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x04 \x01(\x01\x12\x15\n\rtimes_matched\x18\x05 \x01(\x03\x12\x0c\n\x04rank\x18\x06 \x01(\x05\x12\x0c\n\x04wins\x18\x07 \x01(\x03\x12\x0e\n\x06losses\x18\x08 \x01(\x03\x12\x0c\n\x04ties\x18\t \x01(\x03\"\xa1\x01\n\x16GetLeaderboardResponse\x12)\n\x07ratings\x18\x01 \x03(\x0b\x32\x18.versus.ranker.v1.Rating\x12\x0c\n\x04task\x18\x02 \x01(\t\x12\x18\n\x10\x62ootstrap_rounds\x18\x03 \x01(\x05\x12\x0f\n\x07matches\x18\x04 \x01(\x03\x12\x14\n\x0c\x61nchor_model\x18\x05 \x01(\t\x12\r\n\x05notes\x18\x06 \x03(\t\"#\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\"X\n\x10GetModelResponse\x12-\n\x05model\x18\x01 \x01(\x0b\x32\x1e.versus.ranker.v1.CatalogEntry\x12\x15\n\rtimes_matched\x18\x02 \x01(\x03\"\x13\n\x11ListModelsRequest\"[\n\x12ListModelsResponse\x12.\n\x06models\x18\x01 \x03(\x0b\x32\x1e.versus.ranker.v1.CatalogEntry\x12\x15\n\rtimes_matched\x18\x02 \x03(\x03\"9\n\x19RegisterDeploymentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08identity\x18\x02 \x01(\t\"-\n\x1aRegisterDeploymentResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"Y\n\x0b\x41ttestation\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x03 \x01(\t\x12\x13\n\x0brecorded_at\x18\x04 \x01(\t\"N\n\x18RecordAttestationRequest\x12\x32\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x1d.versus.ranker.v1.Attestation\"`\n\x19RecordAttestationResponse\x12\x32\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x1d.versus.ranker.v1.Attestation\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"9\n\x15GetAttestationRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"L\n\x16GetAttestationResponse\x12\x32\n\x0b\x61ttestation\x18\x01 \x01(\x0b\x32\x1d.versus.ranker.v1.Attestation*[\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x12\n\x0eOUTCOME_A_WINS\x10\x01\x12\x12\n\x0eOUTCOME_B_WINS\x10\x02\x12\x0f\n\x0bOUTCOME_TIE\x10\x03\x32\x8a\x06\n\rRankerService\x12H\n\x05Score\x12\x1e.versus.ranker.v1.ScoreRequest\x1a\x1f.versus.ranker.v1.ScoreResponse\x12Z\n\x0bRecordMatch\x12$.versus.ranker.v1.RecordMatchRequest\x1a%.versus.ranker.v1.RecordMatchResponse\x12\x63\n\x0eGetLeaderboard\x12\'.versus.ranker.v1.GetLeaderboardRequest\x1a(.versus.ranker.v1.GetLeaderboardResponse\x12Q\n\x08GetModel\x12!.versus.ranker.v1.GetModelRequest\x1a\".versus.ranker.v1.GetModelResponse\x12W\n\nListModels\x12#.versus.ranker.v1.ListModelsRequest\x1a$.versus.ranker.v1.ListModelsResponse\x12o\n\x12RegisterDeployment\x12+.versus.ranker.v1.RegisterDeploymentRequest\x1a,.versus.ranker.v1.RegisterDeploymentResponse\x12l\n\x11RecordAttestation\x12*.versus.ranker.v1.RecordAttestationRequest\x1a+.versus.ranker.v1.RecordAttestationResponse\x12\x63\n\x0eGetAttestation\x12\'.versus.ranker.v1.GetAttestationRequest\x1a(.versus.ranker.v1.GetAttestationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'versus.ranker.v1.ranker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_OUTCOME']._serialized_start=3583
-  _globals['_OUTCOME']._serialized_end=3674
+  _globals['_OUTCOME']._serialized_start=3843
+  _globals['_OUTCOME']._serialized_end=3934
   _globals['_SIGNAL']._serialized_start=83
   _globals['_SIGNAL']._serialized_end=253
   _globals['_ABSENTSIGNAL']._serialized_start=255
@@ -49,49 +49,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRICINGTERMS']._serialized_start=957
   _globals['_PRICINGTERMS']._serialized_end=1081
   _globals['_CATALOGENTRY']._serialized_start=1084
-  _globals['_CATALOGENTRY']._serialized_end=1663
-  _globals['_SUBSCORE']._serialized_start=1665
-  _globals['_SUBSCORE']._serialized_end=1763
-  _globals['_MODELSCORE']._serialized_start=1766
-  _globals['_MODELSCORE']._serialized_end=1954
-  _globals['_DIMENSIONLEADER']._serialized_start=1956
-  _globals['_DIMENSIONLEADER']._serialized_end=2010
-  _globals['_SCOREREQUEST']._serialized_start=2012
-  _globals['_SCOREREQUEST']._serialized_end=2059
-  _globals['_SCORERESPONSE']._serialized_start=2062
-  _globals['_SCORERESPONSE']._serialized_end=2248
-  _globals['_RECORDMATCHREQUEST']._serialized_start=2251
-  _globals['_RECORDMATCHREQUEST']._serialized_end=2406
-  _globals['_RECORDMATCHRESPONSE']._serialized_start=2408
-  _globals['_RECORDMATCHRESPONSE']._serialized_end=2466
-  _globals['_GETLEADERBOARDREQUEST']._serialized_start=2468
-  _globals['_GETLEADERBOARDREQUEST']._serialized_end=2505
-  _globals['_RATING']._serialized_start=2508
-  _globals['_RATING']._serialized_end=2664
-  _globals['_GETLEADERBOARDRESPONSE']._serialized_start=2667
-  _globals['_GETLEADERBOARDRESPONSE']._serialized_end=2828
-  _globals['_GETMODELREQUEST']._serialized_start=2830
-  _globals['_GETMODELREQUEST']._serialized_end=2865
-  _globals['_GETMODELRESPONSE']._serialized_start=2867
-  _globals['_GETMODELRESPONSE']._serialized_end=2955
-  _globals['_LISTMODELSREQUEST']._serialized_start=2957
-  _globals['_LISTMODELSREQUEST']._serialized_end=2976
-  _globals['_LISTMODELSRESPONSE']._serialized_start=2978
-  _globals['_LISTMODELSRESPONSE']._serialized_end=3069
-  _globals['_REGISTERDEPLOYMENTREQUEST']._serialized_start=3071
-  _globals['_REGISTERDEPLOYMENTREQUEST']._serialized_end=3128
-  _globals['_REGISTERDEPLOYMENTRESPONSE']._serialized_start=3130
-  _globals['_REGISTERDEPLOYMENTRESPONSE']._serialized_end=3175
-  _globals['_ATTESTATION']._serialized_start=3177
-  _globals['_ATTESTATION']._serialized_end=3266
-  _globals['_RECORDATTESTATIONREQUEST']._serialized_start=3268
-  _globals['_RECORDATTESTATIONREQUEST']._serialized_end=3346
-  _globals['_RECORDATTESTATIONRESPONSE']._serialized_start=3348
-  _globals['_RECORDATTESTATIONRESPONSE']._serialized_end=3444
-  _globals['_GETATTESTATIONREQUEST']._serialized_start=3446
-  _globals['_GETATTESTATIONREQUEST']._serialized_end=3503
-  _globals['_GETATTESTATIONRESPONSE']._serialized_start=3505
-  _globals['_GETATTESTATIONRESPONSE']._serialized_end=3581
-  _globals['_RANKERSERVICE']._serialized_start=3677
-  _globals['_RANKERSERVICE']._serialized_end=4455
+  _globals['_CATALOGENTRY']._serialized_end=1717
+  _globals['_ARCHITECTURE']._serialized_start=1720
+  _globals['_ARCHITECTURE']._serialized_end=1923
+  _globals['_SUBSCORE']._serialized_start=1925
+  _globals['_SUBSCORE']._serialized_end=2023
+  _globals['_MODELSCORE']._serialized_start=2026
+  _globals['_MODELSCORE']._serialized_end=2214
+  _globals['_DIMENSIONLEADER']._serialized_start=2216
+  _globals['_DIMENSIONLEADER']._serialized_end=2270
+  _globals['_SCOREREQUEST']._serialized_start=2272
+  _globals['_SCOREREQUEST']._serialized_end=2319
+  _globals['_SCORERESPONSE']._serialized_start=2322
+  _globals['_SCORERESPONSE']._serialized_end=2508
+  _globals['_RECORDMATCHREQUEST']._serialized_start=2511
+  _globals['_RECORDMATCHREQUEST']._serialized_end=2666
+  _globals['_RECORDMATCHRESPONSE']._serialized_start=2668
+  _globals['_RECORDMATCHRESPONSE']._serialized_end=2726
+  _globals['_GETLEADERBOARDREQUEST']._serialized_start=2728
+  _globals['_GETLEADERBOARDREQUEST']._serialized_end=2765
+  _globals['_RATING']._serialized_start=2768
+  _globals['_RATING']._serialized_end=2924
+  _globals['_GETLEADERBOARDRESPONSE']._serialized_start=2927
+  _globals['_GETLEADERBOARDRESPONSE']._serialized_end=3088
+  _globals['_GETMODELREQUEST']._serialized_start=3090
+  _globals['_GETMODELREQUEST']._serialized_end=3125
+  _globals['_GETMODELRESPONSE']._serialized_start=3127
+  _globals['_GETMODELRESPONSE']._serialized_end=3215
+  _globals['_LISTMODELSREQUEST']._serialized_start=3217
+  _globals['_LISTMODELSREQUEST']._serialized_end=3236
+  _globals['_LISTMODELSRESPONSE']._serialized_start=3238
+  _globals['_LISTMODELSRESPONSE']._serialized_end=3329
+  _globals['_REGISTERDEPLOYMENTREQUEST']._serialized_start=3331
+  _globals['_REGISTERDEPLOYMENTREQUEST']._serialized_end=3388
+  _globals['_REGISTERDEPLOYMENTRESPONSE']._serialized_start=3390
+  _globals['_REGISTERDEPLOYMENTRESPONSE']._serialized_end=3435
+  _globals['_ATTESTATION']._serialized_start=3437
+  _globals['_ATTESTATION']._serialized_end=3526
+  _globals['_RECORDATTESTATIONREQUEST']._serialized_start=3528
+  _globals['_RECORDATTESTATIONREQUEST']._serialized_end=3606
+  _globals['_RECORDATTESTATIONRESPONSE']._serialized_start=3608
+  _globals['_RECORDATTESTATIONRESPONSE']._serialized_end=3704
+  _globals['_GETATTESTATIONREQUEST']._serialized_start=3706
+  _globals['_GETATTESTATIONREQUEST']._serialized_end=3763
+  _globals['_GETATTESTATIONRESPONSE']._serialized_start=3765
+  _globals['_GETATTESTATIONRESPONSE']._serialized_end=3841
+  _globals['_RANKERSERVICE']._serialized_start=3937
+  _globals['_RANKERSERVICE']._serialized_end=4715
 # @@protoc_insertion_point(module_scope)

@@ -372,6 +372,7 @@ class CatalogEntry(_message.Message):
     HUB_ID_FIELD_NUMBER: _builtins.int
     PUBLISHED_FILES_FIELD_NUMBER: _builtins.int
     PUBLISHED_FILES_SOURCE_FIELD_NUMBER: _builtins.int
+    ARCHITECTURE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     display_name: _builtins.str
     type: _builtins.str
@@ -410,6 +411,12 @@ class CatalogEntry(_message.Message):
         weights are then never proven real.
         """
 
+    @_builtins.property
+    def architecture(self) -> Global___Architecture:
+        """The checkpoint's architecture from a primary source; unset when none was read (checks that need a
+        figure are then undecided: "no published figure to check against").
+        """
+
     def __init__(
         self,
         *,
@@ -431,14 +438,71 @@ class CatalogEntry(_message.Message):
         hub_id: _builtins.str = ...,
         published_files: _abc.Iterable[_common_pb2.WeightFile] | None = ...,
         published_files_source: _builtins.str = ...,
+        architecture: Global___Architecture | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["license_terms", b"license_terms", "pricing_terms", b"pricing_terms"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "license_terms", b"license_terms", "pricing_terms", b"pricing_terms"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capabilities", b"capabilities", "checkpoint", b"checkpoint", "claims", b"claims", "display_name", b"display_name", "family", b"family", "hub_id", b"hub_id", "id", b"id", "license", b"license", "license_terms", b"license_terms", "not_found", b"not_found", "parameters", b"parameters", "parameters_source", b"parameters_source", "pricing", b"pricing", "pricing_terms", b"pricing_terms", "published_files", b"published_files", "published_files_source", b"published_files_source", "signals", b"signals", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["architecture", b"architecture", "capabilities", b"capabilities", "checkpoint", b"checkpoint", "claims", b"claims", "display_name", b"display_name", "family", b"family", "hub_id", b"hub_id", "id", b"id", "license", b"license", "license_terms", b"license_terms", "not_found", b"not_found", "parameters", b"parameters", "parameters_source", b"parameters_source", "pricing", b"pricing", "pricing_terms", b"pricing_terms", "published_files", b"published_files", "published_files_source", b"published_files_source", "signals", b"signals", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CatalogEntry: _TypeAlias = CatalogEntry  # noqa: Y015
+
+@_typing.final
+class Architecture(_message.Message):
+    """What the catalog's checkpoint is built of, each figure with its source: the expectations of the
+    gateway's architecture and label checks (never the served model's own description).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAYERS_FIELD_NUMBER: _builtins.int
+    HIDDEN_SIZE_FIELD_NUMBER: _builtins.int
+    NUM_LABELS_FIELD_NUMBER: _builtins.int
+    LABELS_SHA256_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    LOCATOR_FIELD_NUMBER: _builtins.int
+    AS_OF_FIELD_NUMBER: _builtins.int
+    LABELS_SOURCE_FIELD_NUMBER: _builtins.int
+    LABELS_LOCATOR_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    layers: _builtins.int
+    """Transformer layers (ViT: num_hidden_layers), 0 = not stated."""
+    hidden_size: _builtins.int
+    """Width of the hidden states and embeddings (ViT: hidden_size), 0 = not stated."""
+    num_labels: _builtins.int
+    """Classes of the classification head, 0 = not stated."""
+    labels_sha256: _builtins.str
+    """sha256 (hex) of the label names sorted and joined by "\\n" (duplicates kept), empty = not stated."""
+    source: _builtins.str
+    """Where layers, hidden_size and num_labels were read: URL, place in it, date."""
+    locator: _builtins.str
+    as_of: _builtins.str
+    labels_source: _builtins.str
+    """Where the label names were read."""
+    labels_locator: _builtins.str
+    note: _builtins.str
+    def __init__(
+        self,
+        *,
+        layers: _builtins.int = ...,
+        hidden_size: _builtins.int = ...,
+        num_labels: _builtins.int = ...,
+        labels_sha256: _builtins.str = ...,
+        source: _builtins.str = ...,
+        locator: _builtins.str = ...,
+        as_of: _builtins.str = ...,
+        labels_source: _builtins.str = ...,
+        labels_locator: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["as_of", b"as_of", "hidden_size", b"hidden_size", "labels_locator", b"labels_locator", "labels_sha256", b"labels_sha256", "labels_source", b"labels_source", "layers", b"layers", "locator", b"locator", "note", b"note", "num_labels", b"num_labels", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Architecture: _TypeAlias = Architecture  # noqa: Y015
 
 @_typing.final
 class SubScore(_message.Message):
