@@ -13,7 +13,9 @@ from services.common.errors import ConfigError
 DEFAULT_SERVED = ("vit-base-patch16-224=vit,stable-diffusion-3.5-large=sd35/large,"
                   "stable-diffusion-3.5-large-turbo=sd35/large-turbo,stable-diffusion-3.5-medium=sd35/medium")
 DEFAULT_CLASSES = "tench,goldfish,golden retriever,volcano"
-_SERVED = re.compile(r"(vit|sd35/(large|large-turbo|medium))")
+#: The SD3.5 variants (``versus.sd35.v1.Variant`` in lower case).
+SD35_VARIANTS = ("large", "large-turbo", "medium")
+_SERVED = re.compile(rf"(vit|sd35/({'|'.join(SD35_VARIANTS)}))")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -56,7 +58,12 @@ class GatewayConfig(ServerConfig):
                                      "token the gateway refuses to start its pages.")
     vit: str = setting("", "vit service target, e.g. dns:///vit-headless.versus.svc:50051 or 127.0.0.1:50051; "
                            "empty: no ViT (its evidence is unavailable).")
-    sd35: str = setting("", "sd35 service target; empty: no SD3.5.")
+    sd35: str = setting("", "sd35 service target; empty: no SD3.5 (except variants with their own target).")
+    sd35_variant_targets: tuple[str, ...] = setting(
+        (), "A separate sd35 deployment per variant: VARIANT=TARGET (large, large-turbo, medium), comma-separated "
+            "or repeated, e.g. 'large=dns:///sd35-large-headless.versus.svc:50052'. Every call about that variant "
+            "goes there (with the sd35 token); a variant without one uses the sd35 target.",
+        flag="sd35-variant-target")
     ranker: str = setting("", "ranker service target; empty: no catalog, scores or matches.")
     vit_precisions: str = setting("", "Other deployments of the served ViT at other precisions for the precision "
                                       "probe, timed against fp32 (the main vit service, or an 'fp32=' entry): "
@@ -66,7 +73,8 @@ class GatewayConfig(ServerConfig):
     downstream_token: str = setting("", "Bearer token sent to the model services and the ranker.")
     downstream_token_file: str = setting("", "File holding that token (e.g. a mounted Secret).")
     vit_token_file: str = setting("", "Token file for the vit services (overrides downstream_token for them).")
-    sd35_token_file: str = setting("", "Token file for the sd35 service (overrides downstream_token for it).")
+    sd35_token_file: str = setting("", "Token file for the sd35 services, every variant's target included "
+                                            "(overrides downstream_token for them).")
     ranker_token_file: str = setting("", "Token file for the ranker (overrides downstream_token for it).")
     downstream_tls_ca: str = setting("", "PEM CA of the downstream services' certificates; enables TLS to them.")
     downstream_tls_cert: str = setting("", "Client certificate for mTLS to the downstream services.")
@@ -123,6 +131,7 @@ class GatewayConfig(ServerConfig):
         super().__post_init__()
         self.served_map()
         self.precision_targets()
+        self.variant_targets()
         self.attested_digests()
         self._check_pages()
         if not -1 <= self.http_port <= 65535:
@@ -181,6 +190,17 @@ class GatewayConfig(ServerConfig):
             out[precision] = target
         return out
 
+    def variant_targets(self) -> dict[str, str]:
+        """SD3.5 variants with their own deployment: variant → target."""
+        out: dict[str, str] = {}
+        for part in self.sd35_variant_targets:
+            variant, _, target = part.partition("=")
+            if variant not in SD35_VARIANTS or not target.strip() or variant in out:
+                raise ConfigError(f"{self.label('sd35_variant_targets')}: {part!r} is not VARIANT=TARGET (VARIANT "
+                                  f"one of {', '.join(SD35_VARIANTS)}, once each)")
+            out[variant] = target.strip()
+        return out
+
     def attested_digests(self) -> dict[str, str]:
         """Catalog id → the combined sha256 the deployer pinned (``--attest MODEL_ID=SHA256``)."""
         out: dict[str, str] = {}
@@ -196,8 +216,8 @@ class GatewayConfig(ServerConfig):
         return [c.strip() for c in self.imagenet_classes.split(",") if c.strip()]
 
     def resolved_downstream_token(self, component: str = "") -> str:
-        """The token for ``component`` ("vit", "vit-int8", "sd35", "ranker"): its own file when set, else the
-        shared one (read when the server starts)."""
+        """The token for ``component`` ("vit", "vit-int8", "sd35", "sd35-large", "ranker"): its own file when set,
+        else the shared one (read when the server starts)."""
         own = f"{component.split('-')[0]}_token_file" if component else ""
         for name in (own, "downstream_token_file"):
             path = getattr(self, name, "") if name else ""

@@ -17,7 +17,7 @@ from versus.vit.v1 import vit_pb2_grpc
 
 from services.common import registry, tracing
 from services.common.client import ErrorDetails, error_details
-from services.gateway.config import GatewayConfig
+from services.gateway.config import GatewayConfig, ServedBy
 
 #: Methods safe to retry on UNAVAILABLE (no side effects, or idempotent by key).
 IDEMPOTENT = {
@@ -96,6 +96,8 @@ class Downstream:
         self.targets: dict[str, Target] = {}
         self._add("vit", config.vit, vit_pb2_grpc.VitServiceStub)
         self._add("sd35", config.sd35, sd35_pb2_grpc.Sd35ServiceStub)
+        for variant, target in config.variant_targets().items():  # a deployment per SD3.5 variant
+            self._add(f"sd35-{variant}", target, sd35_pb2_grpc.Sd35ServiceStub)
         self._add("ranker", config.ranker, ranker_pb2_grpc.RankerServiceStub)
         for precision, target in config.precision_targets().items():
             self._add(f"vit-{precision}", target, vit_pb2_grpc.VitServiceStub)
@@ -122,6 +124,18 @@ class Downstream:
 
     def has(self, component: str) -> bool:
         return component in self.targets
+
+    def component(self, by: ServedBy) -> str:
+        """The target that serves ``by``: an SD3.5 variant's own deployment when it has one, else its service's."""
+        own = f"{by.service}-{by.variant}" if by.variant else ""
+        return own if own in self.targets else by.service
+
+    def serves(self, by: ServedBy) -> bool:
+        return self.component(by) in self.targets
+
+    def sd35_components(self) -> list[str]:
+        """Every configured SD3.5 target: the shared one ("sd35") and each variant's own ("sd35-large" …)."""
+        return [c for c in self.targets if c.split("-")[0] == "sd35"]
 
     def metadata(self, component: str, request_id: str = "") -> tuple[tuple[str, str], ...]:
         md: list[tuple[str, str]] = []

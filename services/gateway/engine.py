@@ -126,7 +126,7 @@ class Gateway:
 
     def _configured(self, model_id: str) -> bool:
         by = self.served.get(model_id)
-        return by is not None and self.downstream.has(by.service)
+        return by is not None and self.downstream.serves(by)
 
     # -- Compare ------------------------------------------------------------------------------------
     async def compare(self, request: gateway_pb2.CompareRequest, *, timeout_s: float | None = None,

@@ -65,12 +65,16 @@ async def read_vit_info(call: CachedCall, timeout: float, weights_of: WeightsOf)
     return VitInfo("vit", reply, await weights_of(ServedBy("vit"), reply.model, ask))  # type: ignore[arg-type, attr-defined]
 
 
-async def read_sd35_info(call: CachedCall, timeout: float, weights_of: WeightsOf) -> dict[str, VariantInfo]:
-    reply = await call("sd35", "GetModelInfo", sd35_pb2.GetModelInfoRequest(), timeout)
+async def read_sd35_info(call: CachedCall, timeout: float, weights_of: WeightsOf, component: str = "sd35",
+                         routed: Callable[[str], bool] = lambda _variant: True) -> dict[str, VariantInfo]:
+    """The variants the SD3.5 target ``component`` hosts, those ``routed`` to it only (a variant with its own
+    deployment is read from that one)."""
+    reply = await call(component, "GetModelInfo", sd35_pb2.GetModelInfoRequest(), timeout)
     out = {}
     for v in reply.variants:  # type: ignore[attr-defined]
         name = enum_name(sd35_pb2.Variant, "VARIANT", v.variant)
-        out[name] = VariantInfo(name, v, await weights_of(ServedBy("sd35", name), v.model, None))
+        if routed(name):
+            out[name] = VariantInfo(name, v, await weights_of(ServedBy("sd35", name), v.model, None))
     return out
 
 

@@ -137,7 +137,8 @@ def _vs_large_jobs(run: Run, served: Served) -> list[Job]:
     if turbo is None:
         return []
     if "large" not in run.variants:
-        return [Job(result=unavailable(name, "the sd35 service does not host Large to compare with", w))]
+        return [Job(result=unavailable(name, "no Large served here to compare with (no sd35 target hosts it, or its "
+                                              "GetModelInfo failed)", w))]
     if not turbo.observed:
         return [Job(result=turbo)]
     large, fast = sd35_probes(run, "large"), sd35_probes(run, "large-turbo")

@@ -31,6 +31,7 @@ from services.gateway.compare.probes import (
     unavailable,
 )
 from services.gateway.compare.sd35_expected import Expected
+from services.gateway.config import ServedBy
 from services.gateway.downstream import Downstream, DownstreamError
 
 #: Two prompts identical in their first 77 CLIP tokens (80 one-token words: CLIP truncates inside them) and
@@ -98,6 +99,7 @@ class Sd35Probes:
                  size: int = 0, steps: int = 0) -> None:
         self.ds = downstream
         self.v = variant
+        self.target = downstream.component(ServedBy("sd35", variant.name))  # its own deployment, or the shared one
         self.budget = budget
         self.w = variant.weights
         self.expected = expected
@@ -119,7 +121,7 @@ class Sd35Probes:
         for adapter, weight in adapters:
             req.adapters.add(name=adapter, weight=weight)
         t0 = time.perf_counter()
-        events = await self.ds.stream("sd35", "Generate", req, self.budget.timeout())
+        events = await self.ds.stream(self.target, "Generate", req, self.budget.timeout())
         result = next((e.result for e in events if e.WhichOneof("event") == "result"), None)
         expect(result is not None and len(result.images) == 1 and len(result.seeds) == 1,
                f"Generate of one image ended with {len(result.images) if result else 'no'} result images")
@@ -256,7 +258,7 @@ class Sd35Probes:
     async def lora(self, load_path: str) -> ProbeResult:
         """A LoRA's effect; generating without it again."""
         name, at = f"sd35.{self.v.name}.lora", now_iso()
-        listed = await self.ds.call("sd35", "ListAdapters", sd35_pb2.ListAdaptersRequest(), self.budget.timeout())
+        listed = await self.ds.call(self.target, "ListAdapters", sd35_pb2.ListAdaptersRequest(), self.budget.timeout())
         mine = [a for a in listed.adapters if a.variant == variant_enum(self.v.name)]
         loaded_here = ""
         if not mine:
@@ -264,7 +266,7 @@ class Sd35Probes:
                 return unavailable(name, "no LoRA adapter is loaded for this variant and none is configured "
                                          "(GATEWAY_LORA_PROBE_PATH)", self.w)
             loaded_here = "versus-probe-lora"
-            await self.ds.call("sd35", "LoadAdapter", sd35_pb2.LoadAdapterRequest(
+            await self.ds.call(self.target, "LoadAdapter", sd35_pb2.LoadAdapterRequest(
                 name=loaded_here, path=load_path, variant=variant_enum(self.v.name)), self.budget.timeout())
         adapter = mine[0].name if mine else loaded_here
         try:
@@ -273,7 +275,7 @@ class Sd35Probes:
             again = await self.generate("a watercolor fox", 5)
         finally:  # never leave the probe's adapter loaded (it holds one of the variant's adapter slots)
             if loaded_here:
-                await cleanup(self.ds.call("sd35", "UnloadAdapter", sd35_pb2.UnloadAdapterRequest(
+                await cleanup(self.ds.call(self.target, "UnloadAdapter", sd35_pb2.UnloadAdapterRequest(
                     name=loaded_here, variant=variant_enum(self.v.name)), CLEANUP_TIMEOUT_S))
         data = {"adapter": adapter, "changed": not styled.same(base), "restored": again.same(base)}
         changed = f"changed ({styled.diff(base):.2f} levels)" if data["changed"] else "UNCHANGED pixels"

@@ -11,6 +11,8 @@ from versus.ranker.v1 import ranker_pb2
 
 from services.gateway.compare import catalog
 from services.gateway.compare.run import Run, Served
+from services.gateway.compare.sd35_probes import VariantInfo
+from services.gateway.config import ServedBy
 from services.gateway.downstream import DownstreamError
 
 
@@ -38,15 +40,19 @@ def _needs(run: Run, service: str) -> bool:
     compared = any(by.service == service for m in run.opts.model_ids if (by := served.get(m)) is not None)
     judge = service == "vit" and any(run.is_t2i(m) for m in run.opts.model_ids)
     h2h = service == "sd35" and run.opts.head_to_head
-    return run.ds.has(service) and (compared or judge or h2h)
+    return compared or judge or h2h
 
 
 async def read_infos(run: Run) -> None:
+    """GetModelInfo of each needed target; a failing one is recorded under its component ("vit", "sd35", or an
+    SD3.5 variant's own "sd35-large" …), so only the models it serves lose their live rows."""
     errors: dict[str, gateway_pb2.Unavailable] = {}
     weights_of = catalog.weights_judge(run.catalog, run.settings.served, run.settings.attested,
                                        run.gw.weights_store, _attest(run) if run.ds.has("ranker") else None,
                                        run.budget.timeout())
     timeout = run.budget.timeout()
+    sd35_targets = run.ds.sd35_components() if _needs(run, "sd35") else []
+    hosted: dict[str, dict[str, VariantInfo]] = {}
 
     async def vit() -> None:
         try:
@@ -54,24 +60,31 @@ async def read_infos(run: Run) -> None:
         except DownstreamError as exc:
             errors["vit"] = run.unavailable("vit", exc)
 
-    async def sd35() -> None:
+    async def sd35(component: str) -> None:
+        def routed(variant: str) -> bool:
+            return run.ds.component(ServedBy("sd35", variant)) == component
+
         try:
-            run.variants = await catalog.read_sd35_info(run.gw.cached_call, timeout, weights_of)
+            hosted[component] = await catalog.read_sd35_info(run.gw.cached_call, timeout, weights_of, component,
+                                                             routed)
         except DownstreamError as exc:
-            errors["sd35"] = run.unavailable("sd35", exc)
+            errors[component] = run.unavailable(component, exc)
 
-    await asyncio.gather(*([vit()] if _needs(run, "vit") else []), *([sd35()] if _needs(run, "sd35") else []))
+    await asyncio.gather(*([vit()] if run.ds.has("vit") and _needs(run, "vit") else []), *map(sd35, sd35_targets))
+    for component in sd35_targets:  # in configuration order, whichever answered first
+        run.variants.update(hosted.get(component, {}))
     for model_id in run.opts.model_ids:
-        _serve(run, model_id, errors)
+        _serve(run, model_id, errors, set(hosted))
 
 
-def _serve(run: Run, model_id: str, errors: dict[str, gateway_pb2.Unavailable]) -> None:
+def _serve(run: Run, model_id: str, errors: dict[str, gateway_pb2.Unavailable], answered: set[str]) -> None:
     by = run.settings.served.get(model_id)
-    if by is None or not run.ds.has(by.service):
+    if by is None or not run.ds.serves(by):
         return
-    if by.service in errors:
+    component = run.ds.component(by)
+    if component in errors:
         run.served[model_id] = Served(model_id, by, gateway_pb2.ServedWeights(service=str(by), kind="unknown"),
-                                      info_error=errors[by.service])
+                                      info_error=errors[component])
     elif not by.t2i and run.vit is not None:
         run.served[model_id] = Served(model_id, by, run.vit.weights, described=catalog.vit_described(run.vit),
                                       reported=catalog.reported(run.vit.response.model, run.vit.weights))
@@ -79,5 +92,5 @@ def _serve(run: Run, model_id: str, errors: dict[str, gateway_pb2.Unavailable]) 
         v = run.variants[by.variant]
         run.served[model_id] = Served(model_id, by, v.weights, described=catalog.sd35_described(v),
                                       reported=catalog.reported(v.info.model, v.weights))
-    elif run.variants:
-        run.unavailable(str(by), f"the sd35 service does not host variant {by.variant}")
+    elif by.t2i and component in answered:
+        run.unavailable(str(by), f"the {component} service does not host variant {by.variant}")
