@@ -102,6 +102,7 @@ def run_demo(models_dir: Path, out_dir: Path, json_out: str = "") -> int:
             "--vit", services["vit"].target, "--sd35", services["sd35"].target, "--ranker", services["ranker"].target,
             "--lora-probe-path", "loras/example.safetensors", "--imagenet-classes", "tench,goldfish,volcano",
             "--probe-size", "128",  # the catalog's 1024 px, at the default steps, takes minutes on 2 cores
+            "--weights-root", str(models_dir.resolve()),  # the gateway hashes the built models itself
             "--http-port", "-1", "--drain-delay-s", "0"], log_path=logs / "gateway.log")
         services["gateway"].start(timeout_s=120)
         _say(f"gateway SERVING on {services['gateway'].target}")
