@@ -17,7 +17,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 FIND_TORCH := $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS))
 
 
-.PHONY: setup setup-user locks image system-deps tools buf-check demo demo-byo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-gateway bench-gpu-vit clean help
+.PHONY: setup setup-user locks image system-deps tools buf-check demo demo-byo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-perf-analyzer bench-gateway bench-gpu-vit clean help
 
 help:
 	@echo "make setup     system packages for the real-component tests (root: apt-get) + make setup-user"
@@ -130,6 +130,9 @@ bench-vit-oip: setup
 
 bench-vit-overload: setup
 	$(PY) bench/vit_overload.py
+
+bench-perf-analyzer: setup  # as root: makes a Debian 13 chroot with perf_analyzer on first use
+	$(PY) bench/perf_analyzer.py
 
 bench-gateway: setup
 	$(PY) bench/gateway.py

@@ -283,6 +283,19 @@ def write_report(command: str, runs: dict[tuple[str, int], list[Run]], rounds: i
     print("\n".join(lines))
 
 
+def fp32_export(models: Path) -> Path:
+    """vit-base-random's fp32 ONNX export directory, built (and exported) when missing."""
+    from services.vit.builders import BUILDERS
+    from services.vit.onnx_export import export_onnx
+
+    base, export = models / "vit-base-random", models / "vit-base-random-onnx"
+    if not (base / "model.safetensors").exists():
+        BUILDERS["vit-base-random"](base)
+    if not (export / "model.onnx").exists():
+        export_onnx(base, export, quantize_to="none", log_fn=print)
+    return export
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models-dir", default=str(ROOT / ".models"))
@@ -292,16 +305,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="py-spy the Versus server over one extra run")
     args = parser.parse_args()
     reexec_with(SERVICE_ENV)
-    from services.vit.builders import BUILDERS
-    from services.vit.onnx_export import export_onnx
-
     started, load_before = time.perf_counter(), os.getloadavg()[0]
-    models = Path(args.models_dir)
-    base, export = models / "vit-base-random", models / "vit-base-random-onnx"
-    if not (base / "model.safetensors").exists():
-        BUILDERS["vit-base-random"](base)
-    if not (export / "model.onnx").exists():
-        export_onnx(base, export, quantize_to="none", log_fn=print)
+    export = fp32_export(Path(args.models_dir))
     rounds = args.rounds or (1 if args.quick else 5)
     requests = {1: 6, 8: 16, 32: 48} if args.quick else {1: 12, 8: 32, 32: 64}
     with BackgroundLoad(args.background_load):

@@ -80,6 +80,7 @@ def tensor(name: str, datatype: str, shape: list[int], **contents: object) -> pb
 def test_server_and_model_metadata(client: tc.InferenceServerClient) -> None:
     server = client.get_server_metadata(headers=AUTH)
     assert server.name == "versus-vit" and "parameters" in server.extensions
+    assert {"model_configuration", "statistics"} <= set(server.extensions)  # perf_analyzer's server stats need it
     vit = client.get_model_metadata("vit", headers=AUTH)
     assert vit.versions == ["1"] and vit.platform == "versus_vit"
     assert [(t.name, t.datatype, list(t.shape)) for t in vit.inputs] == [("IMAGE", "BYTES", [-1])]

@@ -29,8 +29,10 @@ from services.common.oip_rest import OipRest
 from services.common.server import ServiceBinding
 from services.common.status import status_for
 
-#: ServerMetadata.extensions: request parameters (``top_k``, ``head``) and the streaming RPC's final flag.
-EXTENSIONS = ("parameters", "decoupled")
+#: ServerMetadata.extensions: request parameters (``top_k``, ``head``), the streaming RPC's final flag, and
+#: Triton's ModelConfig and ModelStatistics (perf_analyzer reads server-side statistics only when
+#: ``statistics`` is listed).
+EXTENSIONS = ("parameters", "decoupled", "model_configuration", "statistics")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
