@@ -5,8 +5,8 @@
 #   make image
 # With a registry, build the wheelhouse on the host, then the image on a Python base of your choice:
 #   make wheelhouse && docker build -t versus:0.1.0 -f Dockerfile .
-# The build needs no network: the hashed lock (locks/image.txt) and our two wheels come from .wheelhouse/cpu,
-# made on the host by `make wheelhouse` (scripts/wheels.py + pip download --require-hashes).
+# The build needs no network: the hashed lock's wheels (locks/image.txt) come from .wheelhouse/cpu and our two
+# from .wheelhouse/local, both made on the host by `make wheelhouse` (scripts/wheels.py).
 # The CUDA image for GPU nodes is Dockerfile.cuda (versus:0.1.0-cuda), not built in CI.
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
@@ -16,10 +16,12 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY locks/image.txt /src/locks/image.txt
 COPY .wheelhouse/cpu /wheelhouse
-# Only hashed pins (every transitive one; torch is 2.13.0+cpu), then the contracts and the services, --no-deps.
-RUN pip install --no-index --find-links /wheelhouse --require-hashes -r /src/locks/image.txt \
-    && pip install --no-index --no-deps /wheelhouse/versus_contracts-0.1.0-py3-none-any.whl \
-       /wheelhouse/versus-0.1.0-py3-none-any.whl \
+# Only hashed pins (every transitive one; torch is 2.13.0+cpu), offline; then the contracts and the services,
+# --no-deps, in their own layer (they change with every source edit, the lock's layer does not).
+RUN pip install --no-index --find-links /wheelhouse --require-hashes -r /src/locks/image.txt
+COPY .wheelhouse/local /local
+RUN pip install --no-index --no-deps /local/versus_contracts-0.1.0-py3-none-any.whl \
+       /local/versus-0.1.0-py3-none-any.whl \
     && pip check \
     && pip uninstall --yes pip setuptools
 

@@ -17,7 +17,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 FIND_TORCH := $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS))
 
 
-.PHONY: setup setup-user locks image system-deps tools buf-check demo demo-byo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-perf-analyzer bench-gateway bench-gpu-vit clean help
+.PHONY: setup setup-user locks image wheelhouse podman-flags system-deps tools buf-check demo demo-byo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-perf-analyzer bench-gateway bench-gpu-vit clean help
 
 help:
 	@echo "make setup     system packages for the real-component tests (root: apt-get) + make setup-user"
@@ -52,13 +52,15 @@ $(TOOLS_STAMP): $(TOOLS)/package.json $(TOOLS)/package-lock.json
 # Real components the tests start themselves, from Debian's packages when missing (root only):
 # PostgreSQL (the ranker's PostgreSQL store), Chromium (the report pages in a headless browser) and
 # Prometheus (scraping live services; promtool for the alert rules); npm for the pinned tools in .tools/ (buf).
-SYSTEM_PACKAGES := postgresql chromium prometheus npm
+# mmdebstrap, podman and runc build and start the CPU image (make image, tests/test_image.py).
+SYSTEM_PACKAGES := postgresql chromium prometheus npm mmdebstrap podman runc
 system-deps:
 	@missing=""; \
 	  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	  command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	  command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	  command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	  for tool in mmdebstrap podman runc; do command -v $$tool >/dev/null 2>&1 || missing="$$missing $$tool"; done; \
 	  if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	      echo "installing$$missing (Debian packages)"; \
@@ -85,6 +87,44 @@ $(STAMP): $(LOCK) pyproject.toml protos/pyproject.toml
 # The per-role locks (scripts/locks.py says which extras each holds); uv comes with the dev lock.
 locks: $(STAMP)
 	$(PY) scripts/locks.py
+
+# The CPU image, built here with podman on a Debian bookworm rootfs that mmdebstrap makes from Debian's mirror (no
+# registry; bookworm's python3 is 3.11, as the locks), from a wheelhouse made on the host: the build needs no
+# network. Podman runs with runc and ulimits this machine allows (crun refuses its hybrid cgroups: docs/DEPLOY.md).
+IMAGE ?= localhost/versus:0.1.0
+BASE_IMAGE := localhost/versus-base:bookworm
+ROOTFS := build/rootfs-bookworm.tar
+WHEELHOUSE := .wheelhouse/cpu
+PODMAN_FLAGS := --runtime runc --ulimit nofile=16384:16384 --ulimit nproc=4096:4096
+
+image: wheelhouse build/base-image.stamp
+	podman build $(PODMAN_FLAGS) --network none --build-arg PYTHON_IMAGE=$(BASE_IMAGE) -t $(IMAGE) -f Dockerfile .
+	podman image ls $(IMAGE)
+
+podman-flags:
+	@echo $(PODMAN_FLAGS)
+
+# The hashed lock's wheels (fetched again only when the lock changes), and our two wheels from the sources as
+# they are (.wheelhouse/local, every time).
+wheelhouse: $(WHEELHOUSE)/.locked
+	rm -rf .wheelhouse/local
+	$(PY) scripts/wheels.py .wheelhouse/local
+
+$(WHEELHOUSE)/.locked: locks/image.txt | $(STAMP)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(PY) scripts/wheels.py --lock locks/image.txt $(FIND_TORCH) $(WHEELHOUSE)
+	touch $@
+
+$(ROOTFS):
+	@command -v mmdebstrap >/dev/null || { echo "error: mmdebstrap is not installed (apt-get install mmdebstrap; make setup does, as root)" >&2; exit 1; }
+	mkdir -p build
+	mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates bookworm $(ROOTFS).part.tar
+	mv $(ROOTFS).part.tar $@
+
+build/base-image.stamp: $(ROOTFS)
+	@command -v podman >/dev/null || { echo "error: podman is not installed (apt-get install podman runc; make setup does, as root)" >&2; exit 1; }
+	podman import $(ROOTFS) $(BASE_IMAGE)
+	touch $@
 
 demo: setup
 	$(VENV)/bin/versus demo
