@@ -184,3 +184,15 @@ def test_a_slow_first_read_goes_on_in_the_background_and_is_shared(tmp_path: Pat
     assert early.digest == "" and "still hashing" in early.note
     assert {r.digest for r in done} == {combined_digest(weight_files(vit_tiny_dir))}
     assert store.cache.hashed == len(done[0].files)  # one read for four callers
+
+
+def test_cached_marks_and_duels_are_keyed_by_the_computed_digest_and_the_kind() -> None:
+    from versus.gateway.v1 import gateway_pb2
+
+    from services.gateway.weights import weights_key
+
+    honest = gateway_pb2.ServedWeights(kind="operator-attested", digest="ab" * 32, reported_digest="ab" * 32)
+    echo = gateway_pb2.ServedWeights(kind="external-unverified", reported_digest="ab" * 32)
+    swapped = gateway_pb2.ServedWeights(kind="external-unverified", digest="ab" * 32, reported_digest="ab" * 32)
+    assert len({weights_key(honest), weights_key(echo), weights_key(swapped)}) == 3
+    assert weights_key(echo).endswith("reported:" + "ab" * 32)

@@ -63,10 +63,13 @@ def _short(digest: str) -> str:
 
 
 def weights_key(w: gateway_pb2.ServedWeights) -> str:
-    """What keys cached probes and recorded duels for these weights: the digest the gateway computed. Without
-    one, the service's reported digest, marked as reported: such weights are never real or attested, so a
-    model swapped behind an echoed digest can only meet mechanism marks cached for its predecessor."""
-    return f"sha256:{w.digest}" if w.digest else f"reported:{w.reported_digest}"
+    """What keys cached probes and recorded duels for these weights: the kind established now and the digest the
+    gateway computed. Without one, the service's reported digest, marked as reported: such weights are never
+    real or attested, so a model swapped behind an echoed digest can only meet mechanism marks cached for its
+    predecessor. The kind is part of the key because a model swapped behind unchanged files keeps the digest:
+    once its known answers or attestation contradict it, its kind changes, and no mark cached for the model
+    it replaced (with the kind that let them decide) is reused."""
+    return f"{w.kind}|" + (f"sha256:{w.digest}" if w.digest else f"reported:{w.reported_digest}")
 
 
 def digest_words(w: gateway_pb2.ServedWeights, chars: int = 16) -> str:
