@@ -89,3 +89,14 @@ def test_quality_catches_a_generator_that_ignores_the_prompt(ranker, tmp_path: P
                if r.capability_id == "prompt-adherence" and "served here" in r.title)
     assert row.mark == (CONTRADICTED if lie else VERIFIED), row
     assert "top-5 hit" in row.detail
+
+
+def test_a_judge_whose_labels_are_not_the_catalogs_judges_nothing(ranker) -> None:  # noqa: F811
+    """The judge's label names must hash to the catalog checkpoint's label digest; one renamed class and the
+    quality stage is UNAVAILABLE with the reason (its indices are not the catalog's classes)."""
+    with fake_judge(renamed=True) as judge, fake_sd35() as sd35:
+        c = compare(ranker, (LARGE, TURBO), vit=judge.target, sd35=sd35.target, lora_probe_path="",
+                    imagenet_classes="tench,goldfish")
+    assert not c.judgements and not [q for q in c.quality if q.images]
+    reason = next(u.message for u in c.unavailable if u.component == "quality")
+    assert "are not the catalog checkpoint's" in reason, reason

@@ -124,10 +124,12 @@ def fake_sd35(lies: str = "") -> Loopback:
 class FakeJudge(vit_pb2_grpc.VitServiceServicer):
     """A ViT judge for the quality check: the 1000 ImageNet labels, each image classified by the colour of its
     top-left quarter (the label whose "a photo of a {name}" has the nearest :func:`prompt_colour` first). It
-    answers only what the quality stage asks: GetModelInfo and Classify."""
+    answers only what the quality stage asks: GetModelInfo and Classify. ``renamed``: it calls its first class
+    something else (a label set that is not the catalog checkpoint's, consistently served)."""
 
-    def __init__(self) -> None:
-        names = [f"a photo of a {label.split(',')[0].strip()}" for label in LABELS]
+    def __init__(self, renamed: bool = False) -> None:
+        self.labels = (["not a tench"] if renamed else LABELS[:1]) + LABELS[1:]
+        names = [f"a photo of a {label.split(',')[0].strip()}" for label in self.labels]
         self.colours = np.stack([prompt_colour(n) for n in names])
         self.classifying = threading.Event()  # set by the first Classify (a test may kill the server then)
 
@@ -144,7 +146,7 @@ class FakeJudge(vit_pb2_grpc.VitServiceServicer):
             probs /= probs.sum()
             order = np.argsort(-probs, kind="stable")[:request.top_k or 5]
             results.append(vit_pb2.Classification(
-                labels=[vit_pb2.Label(index=int(i), label=LABELS[i], score=float(probs[i])) for i in order],
+                labels=[vit_pb2.Label(index=int(i), label=self.labels[i], score=float(probs[i])) for i in order],
                 logits=logits.tolist() if request.return_logits else []))
         return vit_pb2.ClassifyResponse(results=results, model_id="fake-judge")
 
@@ -152,10 +154,10 @@ class FakeJudge(vit_pb2_grpc.VitServiceServicer):
         return vit_pb2.GetModelInfoResponse(
             model=common_pb2.ModelInfo(id="fake-judge", family="vit", precision=common_pb2.PRECISION_FP32,
                                        device="cpu", backend="torch", properties={"weights_kind": "random"}),
-            image_size=224, num_labels=len(LABELS), num_hidden_layers=12, hidden_size=768, max_images_per_request=64,
-            max_batch_size=32)
+            image_size=224, num_labels=len(self.labels), num_hidden_layers=12, hidden_size=768,
+            max_images_per_request=64, max_batch_size=32)
 
 
-def fake_judge() -> Loopback:
-    return Loopback(FakeJudge(), vit_pb2_grpc.add_VitServiceServicer_to_server)
+def fake_judge(renamed: bool = False) -> Loopback:
+    return Loopback(FakeJudge(renamed), vit_pb2_grpc.add_VitServiceServicer_to_server)
 

@@ -40,7 +40,8 @@ QUALITY = Check(
     "real or operator-attested weights of generator and judge",
     "'a photo of a {class}' generated per class and seed, classified by the ViT service",
     f"Wilson 95% lower bound of the top-5 hit rate below {ADHERENCE_BAR:g}",
-    "that the judge's labels are ImageNet's (they are read from the ViT service)", _adherence,
+    "that the judge is right (its label names are the catalog checkpoint's, by digest; its weights decide only "
+    "when real or attested)", _adherence,
     weights_dependent=True)
 
 CHECKS: tuple[Check, ...] = (*VIT_CHECKS, *SD35_CHECKS, QUALITY)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from versus.common.v1 import common_pb2
 from versus.gateway.v1 import gateway_pb2
+from versus.ranker.v1 import ranker_pb2
 from versus.vit.v1 import vit_pb2
 
 from services.common.errors import InvalidArgument, quote
@@ -35,7 +36,9 @@ from services.gateway.compare.probes import (
 )
 from services.gateway.compare.run import Run, Served
 from services.gateway.compare.sd35_checks import sd35_probes
-from services.gateway.compare.vit_probes import VitProbes
+from services.gateway.compare.verdicts import NO_FIGURE
+from services.gateway.compare.vit_probes import VitProbes, labels_digest
+from services.gateway.config import ServedBy
 from services.gateway.stats import images_to_verify
 
 TASK = "t2i-imagenet-judge"
@@ -107,21 +110,39 @@ def _generators(run: Run) -> list[str]:
     return t2i
 
 
-async def _judge_labels(run: Run) -> list[str]:
+def _judge_architecture(run: Run) -> ranker_pb2.Architecture | None:
+    """The catalog's architecture of the checkpoint the ViT service serves (the judge), or None."""
+    model_id = next((m for m, by in run.settings.served.items() if by == ServedBy("vit")), "")
+    entry = run.catalog.get(model_id)
+    return entry.architecture if entry is not None and entry.HasField("architecture") else None
+
+
+async def _judge_labels(run: Run) -> tuple[list[str], str]:
+    """The judge's label names by index, and why none when empty. The count is the catalog checkpoint's, and
+    the names the service returns must hash to the catalog's label digest: only then are its indices the
+    catalog's classes (the service's own num_labels and names decide nothing)."""
     assert run.vit is not None
-    vit = run.vit
-    n = vit.response.num_labels
-    vp = VitProbes(run.ds, vit, run.probe_budget)
+    vit, arch = run.vit, _judge_architecture(run)
+    if arch is None or not arch.num_labels or not arch.labels_sha256:
+        return [], f"{NO_FIGURE}: the catalog states no label set for the judge's checkpoint"
+    n, vp = arch.num_labels, VitProbes(run.ds, vit, run.probe_budget, arch)
 
     async def fetch() -> ProbeResult:
         reply = await vp._call("Classify", vit_pb2.ClassifyRequest(images=[_blank_png()], top_k=n))
         labels = [""] * n
         for lab in reply.results[0].labels:
-            labels[lab.index] = lab.label
+            if 0 <= lab.index < n:
+                labels[lab.index] = lab.label
         return ProbeResult("vit.labels", "", [], {"labels": labels}, vit.weights, now_iso())
 
     result = await cached.probe(run, "vit", vit.weights, "vit.labels", fetch)
-    return result.data.get("labels", []) if result is not None and result.ran else []
+    if result is None or not result.ran:
+        return [], "the ViT judge's labels could not be read"
+    labels = result.data.get("labels", [])
+    if "" in labels or labels_digest(labels) != arch.labels_sha256:
+        return [], (f"the judge's {n} labels (sha256 {labels_digest(labels)[:12]}, {labels.count('')} missing) are not "
+                    f"the catalog checkpoint's (sha256 {arch.labels_sha256[:12]}, {arch.labels_source})")
+    return labels, ""
 
 
 async def choose_classes(run: Run) -> None:
@@ -134,10 +155,10 @@ async def choose_classes(run: Run) -> None:
     if run.vit is None:
         run.unavailable("quality", "no ViT judge is reachable: cross-model quality and head-to-head skipped")
         return
-    run.labels = await _judge_labels(run)
+    run.labels, why = await _judge_labels(run)
     if not run.labels:
         if run.opts.live:
-            run.unavailable("quality", "the ViT judge's labels could not be read")
+            run.unavailable("quality", why)
         return  # not live and nothing cached: no quality evidence this time
     from_client = run.opts.classes != run.settings.classes
     for i, name in enumerate(run.opts.classes):
@@ -243,7 +264,7 @@ async def _judgement(run: Run, generator: str, cls: str, seed: int) -> gateway_p
 
     async def classify() -> ProbeResult:
         reply = await vp._call("Classify", vit_pb2.ClassifyRequest(images=[common_pb2.Image(data=png)],
-                                                                    top_k=vit.response.num_labels))
+                                                                    top_k=len(run.labels)))
         expect(len(reply.results) == 1 and len(reply.results[0].labels) > 0, "Classify answered no labels")
         scores = [(lab.index, lab.label, lab.score) for lab in reply.results[0].labels]
         return ProbeResult(judge_probe, "", [], {"scores": scores}, vit.weights, now_iso())
