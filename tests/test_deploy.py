@@ -67,6 +67,16 @@ def pod_spec(dep: dict) -> dict:
     return dep["spec"]["template"]["spec"]
 
 
+def service_of(dep: dict) -> str:
+    """The service a Deployment's pods run: their app.kubernetes.io/name (sd35 for every sd35-VARIANT)."""
+    return dep["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"]
+
+
+def instances(docs: list[dict], service: str) -> list[str]:
+    """The Deployments of ``service``: one, named after it, or one per SD3.5 variant (components/sd35-per-variant)."""
+    return sorted(n for n, d in by_kind(docs, "Deployment").items() if service_of(d) == service)
+
+
 def all_containers(dep: dict) -> list[dict]:
     pod = pod_spec(dep)
     return [*pod.get("initContainers", []), *pod["containers"]]
@@ -180,16 +190,19 @@ def with_monitoring(overlay: str) -> list[dict]:
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_all_four_services_are_complete(overlay: str) -> None:
     docs = with_monitoring(overlay)
-    for name in SERVICES:
-        for kind, object_name in (("Deployment", name), ("ConfigMap", f"{name}-config"), ("ServiceAccount", name),
-                                  ("Service", name), ("Service", f"{name}-headless"),
-                                  ("PodDisruptionBudget", name), ("NetworkPolicy", name),
-                                  ("ServiceMonitor", name)):
+    for service in SERVICES:
+        for kind, object_name in (("ConfigMap", f"{service}-config"), ("ServiceAccount", service),
+                                  ("ServiceMonitor", service)):
             assert object_name in by_kind(docs, kind), f"{overlay}: {kind}/{object_name} missing"
-        assert by_kind(docs, "Service")[f"{name}-headless"]["spec"]["clusterIP"] == "None"
-        # The ranker scales only on PostgreSQL: on SQLite it is one pod on a ReadWriteOnce claim.
-        scaled = name != "ranker" or overlay == "postgresql"
-        assert (name in autoscalers(docs)) is scaled, f"{overlay}: {name} autoscaler"
+        assert instances(docs, service), f"{overlay}: no Deployment of {service}"
+        for name in instances(docs, service):
+            for kind, object_name in (("Deployment", name), ("Service", name), ("Service", f"{name}-headless"),
+                                      ("PodDisruptionBudget", name), ("NetworkPolicy", name)):
+                assert object_name in by_kind(docs, kind), f"{overlay}: {kind}/{object_name} missing"
+            assert by_kind(docs, "Service")[f"{name}-headless"]["spec"]["clusterIP"] == "None"
+            # The ranker scales only on PostgreSQL: on SQLite it is one pod on a ReadWriteOnce claim.
+            scaled = name != "ranker" or overlay == "postgresql"
+            assert (name in autoscalers(docs)) is scaled, f"{overlay}: {name} autoscaler"
     gateway_ports = {p["name"]: p["port"] for p in by_kind(docs, "Service")["gateway"]["spec"]["ports"]}
     # No report pages (8080): they bind the pod's loopback and are reached with kubectl port-forward only.
     assert gateway_ports == {"grpc": 50050, "metrics": 9100}
@@ -252,10 +265,11 @@ def test_probes_and_drain(overlay: str) -> None:
         if name == "triton":
             assert [p["httpGet"]["path"] for p in probes] == ["/v2/health/ready"] * 2 + ["/v2/health/live"]
             continue
-        assert all("grpc" in p and p["grpc"]["port"] == PORTS[name][0] for p in probes), name
+        service = service_of(dep)
+        assert all("grpc" in p and p["grpc"]["port"] == PORTS[service][0] for p in probes), name
         assert probes[1]["grpc"]["service"].startswith("versus.") and probes[1]["grpc"]["service"].endswith("Service")
-        data = configs[f"{name}-config"]["data"]
-        prefix = name.upper()
+        data = configs[f"{service}-config"]["data"]
+        prefix = service.upper()
         needed = float(data[f"{prefix}_DRAIN_DELAY_S"]) + float(data[f"{prefix}_GRACE_S"])
         assert pod_spec(dep)["terminationGracePeriodSeconds"] > needed, f"{overlay}/{name}: SIGKILL before drained"
 
@@ -268,12 +282,20 @@ def test_gateway_dials_headless_services_with_round_robin(overlay: str) -> None:
     docs = render(overlay)
     services = by_kind(docs, "Service")
     data = by_kind(docs, "ConfigMap")["gateway-config"]["data"]
-    for name in ("vit", "sd35", "ranker"):
-        target = data[f"GATEWAY_{name.upper()}"]
+    # (service, target, the pods it must reach): a variant's own deployment (components/sd35-per-variant) is
+    # its pods only
+    dialled = [(name, data[f"GATEWAY_{name.upper()}"], {"app.kubernetes.io/name": name})
+               for name in ("vit", "sd35", "ranker") if data[f"GATEWAY_{name.upper()}"]]
+    for part in filter(None, data.get("GATEWAY_SD35_VARIANT_TARGETS", "").split(",")):
+        variant, _, target = part.partition("=")
+        pods = {"app.kubernetes.io/name": "sd35", "app.kubernetes.io/instance": f"sd35-{variant}"}
+        dialled.append(("sd35", target, pods))
+    assert {d[0] for d in dialled} == {"vit", "sd35", "ranker"}, f"{overlay}: {dialled}"
+    for name, target, pods in dialled:
         match = re.fullmatch(r"dns:///([a-z0-9-]+)\.versus\.svc\.cluster\.local:(\d+)", target)
-        assert match, f"{overlay}: GATEWAY_{name.upper()}={target} is not a dns:/// target"
+        assert match, f"{overlay}: the {name} target {target} is not a dns:/// target"
         svc = services[match.group(1)]
-        assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == {"app.kubernetes.io/name": name}
+        assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["selector"] == pods
         assert int(match.group(2)) in [p["port"] for p in svc["spec"]["ports"]]
     assert '"round_robin"' in service_config()
 
@@ -328,10 +350,11 @@ def test_model_pods_admit_only_the_gateway_and_monitoring(overlay: str, service:
     """docs/DEPLOY.md section 9: gRPC from the gateway pods only; metrics from the monitoring namespace only."""
     docs = render(overlay)
     grpc_port, metrics_port = PORTS[service]
-    for source in ALL_SOURCES:
-        assert admitted(docs, service, *source, grpc_port) is (source == GATEWAY), f"{service}: {source} → gRPC"
-        assert admitted(docs, service, *source, metrics_port) is (source == MONITORING), f"{service}: {source} → 9xxx"
-        assert not admitted(docs, service, *source, 8080), f"{service}: {source} → a port it does not serve"
+    for name in instances(docs, service):
+        for source in ALL_SOURCES:
+            assert admitted(docs, name, *source, grpc_port) is (source == GATEWAY), f"{name}: {source} → gRPC"
+            assert admitted(docs, name, *source, metrics_port) is (source == MONITORING), f"{name}: {source} → 9xxx"
+            assert not admitted(docs, name, *source, 8080), f"{name}: {source} → a port it does not serve"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -637,22 +660,23 @@ def test_auth_component_gives_each_process_its_token_as_a_file(overlay: str, tmp
     from services.ranker.config import RankerConfig
     from services.sd35.config import Sd35Config
 
-    deployments = by_kind(render_with(overlay, components=("auth",)), "Deployment")
-    for name in SERVICES:
-        assert "token" not in str(pod_spec(by_kind(render(overlay), "Deployment")[name])["volumes"]), \
-            f"{overlay}/{name}: tokens are off without the component"
-    required = {}
-    for name in ("vit", "sd35", "ranker"):
-        pod = pod_spec(deployments[name])
-        env = _materialise(pod, pod["containers"][0], tmp_path / name)
+    docs = render_with(overlay, components=("auth",))
+    deployments = by_kind(docs, "Deployment")
+    for name, dep in by_kind(render(overlay), "Deployment").items():
+        assert "token" not in str(pod_spec(dep)["volumes"]), f"{overlay}/{name}: tokens are off without the component"
+    required: dict[str, str] = {}
+    for instance in (i for name in ("vit", "sd35", "ranker") for i in instances(docs, name)):
+        name = service_of(deployments[instance])
+        pod = pod_spec(deployments[instance])
+        env = _materialise(pod, pod["containers"][0], tmp_path / instance)
         path = env[f"{name.upper()}_TOKEN_FILE"]
         if name == "vit":  # VitConfig checks its model directory: read the file as ServerConfig does
-            required[name] = Path(path).read_text().strip()
+            token = Path(path).read_text().strip()
         else:
             settings = {"SD35_MODELS": "large=/models/large"} if name == "sd35" else {}
-            config = {"sd35": Sd35Config, "ranker": RankerConfig}[name].from_env(
-                {**settings, f"{name.upper()}_TOKEN_FILE": path})
-            required[name] = config.resolved_token()
+            token = {"sd35": Sd35Config, "ranker": RankerConfig}[name].from_env(
+                {**settings, f"{name.upper()}_TOKEN_FILE": path}).resolved_token()
+        assert required.setdefault(name, token) == token, f"{overlay}/{instance}: another {name} token"
     assert required == {n: SECRET[n] for n in ("vit", "sd35", "ranker")}
     pod = pod_spec(deployments["gateway"])
     env = _materialise(pod, pod["containers"][0], tmp_path / "gateway")
@@ -741,7 +765,7 @@ def test_weights_jobs_pull_what_the_pods_read(overlay: str) -> None:
             assert secret["secretName"] == "hf-token" and token_dir["readOnly"]
             assert {f"{p}/*" for p in (*_HUB_PARTS, *_T5_PARTS)} | {"model_index.json"} <= set(args.include)
     assert {c: ids for c, (ids, _) in pulled.items()} == {"weights": wanted["vit"] | wanted["sd35"]}
-    for name, service in (("vit", "vit-config"), ("sd35", "sd35-config")):
+    for name, service in ((i, f"{s}-config") for s in ("vit", "sd35") for i in instances(docs, s)):
         pod = pod_spec(by_kind(docs, "Deployment")[name])
         models = next(v for v in pod["volumes"] if v["name"] == "models")["persistentVolumeClaim"]
         mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "models")

@@ -86,6 +86,9 @@ def test_each_variant_goes_to_its_own_target_else_to_the_shared_one_with_the_sd3
     by, targets, _ = routes(config(sd35_variant_targets=("large=127.0.0.1:2", "large-turbo=127.0.0.1:3")))
     assert by == {"large": "sd35-large", "large-turbo": "sd35-large-turbo", "medium": None}
     assert targets == ["sd35-large", "sd35-large-turbo"]
+    every = tuple(f"{v}=127.0.0.1:2" for v in SD35_VARIANTS)
+    _, targets, _ = routes(config(sd35="127.0.0.1:1", sd35_variant_targets=every))
+    assert targets == [f"sd35-{v}" for v in SD35_VARIANTS]  # the shared target serves no variant: never dialled
 
 
 def live(c: gateway_pb2.Comparison, model: str) -> list[gateway_pb2.CapabilityEvidence]:

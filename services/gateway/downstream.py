@@ -17,7 +17,7 @@ from versus.vit.v1 import vit_pb2_grpc
 
 from services.common import registry, tracing
 from services.common.client import ErrorDetails, error_details
-from services.gateway.config import GatewayConfig, ServedBy
+from services.gateway.config import SD35_VARIANTS, GatewayConfig, ServedBy
 
 #: Methods safe to retry on UNAVAILABLE (no side effects, or idempotent by key).
 IDEMPOTENT = {
@@ -134,8 +134,9 @@ class Downstream:
         return self.component(by) in self.targets
 
     def sd35_components(self) -> list[str]:
-        """Every configured SD3.5 target: the shared one ("sd35") and each variant's own ("sd35-large" …)."""
-        return [c for c in self.targets if c.split("-")[0] == "sd35"]
+        """The SD3.5 targets some variant is routed to: a variant's own ("sd35-large" …), else the shared "sd35"."""
+        variants = (ServedBy("sd35", v) for v in SD35_VARIANTS)
+        return list(dict.fromkeys(self.component(by) for by in variants if self.serves(by)))
 
     def metadata(self, component: str, request_id: str = "") -> tuple[tuple[str, str], ...]:
         md: list[tuple[str, str]] = []
