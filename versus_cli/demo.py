@@ -103,6 +103,8 @@ def run_demo(models_dir: Path, out_dir: Path, json_out: str = "") -> int:
             "--lora-probe-path", "loras/example.safetensors", "--imagenet-classes", "tench,goldfish,volcano",
             "--probe-size", "128",  # the catalog's 1024 px, at the default steps, takes minutes on 2 cores
             "--weights-root", str(models_dir.resolve()),  # the gateway hashes the built models itself
+            # the ViT-B observations (continuity, stripes transfer) take a few hundred forward passes on the CPU
+            "--compare-budget-s", "420",
             "--http-port", "-1", "--drain-delay-s", "0"], log_path=logs / "gateway.log")
         services["gateway"].start(timeout_s=120)
         _say(f"gateway SERVING on {services['gateway'].target}")

@@ -208,5 +208,5 @@ ARCHITECTURE = Check(
     "another architecture than the catalog's (a tiny build, a 10-label model), a reported width or layer count "
     "unlike the observed one", "that the weights are the checkpoint's (a random-weight build passes)",
     _architecture, _one(vit_observe.architecture), title="Architecture")
-VIT_CHECKS = (DISTRIBUTION, EMBEDDING, CONTINUITY_SCORES, CONTINUITY_EMBEDDING, BATCHING, TRANSFER, PRECISION,
-              ARCHITECTURE)
+VIT_CHECKS = (DISTRIBUTION, EMBEDDING, CONTINUITY_SCORES, CONTINUITY_EMBEDDING, BATCHING, ARCHITECTURE, TRANSFER,
+              PRECISION)

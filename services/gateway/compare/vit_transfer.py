@@ -19,7 +19,7 @@ from services.gateway.compare.vit_probes import VitProbes
 
 #: Images per class for training and held out, the stripe period (one ViT-B/16 patch), the recorded seed of
 #: the colours and the shuffle, and the p-value a head must reach against the baseline.
-TRAIN_PER_CLASS, HELD_OUT_PER_CLASS, PERIOD, TRANSFER_SEED, ALPHA = 16, 16, 16, 1204, 0.05
+TRAIN_PER_CLASS, HELD_OUT_PER_CLASS, PERIOD, TRANSFER_SEED, ALPHA = 8, 16, 16, 1204, 0.05
 CLASSES = ("horizontal", "vertical")
 
 
