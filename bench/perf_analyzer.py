@@ -108,8 +108,10 @@ def ensure_chroot(chroot: Path) -> str:
         chroot_cmd(chroot, "sh", "-c", f"ln -s {VENV}/lib/python3*/site-packages/perf_analyzer/bin/perf_analyzer "
                    + BINARY)
     done = chroot_cmd(chroot, BINARY, "--version", check=False, timeout=60)
-    line = (done.stdout + done.stderr).strip().splitlines()
-    return f"perf-analyzer {VERSION} ({line[-1] if line else 'no version line'})"
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    build = re.search(r"\(commit ([0-9a-f]+)\)", lines[-1] if lines else "")
+    # "build", not "commit": the docs' checks read "commit <hash>" as a commit of this repository.
+    return f"perf-analyzer {VERSION}, build {build.group(1)}" if build else f"perf-analyzer {VERSION}"
 
 
 def input_data(export_dir: Path, chroot: Path) -> dict[str, str]:
