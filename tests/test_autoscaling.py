@@ -149,7 +149,7 @@ def base_hpas() -> dict[str, dict]:
 
 def keda_query(service: str) -> str:
     """The PromQL of ``service``'s ScaledObject trigger, as committed."""
-    docs = [d for d in yaml.safe_load_all((KEDA / "scaledobjects" / "scaledobjects.yaml").read_text()) if d]
+    docs = [d for f in KEDA.rglob("scaledobjects.yaml") for d in yaml.safe_load_all(f.read_text()) if d]
     (trigger,) = named(docs, "ScaledObject")[service]["spec"]["triggers"]
     return trigger["metadata"]["query"]
 
@@ -174,6 +174,34 @@ def test_keda_component_replaces_the_cpu_hpas_of_the_model_servers(overlay: str,
         query = trigger["metadata"]["query"]
         assert re.fullmatch(rf'sum\(versus_queue_depth\{{namespace="versus", job="{name}"\}}\)', query), query
         assert float(trigger["metadata"]["threshold"]) > 0
+
+
+@needs_kubectl
+def test_keda_per_variant_replaces_the_cpu_hpa_of_each_sd35_variant(tmp_path: Path) -> None:
+    """gpu-split-keda: a ScaledObject per Deployment (vit and each SD3.5 variant) on the queue depth of that
+    Deployment's own pods, bounds from the HPA it replaces; the gpu-split overlay otherwise unchanged."""
+    before = named(render(K8S / "overlays" / "gpu-split"), "HorizontalPodAutoscaler")
+    docs = render(K8S / "overlays" / "gpu-split-keda")
+    scaled, hpas = named(docs, "ScaledObject"), named(docs, "HorizontalPodAutoscaler")
+    variants = {"sd35-large", "sd35-large-turbo", "sd35-medium"}
+    assert set(scaled) == {"vit"} | variants and set(hpas) == set(before) - set(scaled) == {"gateway"}
+    for name, obj in scaled.items():
+        spec, hpa = obj["spec"], before[name]["spec"]
+        assert spec["scaleTargetRef"]["name"] == name and name in named(docs, "Deployment")
+        assert (spec["minReplicaCount"], spec["maxReplicaCount"]) == (hpa["minReplicas"], hpa["maxReplicas"])
+        (trigger,) = spec["triggers"]
+        assert trigger["metadata"]["query"] == keda_query(name), name
+        assert trigger["metadata"]["query"] == f'sum(versus_queue_depth{{namespace="versus", job="{name}"}})'
+        assert trigger["metadata"]["threshold"] == keda_query_threshold("vit" if name == "vit" else "sd35")
+    # The job a query names is a Service the ServiceMonitor scrapes: each variant's own, selecting its pods only.
+    services = named(render_with("gpu-split", K8S / "components" / "prometheus-operator", tmp_path), "Service")
+    for name in variants:
+        assert services[name]["spec"]["selector"]["app.kubernetes.io/instance"] == name
+
+
+def keda_query_threshold(service: str) -> str:
+    docs = [d for f in KEDA.rglob("scaledobjects.yaml") for d in yaml.safe_load_all(f.read_text()) if d]
+    return named(docs, "ScaledObject")[service]["spec"]["triggers"][0]["metadata"]["threshold"]
 
 
 @needs_kubectl
