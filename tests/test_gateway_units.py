@@ -122,3 +122,23 @@ def test_the_steps_check_needs_the_catalog_figure_and_the_pixels() -> None:
         == verdicts.VERIFIED
     assert judge({"expected": 4, "observed": None, "equal": {"3": False, "4": False, "5": False}}).mark \
         == verdicts.CONTRADICTED
+
+
+def test_the_transfer_textures_are_invisible_to_mean_colour() -> None:
+    """The stripes of the transfer check: patch-aligned (one period per 16 px patch), both classes in the same
+    colour pairs, so the nearest-mean-pixel baseline sits at chance; the split is fixed by the recorded seed."""
+    from services.gateway.compare import vit_transfer as vt
+
+    data = vt.dataset()
+    assert [lab for lab, _ in data] == [lab for lab, _ in vt.dataset()]  # seeded: the same split every time
+    n_train = 2 * vt.TRAIN_PER_CLASS
+    train, held = data[:n_train], data[n_train:]
+    assert len(held) >= 32 and {lab for lab, _ in held} == set(vt.CLASSES)
+    _, pixels = held[0]
+    assert pixels.shape == (224, 224, 3) and (pixels[:16] == pixels[16:32]).all()  # period 16, patch-aligned
+    base = vt.nearest_mean_pixel(train, [p for _, p in held])
+    assert sum(a == lab for a, (lab, _) in zip(base, held, strict=True)) <= 0.6 * len(held)  # chance
+    # orientation is a linear function of the pixels, so a probe on informative vectors separates them
+    flat = lambda items: __import__("numpy").asarray([p.reshape(-1) / 255.0 for _, p in items])  # noqa: E731
+    probe = vt.linear_probe(flat(train), [lab for lab, _ in train], flat(held))
+    assert all(a == lab for a, (lab, _) in zip(probe, held, strict=True))
