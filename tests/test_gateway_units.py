@@ -139,6 +139,29 @@ def test_the_transfer_textures_are_invisible_to_mean_colour() -> None:
     base = vt.nearest_mean_pixel(train, [p for _, p in held])
     assert sum(a == lab for a, (lab, _) in zip(base, held, strict=True)) <= 0.6 * len(held)  # chance
     # orientation is a linear function of the pixels, so a probe on informative vectors separates them
-    flat = lambda items: __import__("numpy").asarray([p.reshape(-1) / 255.0 for _, p in items])  # noqa: E731
+    import numpy as np
+
+    def flat(items: list) -> np.ndarray:
+        return np.asarray([p.reshape(-1) / 255.0 for _, p in items])
+
     probe = vt.linear_probe(flat(train), [lab for lab, _ in train], flat(held))
     assert all(a == lab for a, (lab, _) in zip(probe, held, strict=True))
+
+
+def test_without_a_catalog_figure_a_vit_check_is_undecided_never_verified_on_the_service_word() -> None:
+    from services.gateway.compare import vit_checks
+
+    seen = {"layers": 12, "width": 768, "labels": 1000, "labels_sha256": "", "reported_layers": 12,
+            "reported_width": 768, "layer_beyond_refused": True}
+    for figures in ({}, {"layers": 12, "width": 768, "labels": 0, "source": "s"}):
+        v = vit_checks.ARCHITECTURE.judge(seen | {"expected": figures})
+        assert v.mark == verdicts.UNDECIDED and verdicts.NO_FIGURE in v.why
+    tiny = vit_checks.ARCHITECTURE.judge(seen | {"layers": 2, "expected": {"layers": 12, "width": 768, "labels": 1000,
+                                                                          "source": "s"}})
+    assert tiny.mark == verdicts.CONTRADICTED and "layers 2, the catalog's checkpoint has 12" in tiny.why
+    lying = vit_checks.ARCHITECTURE.judge(seen | {"reported_width": 64, "expected": {}})  # reported ≠ observed
+    assert lying.mark == verdicts.CONTRADICTED and "GetModelInfo reports 64" in lying.why
+    d = {"labels": 10, "distinct": 10, "asked": 10, "reported": 10, "expected": 0, "labels_sha256": "x",
+         "expected_sha256": "", "source": "", "sum": 1.0, "top1": 0, "argmax": 0, "sorted": True, "differs": True}
+    assert vit_checks.DISTRIBUTION.judge(d).mark == verdicts.UNDECIDED  # 10 labels, and no figure to say otherwise
+    assert vit_checks.DISTRIBUTION.judge(d | {"expected": 1000, "source": "s"}).mark == verdicts.CONTRADICTED
