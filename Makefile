@@ -181,4 +181,4 @@ bench-gpu-vit: setup  # on a machine with a CUDA GPU
 	$(PY) bench/gpu_vit.py
 
 clean:
-	rm -rf $(VENV) .models .pytest_cache $(TOOLS)/node_modules
+	rm -rf $(VENV) .models .pytest_cache $(TOOLS)/node_modules .wheelhouse build
