@@ -117,3 +117,18 @@ def test_an_undecodable_upload_is_named_by_its_field_not_by_pils_file_object() -
         check_header(b"this is not an image", "images[3].data", max_pixels=10**6, min_side=8)
     text = str(err.value)
     assert "images[3].data" in text and "BytesIO" not in text and "0x" not in text
+
+
+def test_built_models_are_readable_by_another_user(tmp_path) -> None:
+    """safetensors writes 0600; the image's server runs as uid 10001 over a read-only mount."""
+    import os
+    import stat
+
+    from versus_cli.models import build_model
+
+    out = build_model("vit-tiny", tmp_path / "vit-tiny")
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert stat.S_IMODE(path.stat().st_mode) & 0o004 or umask & 0o004, f"{path.name} is not world-readable"

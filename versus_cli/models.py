@@ -46,7 +46,20 @@ def build_model(name: str, out: Path, base: Path | None = None) -> Path:
         from services.vit.fingerprint import fingerprint_vit
 
         fingerprint_vit(target, recorded_by=f"versus models build {name}")
+    readable_by_all(target)
     return built
+
+
+def readable_by_all(directory: Path) -> None:
+    """Give the built files the umask's ordinary mode: safetensors writes 0600, which a server running as
+    another user (the image's uid 10001, a read-only volume in a pod) cannot open."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.chmod(0o666 & ~umask)
 
 
 def pull_model(hub_id: str, cache: str, include: list[str] | None = None):
