@@ -487,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True)
     build.add_argument("--base", default="", help="base pipeline directory (sd35-lora-example)")
     build.set_defaults(func=cmd_models_build)
-    pull = models_sub.add_parser("pull", help="fetch hub models into a Hugging Face cache (HF_TOKEN_PATH for gated)")
+    pull = models_sub.add_parser("pull", help="fetch hub models into a Hugging Face cache (HF_TOKEN_PATH for gated; "
+                                   "HF_HUB_OFFLINE=1: only check the cache)")
     pull.add_argument("ids", nargs="+", help="hub ids, ORG/NAME")
     pull.add_argument("--cache", required=True, help="hub cache directory (the services' HF_HUB_CACHE)")
     pull.add_argument("--include", action="append", default=[], help="only files matching this pattern (repeatable)")

@@ -65,10 +65,16 @@ def readable_by_all(directory: Path) -> None:
 def pull_model(hub_id: str, cache: str, include: list[str] | None = None):
     """Fetch ``hub_id``'s snapshot (only ``include`` patterns, when given) into the hub cache ``cache``: the layout
     the services read offline with HF_HUB_CACHE. Idempotent: files already there are not fetched again. The hub
-    client reads its token from HF_TOKEN or the file HF_TOKEN_PATH names (gated models)."""
+    client reads its token from HF_TOKEN or the file HF_TOKEN_PATH names (gated models).
+
+    Pulling is this command's whole job, so it fetches unless ``HF_HUB_OFFLINE`` is set true in its own
+    environment: then it only checks that the cache holds the snapshot (a rerun in an offline cluster)."""
+    import os
+
     from services.common.errors import ConfigError
     from services.common.hub import HUB_ID, resolve_source
 
     if not HUB_ID.fullmatch(hub_id):
         raise ConfigError(f"{hub_id!r} is not a hub id (ORG/NAME)")
-    return resolve_source(hub_id, allow_download=True, allow_patterns=include or None, cache_dir=cache)
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return resolve_source(hub_id, allow_download=not offline, allow_patterns=include or None, cache_dir=cache)
