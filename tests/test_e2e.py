@@ -135,7 +135,7 @@ def test_demo_runs_end_to_end(tmp_path: Path, vit_base_dir: Path, sd35_dirs: dic
 def test_bad_config_exits_nonzero_with_a_clear_message() -> None:
     out = subprocess.run([sys.executable, "-m", "versus_cli", "serve", "vit", "--max-batch-size", "0", "--model", "x"],
                          capture_output=True, text=True, timeout=60)
-    assert out.returncode == 1 and out.stderr.strip() == "versus: VIT_MAX_BATCH_SIZE must be >= 1"
+    assert out.returncode == 1 and out.stderr.strip() == "versus: --max-batch-size (VIT_MAX_BATCH_SIZE) must be >= 1"
 
 
 def test_cli_generate_with_progress_and_json(sd35_dirs: dict, tmp_path: Path) -> None:
