@@ -392,8 +392,8 @@ def test_pages_are_served_over_tls(tls_files) -> None:
 
 
 @pytest.mark.parametrize(("settings", "fragment"), [
-    ({}, "GATEWAY_HTTP_PORT: the report pages can start live runs; set GATEWAY_TOKEN"),
-    ({"GATEWAY_TOKEN": TOKEN}, "GATEWAY_HTTP_HOST: with a token the report pages are served over TLS"),
+    ({}, "--http-port (GATEWAY_HTTP_PORT): the report pages can start live runs; set --token (GATEWAY_TOKEN)"),
+    ({"GATEWAY_TOKEN": TOKEN}, "--http-host (GATEWAY_HTTP_HOST): with a token the report pages are served over TLS"),
     ({"GATEWAY_TOKEN": TOKEN, "GATEWAY_HTTP_HOST": "10.0.0.5"}, "not to '10.0.0.5' in plain HTTP"),
 ])
 def test_pages_that_would_not_hold_the_token_refuse_to_start(settings: dict, fragment: str) -> None:
