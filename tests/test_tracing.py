@@ -308,7 +308,8 @@ def test_one_live_comparison_is_one_trace_across_the_four_services(
         services["gateway"] = ServiceProcess("gateway", [
             "--vit", services["vit"].target, "--sd35", services["sd35"].target, "--ranker", services["ranker"].target,
             "--lora-probe-path", "loras/example.safetensors", "--imagenet-classes", "tench", "--images-per-class",
-            "1", "--http-port", "-1", "--drain-delay-s", "0"], env=env, log_path=tmp_path / "gateway.log").start()
+            "1", "--probe-size", "64", "--http-port", "-1", "--drain-delay-s", "0"], env=env,
+            log_path=tmp_path / "gateway.log").start()
         request = gateway_pb2.CompareRequest(
             model_ids=["vit-base-patch16-224", "stable-diffusion-3.5-large"],
             probes=gateway_pb2.ProbeOptions(live=True, head_to_head=True, record_matches=True))
