@@ -48,7 +48,8 @@ def delta(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
 def gateway(targets: dict[str, ServiceProcess], log: Path) -> ServiceProcess:
     return ServiceProcess("gateway", ["--vit", targets["vit"].target, "--sd35", targets["sd35"].target,
                                       "--ranker", targets["ranker"].target, "--http-port", "-1",
-                                      "--imagenet-classes", "tench,goldfish", "--drain-delay-s", "0"],
+                                      "--imagenet-classes", "tench,goldfish", "--drain-delay-s", "0",
+                                      "--probe-size", "128"],  # as the demo: 1024 px takes minutes on a CPU
                           log_path=log).start(timeout_s=120)
 
 
