@@ -75,8 +75,10 @@ def test_design_rpcs_exist() -> None:
         },
         "versus.sd35.v1.Sd35Service": {"Generate", "ListAdapters", "LoadAdapter", "UnloadAdapter", "GetModelInfo"},
         "versus.ranker.v1.RankerService": {"Score", "RecordMatch", "GetLeaderboard", "GetModel", "ListModels",
-                                           "RegisterDeployment", "RecordAttestation", "GetAttestation"},
-        "versus.gateway.v1.GatewayService": {"Compare", "CompareStream", "RenderComparison", "ListModels"},
+                                           "RegisterDeployment", "RecordAttestation", "GetAttestation",
+                                           "RecordRoutePairs", "GetRouteState", "ListRoutes", "RecordFeedback"},
+        "versus.gateway.v1.GatewayService": {"Compare", "CompareStream", "RenderComparison", "ListModels",
+                                             "ListRoutes", "GetRoute", "RenderRoute", "Feedback"},
     }
     for name, methods in expected.items():
         service = pool.FindServiceByName(name)

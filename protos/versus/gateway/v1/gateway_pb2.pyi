@@ -29,6 +29,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from versus.common.v1 import common_pb2 as _common_pb2
 from versus.ranker.v1 import ranker_pb2 as _ranker_pb2
+from versus.ranker.v1 import routes_pb2 as _routes_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -1570,3 +1571,214 @@ class EvalReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EvalReport: _TypeAlias = EvalReport  # noqa: Y015
+
+@_typing.final
+class ListRoutesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoutesRequest: _TypeAlias = ListRoutesRequest  # noqa: Y015
+
+@_typing.final
+class RouteView(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    STATE_ERROR_FIELD_NUMBER: _builtins.int
+    LOCAL_FIELD_NUMBER: _builtins.int
+    MIRRORS_PENDING_FIELD_NUMBER: _builtins.int
+    RECORDS_PENDING_FIELD_NUMBER: _builtins.int
+    state_error: _builtins.str
+    mirrors_pending: _builtins.int
+    records_pending: _builtins.int
+    """Pairs waiting to be sent to the ranker."""
+    @_builtins.property
+    def route(self) -> _routes_pb2.RouteDeclaration:
+        """The route as this gateway serves it (its declaration, with its share now: 0 after a rollback)."""
+
+    @_builtins.property
+    def state(self) -> _routes_pb2.RouteState:
+        """The shared state from the ranker; unset while the ranker holds no pairs for it or is unreachable
+        (state_error says which).
+        """
+
+    @_builtins.property
+    def local(self) -> _routes_pb2.RouteCounters:
+        """This replica's counts since it started (requests, mirrored, dropped by reason), and the mirrors
+        queued or in flight now.
+        """
+
+    def __init__(
+        self,
+        *,
+        route: _routes_pb2.RouteDeclaration | None = ...,
+        state: _routes_pb2.RouteState | None = ...,
+        state_error: _builtins.str = ...,
+        local: _routes_pb2.RouteCounters | None = ...,
+        mirrors_pending: _builtins.int = ...,
+        records_pending: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "route", b"route", "state", b"state"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["local", b"local", "mirrors_pending", b"mirrors_pending", "records_pending", b"records_pending", "route", b"route", "state", b"state", "state_error", b"state_error"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RouteView: _TypeAlias = RouteView  # noqa: Y015
+
+@_typing.final
+class ListRoutesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def routes(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteView]: ...
+    def __init__(
+        self,
+        *,
+        routes: _abc.Iterable[Global___RouteView] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["routes", b"routes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRoutesResponse: _TypeAlias = ListRoutesResponse  # noqa: Y015
+
+@_typing.final
+class GetRouteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRouteRequest: _TypeAlias = GetRouteRequest  # noqa: Y015
+
+@_typing.final
+class GetRouteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def route(self) -> Global___RouteView: ...
+    def __init__(
+        self,
+        *,
+        route: Global___RouteView | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRouteResponse: _TypeAlias = GetRouteResponse  # noqa: Y015
+
+@_typing.final
+class RenderRouteRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    FORMAT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    format: Global___RenderFormat.ValueType
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        format: Global___RenderFormat.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["format", b"format", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderRouteRequest: _TypeAlias = RenderRouteRequest  # noqa: Y015
+
+@_typing.final
+class RenderRouteResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTENT_FIELD_NUMBER: _builtins.int
+    MIME_TYPE_FIELD_NUMBER: _builtins.int
+    content: _builtins.str
+    mime_type: _builtins.str
+    """"text/markdown; charset=utf-8" or "text/html; charset=utf-8"."""
+    def __init__(
+        self,
+        *,
+        content: _builtins.str = ...,
+        mime_type: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "mime_type", b"mime_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenderRouteResponse: _TypeAlias = RenderRouteResponse  # noqa: Y015
+
+@_typing.final
+class FeedbackRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    route: _builtins.str
+    """The route; empty: the route that recorded the request ids."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[_routes_pb2.FeedbackItem]: ...
+    def __init__(
+        self,
+        *,
+        route: _builtins.str = ...,
+        items: _abc.Iterable[_routes_pb2.FeedbackItem] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackRequest: _TypeAlias = FeedbackRequest  # noqa: Y015
+
+@_typing.final
+class FeedbackResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _routes_pb2.RecordFeedbackResponse: ...
+    def __init__(
+        self,
+        *,
+        result: _routes_pb2.RecordFeedbackResponse | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FeedbackResponse: _TypeAlias = FeedbackResponse  # noqa: Y015

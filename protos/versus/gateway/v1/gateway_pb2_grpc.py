@@ -54,6 +54,26 @@ class GatewayServiceStub:
                 request_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
                 response_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
                 _registered_method=True)
+        self.ListRoutes = channel.unary_unary(
+                '/versus.gateway.v1.GatewayService/ListRoutes',
+                request_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListRoutesRequest.SerializeToString,
+                response_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListRoutesResponse.FromString,
+                _registered_method=True)
+        self.GetRoute = channel.unary_unary(
+                '/versus.gateway.v1.GatewayService/GetRoute',
+                request_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.GetRouteRequest.SerializeToString,
+                response_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.GetRouteResponse.FromString,
+                _registered_method=True)
+        self.RenderRoute = channel.unary_unary(
+                '/versus.gateway.v1.GatewayService/RenderRoute',
+                request_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderRouteRequest.SerializeToString,
+                response_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderRouteResponse.FromString,
+                _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/versus.gateway.v1.GatewayService/Feedback',
+                request_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -88,6 +108,39 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListRoutes(self, request, context):
+        """The shadow and canary routes this gateway serves (GATEWAY_ROUTES / --route), with their state.
+        The routes themselves are served on the same port as OIP inference.GRPCInferenceService/ModelInfer
+        for model_name = the route's name (docs/SHADOW.md).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRoute(self, request, context):
+        """One route's state (from the ranker, shared by every replica) and this replica's live counters.
+        NOT_FOUND for a name this gateway does not serve.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenderRoute(self, request, context):
+        """A route's report as Markdown or self-contained HTML (the route page).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Feedback(self, request, context):
+        """Delayed ground truth for paired requests (Feedback(request_id, label)); see RecordFeedback in the
+        ranker. INVALID_ARGUMENT: a label that is not one of the route's labels, an empty or over-long id,
+        more than 10,000 items; NOT_FOUND: an unknown route, or (for a single item) an unknown request id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -110,6 +163,26 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListModels,
                     request_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.FromString,
                     response_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.SerializeToString,
+            ),
+            'ListRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoutes,
+                    request_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListRoutesRequest.FromString,
+                    response_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.ListRoutesResponse.SerializeToString,
+            ),
+            'GetRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoute,
+                    request_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.GetRouteRequest.FromString,
+                    response_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.GetRouteResponse.SerializeToString,
+            ),
+            'RenderRoute': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenderRoute,
+                    request_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderRouteRequest.FromString,
+                    response_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderRouteResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.FromString,
+                    response_serializer=versus_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,6 +293,114 @@ class GatewayService:
             '/versus.gateway.v1.GatewayService/ListModels',
             versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsRequest.SerializeToString,
             versus_dot_gateway_dot_v1_dot_gateway__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.gateway.v1.GatewayService/ListRoutes',
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.ListRoutesRequest.SerializeToString,
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.ListRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.gateway.v1.GatewayService/GetRoute',
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.GetRouteRequest.SerializeToString,
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.GetRouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenderRoute(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.gateway.v1.GatewayService/RenderRoute',
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderRouteRequest.SerializeToString,
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.RenderRouteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.gateway.v1.GatewayService/Feedback',
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackRequest.SerializeToString,
+            versus_dot_gateway_dot_v1_dot_gateway__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -60,6 +60,22 @@ class GatewayServiceStub:
     """Renders a comparison as Markdown or self-contained HTML."""
     ListModels: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListModelsRequest, _gateway_pb2.ListModelsResponse]
     """The catalog models a comparison can name, with the service (if any) that serves each live."""
+    ListRoutes: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListRoutesRequest, _gateway_pb2.ListRoutesResponse]
+    """The shadow and canary routes this gateway serves (GATEWAY_ROUTES / --route), with their state.
+    The routes themselves are served on the same port as OIP inference.GRPCInferenceService/ModelInfer
+    for model_name = the route's name (docs/SHADOW.md).
+    """
+    GetRoute: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetRouteRequest, _gateway_pb2.GetRouteResponse]
+    """One route's state (from the ranker, shared by every replica) and this replica's live counters.
+    NOT_FOUND for a name this gateway does not serve.
+    """
+    RenderRoute: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RenderRouteRequest, _gateway_pb2.RenderRouteResponse]
+    """A route's report as Markdown or self-contained HTML (the route page)."""
+    Feedback: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FeedbackRequest, _gateway_pb2.FeedbackResponse]
+    """Delayed ground truth for paired requests (Feedback(request_id, label)); see RecordFeedback in the
+    ranker. INVALID_ARGUMENT: a label that is not one of the route's labels, an empty or over-long id,
+    more than 10,000 items; NOT_FOUND: an unknown route, or (for a single item) an unknown request id.
+    """
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -74,6 +90,22 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """Renders a comparison as Markdown or self-contained HTML."""
     ListModels: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListModelsRequest, _gateway_pb2.ListModelsResponse]  # type: ignore[assignment]
     """The catalog models a comparison can name, with the service (if any) that serves each live."""
+    ListRoutes: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListRoutesRequest, _gateway_pb2.ListRoutesResponse]  # type: ignore[assignment]
+    """The shadow and canary routes this gateway serves (GATEWAY_ROUTES / --route), with their state.
+    The routes themselves are served on the same port as OIP inference.GRPCInferenceService/ModelInfer
+    for model_name = the route's name (docs/SHADOW.md).
+    """
+    GetRoute: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetRouteRequest, _gateway_pb2.GetRouteResponse]  # type: ignore[assignment]
+    """One route's state (from the ranker, shared by every replica) and this replica's live counters.
+    NOT_FOUND for a name this gateway does not serve.
+    """
+    RenderRoute: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RenderRouteRequest, _gateway_pb2.RenderRouteResponse]  # type: ignore[assignment]
+    """A route's report as Markdown or self-contained HTML (the route page)."""
+    Feedback: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FeedbackRequest, _gateway_pb2.FeedbackResponse]  # type: ignore[assignment]
+    """Delayed ground truth for paired requests (Feedback(request_id, label)); see RecordFeedback in the
+    ranker. INVALID_ARGUMENT: a label that is not one of the route's labels, an empty or over-long id,
+    more than 10,000 items; NOT_FOUND: an unknown route, or (for a single item) an unknown request id.
+    """
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -109,5 +141,45 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.ListModelsResponse, _abc.Awaitable[_gateway_pb2.ListModelsResponse]]:
         """The catalog models a comparison can name, with the service (if any) that serves each live."""
+
+    @_abc_1.abstractmethod
+    def ListRoutes(
+        self,
+        request: _gateway_pb2.ListRoutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListRoutesResponse, _abc.Awaitable[_gateway_pb2.ListRoutesResponse]]:
+        """The shadow and canary routes this gateway serves (GATEWAY_ROUTES / --route), with their state.
+        The routes themselves are served on the same port as OIP inference.GRPCInferenceService/ModelInfer
+        for model_name = the route's name (docs/SHADOW.md).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRoute(
+        self,
+        request: _gateway_pb2.GetRouteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetRouteResponse, _abc.Awaitable[_gateway_pb2.GetRouteResponse]]:
+        """One route's state (from the ranker, shared by every replica) and this replica's live counters.
+        NOT_FOUND for a name this gateway does not serve.
+        """
+
+    @_abc_1.abstractmethod
+    def RenderRoute(
+        self,
+        request: _gateway_pb2.RenderRouteRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RenderRouteResponse, _abc.Awaitable[_gateway_pb2.RenderRouteResponse]]:
+        """A route's report as Markdown or self-contained HTML (the route page)."""
+
+    @_abc_1.abstractmethod
+    def Feedback(
+        self,
+        request: _gateway_pb2.FeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.FeedbackResponse, _abc.Awaitable[_gateway_pb2.FeedbackResponse]]:
+        """Delayed ground truth for paired requests (Feedback(request_id, label)); see RecordFeedback in the
+        ranker. INVALID_ARGUMENT: a label that is not one of the route's labels, an empty or over-long id,
+        more than 10,000 items; NOT_FOUND: an unknown route, or (for a single item) an unknown request id.
+        """
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from versus.ranker.v1 import ranker_pb2 as versus_dot_ranker_dot_v1_dot_ranker__pb2
+from versus.ranker.v1 import routes_pb2 as versus_dot_ranker_dot_v1_dot_routes__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -73,6 +74,26 @@ class RankerServiceStub:
                 '/versus.ranker.v1.RankerService/GetAttestation',
                 request_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationRequest.SerializeToString,
                 response_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationResponse.FromString,
+                _registered_method=True)
+        self.RecordRoutePairs = channel.unary_unary(
+                '/versus.ranker.v1.RankerService/RecordRoutePairs',
+                request_serializer=versus_dot_ranker_dot_v1_dot_routes__pb2.RecordRoutePairsRequest.SerializeToString,
+                response_deserializer=versus_dot_ranker_dot_v1_dot_routes__pb2.RecordRoutePairsResponse.FromString,
+                _registered_method=True)
+        self.GetRouteState = channel.unary_unary(
+                '/versus.ranker.v1.RankerService/GetRouteState',
+                request_serializer=versus_dot_ranker_dot_v1_dot_routes__pb2.GetRouteStateRequest.SerializeToString,
+                response_deserializer=versus_dot_ranker_dot_v1_dot_routes__pb2.GetRouteStateResponse.FromString,
+                _registered_method=True)
+        self.ListRoutes = channel.unary_unary(
+                '/versus.ranker.v1.RankerService/ListRoutes',
+                request_serializer=versus_dot_ranker_dot_v1_dot_routes__pb2.ListRoutesRequest.SerializeToString,
+                response_deserializer=versus_dot_ranker_dot_v1_dot_routes__pb2.ListRoutesResponse.FromString,
+                _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/versus.ranker.v1.RankerService/RecordFeedback',
+                request_serializer=versus_dot_ranker_dot_v1_dot_routes__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=versus_dot_ranker_dot_v1_dot_routes__pb2.RecordFeedbackResponse.FromString,
                 _registered_method=True)
 
 
@@ -147,6 +168,39 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordRoutePairs(self, request, context):
+        """Stores a gateway's batch of paired outcomes of a shadow or canary route (routes.proto) and answers
+        the route's state after it. Never a match: the pairs feed only the route's own sequences and never a
+        catalog score or leaderboard. Idempotent per batch_id. INVALID_ARGUMENT: a malformed route name,
+        declaration, bound or pair (the field is named), more than 10,000 pairs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRouteState(self, request, context):
+        """A route's state: counts, confidence sequences, decisions with their times, rollback flag, accuracy on
+        labelled traffic, latest disagreements. NOT_FOUND for a route with no pairs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRoutes(self, request, context):
+        """Every route with pairs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFeedback(self, request, context):
+        """Attaches delayed ground truth to paired requests (the first label of a row stays). Unknown request
+        ids are listed in the response, not an error; NOT_FOUND for an unknown route.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RankerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -189,6 +243,26 @@ def add_RankerServiceServicer_to_server(servicer, server):
                     servicer.GetAttestation,
                     request_deserializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationRequest.FromString,
                     response_serializer=versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationResponse.SerializeToString,
+            ),
+            'RecordRoutePairs': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRoutePairs,
+                    request_deserializer=versus_dot_ranker_dot_v1_dot_routes__pb2.RecordRoutePairsRequest.FromString,
+                    response_serializer=versus_dot_ranker_dot_v1_dot_routes__pb2.RecordRoutePairsResponse.SerializeToString,
+            ),
+            'GetRouteState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRouteState,
+                    request_deserializer=versus_dot_ranker_dot_v1_dot_routes__pb2.GetRouteStateRequest.FromString,
+                    response_serializer=versus_dot_ranker_dot_v1_dot_routes__pb2.GetRouteStateResponse.SerializeToString,
+            ),
+            'ListRoutes': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRoutes,
+                    request_deserializer=versus_dot_ranker_dot_v1_dot_routes__pb2.ListRoutesRequest.FromString,
+                    response_serializer=versus_dot_ranker_dot_v1_dot_routes__pb2.ListRoutesResponse.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=versus_dot_ranker_dot_v1_dot_routes__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=versus_dot_ranker_dot_v1_dot_routes__pb2.RecordFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -407,6 +481,114 @@ class RankerService:
             '/versus.ranker.v1.RankerService/GetAttestation',
             versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationRequest.SerializeToString,
             versus_dot_ranker_dot_v1_dot_ranker__pb2.GetAttestationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRoutePairs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.ranker.v1.RankerService/RecordRoutePairs',
+            versus_dot_ranker_dot_v1_dot_routes__pb2.RecordRoutePairsRequest.SerializeToString,
+            versus_dot_ranker_dot_v1_dot_routes__pb2.RecordRoutePairsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRouteState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.ranker.v1.RankerService/GetRouteState',
+            versus_dot_ranker_dot_v1_dot_routes__pb2.GetRouteStateRequest.SerializeToString,
+            versus_dot_ranker_dot_v1_dot_routes__pb2.GetRouteStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRoutes(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.ranker.v1.RankerService/ListRoutes',
+            versus_dot_ranker_dot_v1_dot_routes__pb2.ListRoutesRequest.SerializeToString,
+            versus_dot_ranker_dot_v1_dot_routes__pb2.ListRoutesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/versus.ranker.v1.RankerService/RecordFeedback',
+            versus_dot_ranker_dot_v1_dot_routes__pb2.RecordFeedbackRequest.SerializeToString,
+            versus_dot_ranker_dot_v1_dot_routes__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

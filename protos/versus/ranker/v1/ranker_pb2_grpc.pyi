@@ -19,6 +19,7 @@ UNAVAILABLE.
 from collections import abc as _abc
 from grpc import aio as _aio
 from versus.ranker.v1 import ranker_pb2 as _ranker_pb2
+from versus.ranker.v1 import routes_pb2 as _routes_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -76,6 +77,22 @@ class RankerServiceStub:
     """
     GetAttestation: _grpc.UnaryUnaryMultiCallable[_ranker_pb2.GetAttestationRequest, _ranker_pb2.GetAttestationResponse]
     """The attestation recorded for (model_id, digest). NOT_FOUND when none; INVALID_ARGUMENT as above."""
+    RecordRoutePairs: _grpc.UnaryUnaryMultiCallable[_routes_pb2.RecordRoutePairsRequest, _routes_pb2.RecordRoutePairsResponse]
+    """Stores a gateway's batch of paired outcomes of a shadow or canary route (routes.proto) and answers
+    the route's state after it. Never a match: the pairs feed only the route's own sequences and never a
+    catalog score or leaderboard. Idempotent per batch_id. INVALID_ARGUMENT: a malformed route name,
+    declaration, bound or pair (the field is named), more than 10,000 pairs.
+    """
+    GetRouteState: _grpc.UnaryUnaryMultiCallable[_routes_pb2.GetRouteStateRequest, _routes_pb2.GetRouteStateResponse]
+    """A route's state: counts, confidence sequences, decisions with their times, rollback flag, accuracy on
+    labelled traffic, latest disagreements. NOT_FOUND for a route with no pairs.
+    """
+    ListRoutes: _grpc.UnaryUnaryMultiCallable[_routes_pb2.ListRoutesRequest, _routes_pb2.ListRoutesResponse]
+    """Every route with pairs."""
+    RecordFeedback: _grpc.UnaryUnaryMultiCallable[_routes_pb2.RecordFeedbackRequest, _routes_pb2.RecordFeedbackResponse]
+    """Attaches delayed ground truth to paired requests (the first label of a row stays). Unknown request
+    ids are listed in the response, not an error; NOT_FOUND for an unknown route.
+    """
 
 @_typing.type_check_only
 class RankerServiceAsyncStub(RankerServiceStub):
@@ -112,6 +129,22 @@ class RankerServiceAsyncStub(RankerServiceStub):
     """
     GetAttestation: _aio.UnaryUnaryMultiCallable[_ranker_pb2.GetAttestationRequest, _ranker_pb2.GetAttestationResponse]  # type: ignore[assignment]
     """The attestation recorded for (model_id, digest). NOT_FOUND when none; INVALID_ARGUMENT as above."""
+    RecordRoutePairs: _aio.UnaryUnaryMultiCallable[_routes_pb2.RecordRoutePairsRequest, _routes_pb2.RecordRoutePairsResponse]  # type: ignore[assignment]
+    """Stores a gateway's batch of paired outcomes of a shadow or canary route (routes.proto) and answers
+    the route's state after it. Never a match: the pairs feed only the route's own sequences and never a
+    catalog score or leaderboard. Idempotent per batch_id. INVALID_ARGUMENT: a malformed route name,
+    declaration, bound or pair (the field is named), more than 10,000 pairs.
+    """
+    GetRouteState: _aio.UnaryUnaryMultiCallable[_routes_pb2.GetRouteStateRequest, _routes_pb2.GetRouteStateResponse]  # type: ignore[assignment]
+    """A route's state: counts, confidence sequences, decisions with their times, rollback flag, accuracy on
+    labelled traffic, latest disagreements. NOT_FOUND for a route with no pairs.
+    """
+    ListRoutes: _aio.UnaryUnaryMultiCallable[_routes_pb2.ListRoutesRequest, _routes_pb2.ListRoutesResponse]  # type: ignore[assignment]
+    """Every route with pairs."""
+    RecordFeedback: _aio.UnaryUnaryMultiCallable[_routes_pb2.RecordFeedbackRequest, _routes_pb2.RecordFeedbackResponse]  # type: ignore[assignment]
+    """Attaches delayed ground truth to paired requests (the first label of a row stays). Unknown request
+    ids are listed in the response, not an error; NOT_FOUND for an unknown route.
+    """
 
 class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -193,5 +226,45 @@ class RankerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_ranker_pb2.GetAttestationResponse, _abc.Awaitable[_ranker_pb2.GetAttestationResponse]]:
         """The attestation recorded for (model_id, digest). NOT_FOUND when none; INVALID_ARGUMENT as above."""
+
+    @_abc_1.abstractmethod
+    def RecordRoutePairs(
+        self,
+        request: _routes_pb2.RecordRoutePairsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routes_pb2.RecordRoutePairsResponse, _abc.Awaitable[_routes_pb2.RecordRoutePairsResponse]]:
+        """Stores a gateway's batch of paired outcomes of a shadow or canary route (routes.proto) and answers
+        the route's state after it. Never a match: the pairs feed only the route's own sequences and never a
+        catalog score or leaderboard. Idempotent per batch_id. INVALID_ARGUMENT: a malformed route name,
+        declaration, bound or pair (the field is named), more than 10,000 pairs.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRouteState(
+        self,
+        request: _routes_pb2.GetRouteStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routes_pb2.GetRouteStateResponse, _abc.Awaitable[_routes_pb2.GetRouteStateResponse]]:
+        """A route's state: counts, confidence sequences, decisions with their times, rollback flag, accuracy on
+        labelled traffic, latest disagreements. NOT_FOUND for a route with no pairs.
+        """
+
+    @_abc_1.abstractmethod
+    def ListRoutes(
+        self,
+        request: _routes_pb2.ListRoutesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routes_pb2.ListRoutesResponse, _abc.Awaitable[_routes_pb2.ListRoutesResponse]]:
+        """Every route with pairs."""
+
+    @_abc_1.abstractmethod
+    def RecordFeedback(
+        self,
+        request: _routes_pb2.RecordFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_routes_pb2.RecordFeedbackResponse, _abc.Awaitable[_routes_pb2.RecordFeedbackResponse]]:
+        """Attaches delayed ground truth to paired requests (the first label of a row stays). Unknown request
+        ids are listed in the response, not an error; NOT_FOUND for an unknown route.
+        """
 
 def add_RankerServiceServicer_to_server(servicer: RankerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
