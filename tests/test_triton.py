@@ -182,3 +182,13 @@ def test_production_config_uses_onnxruntime_on_gpus_with_dynamic_batching() -> N
     assert "kind: KIND_GPU gpus: [ 1 ]" in pinned
     with pytest.raises(ConfigError, match="cpu, cuda or cuda:N"):
         RepoOptions(device="gpu0")
+
+
+def test_the_python_platform_may_rename_the_input_and_onnxruntime_may_not() -> None:
+    renamed = config_pbtxt(RepoOptions(platform="python", device="cpu", input_name="PIXELS"), image_size=32,
+                           num_labels=10, tokens=65, hidden=64, layers=4, precision="fp32")
+    assert 'input [ { name: "PIXELS" data_type: TYPE_FP32 dims: [ 3, 32, 32 ] } ]' in renamed
+    with pytest.raises(ConfigError, match="only the python platform renames it"):
+        RepoOptions(platform="onnxruntime", input_name="PIXELS")
+    with pytest.raises(ConfigError, match="input name"):
+        RepoOptions(platform="python", device="cpu", input_name="a b")

@@ -19,25 +19,28 @@ def write_digits_eval_set(out: Path) -> Path:
     return out
 
 
-def write_digits_repository(models: dict[str, Path], repo: Path, work: Path) -> Path:
+def write_digits_repository(models: dict[str, Path], repo: Path, work: Path, *, input_name: str = "") -> Path:
     """Export each ``name → vit model directory`` to ONNX and write them as models of one Triton repository
-    (python platform, CPU: what the bundled tritonserver runs)."""
+    (python platform, CPU: what the bundled tritonserver runs); ``input_name`` renames the models' input."""
     from services.vit.onnx_export import export_onnx
-    from services.vit.triton_repo import RepoOptions, write_repository
+    from services.vit.triton_repo import INPUT, RepoOptions, write_repository
 
     for name, model_dir in models.items():
         export = work / f"{name}-onnx"
         if not (export / "model.onnx").exists():
             export_onnx(model_dir, export)
         write_repository(export, repo, RepoOptions(name=name, platform="python", device="cpu", max_batch_size=8,
-                                                   max_queue_delay_us=500, threads=1))
+                                                   max_queue_delay_us=500, threads=1,
+                                                   input_name=input_name or INPUT))
     return repo
 
 
-# -- make demo-byo -------------------------------------------------------------------------------------
-#: The deployments of the demo: the project's digits network served by Versus (its OIP model "vit") and by
-#: the bundled tritonserver (ONNX in the Python backend), and the same network trained for 2 epochs.
+# -- the deployments of make demo-byo and make demo-shadow -------------------------------------------
+#: The project's digits network served by Versus (its OIP models "vit" and "vit-tensor") and by the bundled
+#: tritonserver (ONNX in the Python backend, model "digits"), and the same network trained for 2 epochs
+#: ("digits-weak", tritonserver).
 WEAK_EPOCHS = 2
+TRITON_MODELS = ("digits", "digits-weak")
 
 
 def _digits_models(models_dir: Path, say) -> tuple[Path, Path]:
@@ -54,86 +57,130 @@ def _digits_models(models_dir: Path, say) -> tuple[Path, Path]:
     return good, weak
 
 
+def say(text: str) -> None:
+    """The demos' progress lines, on stderr."""
+    import sys
+
+    print(text, file=sys.stderr, flush=True)
+
+
+class DigitsStack:
+    """The digits deployments as processes: tritonserver (``TRITON_MODELS``), a Versus ViT on vit-digits and a
+    ranker on a fresh SQLite file under ``out_dir``; gateways started on them one at a time. A context manager:
+    leaving it drains every process (exit codes in :attr:`codes`) and stops tritonserver.
+
+    ``input_name`` renames the tritonserver models' input, so that they take the requests another server
+    takes (Versus' ``vit-tensor`` takes ``PIXELS``): the repository then goes to its own folder."""
+
+    def __init__(self, models_dir: Path, out_dir: Path, *, input_name: str = "") -> None:
+        from versus_cli.export import LocalTriton
+        from versus_cli.launch import ServiceProcess
+
+        self.good, self.weak = _digits_models(models_dir, say)
+        self.out_dir, self.logs = out_dir, out_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        # A fresh record each run: the deployments' identities hold this run's ports.
+        for name in ("ranker.db", "ranker.db-wal", "ranker.db-shm"):
+            (out_dir / name).unlink(missing_ok=True)
+        work = models_dir / "demo-byo-triton"
+        self.repo = write_digits_repository({"digits": self.good, "digits-weak": self.weak},
+                                            work / (f"repo-{input_name}" if input_name else "repo"), work,
+                                            input_name=input_name)
+        common = ["--drain-delay-s", "0"]
+        self.services = {
+            "vit": ServiceProcess("vit", ["--model", str(self.good), "--torch-threads", "1", *common],
+                                  log_path=self.logs / "vit.log"),
+            "ranker": ServiceProcess("ranker", ["--db", f"sqlite:///{out_dir / 'ranker.db'}", *common],
+                                     log_path=self.logs / "ranker.log")}
+        self.triton = LocalTriton(self.repo, log_path=self.logs / "tritonserver.log")
+        self.codes: dict[str, int] = {}
+
+    def __enter__(self) -> DigitsStack:
+        try:
+            for svc in self.services.values():  # they load while tritonserver starts
+                svc.launch()
+            self.triton.start(120, TRITON_MODELS)
+            say(f"tritonserver ready on {self.triton.url} ({', '.join(TRITON_MODELS)})")
+            for name, svc in self.services.items():
+                svc.wait_ready(timeout_s=300)
+                say(f"{name} SERVING on {svc.target}")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def triton_deployment(self, dep_id: str, model: str) -> str:
+        """A ``--deployment`` for one of tritonserver's models (labels and processor from the repository)."""
+        files = self.repo / model
+        return (f"{dep_id}={self.triton.url},model={model},labels={files / 'config.json'},"
+                f"processor={files / 'preprocessor_config.json'}")
+
+    def start_gateway(self, args: list[str], log: str):
+        """A gateway on this ranker with ``args`` (the one started before is drained first); its ServiceProcess."""
+        from versus_cli.launch import ServiceProcess
+
+        self._stop("gateway")
+        gateway = ServiceProcess("gateway", ["--ranker", self.services["ranker"].target, "--http-port", "-1",
+                                             "--drain-delay-s", "0", *args], log_path=self.logs / log)
+        self.services["gateway"] = gateway
+        return gateway.start(timeout_s=120)
+
+    def _stop(self, name: str) -> None:
+        svc = self.services.get(name)
+        if svc is not None and svc.started:
+            self.codes[name] = max(self.codes.get(name, 0), svc.stop())
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            for name in reversed(list(self.services)):
+                self._stop(name)
+        finally:
+            self.triton.stop()
+
+
 def run_demo_byo(models_dir: Path, out_dir: Path) -> int:
     """Compare three deployments on the held-out digits through the gateway; write the report."""
-    import sys
     import time
 
     from versus.gateway.v1 import gateway_pb2
 
     from services.common.client import ClientSettings
     from versus_cli.compare import run_compare, write_reports
-    from versus_cli.export import LocalTriton
-    from versus_cli.launch import ServiceProcess
-
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
 
     started = time.perf_counter()
-    good, weak = _digits_models(models_dir, say)
-    logs = out_dir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    # A fresh match graph each run: the deployments' identities hold this run's ports.
-    for name in ("ranker.db", "ranker.db-wal", "ranker.db-shm"):
-        (out_dir / name).unlink(missing_ok=True)
-    evalset = write_digits_eval_set(out_dir / "eval-set" / "digits")
-    repo_root = models_dir / "demo-byo-triton"
-    repo = write_digits_repository({"digits": good, "digits-weak": weak}, repo_root / "repo", repo_root)
-    common = ["--drain-delay-s", "0"]
-    services = {"vit": ServiceProcess("vit", ["--model", str(good), "--torch-threads", "1", *common],
-                                      log_path=logs / "vit.log"),
-                "ranker": ServiceProcess("ranker", ["--db", f"sqlite:///{out_dir / 'ranker.db'}", *common],
-                                         log_path=logs / "ranker.log")}
-    codes: dict[str, int] = {}
     comparison = None
-    with LocalTriton(repo, log_path=logs / "tritonserver.log") as triton:
-        try:
-            for svc in services.values():
-                svc.launch()
-            triton.wait_ready(120, ("digits", "digits-weak"))
-            say(f"tritonserver ready on {triton.url} (digits, digits-weak)")
-            for name, svc in services.items():
-                svc.wait_ready(timeout_s=300)
-                say(f"{name} SERVING on {svc.target}")
+    with DigitsStack(models_dir, out_dir) as stack:
+        evalset = write_digits_eval_set(out_dir / "eval-set" / "digits")
+        deps = [f"versus-digits={stack.services['vit'].target},model=vit",
+                stack.triton_deployment("triton-digits", "digits"),
+                stack.triton_deployment("triton-digits-weak", "digits-weak")]
 
-            def gateway(eval_set: Path, log: str) -> ClientSettings:
-                files = {m: repo / m for m in ("digits", "digits-weak")}
-                deps = [f"versus-digits={services['vit'].target},model=vit"] + [
-                    f"{dep_id}={triton.url},model={m},labels={files[m] / 'config.json'},"
-                    f"processor={files[m] / 'preprocessor_config.json'}"
-                    for dep_id, m in (("triton-digits", "digits"), ("triton-digits-weak", "digits-weak"))]
-                services["gateway"] = ServiceProcess("gateway", [
-                    "--ranker", services["ranker"].target, "--http-port", "-1", *common,
-                    *(x for d in deps for x in ("--deployment", d)), "--eval-set", f"digits={eval_set}"],
-                    log_path=logs / log)
-                services["gateway"].start(timeout_s=120)
-                say(f"gateway SERVING on {services['gateway'].target} (eval set digits = {eval_set})")
-                return ClientSettings(services["gateway"].target)
+        def gateway(eval_set: Path, log: str) -> ClientSettings:
+            svc = stack.start_gateway([*(x for d in deps for x in ("--deployment", d)),
+                                       "--eval-set", f"digits={eval_set}"], log)
+            say(f"gateway SERVING on {svc.target} (eval set digits = {eval_set})")
+            return ClientSettings(svc.target)
 
-            def compare(settings: ClientSettings, ids: list[str]) -> gateway_pb2.Comparison:
-                return run_compare(settings, gateway_pb2.CompareRequest(
-                    model_ids=ids, eval_set="digits", probes=gateway_pb2.ProbeOptions(record_matches=True)),
-                    timeout=900)
+        def compare(settings: ClientSettings, ids: list[str]) -> gateway_pb2.Comparison:
+            return run_compare(settings, gateway_pb2.CompareRequest(
+                model_ids=ids, eval_set="digits", probes=gateway_pb2.ProbeOptions(record_matches=True)),
+                timeout=900)
 
-            settings = gateway(evalset, "gateway.log")
-            three = ["versus-digits", "triton-digits", "triton-digits-weak"]
-            say("\n== versus-digits vs triton-digits vs triton-digits-weak on the held-out digits (3 pairs: Holm) ==")
-            comparison = compare(settings, three)
-            files = write_reports(settings, comparison, out_dir, timeout=120)
-            print_eval_summary(comparison, files)
-            say("\n== the same comparison again: the outcomes are recorded already, nothing is added ==")
-            _say_recorded(say, compare(settings, three))
-            say("\n== the first pair in reverse order: the keys hold the sorted pair, nothing is added ==")
-            _say_recorded(say, compare(settings, ["triton-digits", "versus-digits"]))
-            codes["gateway"] = services["gateway"].stop()
-            edited = edit_eval_set(evalset, out_dir / "eval-set-edited" / "digits")
-            say(f"\n== the set edited ({EDIT_DROPPED} images removed, 1 copied): a new digest, a new record ==")
-            settings = gateway(edited, "gateway-edited.log")
-            _say_recorded(say, compare(settings, ["versus-digits", "triton-digits"]))
-        finally:
-            for name, svc in reversed(list(services.items())):
-                if svc.started:
-                    codes[name] = max(codes.get(name, 0), svc.stop())
+        settings = gateway(evalset, "gateway.log")
+        three = ["versus-digits", "triton-digits", "triton-digits-weak"]
+        say("\n== versus-digits vs triton-digits vs triton-digits-weak on the held-out digits (3 pairs: Holm) ==")
+        comparison = compare(settings, three)
+        files = write_reports(settings, comparison, out_dir, timeout=120)
+        print_eval_summary(comparison, files)
+        say("\n== the same comparison again: the outcomes are recorded already, nothing is added ==")
+        _say_recorded(say, compare(settings, three))
+        say("\n== the first pair in reverse order: the keys hold the sorted pair, nothing is added ==")
+        _say_recorded(say, compare(settings, ["triton-digits", "versus-digits"]))
+        edited = edit_eval_set(evalset, out_dir / "eval-set-edited" / "digits")
+        say(f"\n== the set edited ({EDIT_DROPPED} images removed, 1 copied): a new digest, a new record ==")
+        settings = gateway(edited, "gateway-edited.log")
+        _say_recorded(say, compare(settings, ["versus-digits", "triton-digits"]))
+    codes = stack.codes
     say(f"\nservices drained and exited with codes {codes}; demo took {time.perf_counter() - started:.0f}s")
     return 0 if comparison is not None and not any(codes.values()) else 1
 

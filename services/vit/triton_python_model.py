@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-INPUT = "pixel_values"
+INPUT = "pixel_values"  # the ONNX graph's input (config.pbtxt may name the model's input otherwise)
 OUTPUTS = ("logits", "last_hidden_state", "hidden_states")
 
 
@@ -23,6 +23,7 @@ class TritonPythonModel:
         import onnxruntime as ort
 
         config = json.loads(args["model_config"])
+        self.input_name = config["input"][0]["name"]
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_threads", "0") or 0)
@@ -35,7 +36,7 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         try:
-            pixels = [pb_utils.get_input_tensor_by_name(r, INPUT).as_numpy() for r in requests]
+            pixels = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
             wanted = [[n for n in r.requested_output_names() if n in OUTPUTS] or list(OUTPUTS[:2]) for r in requests]
             names = [n for n in OUTPUTS if any(n in w for w in wanted)]
             outputs = dict(zip(names, self.session.run(names, {INPUT: np.concatenate(pixels)}), strict=True))

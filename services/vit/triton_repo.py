@@ -1,7 +1,7 @@
 """``versus triton export``: a Triton Inference Server model repository for an exported ViT (no gRPC).
 
 Two platforms, one input/output contract (``pixel_values`` → ``logits``, ``last_hidden_state``,
-``hidden_states``; see :mod:`services.vit.onnx_export`):
+``hidden_states``; see :mod:`services.vit.onnx_export`; the python platform may give the input another name):
 
 - ``onnxruntime`` (production): ``model.onnx`` served by Triton's ONNX Runtime backend on GPU
   instances, with dynamic batching and a bounded queue delay.
@@ -44,6 +44,10 @@ class RepoOptions:
     instances: int = 1
     device: str = "cuda"  # cpu | cuda | cuda:N (the instance group's kind, and its GPU when N is given)
     threads: int = 0  # ORT intra-op threads of the python platform (0 = ORT default)
+    # The model's input name on the wire. The python platform may rename it (a candidate that must take the
+    # requests another server's model takes, e.g. Versus' ``vit-tensor`` PIXELS); ONNX Runtime's backend
+    # needs the graph's own name.
+    input_name: str = INPUT
 
     def __post_init__(self) -> None:
         if self.platform not in PLATFORMS:
@@ -54,6 +58,11 @@ class RepoOptions:
             raise ConfigError("the python platform runs ONNX Runtime on the CPU: use --device cpu")
         if min(self.max_batch_size, self.instances) < 1 or self.max_queue_delay_us < 0 or self.threads < 0:
             raise ConfigError("--max-batch-size and --instances must be >= 1, delays and threads >= 0")
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,63}", self.input_name):
+            raise ConfigError(f"the input name must be 1..64 letters, digits, '_', '.', '-', got {self.input_name!r}")
+        if self.platform == "onnxruntime" and self.input_name != INPUT:
+            raise ConfigError(f"the onnxruntime platform takes the graph's input name {INPUT!r}; only the python "
+                              "platform renames it")
 
 
 def _dims(values: list[int]) -> str:
@@ -75,7 +84,8 @@ def config_pbtxt(options: RepoOptions, *, image_size: int, num_labels: int, toke
         f'name: "{options.name}"',
         f'backend: "{backend}"',
         f"max_batch_size: {options.max_batch_size}",
-        f'input [ {{ name: "{INPUT}" data_type: TYPE_FP32 dims: [ {_dims([3, image_size, image_size])} ] }} ]',
+        f'input [ {{ name: "{options.input_name}" data_type: TYPE_FP32 '
+        f"dims: [ {_dims([3, image_size, image_size])} ] }} ]",
         "output [",
         ",\n".join(f'  {{ name: "{n}" data_type: TYPE_FP32 dims: [ {_dims(d)} ] }}' for n, d in outputs),
         "]",
