@@ -10,6 +10,8 @@ Pages, each also as JSON with a ``.json`` suffix (protobuf JSON with proto field
   start only by POST, never by a GET link (a GET asking for them is 405). Pages never record matches.
 - ``/login``: with a token set, every page needs it (``services.gateway.pages.auth``).
 - ``/leaderboard?task=``: ratings with 95% interval bars.
+- ``/routes``: the shadow and canary routes this gateway serves; ``/routes/<NAME>``: one route's page
+  (``services.gateway.pages.route_render``), through the engine's ``list_routes()`` and ``get_route(name)``.
 - ``/healthz``: the process answers.
 
 Errors map in one table: InvalidArgument 400, NotFound 404, ResourceExhausted 429, Unavailable 503,
@@ -42,7 +44,7 @@ from services.common.errors import (
     quote,
 )
 from services.gateway.pages import auth as pages_auth
-from services.gateway.pages import charts, render
+from services.gateway.pages import charts, render, route_render
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +179,22 @@ def _leaderboard_html(board: Any) -> str:
     return render.render_page("leaderboard.html.j2", board=board, chart=charts.leaderboard_svg(board))
 
 
+async def routes_page(request: web.Request) -> web.Response:
+    views = list(await request.app[GATEWAY].list_routes())
+    if wants_json(request):
+        return proto_json(gateway_pb2.ListRoutesResponse(routes=views))
+    return await html(route_render.render_routes_html, views)
+
+
+async def route_page(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    as_json = name.endswith(".json")
+    view = await request.app[GATEWAY].get_route(name.removesuffix(".json"))
+    if as_json:
+        return proto_json(view)
+    return await html(route_render.render_route_html, view, links=True)
+
+
 async def healthz(request: web.Request) -> web.Response:
     if wants_json(request):
         return web.json_response({"status": "ok"})
@@ -241,7 +259,8 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 
 def create_web_app(gateway: Any, *, compare_timeout_s: float | None = None, token: str = "") -> web.Application:
-    """The pages over ``gateway`` (the engine: ``compare``, ``list_models``, ``leaderboard``); with ``token``
+    """The pages over ``gateway`` (the engine: ``compare``, ``list_models``, ``leaderboard``, ``list_routes``,
+    ``get_route``); with ``token``
     every page but health needs it."""
     app = web.Application(middlewares=[errors])
     pages_auth.add_auth(app, token)
@@ -256,6 +275,9 @@ def create_web_app(gateway: Any, *, compare_timeout_s: float | None = None, toke
     app.router.add_post("/compare/{pair}", compare_page)
     app.router.add_get("/leaderboard", leaderboard_page)
     app.router.add_get("/leaderboard.json", leaderboard_page)
+    app.router.add_get("/routes", routes_page)
+    app.router.add_get("/routes.json", routes_page)
+    app.router.add_get("/routes/{name}", route_page)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/healthz.json", healthz)
     app.router.add_get("/favicon.ico", favicon)
