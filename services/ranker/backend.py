@@ -21,6 +21,8 @@ from services.ranker.attestations import AttestationRecord, digest_problem, fing
 from services.ranker.catalog import ID_PATTERN, MAX_ID_CHARS, CatalogEntry, TaskScale, load_catalog, load_tasks
 from services.ranker.config import RankerConfig
 from services.ranker.errors import DeploymentConflict, UnknownModel
+from services.ranker.route_store import ROUTE_PREFIX, RouteStore
+from services.ranker.routes import RouteBook
 from services.ranker.scoring import ScoreReport, graph_stats, parse_weights, score_report
 from services.ranker.store import (
     EVAL_PREFIX,
@@ -63,7 +65,15 @@ def model_id_problem(value: str) -> str | None:
     return None
 
 
+def _route_task_problem(task: str) -> str | None:
+    if task.startswith(ROUTE_PREFIX):
+        return f"{quote(task)} is under the routes' prefix {ROUTE_PREFIX!r}: route records are never matches"
+    return None
+
+
 def _score_task_problem(task: str) -> str | None:
+    if problem := _route_task_problem(task):
+        return problem
     if is_mechanism(task):
         return f"{quote(task)} is a mechanism task: mechanism results never reach a score"
     if is_eval(task):
@@ -141,6 +151,7 @@ class RankerBackend(ServiceBackend):
         self.catalog: dict[str, CatalogEntry] = {}
         self.tasks: dict[str, TaskScale] = {}
         self.store: MatchStore | None = None
+        self.routes: RouteBook | None = None  # shadow and canary routes (routes.py), on the same database
         self._fit_pool = ThreadPoolExecutor(1, thread_name_prefix="ranker-fit")
         self._cache: dict[str, tuple[tuple[int, int], Leaderboard]] = {}
         self._graph_cache: dict[str, tuple] = {}
@@ -152,6 +163,7 @@ class RankerBackend(ServiceBackend):
         self.catalog = load_catalog(self.config.catalog)
         self.tasks = load_tasks(self.config.catalog, self.catalog)
         self.store = open_store(self.config.db)
+        self.routes = RouteBook(RouteStore(self.store), self._db)
         log.info("ranker ready", extra={"models": len(self.catalog), "db": self.config.db.split("@")[-1]})
 
     def describe(self) -> list[ModelInfo]:
@@ -160,10 +172,18 @@ class RankerBackend(ServiceBackend):
                           backend="numpy", properties={"catalog_models": str(len(self.catalog)), "store": store})]
 
     async def stopping(self) -> None:
+        if self.routes is not None:
+            self.routes.close()
         if self.store is not None:
             await self.run(self.store.close)
         self._fit_pool.shutdown(wait=True)
         self.adoption.close()
+
+    def route_book(self) -> RouteBook:
+        """The shadow and canary routes (UNAVAILABLE until loaded)."""
+        self.require_ready()
+        assert self.routes is not None
+        return self.routes
 
     async def _db(self, fn, *args):
         self.require_ready()
@@ -235,7 +255,7 @@ class RankerBackend(ServiceBackend):
         checks = [("model_a", model_id_problem(a)), ("model_b", model_id_problem(b)),
                   ("model_b", "a model cannot be matched against itself" if a and a == b else None),
                   ("outcome", None if outcome in OUTCOMES else "must be OUTCOME_A_WINS, OUTCOME_B_WINS or OUTCOME_TIE"),
-                  ("task", task_problem(task)),
+                  ("task", task_problem(task) or _route_task_problem(task)),
                   ("evidence", f"longer than {self.config.max_evidence_chars} characters ({len(evidence)})"
                    if len(evidence) > self.config.max_evidence_chars else None),
                   ("evidence", "must not contain NUL (U+0000)" if "\x00" in evidence else None),

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import grpc
 from versus.common.v1 import common_pb2
-from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+from versus.ranker.v1 import ranker_pb2, ranker_pb2_grpc, routes_pb2
 
 from services.ranker.attestations import AttestationRecord
 from services.ranker.backend import Leaderboard, RankerBackend
@@ -130,3 +130,21 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         listed = await self.backend.list_models()
         return ranker_pb2.ListModelsResponse(models=[_entry(e) for e, _ in listed],
                                              times_matched=[n for _, n in listed])
+
+    # -- shadow and canary routes (services/ranker/routes.py) -----------------------------------------
+    async def RecordRoutePairs(self, request: routes_pb2.RecordRoutePairsRequest,
+                               context: grpc.aio.ServicerContext) -> routes_pb2.RecordRoutePairsResponse:
+        return await self.backend.route_book().record_pairs(request)
+
+    async def GetRouteState(self, request: routes_pb2.GetRouteStateRequest,
+                            context: grpc.aio.ServicerContext) -> routes_pb2.GetRouteStateResponse:
+        state = await self.backend.route_book().state(request.name, request.without_inputs)
+        return routes_pb2.GetRouteStateResponse(state=state)
+
+    async def ListRoutes(self, request: routes_pb2.ListRoutesRequest,
+                         context: grpc.aio.ServicerContext) -> routes_pb2.ListRoutesResponse:
+        return routes_pb2.ListRoutesResponse(routes=await self.backend.route_book().list())
+
+    async def RecordFeedback(self, request: routes_pb2.RecordFeedbackRequest,
+                             context: grpc.aio.ServicerContext) -> routes_pb2.RecordFeedbackResponse:
+        return await self.backend.route_book().feedback(request)
