@@ -44,7 +44,7 @@ _TABLES = (
         label TEXT NOT NULL, recorded_at DOUBLE PRECISION NOT NULL, UNIQUE (route, request_id, row_index))""",
     """CREATE TABLE IF NOT EXISTS route_decisions (
         route TEXT NOT NULL, epoch INTEGER NOT NULL, bound TEXT NOT NULL, state TEXT NOT NULL,
-        decided_at DOUBLE PRECISION NOT NULL, pairs BIGINT NOT NULL, interval TEXT NOT NULL,
+        decided_at DOUBLE PRECISION NOT NULL, pairs BIGINT NOT NULL, interval_json TEXT NOT NULL,
         PRIMARY KEY (route, epoch, bound))""",
     """CREATE TABLE IF NOT EXISTS route_rollbacks (
         route TEXT NOT NULL, epoch INTEGER NOT NULL, reason TEXT NOT NULL, rolled_back_at DOUBLE PRECISION NOT NULL,
@@ -193,7 +193,7 @@ class RouteStore:
     def record_decision(self, route: str, epoch: int, bound: str, state: str, pairs: int, interval: str) -> None:
         """The first time ``bound`` left undecided in ``epoch`` (a later call changes nothing)."""
         with self._store._lock:
-            self._q("INSERT INTO route_decisions (route, epoch, bound, state, decided_at, pairs, interval) VALUES "
+            self._q("INSERT INTO route_decisions (route, epoch, bound, state, decided_at, pairs, interval_json) VALUES "
                     "(?, ?, ?, ?, ?, ?, ?) ON CONFLICT (route, epoch, bound) DO NOTHING",
                     (route, epoch, bound, state, time.time(), pairs, interval))
 
@@ -280,7 +280,7 @@ class RouteStore:
     def decisions(self, route: str, epoch: int) -> dict[str, tuple[str, float, int, str]]:
         """bound text → (state, decided_at, pairs, interval JSON)."""
         with self._store._lock:
-            rows = self._q("SELECT bound, state, decided_at, pairs, interval FROM route_decisions WHERE route = ? "
+            rows = self._q("SELECT bound, state, decided_at, pairs, interval_json FROM route_decisions WHERE route = ? "
                            "AND epoch = ?", (route, epoch)).fetchall()
         return {b: (s, float(at), int(n), i) for b, s, at, n, i in rows}
 

@@ -20,7 +20,14 @@ from google.protobuf import json_format
 from versus.ranker.v1 import routes_pb2
 
 from services.common.errors import FailedPrecondition, NotFound, quote
-from services.common.route_stats import DEFAULT_ALPHA, BoundResult, Interval, PairArrays, route_statistics
+from services.common.route_stats import (
+    DEFAULT_ALPHA,
+    DEFAULT_BOUNDS,
+    BoundResult,
+    Interval,
+    PairArrays,
+    route_statistics,
+)
 from services.ranker.route_checks import (
     ROLLBACK_METRICS,
     bounds_of,
@@ -155,7 +162,11 @@ class RouteBook:
     # -- RecordRoutePairs -----------------------------------------------------------------------------
     async def record_pairs(self, request: routes_pb2.RecordRoutePairsRequest) -> routes_pb2.RecordRoutePairsResponse:
         fp, pairs, counters = checked_batch(request)  # everything checked before any write
-        d = request.route
+        d = routes_pb2.RouteDeclaration()
+        d.CopyFrom(request.route)
+        if not d.bounds:  # what the route is decided on is what it shows
+            d.bounds.extend(routes_pb2.RouteBound(metric=b.metric, op=b.op, value=b.value) for b in DEFAULT_BOUNDS)
+        d.alpha = d.alpha or DEFAULT_ALPHA
         declaration = json_format.MessageToJson(d, indent=None, sort_keys=True)
         key = route_key(d.name)
         result = await self._db(self.store.record_batch, key, fp, declaration, request.batch_id, pairs, counters)
@@ -167,7 +178,7 @@ class RouteBook:
         raise_violations([("name", p)] if (p := name_problem(name)) else [])
         return await self.state_of(route_key(name), without_inputs)
 
-    async def list(self) -> list[routes_pb2.RouteState]:
+    async def listed(self) -> list[routes_pb2.RouteState]:
         states = []
         for key in await self._db(self.store.routes):
             state = await self.state_of(key, without_inputs=True)

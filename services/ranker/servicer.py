@@ -143,7 +143,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
 
     async def ListRoutes(self, request: routes_pb2.ListRoutesRequest,
                          context: grpc.aio.ServicerContext) -> routes_pb2.ListRoutesResponse:
-        return routes_pb2.ListRoutesResponse(routes=await self.backend.route_book().list())
+        return routes_pb2.ListRoutesResponse(routes=await self.backend.route_book().listed())
 
     async def RecordFeedback(self, request: routes_pb2.RecordFeedbackRequest,
                              context: grpc.aio.ServicerContext) -> routes_pb2.RecordFeedbackResponse:
