@@ -15,7 +15,6 @@ import time
 from versus.ranker.v1 import routes_pb2
 
 from services.common.errors import InvalidArgument, quote
-from services.common.route_stats import DEFAULT_ALPHA, DEFAULT_BOUNDS, Bound
 from services.ranker.route_store import ROUTE_PREFIX, PairRecord
 
 MAX_NAME_CHARS = 64
@@ -82,11 +81,6 @@ def _number_problem(value: float, low: float, high: float, *, open_low: bool = F
     if not math.isfinite(value) or value < low or value > high or (open_low and value == low):
         return f"must be a number in {'(' if open_low else '['}{low:g}, {high:g}] (got {value!r})"
     return None
-
-
-def bounds_of(d: routes_pb2.RouteDeclaration) -> tuple[Bound, ...]:
-    """The declared bounds (the default ones when none are declared)."""
-    return tuple(Bound(b.metric, b.op, b.value) for b in d.bounds) or DEFAULT_BOUNDS
 
 
 def check_declaration(d: routes_pb2.RouteDeclaration) -> list[Violation]:
@@ -164,12 +158,12 @@ def check_counters(c: routes_pb2.RouteCounters) -> tuple[list[Violation], dict[s
 def fingerprint(d: routes_pb2.RouteDeclaration) -> str:
     """What the comparison is: a change starts a new epoch (the share and keep_inputs are not part of it)."""
     doc = [d.mode, d.primary_id, d.primary_identity, d.candidate_id, d.candidate_identity,
-           [b.text() for b in bounds_of(d)], d.alpha or DEFAULT_ALPHA, list(d.labels)]
+           [[b.metric, b.op, b.value] for b in d.bounds], d.alpha, list(d.labels)]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()
 
 
-def checked_batch(request) -> tuple[str, list[PairRecord], dict[str, int]]:  # RecordRoutePairsRequest
-    """Everything checked before any write: (fingerprint, pairs, counter increments) or INVALID_ARGUMENT."""
+def checked_batch(request) -> tuple[list[PairRecord], dict[str, int]]:  # RecordRoutePairsRequest
+    """Everything checked before any write: (pairs, counter increments) or INVALID_ARGUMENT."""
     d = request.route
     out = check_declaration(d)
     out += [("batch_id", text_problem(request.batch_id, MAX_BATCH_ID_CHARS))]
@@ -187,7 +181,7 @@ def checked_batch(request) -> tuple[str, list[PairRecord], dict[str, int]]:  # R
                         p.candidate_latency_s, tuple((r.primary_label, r.candidate_label, r.top5_overlap)
                                                      for r in p.rows),
                         p.input_digest, p.kept_input, p.answered_by or "primary") for p in request.pairs]
-    return fingerprint(d), pairs, counters
+    return pairs, counters
 
 
 def checked_feedback(request) -> list[tuple[str, int, str]]:  # RecordFeedbackRequest

@@ -14,30 +14,27 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
 from google.protobuf import json_format
 from versus.ranker.v1 import routes_pb2
 
-from services.common.errors import FailedPrecondition, NotFound, quote
-from services.common.route_stats import (
-    DEFAULT_ALPHA,
-    DEFAULT_BOUNDS,
-    BoundResult,
-    Interval,
-    PairArrays,
-    route_statistics,
-)
+from services.common.errors import FailedPrecondition, NotFound, Unimplemented, quote
 from services.ranker.route_checks import (
     ROLLBACK_METRICS,
-    bounds_of,
     checked_batch,
     checked_feedback,
+    fingerprint,
     name_problem,
     raise_violations,
     route_key,
 )
 from services.ranker.route_store import ROUTE_PREFIX, RouteStore, StoredPair
+
+if TYPE_CHECKING:
+    from services.common.route_stats import BoundResult, Interval, PairArrays
 
 #: Disagreeing rows shown with a route's state (the latest ones).
 MAX_DISAGREEMENTS = 50
@@ -47,6 +44,16 @@ _STATES = {"undecided": routes_pb2.DECISION_STATE_UNDECIDED, "holds": routes_pb2
            "violated": routes_pb2.DECISION_STATE_VIOLATED}
 
 Db = Callable[..., Awaitable]
+
+
+def statistics() -> ModuleType:
+    """``services.common.route_stats``, imported on first use: UNIMPLEMENTED (before any write) in a build
+    without it."""
+    try:
+        from services.common import route_stats
+    except ImportError as exc:
+        raise Unimplemented("route statistics (services/common/route_stats.py) are not in this build") from exc
+    return route_stats
 
 
 def iso(t: float) -> str:
@@ -89,7 +96,7 @@ def arrays(pairs: list[StoredPair], labels: dict[tuple[str, int], str]) -> PairA
             if (label := labels.get((p.request_id, j))) is not None:
                 primary_right.append(pl == label)
                 candidate_right.append(cl == label)
-    return PairArrays(
+    return statistics().PairArrays(
         agree=np.array(agree, dtype=bool), top5=np.array(top5, dtype=float),
         primary_error=np.array([p.primary_status != "OK" for p in pairs], dtype=bool),
         candidate_error=np.array([p.candidate_status != "OK" for p in pairs], dtype=bool),
@@ -102,7 +109,9 @@ def compute(declaration: routes_pb2.RouteDeclaration, pairs: list[StoredPair],
             labels: dict[tuple[str, int], str]) -> tuple[routes_pb2.RouteState, list[BoundResult]]:
     """The state that depends on pairs and labels only (pure: runs off the event loop)."""
     a = arrays(pairs, labels)
-    stats = route_statistics(a, bounds_of(declaration), declaration.alpha or DEFAULT_ALPHA)
+    rs = statistics()
+    bounds = tuple(rs.Bound(b.metric, b.op, b.value) for b in declaration.bounds) or rs.DEFAULT_BOUNDS
+    stats = rs.route_statistics(a, bounds, declaration.alpha or rs.DEFAULT_ALPHA)
     state = routes_pb2.RouteState(
         route=declaration, pairs=len(pairs), rows=len(a.agree),
         distinct_inputs=len({p.input_digest for p in pairs if p.input_digest}),
@@ -161,12 +170,14 @@ class RouteBook:
 
     # -- RecordRoutePairs -----------------------------------------------------------------------------
     async def record_pairs(self, request: routes_pb2.RecordRoutePairsRequest) -> routes_pb2.RecordRoutePairsResponse:
-        fp, pairs, counters = checked_batch(request)  # everything checked before any write
+        pairs, counters = checked_batch(request)  # everything checked before any write
+        rs = statistics()
         d = routes_pb2.RouteDeclaration()
         d.CopyFrom(request.route)
         if not d.bounds:  # what the route is decided on is what it shows
-            d.bounds.extend(routes_pb2.RouteBound(metric=b.metric, op=b.op, value=b.value) for b in DEFAULT_BOUNDS)
-        d.alpha = d.alpha or DEFAULT_ALPHA
+            d.bounds.extend(routes_pb2.RouteBound(metric=b.metric, op=b.op, value=b.value) for b in rs.DEFAULT_BOUNDS)
+        d.alpha = d.alpha or rs.DEFAULT_ALPHA
+        fp = fingerprint(d)
         declaration = json_format.MessageToJson(d, indent=None, sort_keys=True)
         key = route_key(d.name)
         result = await self._db(self.store.record_batch, key, fp, declaration, request.batch_id, pairs, counters)
