@@ -17,6 +17,7 @@ from services.common import registry
 from services.common.config import DeprecatedFlag
 from services.common.errors import VersusError
 from versus_cli import export as export_commands
+from versus_cli import routes as routes_commands
 from versus_cli.extras import missing_extra
 
 
@@ -512,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_byo.add_argument("--out", default="out/demo-byo", help="where comparison.md, comparison.html and logs go")
     demo_byo.set_defaults(func=cmd_demo_byo)
     export_commands.add_parsers(sub)
+    routes_commands.add_parsers(sub, _add_client_flags)
     return parser
 
 
