@@ -14,6 +14,7 @@ import time
 
 from versus.ranker.v1 import routes_pb2
 
+from services.common import route_stats
 from services.common.errors import InvalidArgument, quote
 from services.ranker.route_store import ROUTE_PREFIX, PairRecord
 
@@ -34,7 +35,7 @@ MAX_BATCH_ID_CHARS = 128
 MAX_LATENCY_S = 86_400.0
 #: Violations reported per call (a 10,000-pair batch with a bad field everywhere stays a small status).
 MAX_VIOLATIONS = 20
-METRICS = ("agreement", "top5_overlap", "p50_ratio", "p90_ratio", "p99_ratio", "error_rate_diff")
+METRICS = route_stats.METRICS
 #: Bounds whose violation rolls a canary back (the candidate's error rate or latency).
 ROLLBACK_METRICS = ("error_rate_diff", "p50_ratio", "p90_ratio", "p99_ratio")
 STATUSES = frozenset((
@@ -83,6 +84,14 @@ def _number_problem(value: float, low: float, high: float, *, open_low: bool = F
     return None
 
 
+def _bound_problem(b: routes_pb2.RouteBound) -> str | None:
+    try:
+        route_stats.Bound(b.metric, b.op, b.value)  # the statistics' own rules (finite, 0..1 for a rate, …)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def check_declaration(d: routes_pb2.RouteDeclaration) -> list[Violation]:
     out = [("route.name", name_problem(d.name)),
            ("route.mode", None if d.mode in ("shadow", "canary") else "must be 'shadow' or 'canary'"),
@@ -102,7 +111,7 @@ def check_declaration(d: routes_pb2.RouteDeclaration) -> list[Violation]:
         out += [(f"{field}.metric", None if b.metric in METRICS else
                  f"{quote(b.metric)} is not a metric: one of {', '.join(METRICS)}"),
                 (f"{field}.op", None if b.op in (">=", "<=") else f"{quote(b.op)}: must be '>=' or '<='"),
-                (f"{field}.value", None if math.isfinite(b.value) else f"must be a finite number (got {b.value!r})"),
+                (f"{field}.value", _bound_problem(b) if b.metric in METRICS and b.op in (">=", "<=") else None),
                 (field, "repeats an earlier bound" if (b.metric, b.op, b.value) in seen else None)]
         seen.add((b.metric, b.op, b.value))
     if len(d.labels) <= MAX_LABELS:

@@ -14,14 +14,14 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import ModuleType
-from typing import TYPE_CHECKING
 
 import numpy as np
 from google.protobuf import json_format
 from versus.ranker.v1 import routes_pb2
 
-from services.common.errors import FailedPrecondition, NotFound, Unimplemented, quote
+from services.common import route_stats as rs
+from services.common.errors import FailedPrecondition, NotFound, quote
+from services.common.route_stats import BoundResult, Interval, PairArrays
 from services.ranker.route_checks import (
     ROLLBACK_METRICS,
     checked_batch,
@@ -33,27 +33,14 @@ from services.ranker.route_checks import (
 )
 from services.ranker.route_store import ROUTE_PREFIX, RouteStore, StoredPair
 
-if TYPE_CHECKING:
-    from services.common.route_stats import BoundResult, Interval, PairArrays
-
 #: Disagreeing rows shown with a route's state (the latest ones).
 MAX_DISAGREEMENTS = 50
 #: Histogram bins of each latency distribution (over shared, log-spaced edges).
-LATENCY_BINS = 24
-_STATES = {"undecided": routes_pb2.DECISION_STATE_UNDECIDED, "holds": routes_pb2.DECISION_STATE_HOLDS,
-           "violated": routes_pb2.DECISION_STATE_VIOLATED}
+LATENCY_BINS = 30
+_STATES = {rs.UNDECIDED: routes_pb2.DECISION_STATE_UNDECIDED, rs.HOLDS: routes_pb2.DECISION_STATE_HOLDS,
+           rs.VIOLATED: routes_pb2.DECISION_STATE_VIOLATED}
 
 Db = Callable[..., Awaitable]
-
-
-def statistics() -> ModuleType:
-    """``services.common.route_stats``, imported on first use: UNIMPLEMENTED (before any write) in a build
-    without it."""
-    try:
-        from services.common import route_stats
-    except ImportError as exc:
-        raise Unimplemented("route statistics (services/common/route_stats.py) are not in this build") from exc
-    return route_stats
 
 
 def iso(t: float) -> str:
@@ -68,22 +55,10 @@ def _interval_json(i: Interval) -> str:
     return json.dumps([i.lower, i.upper, i.estimate, i.n, i.method])
 
 
-def _latency(x: np.ndarray, edges: np.ndarray, p99: Interval) -> routes_pb2.LatencySummary:
-    if not len(x):
-        return routes_pb2.LatencySummary(p99_interval=_interval(p99))
-    p50, p90, p99_point = np.quantile(x, [0.5, 0.9, 0.99])
-    counts = np.histogram(np.clip(x, edges[0], edges[-1]), edges)[0]
-    return routes_pb2.LatencySummary(edges_s=edges.tolist(), counts=counts.tolist(), p50_s=p50, p90_s=p90,
-                                     p99_s=p99_point, p99_interval=_interval(p99), n=len(x))
-
-
-def _edges(*xs: np.ndarray) -> np.ndarray:
-    both = np.concatenate(xs)
-    positive = both[both > 0]
-    if not len(positive):
-        return np.array([0.0, 1e-3])
-    low, high = positive.min(), max(positive.max(), positive.min() * 1.001)
-    return np.concatenate([[0.0], np.geomspace(low, high, LATENCY_BINS)])
+def _latency(x: np.ndarray, edges: list[float], counts: list[int], p50: float, p90: float,
+             p99: Interval) -> routes_pb2.LatencySummary:
+    return routes_pb2.LatencySummary(edges_s=edges, counts=counts, p50_s=p50, p90_s=p90, p99_s=p99.estimate,
+                                     p99_interval=_interval(p99), n=len(x))
 
 
 def arrays(pairs: list[StoredPair], labels: dict[tuple[str, int], str]) -> PairArrays:
@@ -96,7 +71,7 @@ def arrays(pairs: list[StoredPair], labels: dict[tuple[str, int], str]) -> PairA
             if (label := labels.get((p.request_id, j))) is not None:
                 primary_right.append(pl == label)
                 candidate_right.append(cl == label)
-    return statistics().PairArrays(
+    return PairArrays(
         agree=np.array(agree, dtype=bool), top5=np.array(top5, dtype=float),
         primary_error=np.array([p.primary_status != "OK" for p in pairs], dtype=bool),
         candidate_error=np.array([p.candidate_status != "OK" for p in pairs], dtype=bool),
@@ -109,7 +84,6 @@ def compute(declaration: routes_pb2.RouteDeclaration, pairs: list[StoredPair],
             labels: dict[tuple[str, int], str]) -> tuple[routes_pb2.RouteState, list[BoundResult]]:
     """The state that depends on pairs and labels only (pure: runs off the event loop)."""
     a = arrays(pairs, labels)
-    rs = statistics()
     bounds = tuple(rs.Bound(b.metric, b.op, b.value) for b in declaration.bounds) or rs.DEFAULT_BOUNDS
     stats = rs.route_statistics(a, bounds, declaration.alpha or rs.DEFAULT_ALPHA)
     state = routes_pb2.RouteState(
@@ -120,16 +94,19 @@ def compute(declaration: routes_pb2.RouteDeclaration, pairs: list[StoredPair],
         candidate_error_rate=_interval(stats.candidate_error_rate),
         first_pair_at=iso(pairs[0].recorded_at) if pairs else "", last_pair_at=iso(pairs[-1].recorded_at) if pairs
         else "")
-    edges = _edges(a.primary_latency_s, a.candidate_latency_s)
-    state.primary_latency.CopyFrom(_latency(a.primary_latency_s, edges, stats.primary_p99))
-    state.candidate_latency.CopyFrom(_latency(a.candidate_latency_s, edges, stats.candidate_p99))
+    edges, primary_counts, candidate_counts = rs.latency_histogram(a.primary_latency_s, a.candidate_latency_s,
+                                                                   LATENCY_BINS)
+    state.primary_latency.CopyFrom(_latency(a.primary_latency_s, edges, primary_counts, stats.primary_p50,
+                                            stats.primary_p90, stats.primary_p99))
+    state.candidate_latency.CopyFrom(_latency(a.candidate_latency_s, edges, candidate_counts, stats.candidate_p50,
+                                              stats.candidate_p90, stats.candidate_p99))
     ends = np.cumsum([len(p.rows) for p in pairs])  # rows up to and including each pair
     for n, lower, upper, estimate in stats.history:
         at = pairs[min(int(np.searchsorted(ends, n)), len(pairs) - 1)].recorded_at if pairs else 0.0
         state.agreement_history.add(n=n, lower=lower, upper=upper, estimate=estimate, at=iso(at))
     acc = stats.accuracy
     state.accuracy.CopyFrom(routes_pb2.LabelledAccuracy(
-        labelled=len(a.primary_right), primary=_interval(acc.primary), candidate=_interval(acc.candidate),
+        labelled=acc.labelled, primary=_interval(acc.primary), candidate=_interval(acc.candidate),
         discordant=acc.discordant, candidate_right=acc.candidate_right,
         candidate_share_of_discordant=_interval(acc.candidate_share_of_discordant), verdict=acc.verdict,
         mcnemar_p_fixed_n=acc.mcnemar_p_fixed_n))
@@ -171,7 +148,6 @@ class RouteBook:
     # -- RecordRoutePairs -----------------------------------------------------------------------------
     async def record_pairs(self, request: routes_pb2.RecordRoutePairsRequest) -> routes_pb2.RecordRoutePairsResponse:
         pairs, counters = checked_batch(request)  # everything checked before any write
-        rs = statistics()
         d = routes_pb2.RouteDeclaration()
         d.CopyFrom(request.route)
         if not d.bounds:  # what the route is decided on is what it shows
@@ -255,11 +231,11 @@ class RouteBook:
         rollback = await self._db(self.store.rollback, key, epoch)
         wrote = False
         for r in cached.bounds:
-            if r.state != "undecided" and r.bound.text() not in decided:
+            if r.state != rs.UNDECIDED and r.bound.text() not in decided:
                 await self._db(self.store.record_decision, key, epoch, r.bound.text(), r.state, cached.state.pairs,
                                _interval_json(r.interval))
                 wrote = True
-            if (declaration.mode == "canary" and r.state == "violated" and r.bound.metric in ROLLBACK_METRICS
+            if (declaration.mode == "canary" and r.state == rs.VIOLATED and r.bound.metric in ROLLBACK_METRICS
                     and rollback is None):
                 reason = (f"{r.bound.text()} violated after {cached.state.pairs} pairs: interval "
                           f"[{r.interval.lower:.4g}, {r.interval.upper:.4g}]")
