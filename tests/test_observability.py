@@ -38,6 +38,10 @@ DASHBOARD = MONITORING / "versus-dashboard.json"
 SYNTHETIC = {"up"}
 #: Exported only where torch sees a GPU (services/torch_runtime.py); checked in test_gpu_metric_names.
 GPU_ONLY = {"versus_gpu_memory_bytes"}
+#: Exported only by a gateway with routes declared (the dashboard's "Shadow routes" row and the route alerts);
+#: checked against the gateway's own registration, and on series it exports, in tests/test_deploy_routes.py.
+ROUTES_ROW = "Shadow routes"
+ROUTE_PREFIX = "versus_route_"
 RATE_INTERVAL = "5m"  # Prometheus starts with the test: a 5-minute window holds all its traffic
 
 needs_promtool = pytest.mark.usefixtures("requires_promtool")  # conftest: fails naming it, never skips
@@ -102,7 +106,8 @@ def test_the_issue_s_alerts_exist() -> None:
     """Error rate, queue saturation, p95 latency, pod not ready, SD3.5 cancellations."""
     rules = {r["alert"]: r for r in alert_rules()}
     assert {"VersusHighErrorRate", "VersusQueueSaturated", "VersusVitLatencyP95High", "VersusCompareLatencyP95High",
-            "VersusModelNotReady", "VersusTargetDown", "VersusSd35CancellationsHigh"} == set(rules)
+            "VersusModelNotReady", "VersusTargetDown", "VersusSd35CancellationsHigh", "VersusRouteViolated",
+            "VersusRouteRolledBack", "VersusRouteMirrorsDropping"} == set(rules)
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in ("warning", "critical") and rule["for"], name
         assert {"summary", "description", "runbook_url"} <= set(rule["annotations"]), name
@@ -126,6 +131,8 @@ def test_promtool_unit_tests_pass_and_cover_every_alert(tmp_path: Path) -> None:
     ("VersusHighErrorRate", "            ) > 0.05\n", "            ) > 0.5\n"),
     ("VersusModelNotReady", "(versus_model_ready) == 0", "(versus_model_ready) == 1"),
     ("VersusSd35CancellationsHigh", ") > 0.25", ") > 0.75"),
+    ("VersusRouteViolated", "(versus_route_decision) == 2", "(versus_route_decision) >= 1"),
+    ("VersusRouteMirrorsDropping", '{reason!="shutdown"}', ""),
 ])
 def test_a_broken_rule_fails_its_unit_test(tmp_path: Path, alert: str, before: str, after: str) -> None:
     """The unit tests can fail: the same tests on a rule with a wrong threshold or condition."""
@@ -341,7 +348,7 @@ def _live_names(servers: dict[str, list[tuple[str, InProcessServer]]]) -> set[st
 def test_every_metric_the_dashboard_and_alerts_use_is_exported_live(live: dict) -> None:
     assert live["refused"] > 0, "the 4-image queue refused nothing: versus_rejected_total not exercised"
     exported = _live_names(live["servers"])
-    missing = used_names() - SYNTHETIC - GPU_ONLY - exported
+    missing = {n for n in used_names() - SYNTHETIC - GPU_ONLY - exported if not n.startswith(ROUTE_PREFIX)}
     assert not missing, f"used by the dashboard or alerts but no live service exports: {sorted(missing)}"
     assert len(used_names()) >= 20
 
@@ -382,11 +389,11 @@ def test_dashboard_main_panels_return_data(live: dict) -> None:
 @pytest.mark.slow
 @needs_promtool
 def test_the_rest_of_the_dashboard_returns_data_where_its_work_happened(live: dict) -> None:
-    """Every other panel too, except the GPU one on a machine without a GPU."""
+    """Every other panel too, except the GPU one on a machine without a GPU and the routes row (no route here)."""
     prom = live["prom"]
     empty = []
     for row, title, exprs in dashboard_panels():
-        if row == "Overview" or any(metric_names(e) & GPU_ONLY for e in exprs):
+        if row in ("Overview", ROUTES_ROW) or any(metric_names(e) & GPU_ONLY for e in exprs):
             continue
         if not all(prom.query(for_prometheus(e)) for e in exprs):
             empty.append(f"{row}/{title}")
