@@ -316,3 +316,14 @@ def test_an_unknown_route_is_not_found_with_its_resource(stub) -> None:
         stub.GetRouteState(routes_pb2.GetRouteStateRequest(name="nowhere"), timeout=10)
     d = error_details(info.value)
     assert d.code == grpc.StatusCode.NOT_FOUND and "nowhere" in d.message
+
+
+def test_a_batch_of_counters_only_and_label_only_rows(stub) -> None:
+    s = send(stub, declaration(name="quiet"), [], requests=10, mirrored=4, dropped={"queue_full": 4}).state
+    assert (s.pairs, s.rows, s.counters.requests, dict(s.counters.dropped)) == (0, 0, 10, {"queue_full": 4})
+    assert all(d.state == routes_pb2.DECISION_STATE_UNDECIDED and not d.decided_at for d in s.decisions)
+    rows = [routes_pb2.RouteRow(primary_label="one", candidate_label="one", top5_overlap=-1)]
+    s = send(stub, declaration(name="quiet"), [pair("l1", rows=rows), pair("l2", cand_status="UNAVAILABLE")],
+             requests=2).state
+    assert (s.pairs, s.rows, s.counters.requests) == (2, 1, 12)
+    assert s.top5_overlap.n == 0 and s.agreement.n == 1 and s.candidate_error_rate.estimate == 0.5
