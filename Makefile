@@ -17,7 +17,7 @@ PIP_QUIET := --quiet --disable-pip-version-check
 FIND_TORCH := $(if $(TORCH_FIND_LINKS),--find-links $(TORCH_FIND_LINKS))
 
 
-.PHONY: setup setup-user locks image wheelhouse podman-flags system-deps tools buf-check demo demo-byo lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-perf-analyzer bench-gateway bench-gpu-vit clean help
+.PHONY: setup setup-user locks image wheelhouse podman-flags system-deps tools buf-check demo demo-byo demo-shadow lint test test-fast protos bench-vit bench-ranker bench-sd35 bench-vit-backends bench-vit-oip bench-vit-overload bench-perf-analyzer bench-gateway bench-gpu-vit bench-shadow clean help
 
 help:
 	@echo "make setup     system packages for the real-component tests (root: apt-get) + make setup-user"
@@ -25,6 +25,7 @@ help:
 	@echo "make locks     re-make the per-role hashed locks in locks/ (uv pip compile)"
 	@echo "make image     build the CPU image with podman (a Debian rootfs made here; no registry)"
 	@echo "make demo      build models, start the services, run the demo"
+	@echo "make demo-shadow  shadow routes decided on live traffic (Versus vs tritonserver, ~1 min)"
 	@echo "make test      linters (ruff, import-linter) + the full test suite"
 	@echo "make lint      ruff + the import-linter layer contracts + buf lint/breaking on protos/"
 	@echo "make test-fast unit + in-process tests only (-m 'not slow')"
@@ -132,6 +133,9 @@ demo: setup
 demo-byo: setup  # compare your own deployments: Versus vs tritonserver on the held-out digits
 	$(VENV)/bin/versus demo-byo
 
+demo-shadow: setup  # shadow routes on live traffic: Versus' digits ViT mirrored to tritonserver and to a weaker network
+	$(VENV)/bin/versus demo shadow
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
@@ -176,6 +180,9 @@ bench-perf-analyzer: setup  # as root: makes a Debian 13 chroot with perf_analyz
 
 bench-gateway: setup
 	$(PY) bench/gateway.py
+
+bench-shadow: setup
+	$(PY) bench/shadow.py
 
 bench-gpu-vit: setup  # on a machine with a CUDA GPU
 	$(PY) bench/gpu_vit.py

@@ -359,6 +359,13 @@ def cmd_demo_byo(args: argparse.Namespace) -> int:
     return run_demo_byo(Path(args.models_dir), Path(args.out))
 
 
+def cmd_demo_shadow(args: argparse.Namespace) -> int:
+    from versus_cli.shadow import run_demo_shadow
+
+    passes = {"max_passes": args.max_passes} if args.max_passes else {}
+    return run_demo_shadow(Path(args.models_dir), Path(args.out), **passes)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from versus_cli.demo import run_demo
 
@@ -508,6 +515,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="out/demo", help="where comparison.md, comparison.html and logs go")
     demo.add_argument("--json", default="", help="also write the demo's outcome to this JSON file")
     demo.set_defaults(func=cmd_demo)
+    demo_sub = demo.add_subparsers(dest="demo_command", metavar="{shadow}", help="another demo (default: the "
+                                   "comparison above)")
+    shadow = demo_sub.add_parser("shadow", help="shadow routes on live traffic: Versus' digits ViT mirrored to "
+                                 "tritonserver (the same network: holds) and to a weaker network (violated)")
+    shadow.add_argument("--models-dir", default=".models", help="where built models are cached")
+    shadow.add_argument("--out", default="out/demo-shadow", help="where the route pages, reports and logs go")
+    shadow.add_argument("--max-passes", type=int, default=0, help="at most this many passes over the 360 digits "
+                        "per route (default 8)")
+    shadow.set_defaults(func=cmd_demo_shadow)
     demo_byo = sub.add_parser("demo-byo", help="compare deployments (Versus and tritonserver) on held-out digits")
     demo_byo.add_argument("--models-dir", default=".models", help="where built models are cached")
     demo_byo.add_argument("--out", default="out/demo-byo", help="where comparison.md, comparison.html and logs go")
