@@ -1,7 +1,7 @@
 """Shadow routes: the primary's latency called directly and through the gateway mirroring 0%, 25% and 100% of
 its requests, in one run → docs/BENCHMARKS.md (section ``shadow``).
 
-    python bench/shadow.py [--quick] [--rounds 5] [--requests 1000] [--clients 4]
+    python bench/shadow.py [--quick] [--rounds 5] [--requests 1000]
 
 - The deployments of ``make demo-shadow``: the primary is Versus' digits ViT (``versus serve vit``, OIP model
   ``vit-tensor``), the candidate tritonserver serving the same network (ONNX in its Python backend), a ranker
@@ -9,10 +9,10 @@ its requests, in one run → docs/BENCHMARKS.md (section ``shadow``).
 - One gateway with three routes on the same primary and candidate, ``mirror=0``, ``mirror=0.25`` and
   ``mirror=1``: the same process, the same pass-through; only the share mirrored differs.
 - The same client for the four conditions: ``bench/loadgen.py`` (asyncio, its own process) sends ModelInfer with
-  one held-out digit (FP32 [1, 3, 32, 32]) per request, ``clients`` at a time, ``model_name`` = ``vit-tensor``
-  (direct) or the route (through the gateway); the request id is left empty (the gateway makes one).
-- Within each round the four conditions run one after the other, the order rotated every round; p50 and p99 per
-  run, medians over rounds, and the ratios per round (their median and range).
+  one held-out digit (FP32 [1, 3, 32, 32]) per request, 1 or 4 at a time (``CLIENTS``), ``model_name`` =
+  ``vit-tensor`` (direct) or the route (through the gateway); the request id is left empty (the gateway makes one).
+- Within each round the four conditions run one after the other at each concurrency, the order rotated every
+  round; p50 and p99 per run, medians over rounds, and the ratios per round (their median and range).
 
 The goal (issue 24): p99 at 100% mirroring ≤ 1.05 × p99 at 0%. On a machine with two cores the candidate's
 compute shares the primary's cores, so the 100% figure holds that contention too, not only the gateway's work.
@@ -39,6 +39,9 @@ MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 #: condition → the share mirrored (None: straight to the primary, no gateway)
 CONDITIONS = {"direct": None, "mirror 0%": 0.0, "mirror 25%": 0.25, "mirror 100%": 1.0}
 PRIMARY, CANDIDATE = "versus-digits", "triton-digits"
+#: 1 caller: the primary has a core to itself; 4: the two cores are saturated (the mirror's work competes).
+CLIENTS = (1, 4)
+Runs = dict[tuple[str, int], list[tuple[float, float]]]  # (condition, clients) → (p50 ms, p99 ms) per round
 
 
 def route_name(share: float) -> str:
@@ -67,12 +70,11 @@ def mirrored_counts(target: str) -> dict[str, tuple[int, int, dict[str, int]]]:
     return {v.route.name: (v.local.requests, v.local.mirrored, dict(v.local.dropped)) for v in views.routes}
 
 
-def measure(models_dir: Path, rounds: int, requests: int, clients: int
-            ) -> tuple[dict[str, list[tuple[float, float]]], dict[str, tuple[int, int, dict[str, int]]]]:
+def measure(models_dir: Path, rounds: int, requests: int) -> tuple[Runs, dict[str, tuple[int, int, dict[str, int]]]]:
     from versus_cli.byo import DigitsStack
     from versus_cli.shadow import INPUT, PRIMARY_MODEL, deployment_flags, held_out_pixels, route_flag
 
-    runs: dict[str, list[tuple[float, float]]] = {c: [] for c in CONDITIONS}
+    runs: Runs = {(c, n): [] for c in CONDITIONS for n in CLIENTS}
     with tempfile.TemporaryDirectory(prefix="versus-bench-shadow-") as tmp, \
             DigitsStack(models_dir, Path(tmp), input_name=INPUT) as stack:
         flags = deployment_flags(stack, PRIMARY)
@@ -86,43 +88,56 @@ def measure(models_dir: Path, rounds: int, requests: int, clients: int
                  else (gateway.target, payloads(route_name(share), pixels, size)) for c, share in CONDITIONS.items()}
         names = list(CONDITIONS)
         for r in range(rounds):
-            for c in names[r % len(names):] + names[:r % len(names)]:  # each condition in every position
-                target, reqs = calls[c]
-                result = run_clients(target, MODEL_INFER, reqs, requests, clients, warmup=2 * clients)
-                p50, p99 = result.p50_ms, percentile(result.latencies_ms, 99)
-                runs[c].append((p50, p99))
-                print(f"round {r + 1} {c}: p50 {p50:.2f} ms p99 {p99:.2f} ms ({result.rps:.0f} req/s)", flush=True)
+            for clients in CLIENTS:
+                for c in names[r % len(names):] + names[:r % len(names)]:  # each condition in every position
+                    target, reqs = calls[c]
+                    result = run_clients(target, MODEL_INFER, reqs, requests, clients, warmup=2 * clients)
+                    p50, p99 = result.p50_ms, percentile(result.latencies_ms, 99)
+                    runs[c, clients].append((p50, p99))
+                    print(f"round {r + 1} x{clients} {c}: p50 {p50:.2f} ms p99 {p99:.2f} ms ({result.rps:.0f} req/s)",
+                          flush=True)
         counts = mirrored_counts(gateway.target)
     return runs, counts
 
 
-def ratios(runs: dict[str, list[tuple[float, float]]], a: str, b: str, k: int) -> list[float]:
-    return [x[k] / y[k] for x, y in zip(runs[a], runs[b], strict=True)]
+def ratios(runs: Runs, a: str, b: str, clients: int, k: int) -> list[float]:
+    return [x[k] / y[k] for x, y in zip(runs[a, clients], runs[b, clients], strict=True)]
 
 
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
-def write_report(command: str, runs: dict[str, list[tuple[float, float]]],
-                 counts: dict[str, tuple[int, int, dict[str, int]]], rounds: int, requests: int, clients: int,
-                 seconds: float, loadavg: tuple[float, float]) -> bool:
+def table_rows(runs: Runs, counts: dict[str, tuple[int, int, dict[str, int]]]) -> list[str]:
     rows = []
+    for clients in CLIENTS:
+        for c, share in CONDITIONS.items():
+            p50 = statistics.median(x[0] for x in runs[c, clients])
+            p99 = statistics.median(x[1] for x in runs[c, clients])
+            vs0 = "—" if share is None else (f"{spread(ratios(runs, c, 'mirror 0%', clients, 0))} / "
+                                              f"{spread(ratios(runs, c, 'mirror 0%', clients, 1))}")
+            rows.append(f"| {clients} | {c} | {p50:.2f} | {p99:.2f} | {vs0} |")
+    mirrored = []
     for c, share in CONDITIONS.items():
-        p50 = statistics.median(x[0] for x in runs[c])
-        p99 = statistics.median(x[1] for x in runs[c])
-        mirrored = "—"
         if share is not None:
             n, m, dropped = counts.get(route_name(share), (0, 0, {}))
             lost = sum(dropped.values())
-            mirrored = f"{m} of {n} ({m / max(1, n):.0%})" + (f", {lost} dropped {dropped}" if lost else "")
-        vs0 = "—" if share is None else (f"{spread(ratios(runs, c, 'mirror 0%', 0))} / "
-                                          f"{spread(ratios(runs, c, 'mirror 0%', 1))}")
-        rows.append(f"| {c} | {p50:.2f} | {p99:.2f} | {vs0} | {mirrored} |")
-    goal = ratios(runs, "mirror 100%", "mirror 0%", 1)
-    met = statistics.median(goal) <= 1.05
-    over50, over99 = ratios(runs, "mirror 0%", "direct", 0), ratios(runs, "mirror 0%", "direct", 1)
-    extra_ms = statistics.median(a[0] - b[0] for a, b in zip(runs["mirror 0%"], runs["direct"], strict=True))
+            mirrored.append(f"{c}: {m} of {n} ({m / max(1, n):.1%})" + (f", {lost} dropped {dropped}" if lost else ""))
+    return [*rows, "", "Requests the gateway mirrored over the whole run (warm-ups included): " + "; ".join(mirrored)
+            + "."]
+
+
+def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dict[str, int]]], rounds: int,
+                 requests: int, seconds: float, loadavg: tuple[float, float]) -> None:
+    goals, overhead = [], []
+    for clients in CLIENTS:
+        goal = ratios(runs, "mirror 100%", "mirror 0%", clients, 1)
+        met = statistics.median(goal) <= 1.05
+        goals.append(f"{clients} caller(s) {spread(goal)}, {'met' if met else 'not met'}")
+        extra = statistics.median(a[0] - b[0] for a, b in zip(runs["mirror 0%", clients], runs["direct", clients],
+                                                              strict=True))
+        overhead.append(f"{clients} caller(s): p50 {spread(ratios(runs, 'mirror 0%', 'direct', clients, 0))}, p99 "
+                        f"{spread(ratios(runs, 'mirror 0%', 'direct', clients, 1))}, {extra:.2f} ms added at the p50")
     lines = [
         "## Shadow routes: the primary's latency direct and through the gateway mirroring 0%, 25%, 100%",
         "",
@@ -134,22 +149,20 @@ def write_report(command: str, runs: dict[str, list[tuple[float, float]]],
         "Primary: Versus' digits ViT (`versus serve vit`, OIP model `vit-tensor`, torch, 1 thread). Candidate: "
         "tritonserver serving the same network (ONNX in its Python backend, 1 ORT thread). One gateway with three "
         "routes on them, `mirror=0`, `mirror=0.25`, `mirror=1`, and a ranker storing the pairs, all on this machine. "
-        f"Client: `bench/loadgen.py`, {clients} concurrent callers, {requests} ModelInfer requests per run, one "
+        f"Client: `bench/loadgen.py`, 1 or 4 concurrent callers, {requests} ModelInfer requests per run, one "
         "held-out digit (FP32 [1, 3, 32, 32]) each.",
         "",
-        "| condition | p50 ms | p99 ms | ÷ mirror 0%: p50 / p99 (range) | mirrored by the gateway |",
-        "|---|---:|---:|---:|---|",
-        *rows,
+        "| callers | condition | p50 ms | p99 ms | ÷ mirror 0%: p50 / p99 (range) |",
+        "|---:|---|---:|---:|---:|",
+        *table_rows(runs, counts),
         "",
-        f"Goal: p99 at 100% mirroring ≤ 1.05 × p99 at 0%: {spread(goal)} — "
-        + ("met." if met else "not met: the candidate's compute shares the primary's two cores here, so this "
-           "ratio holds that contention as well as the gateway's own work (mirroring is a queue and a send)."),
-        f"The gateway's own overhead (mirror 0% ÷ direct): p50 {spread(over50)}, p99 {spread(over99)}; "
-        f"{extra_ms:.2f} ms added at the median.",
+        f"Goal: p99 at 100% mirroring ≤ 1.05 × p99 at 0%: {'; '.join(goals)}. The candidate's compute shares the "
+        "primary's two cores here, so the ratio holds that contention as well as the gateway's own work "
+        "(mirroring is a queue and a send).",
+        f"The gateway's own overhead (mirror 0% ÷ direct): {'; '.join(overhead)}.",
     ]
     write_section("shadow", "\n".join(lines))
     print("\n".join(lines))
-    return met
 
 
 def main() -> None:
@@ -158,15 +171,14 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two rounds of 200 requests (smoke run)")
     parser.add_argument("--rounds", type=int, default=0, help="rotated rounds (default 5; --quick: 2)")
     parser.add_argument("--requests", type=int, default=0, help="requests per run (default 1000; --quick: 200)")
-    parser.add_argument("--clients", type=int, default=4, help="concurrent callers")
     args = parser.parse_args()
     reexec_with(SERVICE_ENV)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rounds = args.rounds or (2 if args.quick else 5)
     requests = args.requests or (200 if args.quick else 1000)
-    runs, counts = measure(Path(args.models_dir), rounds, requests, args.clients)
+    runs, counts = measure(Path(args.models_dir), rounds, requests)
     command = "python bench/shadow.py " + " ".join(sys.argv[1:])
-    write_report(command.strip(), runs, counts, rounds, requests, args.clients, time.perf_counter() - started,
+    write_report(command.strip(), runs, counts, rounds, requests, time.perf_counter() - started,
                  (load_before, os.getloadavg()[0]))
 
 

@@ -33,6 +33,8 @@ MAX_PASSES = 8
 POLL_S = 0.5
 #: After the last request, how long the decisions may take to arrive (the gateway sends pairs once a second).
 SETTLE_S = 10.0
+#: A little longer than the gateway's once-a-second flush of pairs to the ranker.
+FLUSH_S = 1.5
 
 
 @dataclass(frozen=True)
@@ -264,8 +266,11 @@ def run_demo_shadow(models_dir: Path, out_dir: Path, *, max_passes: int = MAX_PA
                 print(line, flush=True)
             if result.failed:
                 say(f"{len(result.failed)} requests failed, e.g. {result.failed[0]}")
+        say("\n== the ground truth of the first pass arrives (Feedback): accuracy on labelled traffic ==")
+        time.sleep(FLUSH_S)  # the last pairs reach the ranker
+        for result in results:
             print(send_feedback(settings, result), flush=True)
-        time.sleep(1.5)  # the ranker's state follows the feedback; the pages read it
+        time.sleep(FLUSH_S)
         for result in results:
             print(accuracy_line(settings, result), flush=True)
             for path in write_pages(settings, result.route.name, out_dir):
