@@ -43,11 +43,12 @@ def test_make_demo_shadow_reaches_both_decisions(tmp_path: Path) -> None:
         assert int(decisions[route]["pairs"]) <= int(m["pairs"]) <= int(m["sent"])
         assert 0 < int(m["images"]) <= 360
     assert int(sources["digits-triton"]["images"]) == 360
-    for route in ("digits-triton", "digits-weak"):
+    # Both decisions on the page and in the report, with the pairs they took.
+    for route, state in (("digits-triton", "holds"), ("digits-weak", "violated")):
         html = (out / f"route-{route}.html").read_text()
         md = (out / f"route-{route}.md").read_text()
         assert html.lstrip().lower().startswith("<!doctype html") and route in html
-        assert "agreement >= 0.99" in md
-    assert re.search(r"holds", (out / "route-digits-triton.md").read_text(), re.I)
-    assert re.search(r"violated", (out / "route-digits-weak.md").read_text(), re.I)
+        assert re.search(rf"agreement (>|&gt;)= 0\.99 \| \*\*{state}\*\*", md), md[:2000]
+        took = re.compile(rf"after ({int(decisions[route]['pairs'])}|{int(decisions[route]['pairs']):,}) pairs")
+        assert f"{state} at " in md and took.search(md) and took.search(html)
     assert "exited with codes {'gateway': 0, 'ranker': 0, 'vit': 0}" in proc.stderr

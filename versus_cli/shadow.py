@@ -54,6 +54,7 @@ class Replay:
     """What one route's load did and what the route's state was when it stopped."""
 
     route: Route
+    images: int = 0
     sent: int = 0
     passes: int = 0
     failed: list[str] = field(default_factory=list)
@@ -105,7 +106,7 @@ async def replay(target: str, route: Route, pixels: list[bytes], labels: list[in
     from tritonclient.grpc import service_pb2_grpc
     from versus.gateway.v1 import gateway_pb2, gateway_pb2_grpc
 
-    out = Replay(route)
+    out = Replay(route, images=len(pixels))
     started = time.monotonic()
     stop = asyncio.Event()
     async with grpc.aio.insecure_channel(target) as channel:
@@ -172,7 +173,7 @@ def decision_lines(result: Replay) -> list[str]:
                          f"(interval [{i.lower:.4f}, {i.upper:.4f}])")
     dropped = sum(state.counters.dropped.values())
     lines.append(f"{result.route.name}: {state.pairs} pairs from {state.distinct_inputs} distinct images "
-                 f"({result.sent} requests in {result.passes} pass(es) of {len(result.ids)} images, "
+                 f"({result.sent} requests in {result.passes} pass(es) over the {result.images} digits, "
                  f"{result.seconds:.1f}s; {dropped} mirrors dropped, {len(result.failed)} requests failed)")
     return lines
 
