@@ -126,6 +126,15 @@ class GatewayConfig(ServerConfig):
     eval_concurrency: int = setting(4, "Requests in flight per deployment during an eval run (never floods it).")
     eval_max_images: int = setting(10_000, "Largest eval set accepted (files walked before refusing).")
     max_concurrent_evals: int = setting(1, "Eval runs at once; beyond it RESOURCE_EXHAUSTED with a retry hint.")
+    route: tuple[str, ...] = setting(
+        (), "Shadow and canary routes served as OIP ModelInfer for model_name=NAME (docs/SHADOW.md): "
+            "NAME=primary:DEPLOYMENT,candidate:DEPLOYMENT,mirror=SHARE|split=SHARE[,keep_inputs=true]"
+            "[,bound=METRIC>=VALUE]...[,alpha=0.05][,queue=256][,mirror_timeout_s=5][,mirror_concurrency=8], "
+            "DEPLOYMENT a --deployment id; ';'-separated in the environment. Needs a ranker.",
+        separator=";")
+    routes: str = setting("", "A YAML file holding routes as --route does: 'routes: [{name, primary, candidate, "
+                              "mirror|split, keep_inputs, bounds: [\"agreement >= 0.99\", ...], alpha, queue, "
+                              "mirror_timeout_s, mirror_concurrency}]' (e.g. a mounted ConfigMap).")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -30,6 +30,7 @@ from services.gateway.compare.probes import Budget
 from services.gateway.compare.run import Progress, Run
 from services.gateway.config import GatewayConfig
 from services.gateway.downstream import Downstream, DownstreamError
+from services.gateway.routes.table import RouteTable
 from services.gateway.weights_store import WeightsStore
 
 log = logging.getLogger(__name__)
@@ -72,13 +73,17 @@ class Gateway:
         self.weights_store = WeightsStore(config.weights_root)
         self.ds: Downstream | None = None
         self.byo: ByoRegistry | None = None
+        #: Shadow and canary routes (--route, GATEWAY_ROUTES): parsed here, so a bad one stops the start.
+        self.routes = RouteTable(config, metrics)
 
     async def start(self) -> None:
         self.ds = Downstream(self.config)
         self.byo = ByoRegistry(self.config, self.metrics)  # registered deployments and eval sets
         await self.byo.start()
+        await self.routes.start(self.ds)
 
     async def close(self) -> None:
+        await self.routes.close()  # mirrors dropped as "shutdown", buffered pairs sent once more
         if self.ds is not None:
             await self.ds.close()
         if self.byo is not None:
@@ -123,6 +128,18 @@ class Gateway:
                                               self.config.call_timeout_s)
         except DownstreamError as exc:
             raise _client_error(exc, field="task") from None
+
+    # -- routes -----------------------------------------------------------------------------------------
+    async def list_routes(self) -> list[gateway_pb2.RouteView]:
+        """Every route this gateway serves, sorted by name, with the ranker's state (without history)."""
+        return await self.routes.list_routes(self.config.call_timeout_s)
+
+    async def get_route(self, name: str) -> gateway_pb2.RouteView:
+        """One route's view (NotFound for a name this gateway does not serve)."""
+        return await self.routes.get_route(name, self.config.call_timeout_s)
+
+    async def feedback(self, request: gateway_pb2.FeedbackRequest) -> gateway_pb2.FeedbackResponse:
+        return gateway_pb2.FeedbackResponse(result=await self.routes.feedback(request, self.config.call_timeout_s))
 
     def _configured(self, model_id: str) -> bool:
         by = self.served.get(model_id)

@@ -17,3 +17,4 @@ class UnknownFormat(InvalidArgument):
 
     def __init__(self, value: int) -> None:
         super().__init__("format", f"unknown render format {value}: RENDER_FORMAT_MARKDOWN or RENDER_FORMAT_HTML")
+

@@ -70,3 +70,28 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def ListModels(self, request: gateway_pb2.ListModelsRequest,
                          context: grpc.aio.ServicerContext) -> gateway_pb2.ListModelsResponse:
         return await self.gateway.list_models()
+
+    async def ListRoutes(self, request: gateway_pb2.ListRoutesRequest,
+                         context: grpc.aio.ServicerContext) -> gateway_pb2.ListRoutesResponse:
+        return gateway_pb2.ListRoutesResponse(routes=await self.gateway.list_routes())
+
+    async def GetRoute(self, request: gateway_pb2.GetRouteRequest,
+                       context: grpc.aio.ServicerContext) -> gateway_pb2.GetRouteResponse:
+        return gateway_pb2.GetRouteResponse(route=await self.gateway.get_route(request.name))
+
+    async def RenderRoute(self, request: gateway_pb2.RenderRouteRequest,
+                          context: grpc.aio.ServicerContext) -> gateway_pb2.RenderRouteResponse:
+        from services.gateway.pages.route_render import render_route_html, render_route_markdown
+
+        if request.format not in gateway_pb2.RenderFormat.values():
+            raise UnknownFormat(request.format)
+        view = await self.gateway.get_route(request.name)
+        if request.format == gateway_pb2.RENDER_FORMAT_HTML:
+            content = await asyncio.to_thread(render_route_html, view)
+            return gateway_pb2.RenderRouteResponse(content=content, mime_type=_MIME[request.format])
+        content = await asyncio.to_thread(render_route_markdown, view)
+        return gateway_pb2.RenderRouteResponse(content=content, mime_type="text/markdown; charset=utf-8")
+
+    async def Feedback(self, request: gateway_pb2.FeedbackRequest,
+                       context: grpc.aio.ServicerContext) -> gateway_pb2.FeedbackResponse:
+        return await self.gateway.feedback(request)
