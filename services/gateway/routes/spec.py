@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from services.common.errors import ConfigError
+from services.common.route_stats import DEFAULT_ALPHA, DEFAULT_BOUNDS, Bound, parse_bounds
 from services.gateway.config import GatewayConfig
 from services.gateway.deployments import ID, DeploymentSpec, parse_deployment
-from services.gateway.routes._bounds import DEFAULT_ALPHA, DEFAULT_BOUNDS, Bound, parse_bounds
 
 #: Options besides primary/candidate, with their defaults (a YAML route uses the same names).
 OPTIONS = ("mirror", "split", "keep_inputs", "bound", "alpha", "queue", "mirror_timeout_s", "mirror_concurrency")
