@@ -138,12 +138,14 @@ def test_the_documented_image_override_reaches_every_pod(overlay: str, order: st
     image and tag: the CUDA tag exactly in pods that get a GPU, the CPU tag everywhere else."""
     pairs = _override_command()
     assert {p.partition("=")[0] for p in pairs} == {"versus-cpu", "versus-cuda"}
-    tree = tmp_path / "k8s"
-    shutil.copytree(K8S, tree)
+    shutil.copytree(ROOT / "deploy", tmp_path / "deploy")  # the whole tree: overlays/shadow-kserve includes kserve/
+    tree = tmp_path / "deploy" / "k8s"
     _set_images(tree / "overlays" / overlay / "kustomization.yaml", pairs if order == "as documented" else pairs[::-1])
     docs = render_dir(tree / "overlays" / overlay)
     checked = 0
     for doc in docs:
+        if doc["kind"] == "ServingRuntime":  # KServe's predictors (overlays/shadow-kserve): GPU pods
+            assert {c["image"] for c in doc["spec"]["containers"]} == {f"{REGISTRY}:{TAG}-cuda"}, overlay
         if doc["kind"] not in ("Deployment", "Job"):
             continue
         pod = doc["spec"]["template"]["spec"]
@@ -176,6 +178,9 @@ def test_overlay_validates_against_schema(overlay: str, version: str) -> None:
             continue  # a CRD: checked structurally in test_every_metrics_port_is_scraped
         if doc["apiVersion"].startswith("keda.sh"):
             continue  # KEDA's CRD: validated against its schema in tests/test_autoscaling.py
+        if doc["apiVersion"].startswith("serving.kserve.io/"):  # KServe's CRDs (overlays/shadow-kserve)
+            assert not kserve_errors(doc), (doc["metadata"]["name"], kserve_errors(doc))
+            continue
         kubernetes_validate.validate(doc, version, strict=True)
         validated += 1
     assert validated >= 30

@@ -1,28 +1,36 @@
 """Shadow and canary routes on Kubernetes: the dashboard's "Shadow routes" row and the route alerts read exactly the
-series the gateway exports for a route (names and labels)."""
+series the gateway exports for a route (names and labels); overlays/shadow-kserve puts the gateway in front of two
+KServe InferenceServices (KServe's CRD schemas, KServe's Service naming and ports) with a route file that the
+gateway's own parser accepts, and isolates the predictors behind it. The overlay's generic checks (schema, pods,
+images, env, NetworkPolicies of the Versus services) run with every other overlay in tests/test_deploy.py."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
+from pathlib import Path
 
+import pytest
+import yaml
+from test_deploy import (
+    ALL_SOURCES,
+    GATEWAY,
+    MONITORING,
+    PROCESS_ENV,
+    ROOT,
+    _doc_block,
+    allowed,
+    by_kind,
+    kserve_errors,
+    pod_spec,
+    render,
+    render_dir,
+)
 from test_observability import DASHBOARD, ROUTE_PREFIX, ROUTES_ROW, alert_rules, dashboard_panels, metric_names
 
 #: Labels Prometheus' scrape adds to every series (the ServiceMonitors' target labels), besides the gateway's own.
 TARGET_LABELS = {"namespace", "pod", "job", "instance", "service", "container", "endpoint"}
-#: The route metrics as docs/SHADOW.md and the gateway's routes wing name them: exported name → labels.
-ROUTE_METRICS = {
-    "versus_route_requests_total": {"route", "answered_by"},
-    "versus_route_mirrored_total": {"route"},
-    "versus_route_mirror_dropped_total": {"route", "reason"},
-    "versus_route_mirrors_pending": {"route"},
-    "versus_route_pairs": {"route"},
-    "versus_route_agreement_lower": {"route"},
-    "versus_route_agreement_upper": {"route"},
-    "versus_route_decision": {"route", "bound"},
-    "versus_route_rolled_back": {"route"},
-    "versus_route_records_lost_total": {"route"},
-}
 ROUTE_ALERTS = {"VersusRouteViolated", "VersusRouteRolledBack", "VersusRouteMirrorsDropping"}
 _GROUPING = re.compile(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)")
 _LEGEND = re.compile(r"\{\{\s*(\w+)\s*\}\}")
@@ -30,8 +38,34 @@ _ANNOTATION = re.compile(r"\$labels\.(\w+)")
 
 
 def exported() -> dict[str, set[str]]:
-    """Exported name → label names of every route metric the gateway registers."""
-    return ROUTE_METRICS
+    """Exported name → label names of every route series the gateway's routes wing exports, read from its
+    /metrics text after its own code set each metric once (counters, then the ranker state's gauges)."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+    from versus.ranker.v1 import routes_pb2
+
+    from services.common.metrics import Metrics
+    from services.gateway.routes.metrics import RouteMetrics
+
+    metrics = Metrics()
+    m = RouteMetrics(metrics)
+    m.requests.labels("r", "primary").inc()
+    m.mirrored.labels("r").inc()
+    m.dropped.labels("r", "queue_full").inc()
+    m.pending.labels("r").set(1)
+    m.records_lost.labels("r").inc()
+    bound = routes_pb2.RouteBound(metric="agreement", op=">=", value=0.99)
+    m.state("r", routes_pb2.RouteState(
+        pairs=10, agreement=routes_pb2.SequenceInterval(lower=0.9, upper=1.0, estimate=0.95, n=10),
+        decisions=[routes_pb2.BoundDecision(bound=bound, state=routes_pb2.DECISION_STATE_HOLDS)], rolled_back=True),
+        {("agreement", ">=", 0.99): "agreement >= 0.99"})
+    out: dict[str, set[str]] = {}
+    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
+        for sample in family.samples:
+            if sample.name.startswith(ROUTE_PREFIX) and not sample.name.endswith("_created"):
+                out.setdefault(sample.name, set()).update(sample.labels)
+    assert len(out) == 10, sorted(out)
+    return out
 
 
 def route_queries() -> list[tuple[str, str, str]]:
@@ -78,3 +112,137 @@ def test_every_route_series_the_dashboard_and_alerts_read_is_one_the_gateway_exp
         assert shown <= outer, f"{where}: shows {sorted(shown - outer)}, which the query does not keep"
         checked += 1
     assert checked >= 10
+
+
+# -- overlays/shadow-kserve (kubectl's kustomize) ----------------------------------------------------------------------
+OVERLAY = "shadow-kserve"
+needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
+
+
+def _kserve_published_port(runtime: dict, name_part: str) -> int:
+    """The port KServe's predictor Service publishes for the runtime's container port whose name holds
+    ``name_part``: the first container port on 80, every other on its own number (v0.19's
+    service_reconciler.go, createDefaultSvc)."""
+    (container,) = runtime["spec"]["containers"]
+    for i, port in enumerate(container["ports"]):
+        if name_part in port["name"]:
+            return 80 if i == 0 else port["containerPort"]
+    raise AssertionError(f"{runtime['metadata']['name']}: no {name_part} port")
+
+
+def _merged_env(runtime: dict, isvc: dict) -> dict[str, str]:
+    """The predictor container's env as KServe builds it: the runtime's, overridden by name by the
+    InferenceService's (a strategic merge, utils.MergeRuntimeContainers)."""
+    (container,) = runtime["spec"]["containers"]
+    return {e["name"]: e["value"] for e in [*container["env"], *isvc["spec"]["predictor"]["model"]["env"]]}
+
+
+def _shadow() -> tuple[list[dict], dict[str, dict], dict[str, str]]:
+    docs = render(OVERLAY)
+    return docs, by_kind(docs, "InferenceService"), by_kind(docs, "ConfigMap")["gateway-config"]["data"]
+
+
+@needs_kubectl
+def test_two_inference_services_pass_kserve_s_crd_schemas() -> None:
+    """The primary is deploy/kserve's ViT itself; the candidate runs the same runtime and weights in fp16."""
+    from services.vit.config import VitConfig
+
+    docs, services, _ = _shadow()
+    runtimes = by_kind(docs, "ServingRuntime")
+    assert sorted(services) == ["vit-base-patch16-224", "vit-base-patch16-224-fp16"]
+    assert list(runtimes) == ["versus-vit"]
+    (original,) = [d for d in render_dir(ROOT / "deploy" / "kserve") if d["metadata"]["name"] in services]
+    assert services["vit-base-patch16-224"]["spec"] == original["spec"], "the primary is deploy/kserve's, unchanged"
+    for doc in [*services.values(), *runtimes.values()]:
+        assert doc["metadata"]["namespace"] == "versus"
+        assert not kserve_errors(doc), (doc["metadata"]["name"], kserve_errors(doc))
+    envs = {name: _merged_env(runtimes[isvc["spec"]["predictor"]["model"]["runtime"]], isvc)
+            for name, isvc in services.items()}
+    settings = {VitConfig.env_name(f) for f in VitConfig.__dataclass_fields__}
+    for name, env in envs.items():
+        assert set(env) - settings <= PROCESS_ENV, f"{name}: {sorted(set(env) - settings - PROCESS_ENV)}"
+        assert services[name]["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "RawDeployment"
+    primary, candidate = envs["vit-base-patch16-224"], envs["vit-base-patch16-224-fp16"]
+    assert (primary["VIT_PRECISION"], candidate["VIT_PRECISION"]) == ("bf16", "fp16")
+    assert {k: v for k, v in primary.items() if k != "VIT_PRECISION"} == \
+        {k: v for k, v in candidate.items() if k != "VIT_PRECISION"}, "only the precision differs"
+
+
+@needs_kubectl
+def test_the_gateway_dials_each_predictor_s_grpc_port() -> None:
+    """Each registered deployment is an InferenceService's predictor Service (KServe names it <name>-predictor)
+    at the port KServe publishes for the runtime's gRPC port, asking for the OIP model the runtime serves."""
+    from services.gateway.deployments import parse_deployment
+    from services.vit.oip import VitImageModel
+
+    docs, services, data = _shadow()
+    runtimes = by_kind(docs, "ServingRuntime")
+    dialled = {}
+    for text in data["GATEWAY_DEPLOYMENTS"].split(";"):
+        spec = parse_deployment(text)
+        host, port = re.fullmatch(r"dns:///([a-z0-9-]+)\.versus\.svc\.cluster\.local:(\d+)", spec.target).groups()
+        isvc = services[host.removesuffix("-predictor")]
+        assert host == f"{isvc['metadata']['name']}-predictor", spec.target
+        runtime = runtimes[isvc["spec"]["predictor"]["model"]["runtime"]]
+        assert int(port) == _kserve_published_port(runtime, "grpc"), f"{spec.id}: {port} is not the gRPC port"
+        assert spec.model == VitImageModel.name and spec.output == "PROBABILITIES"
+        dialled[spec.id] = isvc["metadata"]["name"]
+    assert sorted(dialled.values()) == sorted(services), "each InferenceService registered once"
+    assert data["GATEWAY_RANKER"], "routes need the ranker"
+
+
+def _route_file(docs: list[dict], data: dict[str, str]) -> tuple[str, str]:
+    """(GATEWAY_ROUTES, the text the gateway pod reads there): through the pod's volume mount of the ConfigMap."""
+    path = data["GATEWAY_ROUTES"]
+    pod = pod_spec(by_kind(docs, "Deployment")["gateway"])
+    (mount,) = [m for m in pod["containers"][0]["volumeMounts"] if path.startswith(m["mountPath"] + "/")]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert mount["readOnly"]
+    config_map = by_kind(docs, "ConfigMap")[volume["configMap"]["name"]]
+    return path, config_map["data"][path.removeprefix(mount["mountPath"] + "/")]
+
+
+@needs_kubectl
+def test_the_route_file_parses_with_the_gateway_s_parser(tmp_path: Path) -> None:
+    """The mounted GATEWAY_ROUTES file, with the ConfigMap's settings, through the gateway's own config and route
+    parser: one shadow route from the primary InferenceService to the candidate, with the issue's bounds."""
+    from services.gateway.config import GatewayConfig
+    from services.gateway.routes.spec import parse_routes
+
+    docs, services, data = _shadow()
+    path, text = _route_file(docs, data)
+    local = tmp_path / "routes.yaml"
+    local.write_text(text)
+    settings = {k: v for k, v in data.items() if k.startswith("GATEWAY_")}
+    routes = parse_routes(GatewayConfig.from_env({**settings, "GATEWAY_ROUTES": str(local)}))
+    (route,) = routes.values()
+    assert (route.name, route.mode, route.share) == ("vit-fp16-shadow", "shadow", 0.25)
+    assert route.primary.target.startswith("dns:///vit-base-patch16-224-predictor.")
+    assert route.candidate.target.startswith("dns:///vit-base-patch16-224-fp16-predictor.")
+    assert [b.text() for b in route.bounds] == ["agreement >= 0.99", "p99_ratio <= 1.1", "error_rate_diff <= 0.001"]
+    assert not route.keep_inputs, "inputs are not kept unless the route says so"
+    # docs/DEPLOY.md section 15 shows this route: what it shows is what the file declares.
+    (shown,) = yaml.safe_load(_doc_block("shadow-route"))["routes"]
+    (declared,) = yaml.safe_load(text)["routes"]
+    assert shown == {k: declared[k] for k in shown}, "docs/DEPLOY.md section 15 shows another route"
+
+
+@needs_kubectl
+def test_only_the_gateway_reaches_the_predictors() -> None:
+    """Clients go through the route (else their requests are neither mirrored nor paired): the predictors' gRPC
+    port admits the gateway pods only, their metrics port the monitoring namespace only."""
+    docs, services, _ = _shadow()
+    policies = by_kind(docs, "NetworkPolicy")
+    runtime = by_kind(docs, "ServingRuntime")["versus-vit"]
+    ports = {p["name"]: p["containerPort"] for p in runtime["spec"]["containers"][0]["ports"]}
+    for name in services:
+        pod = {"serving.kserve.io/inferenceservice": name, "component": "predictor", "app": f"isvc.{name}-predictor"}
+        selecting = [p for p in policies.values() if all(pod.get(k) == v for k, v in
+                                                          p["spec"]["podSelector"]["matchLabels"].items())]
+        assert selecting, f"{name}: no NetworkPolicy selects its predictor pods"
+        for source in ALL_SOURCES:
+            grpc_ok = any(allowed(p, *source, ports["grpc"]) for p in selecting)
+            metrics_ok = any(allowed(p, *source, ports["metrics"]) for p in selecting)
+            assert grpc_ok is (source == GATEWAY), f"{name}: {source} → gRPC"
+            assert metrics_ok is (source == MONITORING), f"{name}: {source} → metrics"
+            assert not any(allowed(p, *source, ports["http1"]) for p in selecting), f"{name}: {source} → REST"
