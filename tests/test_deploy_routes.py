@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -27,7 +28,15 @@ from test_deploy import (
     render,
     render_dir,
 )
-from test_observability import DASHBOARD, ROUTE_PREFIX, ROUTES_ROW, alert_rules, dashboard_panels, metric_names
+from test_observability import (
+    DASHBOARD,
+    ROUTE_PREFIX,
+    ROUTES_ROW,
+    alert_rules,
+    dashboard_panels,
+    for_prometheus,
+    metric_names,
+)
 
 #: Labels Prometheus' scrape adds to every series (the ServiceMonitors' target labels), besides the gateway's own.
 TARGET_LABELS = {"namespace", "pod", "job", "instance", "service", "container", "endpoint"}
@@ -37,9 +46,9 @@ _LEGEND = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 _ANNOTATION = re.compile(r"\$labels\.(\w+)")
 
 
-def exported() -> dict[str, set[str]]:
-    """Exported name → label names of every route series the gateway's routes wing exports, read from its
-    /metrics text after its own code set each metric once (counters, then the ranker state's gauges)."""
+def gateway_series() -> list[tuple[str, dict[str, str], float]]:
+    """(name, labels, value) of every route series in the gateway's /metrics text after its routes wing's own code
+    set each metric once (the counters, then the gauges from a ranker state)."""
     from prometheus_client import generate_latest
     from prometheus_client.parser import text_string_to_metric_families
     from versus.ranker.v1 import routes_pb2
@@ -59,11 +68,16 @@ def exported() -> dict[str, set[str]]:
         pairs=10, agreement=routes_pb2.SequenceInterval(lower=0.9, upper=1.0, estimate=0.95, n=10),
         decisions=[routes_pb2.BoundDecision(bound=bound, state=routes_pb2.DECISION_STATE_HOLDS)], rolled_back=True),
         {("agreement", ">=", 0.99): "agreement >= 0.99"})
+    return [(s.name, dict(s.labels), s.value)
+            for family in text_string_to_metric_families(generate_latest(metrics.registry).decode())
+            for s in family.samples if s.name.startswith(ROUTE_PREFIX) and not s.name.endswith("_created")]
+
+
+def exported() -> dict[str, set[str]]:
+    """Exported name → label names of every route series the gateway exports."""
     out: dict[str, set[str]] = {}
-    for family in text_string_to_metric_families(generate_latest(metrics.registry).decode()):
-        for sample in family.samples:
-            if sample.name.startswith(ROUTE_PREFIX) and not sample.name.endswith("_created"):
-                out.setdefault(sample.name, set()).update(sample.labels)
+    for name, labels, _ in gateway_series():
+        out.setdefault(name, set()).update(labels)
     assert len(out) == 10, sorted(out)
     return out
 
@@ -112,6 +126,32 @@ def test_every_route_series_the_dashboard_and_alerts_read_is_one_the_gateway_exp
         assert shown <= outer, f"{where}: shows {sorted(shown - outer)}, which the query does not keep"
         checked += 1
     assert checked >= 10
+
+
+@pytest.mark.usefixtures("requires_promtool")
+def test_every_route_query_returns_data_on_the_gateway_s_series(tmp_path: Path) -> None:
+    """Prometheus' own evaluator (promtool) runs every query of the routes row and every route alert's expression
+    (without its threshold) on ten minutes of the series the gateway exports, as scraped from one pod: each
+    returns data. A query that parses but selects or aggregates nothing would leave a panel empty."""
+    series = []
+    for name, labels, value in gateway_series():
+        text = ",".join(f'{k}="{v}"' for k, v in {**labels, "namespace": "versus", "pod": "gateway-0"}.items())
+        # Counters grow (rate() needs two points); gauges hold their value.
+        values = "0+1x10" if name.endswith("_total") else f"{value:g}x10"
+        series.append({"series": f"{name}{{{text}}}", "values": values})
+    exprs = [expr for where, expr, _ in route_queries() if "/" in where]
+    # An alert's expression up to its first comparison: what its threshold is compared with.
+    exprs += [re.split(r"\s(?:==|>)\s", r["expr"])[0] for r in alert_rules() if r["alert"] in ROUTE_ALERTS]
+    tests = [{"expr": f"count({for_prometheus(e)}) > bool 0", "eval_time": "10m",
+              "exp_samples": [{"labels": "{}", "value": 1}]} for e in exprs]
+    (tmp_path / "rules.yaml").write_text("groups: []\n")
+    (tmp_path / "queries.test.yaml").write_text(yaml.safe_dump({
+        "rule_files": ["rules.yaml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}]}))
+    result = subprocess.run(["promtool", "test", "rules", "queries.test.yaml"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(tests) >= 12
 
 
 # -- overlays/shadow-kserve (kubectl's kustomize) ----------------------------------------------------------------------
