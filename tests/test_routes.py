@@ -251,3 +251,21 @@ def test_route_views_and_unknown_names(stack) -> None:
     assert oip.ModelReady(pb.ModelReadyRequest(name="shadow"), timeout=10).ready
     assert not oip.ModelReady(pb.ModelReadyRequest(name="nope"), timeout=10).ready
     assert oip.ServerLive(pb.ServerLiveRequest(), timeout=10).live
+
+
+def test_hostile_requests_at_the_front_door(stack) -> None:
+    gateway, channel, fakes, ranker = stack
+    for raw in (b"\xff\xff\xff", b"\x0a\x05ab", b"\x0b\x00"):  # not a protobuf message
+        with pytest.raises(grpc.RpcError) as err:
+            infer(channel, raw)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        infer(channel, request_bytes("n" * 20_000, [b"a"]))
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND and len(err.value.details()) < 1500
+    # a batch over the ranker's 4,096 rows per pair: answered in full, paired by status and latency only
+    huge = [b"%d" % i for i in range(5000)]
+    reply = pb.ModelInferResponse.FromString(infer(channel, request_bytes("shadow", huge, "huge-1"), timeout=30))
+    assert list(reply.outputs[0].shape) == [5000, 10]
+    wait_for(lambda: any(p.request_id == "huge-1" for p in ranker.pairs("shadow")))
+    (pair,) = [p for p in ranker.pairs("shadow") if p.request_id == "huge-1"]
+    assert pair.primary_status == pair.candidate_status == "OK" and not pair.rows
