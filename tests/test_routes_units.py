@@ -190,3 +190,33 @@ def test_routes_need_a_ranker_and_unique_names(tmp_path: Path) -> None:
         parse_routes(_config(tmp_path, routes=str(bad_yaml)))
     with pytest.raises(ConfigError, match="cannot read"):
         parse_routes(_config(tmp_path, routes=str(tmp_path / "missing.yaml")))
+
+
+def test_the_mirror_queue_is_bounded_in_bytes_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from prometheus_client import CollectorRegistry
+
+    from services.common.metrics import Metrics
+    from services.gateway.routes import route as route_module
+    from services.gateway.routes.metrics import RouteMetrics
+    from services.gateway.routes.spec import RouteSpec
+    from services.gateway.routes.upstream import Outcome
+
+    monkeypatch.setattr(route_module, "MAX_QUEUED_BYTES", 1000)
+
+    async def main() -> tuple[int, dict]:
+        from services.gateway.deployments import DeploymentSpec
+        from services.gateway.routes.recorder import Recorder
+
+        dep = DeploymentSpec("a", "127.0.0.1:1", "m")
+        spec = RouteSpec("r", "shadow", 1.0, dep, DeploymentSpec("b", "127.0.0.1:2", "m"), queue=100)
+        recorder = Recorder("r", "x", lambda: None, None, lambda s: None, lambda n: None)  # type: ignore[arg-type]
+        route = route_module.Route(spec, RouteMetrics(Metrics(CollectorRegistry())), recorder)
+        for i in range(5):  # no workers: everything stays queued
+            route._enqueue(route_module.Job(b"x" * 300, str(i), "primary", Outcome("OK", 0.0), 0.0, None))
+        await route.primary.close()
+        await route.candidate.close()
+        return route.queue.qsize(), dict(route.counters.total.dropped)
+
+    assert asyncio.run(main()) == (3, {"queue_full": 2})

@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 #: Statuses of a mirror that mean it was never answered (a drop), not an answer with an error status.
 DROPS = {"DEADLINE_EXCEEDED": "deadline", "UNAVAILABLE": "unavailable", "CANCELLED": "shutdown"}
 MAX_KEPT_INPUT = 1 << 20
+#: Bytes of requests waiting for their mirror, beyond which a mirror is dropped as "queue_full" (the queue is
+#: bounded in requests too: 256 requests of 64 MiB would otherwise hold 16 GiB).
+MAX_QUEUED_BYTES = 256 << 20
 
 
 def share_point(route: str, purpose: str, request_id: str) -> float:
@@ -65,6 +68,7 @@ class Route:
         self.candidate = Upstream(spec.candidate)
         self.queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=spec.queue)
         self.in_flight = 0
+        self.queued_bytes = 0
         self.rolled_back = False
         self._workers: list[asyncio.Task[None]] = []
         self._closing = False
@@ -113,16 +117,21 @@ class Route:
     def _enqueue(self, job: Job) -> None:
         self.counters.add("mirrored")
         self.m.mirrored.labels(self.spec.name).inc()
-        try:
-            self.queue.put_nowait(job)
-        except asyncio.QueueFull:
+        if self.queued_bytes + len(job.raw) > MAX_QUEUED_BYTES:
             self._drop("queue_full")
+        else:
+            try:
+                self.queue.put_nowait(job)
+                self.queued_bytes += len(job.raw)
+            except asyncio.QueueFull:
+                self._drop("queue_full")
         self._pending_gauge()
 
     # -- the mirror path ---------------------------------------------------------------------------
     async def _worker(self) -> None:
         while True:
             job = await self.queue.get()
+            self.queued_bytes -= len(job.raw)
             self.in_flight += 1
             try:
                 await self._mirror(job)
