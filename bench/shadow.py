@@ -158,7 +158,7 @@ def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dic
         "",
         f"Goal: p99 at 100% mirroring ≤ 1.05 × p99 at 0%: {'; '.join(goals)}. The candidate's compute shares the "
         "primary's two cores here, so the ratio holds that contention as well as the gateway's own work "
-        "(mirroring is a queue and a send).",
+        "(mirroring is a queue and a send); this run does not separate the two (a candidate on another machine would).",
         f"The gateway's own overhead (mirror 0% ÷ direct): {'; '.join(overhead)}.",
     ]
     write_section("shadow", "\n".join(lines))
