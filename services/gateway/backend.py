@@ -39,6 +39,10 @@ class GatewayBackend(ServiceBackend):
             from services.gateway.pages.web import create_web_app, start_web
 
             app = create_web_app(self.gateway, token=self.config.resolved_token())
+            if self.gateway.routes:  # the routes' OIP REST front door, behind the pages' token
+                from services.gateway.routes.rest import add_rest_front_door
+
+                add_rest_front_door(app, self.gateway.routes, self.config.call_timeout_s)
             self._web, self.http_port = await start_web(app, self.config.http_host, self.config.http_port,
                                                         ssl_context=self._pages_tls())
             log.info("report pages listening", extra={"http_port": self.http_port})

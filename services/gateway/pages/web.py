@@ -77,7 +77,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def wants_json(request: web.Request) -> bool:
-    return request.path.endswith(".json")
+    """JSON for *.json pages and for the protocol's REST paths (the routes' /v2/... front door)."""
+    return request.path.endswith(".json") or request.path.startswith("/v2/")
 
 
 def proto_json(message: Message, status: int = 200) -> web.Response:
