@@ -91,14 +91,14 @@ def test_list_and_show_print_rich_tables(gateway, capsys, monkeypatch) -> None:
     service, target = gateway
     monkeypatch.setenv("COLUMNS", "100")
     code, out, _ = versus(capsys, "routes", "list", "--gateway", target)
-    assert code == 0 and "digits" in out and "holds;" in out and "p99_ratio <=" in out
+    assert code == 0 and "digits" in out and "holds;" in out and "p99_ratio ≤" in out
     assert all(len(line) <= 100 for line in out.splitlines()), "a 300-character id folds inside its cell"
     assert "r" * 101 not in out and out.count("r" * 10) >= 20 and out.count("r") >= 300
     monkeypatch.setenv("COLUMNS", "300")
     code, out, _ = versus(capsys, "routes", "show", "digits", "--gateway", target, "--token", "s3cret")
     assert code == 0 and "epoch 2: 700 pairs, 700 rows, 360 distinct inputs" in out
     assert "after 612 pairs" in out and "McNemar p, fixed n, for reference only: 0.0042" in out
-    assert "past the mirror deadline 2, mirror queue full 11" in out and "p99_ratio <= 1.1" in out
+    assert "past the mirror deadline 2, mirror queue full 11" in out and "p99_ratio ≤ 1.1" in out
     assert service.metadata[-1]["authorization"] == "Bearer s3cret"
 
 

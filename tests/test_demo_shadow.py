@@ -48,7 +48,7 @@ def test_make_demo_shadow_reaches_both_decisions(tmp_path: Path) -> None:
         html = (out / f"route-{route}.html").read_text()
         md = (out / f"route-{route}.md").read_text()
         assert html.lstrip().lower().startswith("<!doctype html") and route in html
-        assert re.search(rf"agreement (>|&gt;)= 0\.99 \| \*\*{state}\*\*", md), md[:2000]
+        assert re.search(rf"agreement ≥ 0\.99 \| \*\*{state}\*\*", md), md[:2000]
         took = re.compile(rf"after ({int(decisions[route]['pairs'])}|{int(decisions[route]['pairs']):,}) pairs")
         assert f"{state} at " in md and took.search(md) and took.search(html)
     assert "exited with codes {'gateway': 0, 'ranker': 0, 'vit': 0}" in proc.stderr

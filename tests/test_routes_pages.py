@@ -105,7 +105,7 @@ def test_empty_route_says_why_there_is_no_state() -> None:
     page = route_render.render_route_html(v)
     assert "ranker unavailable: connection refused" in page and 'id="no-state"' in page
     assert "No paired rows yet" in page and "No latency histogram yet" in page
-    assert "declared bounds <code>agreement &gt;= 0.99</code>" in page
+    assert "declared bounds <code>agreement ≥ 0.99</code>" in page
     md = route_render.render_route_markdown(v)
     assert "> No shared state for this route yet: ranker unavailable" in md and "| this replica | 360 | 350 |" in md
 
@@ -115,11 +115,11 @@ def test_decisions_show_state_interval_pairs_and_time(decision: int, words: str)
     page = route_render.render_route_html(view(state(decision)))
     rows = section(page, "decisions")
     assert f'<span class="mark {route_render.state_css(decision)}">{words}</span>' in rows
-    assert "<code>p99_ratio &lt;= 1.1</code>" in rows and "1.01 [0.2, +∞]" in rows  # an unbounded quantile side
+    assert "<code>p99_ratio ≤ 1.1</code>" in rows and "1.01 [0.2, +∞]" in rows  # an unbounded quantile side
     decided = f"{words} at 2026-12-04T19:00:41Z after 612 pairs" in rows
     assert decided == (decision != UNDECIDED)
     md = route_render.render_route_markdown(view(state(decision)))
-    assert f"| agreement &gt;= 0.99 | **{words}** |" in md  # md escapes <, > and &
+    assert f"| agreement ≥ 0.99 | **{words}** |" in md
     chart = section(page, "agreement")
     assert chart.count("<svg") == 1 and ("after 612 pairs" in chart) == (decision != UNDECIDED)
 
@@ -206,7 +206,7 @@ def test_routes_list_route_page_json_and_unknown_route() -> None:
     async def check(base: str) -> None:
         status, kind, body = await get(f"{base}/routes")
         assert status == 200 and '<a href="/routes/digits">digits</a>' in body and "no pairs yet" in body
-        assert "agreement &gt;= 0.99: holds" in body and body.count("<tr>") == 3
+        assert "agreement ≥ 0.99: holds" in body and body.count("<tr>") == 3
         status, _, body = await get(f"{base}/routes/digits")
         assert status == 200 and body.count("<svg") == 2 and 'href="/routes"' in body
         status, kind, body = await get(f"{base}/routes/digits.json")

@@ -49,9 +49,13 @@ def state_css(state: int) -> str:
     return STATES.get(state, UNDECIDED)[1]
 
 
+#: How the pages and the CLI write a bound's operator (plain text in Markdown and terminals alike: no escaping).
+OPERATORS = {">=": "≥", "<=": "≤"}
+
+
 def bound_text(bound: routes_pb2.RouteBound) -> str:
-    """``agreement >= 0.99``."""
-    return f"{bound.metric} {bound.op} {bound.value:g}"
+    """``agreement ≥ 0.99``."""
+    return f"{bound.metric} {OPERATORS.get(bound.op, bound.op)} {bound.value:g}"
 
 
 def _bound_value(value: float, digits: int, side: str) -> str:
