@@ -1,7 +1,7 @@
 """Shadow routes: the primary's latency called directly and through the gateway mirroring 0%, 25% and 100% of
 its requests, in one run → docs/BENCHMARKS.md (section ``shadow``).
 
-    python bench/shadow.py [--quick] [--rounds 5] [--requests 1000]
+    python bench/shadow.py [--quick] [--rounds 5] [--requests 1000] [--pin]
 
 - The deployments of ``make demo-shadow``: the primary is Versus' digits ViT (``versus serve vit``, OIP model
   ``vit-tensor``), the candidate tritonserver serving the same network (ONNX in its Python backend), a ranker
@@ -16,6 +16,9 @@ its requests, in one run → docs/BENCHMARKS.md (section ``shadow``).
 
 The goal (issue 24): p99 at 100% mirroring ≤ 1.05 × p99 at 0%. On a machine with two cores the candidate's
 compute shares the primary's cores, so the 100% figure holds that contention too, not only the gateway's work.
+``--pin`` separates the two as far as one machine can: tritonserver (the candidate, with its backend processes)
+runs on the last CPU, everything else (primary, gateway, ranker, client) on the others, and the figures go to
+the section ``shadow-pinned``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,35 @@ CLIENTS = (1, 4)
 Runs = dict[tuple[str, int], list[tuple[float, float]]]  # (condition, clients) → (p50 ms, p99 ms) per round
 
 
+def pin_tree(pid: int, cpus: set[int]) -> int:
+    """Every thread of ``pid`` and of its descendants onto ``cpus`` (threads and children made later inherit it);
+    the number of threads moved."""
+    import psutil
+
+    moved = 0
+    root = psutil.Process(pid)
+    for proc in [root, *root.children(recursive=True)]:
+        for thread in proc.threads():
+            os.sched_setaffinity(thread.id, cpus)
+            moved += 1
+    return moved
+
+
+def pin_stack(stack: object, gateway: object) -> str:
+    """The candidate (tritonserver and its backends) on the last CPU, the rest of the stack and this process on
+    the others; what was done, in words."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs at least two CPUs")
+    candidate, rest = {cpus[-1]}, set(cpus[:-1])
+    pin_tree(stack.triton.proc.pid, candidate)  # type: ignore[attr-defined]
+    for svc in [*stack.services.values(), gateway]:  # type: ignore[attr-defined]
+        pin_tree(svc.proc.pid, rest)
+    pin_tree(os.getpid(), rest)  # the client processes start from here
+    return f"tritonserver and its backends on CPU {cpus[-1]}; primary, gateway, ranker and client on CPU(s) " \
+           f"{', '.join(map(str, sorted(rest)))}"
+
+
 def route_name(share: float) -> str:
     return f"bench-m{round(share * 100)}"
 
@@ -70,7 +102,8 @@ def mirrored_counts(target: str) -> dict[str, tuple[int, int, dict[str, int]]]:
     return {v.route.name: (v.local.requests, v.local.mirrored, dict(v.local.dropped)) for v in views.routes}
 
 
-def measure(models_dir: Path, rounds: int, requests: int) -> tuple[Runs, dict[str, tuple[int, int, dict[str, int]]]]:
+def measure(models_dir: Path, rounds: int, requests: int, pin: bool = False
+            ) -> tuple[Runs, dict[str, tuple[int, int, dict[str, int]]], str]:
     from versus_cli.byo import DigitsStack
     from versus_cli.shadow import INPUT, PRIMARY_MODEL, deployment_flags, held_out_pixels, route_flag
 
@@ -82,6 +115,7 @@ def measure(models_dir: Path, rounds: int, requests: int) -> tuple[Runs, dict[st
             if share is not None:
                 flags += route_flag(route_name(share), PRIMARY, CANDIDATE, share)
         gateway = stack.start_gateway(flags, "gateway.log")
+        placement = pin_stack(stack, gateway) if pin else ""
         pixels, _, size = held_out_pixels(stack.good / "preprocessor_config.json")
         pixels = pixels[:64]
         calls = {c: (stack.services["vit"].target, payloads(PRIMARY_MODEL, pixels, size)) if share is None
@@ -97,7 +131,7 @@ def measure(models_dir: Path, rounds: int, requests: int) -> tuple[Runs, dict[st
                     print(f"round {r + 1} x{clients} {c}: p50 {p50:.2f} ms p99 {p99:.2f} ms ({result.rps:.0f} req/s)",
                           flush=True)
         counts = mirrored_counts(gateway.target)
-    return runs, counts
+    return runs, counts, placement
 
 
 def ratios(runs: Runs, a: str, b: str, clients: int, k: int) -> list[float]:
@@ -128,7 +162,7 @@ def table_rows(runs: Runs, counts: dict[str, tuple[int, int, dict[str, int]]]) -
 
 
 def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dict[str, int]]], rounds: int,
-                 requests: int, seconds: float, loadavg: tuple[float, float]) -> None:
+                 requests: int, seconds: float, loadavg: tuple[float, float], placement: str = "") -> None:
     goals, overhead = [], []
     for clients in CLIENTS:
         goal = ratios(runs, "mirror 100%", "mirror 0%", clients, 1)
@@ -139,7 +173,8 @@ def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dic
         overhead.append(f"{clients} caller(s): p50 {spread(ratios(runs, 'mirror 0%', 'direct', clients, 0))}, p99 "
                         f"{spread(ratios(runs, 'mirror 0%', 'direct', clients, 1))}, {extra:.2f} ms added at the p50")
     lines = [
-        "## Shadow routes: the primary's latency direct and through the gateway mirroring 0%, 25%, 100%",
+        "## Shadow routes: the primary's latency direct and through the gateway mirroring 0%, 25%, 100%"
+        + (", candidate on its own CPU" if placement else ""),
         "",
         f"Command: `{command}` (commit {git_rev()}, {time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} min). "
         f"Machine: {machine()}; shared with other work (1-minute load average {loadavg[0]:.1f} at the start, "
@@ -156,12 +191,16 @@ def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dic
         "|---:|---|---:|---:|---:|",
         *table_rows(runs, counts),
         "",
-        f"Goal: p99 at 100% mirroring ≤ 1.05 × p99 at 0%: {'; '.join(goals)}. The candidate's compute shares the "
-        "primary's two cores here, so the ratio holds that contention as well as the gateway's own work "
-        "(mirroring is a queue and a send); this run does not separate the two (a candidate on another machine would).",
+        f"Goal: p99 at 100% mirroring ≤ 1.05 × p99 at 0%: {'; '.join(goals)}. "
+        + (f"Placement (`--pin`): {placement}. The candidate's compute no longer takes the primary's CPU, so the "
+           "ratio holds the gateway's own mirroring work (a second call, the digest, the pairing) on the primary's "
+           "CPU, plus what the shared caches and memory bus still carry." if placement else
+           "The candidate's compute shares the primary's two cores here, so the ratio holds that contention as well "
+           "as the gateway's own work (mirroring is a queue and a send); this run does not separate the two "
+           "(`--pin`, section shadow-pinned, does as far as one machine can)."),
         f"The gateway's own overhead (mirror 0% ÷ direct): {'; '.join(overhead)}.",
     ]
-    write_section("shadow", "\n".join(lines))
+    write_section("shadow-pinned" if placement else "shadow", "\n".join(lines))
     print("\n".join(lines))
 
 
@@ -171,15 +210,17 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two rounds of 200 requests (smoke run)")
     parser.add_argument("--rounds", type=int, default=0, help="rotated rounds (default 5; --quick: 2)")
     parser.add_argument("--requests", type=int, default=0, help="requests per run (default 1000; --quick: 200)")
+    parser.add_argument("--pin", action="store_true", help="candidate on the last CPU, the rest on the others "
+                                                           "(section shadow-pinned)")
     args = parser.parse_args()
     reexec_with(SERVICE_ENV)
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rounds = args.rounds or (2 if args.quick else 5)
     requests = args.requests or (200 if args.quick else 1000)
-    runs, counts = measure(Path(args.models_dir), rounds, requests)
+    runs, counts, placement = measure(Path(args.models_dir), rounds, requests, args.pin)
     command = "python bench/shadow.py " + " ".join(sys.argv[1:])
     write_report(command.strip(), runs, counts, rounds, requests, time.perf_counter() - started,
-                 (load_before, os.getloadavg()[0]))
+                 (load_before, os.getloadavg()[0]), placement)
 
 
 if __name__ == "__main__":
