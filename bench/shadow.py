@@ -16,9 +16,10 @@ its requests, in one run → docs/BENCHMARKS.md (section ``shadow``).
 
 The goal (issue 24): p99 at 100% mirroring ≤ 1.05 × p99 at 0%. On a machine with two cores the candidate's
 compute shares the primary's cores, so the 100% figure holds that contention too, not only the gateway's work.
-``--pin`` separates the two as far as one machine can: tritonserver (the candidate, with its backend processes)
-runs on the last CPU, everything else (primary, gateway, ranker, client) on the others, and the figures go to
-the section ``shadow-pinned``.
+``--pin`` separates the two as far as one machine can: what would run in other pods — tritonserver (the
+candidate, with its backend processes) and the ranker (which computes the route's statistics on every batch) —
+runs on the last CPU; the primary, the gateway and the client on the others. The figures go to the section
+``shadow-pinned``.
 """
 
 from __future__ import annotations
@@ -62,18 +63,19 @@ def pin_tree(pid: int, cpus: set[int]) -> int:
 
 
 def pin_stack(stack: object, gateway: object) -> str:
-    """The candidate (tritonserver and its backends) on the last CPU, the rest of the stack and this process on
-    the others; what was done, in words."""
+    """The candidate (tritonserver and its backends) and the ranker on the last CPU; the primary, the gateway and
+    this process (the client processes start from here) on the others; what was done, in words."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         raise SystemExit("--pin needs at least two CPUs")
-    candidate, rest = {cpus[-1]}, set(cpus[:-1])
-    pin_tree(stack.triton.proc.pid, candidate)  # type: ignore[attr-defined]
-    for svc in [*stack.services.values(), gateway]:  # type: ignore[attr-defined]
+    elsewhere, rest = {cpus[-1]}, set(cpus[:-1])
+    pin_tree(stack.triton.proc.pid, elsewhere)  # type: ignore[attr-defined]
+    pin_tree(stack.services["ranker"].proc.pid, elsewhere)  # type: ignore[attr-defined]
+    for svc in (stack.services["vit"], gateway):  # type: ignore[attr-defined]
         pin_tree(svc.proc.pid, rest)
-    pin_tree(os.getpid(), rest)  # the client processes start from here
-    return f"tritonserver and its backends on CPU {cpus[-1]}; primary, gateway, ranker and client on CPU(s) " \
-           f"{', '.join(map(str, sorted(rest)))}"
+    pin_tree(os.getpid(), rest)
+    return f"tritonserver (with its backends) and the ranker on CPU {cpus[-1]}; the primary, the gateway and the " \
+           f"client on CPU(s) {', '.join(map(str, sorted(rest)))}"
 
 
 def route_name(share: float) -> str:
@@ -192,12 +194,14 @@ def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dic
         *table_rows(runs, counts),
         "",
         f"Goal: p99 at 100% mirroring ≤ 1.05 × p99 at 0%: {'; '.join(goals)}. "
-        + (f"Placement (`--pin`): {placement}. The candidate's compute no longer takes the primary's CPU, so the "
-           "ratio holds the gateway's own mirroring work (a second call, the digest, the pairing) on the primary's "
-           "CPU, plus what the shared caches and memory bus still carry." if placement else
-           "The candidate's compute shares the primary's two cores here, so the ratio holds that contention as well "
-           "as the gateway's own work (mirroring is a queue and a send); this run does not separate the two "
-           "(`--pin`, section shadow-pinned, does as far as one machine can)."),
+        + (f"Placement (`--pin`): {placement}. Neither the candidate's compute nor the ranker's statistics take the "
+           "primary's CPU, so the ratio holds the gateway's own mirroring work (the second call, the digest, the "
+           "pairing, the recorder), which here runs on the CPU the primary shares with the gateway (in a cluster the "
+           "gateway is its own pod). "
+           if placement else
+           "The candidate's compute and the ranker's statistics share the primary's two cores here, so the ratio "
+           "holds that contention as well as the gateway's own mirroring work; `--pin` (section shadow-pinned) "
+           "separates them as far as one machine can."),
         f"The gateway's own overhead (mirror 0% ÷ direct): {'; '.join(overhead)}.",
     ]
     write_section("shadow-pinned" if placement else "shadow", "\n".join(lines))
