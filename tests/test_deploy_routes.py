@@ -1,8 +1,8 @@
 """Shadow and canary routes on Kubernetes: the dashboard's "Shadow routes" row and the route alerts read exactly the
 series the gateway exports for a route (names and labels); overlays/shadow-kserve puts the gateway in front of two
-KServe InferenceServices (KServe's CRD schemas, KServe's Service naming and ports) with a route file that the
-gateway's own parser accepts, and isolates the predictors behind it. The overlay's generic checks (schema, pods,
-images, env, NetworkPolicies of the Versus services) run with every other overlay in tests/test_deploy.py."""
+KServe InferenceServices (KServe's CRD schemas, a headless Service of each one's predictor pods) with a route file
+that the gateway's own parser accepts, and isolates the predictors behind it. The overlay's generic checks (schema,
+pods, images, env, NetworkPolicies of the Versus services) run with every other overlay in tests/test_deploy.py."""
 
 from __future__ import annotations
 
@@ -159,22 +159,16 @@ OVERLAY = "shadow-kserve"
 needs_kubectl = pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with kustomize) is not installed")
 
 
-def _kserve_published_port(runtime: dict, name_part: str) -> int:
-    """The port KServe's predictor Service publishes for the runtime's container port whose name holds
-    ``name_part``: the first container port on 80, every other on its own number (v0.19's
-    service_reconciler.go, createDefaultSvc)."""
-    (container,) = runtime["spec"]["containers"]
-    for i, port in enumerate(container["ports"]):
-        if name_part in port["name"]:
-            return 80 if i == 0 else port["containerPort"]
-    raise AssertionError(f"{runtime['metadata']['name']}: no {name_part} port")
-
-
 def _merged_env(runtime: dict, isvc: dict) -> dict[str, str]:
     """The predictor container's env as KServe builds it: the runtime's, overridden by name by the
     InferenceService's (a strategic merge, utils.MergeRuntimeContainers)."""
     (container,) = runtime["spec"]["containers"]
     return {e["name"]: e["value"] for e in [*container["env"], *isvc["spec"]["predictor"]["model"]["env"]]}
+
+
+def _predictor_pod_labels(isvc: str) -> dict[str, str]:
+    """The labels KServe (RawDeployment) puts on an InferenceService's predictor pods."""
+    return {"serving.kserve.io/inferenceservice": isvc, "component": "predictor", "app": f"isvc.{isvc}-predictor"}
 
 
 def _shadow() -> tuple[list[dict], dict[str, dict], dict[str, str]]:
@@ -209,24 +203,34 @@ def test_two_inference_services_pass_kserve_s_crd_schemas() -> None:
 
 
 @needs_kubectl
-def test_the_gateway_dials_each_predictor_s_grpc_port() -> None:
-    """Each registered deployment is an InferenceService's predictor Service (KServe names it <name>-predictor)
-    at the port KServe publishes for the runtime's gRPC port, asking for the OIP model the runtime serves."""
+def test_the_gateway_dials_each_predictor_s_pods() -> None:
+    """Each registered deployment is a headless Service of one InferenceService's predictor pods (the labels KServe
+    gives them) at the runtime's gRPC container port (a headless Service's clients dial the pods: no port mapping),
+    asking for the OIP model the runtime serves; the gateway's channel balances over the pods it resolves to."""
     from services.gateway.deployments import parse_deployment
+    from services.gateway.oip_client import SERVICE_CONFIG
     from services.vit.oip import VitImageModel
 
     docs, services, data = _shadow()
     runtimes = by_kind(docs, "ServingRuntime")
+    headless = by_kind(docs, "Service")
     dialled = {}
     for text in data["GATEWAY_DEPLOYMENTS"].split(";"):
         spec = parse_deployment(text)
         host, port = re.fullmatch(r"dns:///([a-z0-9-]+)\.versus\.svc\.cluster\.local:(\d+)", spec.target).groups()
-        isvc = services[host.removesuffix("-predictor")]
-        assert host == f"{isvc['metadata']['name']}-predictor", spec.target
+        svc = headless[host]["spec"]
+        assert svc["clusterIP"] == "None" and not svc.get("publishNotReadyAddresses"), f"{host}: not headless"
+        selected = [i for n, i in services.items() if svc["selector"].items() <= _predictor_pod_labels(n).items()]
+        assert len(selected) == 1, f"{host} selects the pods of {len(selected)} InferenceServices"
+        isvc = selected[0]
         runtime = runtimes[isvc["spec"]["predictor"]["model"]["runtime"]]
-        assert int(port) == _kserve_published_port(runtime, "grpc"), f"{spec.id}: {port} is not the gRPC port"
+        (container,) = runtime["spec"]["containers"]
+        grpc_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc")
+        (published,) = [p for p in svc["ports"] if p["port"] == int(port)]
+        assert int(port) == grpc_port and published["targetPort"] in ("grpc", grpc_port), f"{spec.id}: {port}"
         assert spec.model == VitImageModel.name and spec.output == "PROBABILITIES"
         dialled[spec.id] = isvc["metadata"]["name"]
+    assert json.loads(SERVICE_CONFIG)["loadBalancingConfig"] == [{"round_robin": {}}]
     assert sorted(dialled.values()) == sorted(services), "each InferenceService registered once"
     assert data["GATEWAY_RANKER"], "routes need the ranker"
 
@@ -257,8 +261,8 @@ def test_the_route_file_parses_with_the_gateway_s_parser(tmp_path: Path) -> None
     routes = parse_routes(GatewayConfig.from_env({**settings, "GATEWAY_ROUTES": str(local)}))
     (route,) = routes.values()
     assert (route.name, route.mode, route.share) == ("vit-fp16-shadow", "shadow", 0.25)
-    assert route.primary.target.startswith("dns:///vit-base-patch16-224-predictor.")
-    assert route.candidate.target.startswith("dns:///vit-base-patch16-224-fp16-predictor.")
+    assert route.primary.target.startswith("dns:///vit-base-patch16-224-predictor-headless.")
+    assert route.candidate.target.startswith("dns:///vit-base-patch16-224-fp16-predictor-headless.")
     assert [b.text() for b in route.bounds] == ["agreement >= 0.99", "p99_ratio <= 1.1", "error_rate_diff <= 0.001"]
     assert not route.keep_inputs, "inputs are not kept unless the route says so"
     # docs/DEPLOY.md section 15 shows this route: what it shows is what the file declares.
@@ -276,7 +280,7 @@ def test_only_the_gateway_reaches_the_predictors() -> None:
     runtime = by_kind(docs, "ServingRuntime")["versus-vit"]
     ports = {p["name"]: p["containerPort"] for p in runtime["spec"]["containers"][0]["ports"]}
     for name in services:
-        pod = {"serving.kserve.io/inferenceservice": name, "component": "predictor", "app": f"isvc.{name}-predictor"}
+        pod = _predictor_pod_labels(name)
         selecting = [p for p in policies.values() if all(pod.get(k) == v for k, v in
                                                           p["spec"]["podSelector"]["matchLabels"].items())]
         assert selecting, f"{name}: no NetworkPolicy selects its predictor pods"

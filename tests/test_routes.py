@@ -85,7 +85,8 @@ def _free_port() -> int:
 def stack(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("routes")
     fakes = {"prim": HashClassifier(), "same": HashClassifier(order=tuple(reversed(HashClassifier().order))),
-             "hang": HashClassifier(mode="hang"), "err": HashClassifier(mode="error")}
+             "hang": HashClassifier(mode="hang"), "err": HashClassifier(mode="error"),
+             "rep-a": HashClassifier(), "rep-b": HashClassifier()}  # two replicas of one deployment
     ranker = RecordingRanker()
     with contextlib.ExitStack() as es:
         servers = {name: es.enter_context(InProcessServer(OipServer.create, fake)) for name, fake in fakes.items()}
@@ -93,11 +94,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory):
         deployments = [f"{name}={s.target},model=clf,labels={fakes[name].write_labels(tmp / f'{name}.txt')}"
                        for name, s in servers.items()]
         deployments.append(f"dead=127.0.0.1:{_free_port()},model=clf,labels={tmp / 'prim.txt'}")
+        # one deployment at two addresses, as a headless Service's DNS name resolves to its pods
+        deployments += [f"{dep}=ipv4:{servers['rep-a'].target},{servers['rep-b'].target},model=clf,"
+                        f"labels={tmp / 'prim.txt'}" for dep in ("reps", "reps-next")]
         routes = ("shadow=primary:prim,candidate:same,mirror=1,keep_inputs=true",
                   "quarter=primary:prim,candidate:same,mirror=0.25",
                   "hang=primary:prim,candidate:hang,mirror=1,queue=4,mirror_timeout_s=0.3,mirror_concurrency=2",
                   "killed=primary:prim,candidate:dead,mirror=1,mirror_timeout_s=2",
-                  "canary=primary:prim,candidate:err,split=0.5")
+                  "canary=primary:prim,candidate:err,split=0.5",
+                  "spread=primary:reps,candidate:reps-next,mirror=1")
         config = GatewayConfig.from_env({}, http_port=-1, ranker=ranker_server.target, deployments=tuple(deployments),
                                         route=routes, **COMMON)
         from services.gateway.server import create_server
@@ -234,11 +239,25 @@ def test_canary_splits_and_rolls_back_on_the_rankers_word(stack) -> None:
     assert view.route.share == 0 and view.state.rolled_back and view.local.answered_by_candidate == sum(by_candidate)
 
 
+def test_a_deployment_s_replicas_share_its_requests_and_mirrors(stack) -> None:
+    """A deployment whose target resolves to several addresses (a headless Service's pods) gets its calls
+    round-robin over all of them, forwarded requests and mirrors alike, not pinned to one connection."""
+    gateway, channel, fakes, ranker = stack
+    a, b = fakes["rep-a"], fakes["rep-b"]
+    before = len(a.received), len(b.received)
+    for i in range(20):
+        infer(channel, request_bytes("spread", [b"s%d" % i], f"spread-{i}"))
+    wait_for(lambda: len(ranker.pairs("spread")) == 20)
+    got = len(a.received) - before[0], len(b.received) - before[1]
+    assert sum(got) == 40 and min(got) >= 10, got  # 20 answers + 20 mirrors, spread over both replicas
+    assert all(p.primary_status == p.candidate_status == "OK" for p in ranker.pairs("spread"))
+
+
 def test_route_views_and_unknown_names(stack) -> None:
     gateway, channel, fakes, ranker = stack
     stub = gateway_pb2_grpc.GatewayServiceStub(channel)
     names = [v.route.name for v in stub.ListRoutes(gateway_pb2.ListRoutesRequest(), timeout=10).routes]
-    assert names == sorted(["shadow", "quarter", "hang", "killed", "canary"])
+    assert names == sorted(["shadow", "quarter", "hang", "killed", "canary", "spread"])
     with pytest.raises(grpc.RpcError) as err:
         stub.GetRoute(gateway_pb2.GetRouteRequest(name="x" * 20_000), timeout=10)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND and len(err.value.details()) < 400

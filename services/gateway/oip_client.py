@@ -14,7 +14,9 @@ Uses the generated code that tritonclient ships (package ``inference``), the one
 
 from __future__ import annotations
 
+import json
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,19 +67,32 @@ class Endpoint:
                 + (f", platform {self.platform}" if self.platform else ""))
 
 
+#: Calls go round-robin over every address the target resolves to (``dns:///`` a headless Service: one connection
+#: per pod; ``ipv4:A,B``), not over one connection to whichever pod a ClusterIP picked. Nothing is retried here: a
+#: forwarded request is its client's to retry, and a mirror is never retried.
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+
+
+def deployment_channel(spec: DeploymentSpec, interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None
+                       ) -> grpc.aio.Channel:
+    """The channel to a registered deployment, for comparisons and for routes alike: round-robin, keepalive, the
+    deployment's TLS root, 64 MiB messages."""
+    options = [("grpc.service_config", SERVICE_CONFIG),
+               ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+               ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)]
+    if spec.tls_ca:
+        creds = grpc.ssl_channel_credentials(Path(spec.tls_ca).read_bytes())
+        return grpc.aio.secure_channel(spec.target, creds, options=options, interceptors=interceptors or None)
+    return grpc.aio.insecure_channel(spec.target, options=options, interceptors=interceptors or None)
+
+
 class OipClient:
     """One registered deployment's channel."""
 
     def __init__(self, spec: DeploymentSpec) -> None:
         self.spec = spec
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)]
-        if spec.tls_ca:
-            creds = grpc.ssl_channel_credentials(Path(spec.tls_ca).read_bytes())
-            self.channel = grpc.aio.secure_channel(spec.target, creds, options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(spec.target, options=options)
+        self.channel = deployment_channel(spec)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
         token = spec.token()
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()

@@ -1,21 +1,21 @@
 """One deployment as a route forwards to it: a channel that carries ModelInfer as raw bytes both ways (no
-decoding, no re-encoding), the deployment's token and TLS, and the caller's trace context."""
+decoding, no re-encoding), round-robin over the deployment's addresses, its token and TLS, and the caller's trace
+context."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import grpc
 from tritonclient.grpc import service_pb2_grpc
 
 from services.common import tracing
 from services.gateway.deployments import DeploymentSpec
+from services.gateway.oip_client import deployment_channel
 from services.gateway.routes import wire
 
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -39,15 +39,7 @@ class Upstream:
 
     def __init__(self, spec: DeploymentSpec) -> None:
         self.spec = spec
-        options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                   ("grpc.keepalive_time_ms", 30_000), ("grpc.keepalive_permit_without_calls", 1)]
-        traced = tracing.client_interceptors()
-        if spec.tls_ca:
-            creds = grpc.ssl_channel_credentials(Path(spec.tls_ca).read_bytes())
-            self.channel = grpc.aio.secure_channel(spec.target, creds, options=options, interceptors=traced)
-        else:
-            self.channel = grpc.aio.insecure_channel(spec.target, options=options, interceptors=traced)
+        self.channel = deployment_channel(spec, tracing.client_interceptors())
         # No serializers: the request and the reply stay the bytes they are on the wire.
         self._infer = self.channel.unary_unary(MODEL_INFER)
         self.stub = service_pb2_grpc.GRPCInferenceServiceStub(self.channel)
