@@ -10,6 +10,11 @@ say what its load cost.
                          requests=96, clients=32)
     result.rps, result.p50_ms, result.cpu_share
 
+Closed loop (``clients`` callers, each sending its next call when its last one returned) by default; with
+``rate`` an open loop: call i is sent at start + i / rate whatever is still outstanding, and its latency counts
+from that moment (a late send counts against the latency, as in wrk2), so a slow reply cannot slow the load
+down and hide itself (coordinated omission).
+
 ``python bench/loadgen.py SPEC OUT`` is the child (pickled spec in, pickled result out); it imports
 only grpc.
 """
@@ -38,6 +43,7 @@ class LoadSpec:
     warmup: int = -1  # unmeasured calls first (-1: one per client)
     keep_responses: bool = False
     timeout_s: float = 600.0
+    rate: float = 0.0  # > 0: open loop at this many calls a second (``clients`` then only sizes the warm-up)
 
 
 @dataclass
@@ -70,8 +76,8 @@ async def _drive(spec: LoadSpec) -> LoadResult:
         call = channel.unary_unary(spec.method)  # no serializers: bytes in, bytes out
         errors: list[str] = []
 
-        async def one(i: int) -> tuple[float, bytes]:
-            t0 = time.perf_counter()
+        async def one(i: int, due: float = 0.0) -> tuple[float, bytes]:
+            t0 = due or time.perf_counter()
             try:
                 reply = await call(spec.payloads[i % len(spec.payloads)], timeout=spec.timeout_s,
                                    metadata=spec.metadata or None)
@@ -94,18 +100,32 @@ async def _drive(spec: LoadSpec) -> LoadResult:
                 if spec.keep_responses:
                     responses.append(reply)
 
+        async def paced() -> None:
+            start, calls = time.perf_counter(), []
+            for i in range(spec.requests):
+                due = start + i / spec.rate
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                calls.append(asyncio.ensure_future(one(i, due)))
+            for ms, reply in await asyncio.gather(*calls):
+                latencies.append(ms)
+                if spec.keep_responses:
+                    responses.append(reply)
+
         cpu0, t0 = time.process_time(), time.perf_counter()
-        await asyncio.gather(*(client() for _ in range(spec.clients)))
+        await (paced() if spec.rate > 0 else asyncio.gather(*(client() for _ in range(spec.clients))))
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     return LoadResult(wall, latencies, cpu, responses, errors)
 
 
 def run_clients(target: str, method: str, payloads: list[bytes], requests: int, clients: int, *,
                 metadata: tuple[tuple[str, str], ...] = (), keep_responses: bool = False,
-                timeout_s: float = 600.0, warmup: int = -1) -> LoadResult:
+                timeout_s: float = 600.0, warmup: int = -1, rate: float = 0.0) -> LoadResult:
     """``clients`` concurrent callers issue ``requests`` calls of ``method`` in all, from a child process
-    (after ``warmup`` unmeasured calls; -1: one per client). Raises if any measured call failed."""
-    spec = LoadSpec(target, method, payloads, requests, clients, metadata, warmup, keep_responses, timeout_s)
+    (after ``warmup`` unmeasured calls; -1: one per client); with ``rate`` > 0 the calls are sent at that rate
+    instead (open loop; responses then in send order). Raises if any measured call failed."""
+    if rate < 0:
+        raise ValueError(f"rate must be >= 0, not {rate}")
+    spec = LoadSpec(target, method, payloads, requests, clients, metadata, warmup, keep_responses, timeout_s, rate)
     with tempfile.TemporaryDirectory(prefix="versus-load-") as tmp:
         spec_path, out_path = Path(tmp) / "spec.pkl", Path(tmp) / "out.pkl"
         spec_path.write_bytes(pickle.dumps(asdict(spec)))  # plain dicts: the child is __main__, not bench.loadgen

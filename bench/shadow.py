@@ -1,7 +1,7 @@
 """Shadow routes: the primary's latency called directly and through the gateway mirroring 0%, 25% and 100% of
 its requests, in one run → docs/BENCHMARKS.md (section ``shadow``).
 
-    python bench/shadow.py [--quick] [--rounds 5] [--requests 1000] [--pin]
+    python bench/shadow.py [--quick] [--rounds 5] [--requests 1000] [--rate 50] [--pin]
 
 - The deployments of ``make demo-shadow``: the primary is Versus' digits ViT (``versus serve vit``, OIP model
   ``vit-tensor``), the candidate tritonserver serving the same network (ONNX in its Python backend), a ranker
@@ -9,8 +9,14 @@ its requests, in one run → docs/BENCHMARKS.md (section ``shadow``).
 - One gateway with three routes on the same primary and candidate, ``mirror=0``, ``mirror=0.25`` and
   ``mirror=1``: the same process, the same pass-through; only the share mirrored differs.
 - The same client for the four conditions: ``bench/loadgen.py`` (asyncio, its own process) sends ModelInfer with
-  one held-out digit (FP32 [1, 3, 32, 32]) per request, 1 or 4 at a time (``CLIENTS``), ``model_name`` =
-  ``vit-tensor`` (direct) or the route (through the gateway); the request id is left empty (the gateway makes one).
+  one held-out digit (FP32 [1, 3, 32, 32]) per request, ``model_name`` = ``vit-tensor`` (direct) or the route
+  (through the gateway); the request id is left empty (the gateway makes one). Three loads: closed loops of 1 and
+  4 callers (each sends its next request when its last one returned: the machine runs as fast as it can, so at
+  100% mirroring the mirrors' CPU competes with the requests), and an open loop at ``--rate`` requests a second
+  (sent on schedule whatever is outstanding; latency counted from the scheduled send), the way production traffic
+  arrives at a deployment sized with headroom.
+- The CPU time per request of the gateway, the primary, the candidate and the ranker (each process's user + system
+  time over the run, with its children), so the mirror's cost is shown as work, not only as latency.
 - Within each round the four conditions run one after the other at each concurrency, the order rotated every
   round; p50 and p99 per run, medians over rounds, and the ratios per round (their median and range).
 
@@ -30,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,9 +50,33 @@ MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 #: condition → the share mirrored (None: straight to the primary, no gateway)
 CONDITIONS = {"direct": None, "mirror 0%": 0.0, "mirror 25%": 0.25, "mirror 100%": 1.0}
 PRIMARY, CANDIDATE = "versus-digits", "triton-digits"
+
+
+@dataclass(frozen=True)
+class Load:
+    """Closed loop of ``clients`` callers, or (``rate`` > 0) an open loop at ``rate`` requests a second."""
+
+    clients: int
+    rate: float = 0.0
+
+    def __str__(self) -> str:
+        return f"{self.rate:g}/s open loop" if self.rate else f"{self.clients} caller{'s' * (self.clients > 1)}"
+
+
+@dataclass
+class Run:
+    p50: float
+    p99: float
+    cpu_ms: dict[str, float]  # process → its CPU per request (user + system), warm-ups included (see PROCESSES)
+
+
+#: The processes whose CPU each run measures (with their children: tritonserver's backend stubs).
+PROCESSES = ("gateway", "primary", "candidate", "ranker")
+
+
 #: 1 caller: the primary has a core to itself; 4: the two cores are saturated (the mirror's work competes).
-CLIENTS = (1, 4)
-Runs = dict[tuple[str, int], list[tuple[float, float]]]  # (condition, clients) → (p50 ms, p99 ms) per round
+CLOSED = (Load(1), Load(4))
+Runs = dict[tuple[str, Load], list[Run]]  # (condition, load) → one Run per round
 
 
 def pin_tree(pid: int, cpus: set[int]) -> int:
@@ -104,12 +135,20 @@ def mirrored_counts(target: str) -> dict[str, tuple[int, int, dict[str, int]]]:
     return {v.route.name: (v.local.requests, v.local.mirrored, dict(v.local.dropped)) for v in views.routes}
 
 
-def measure(models_dir: Path, rounds: int, requests: int, pin: bool = False
+def cpu_ms(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children so far, in ms."""
+    import psutil
+
+    root = psutil.Process(pid)
+    return 1e3 * sum(sum(proc.cpu_times()[:2]) for proc in [root, *root.children(recursive=True)])
+
+
+def measure(models_dir: Path, rounds: int, requests: int, loads: tuple[Load, ...], pin: bool = False
             ) -> tuple[Runs, dict[str, tuple[int, int, dict[str, int]]], str]:
     from versus_cli.byo import DigitsStack
     from versus_cli.shadow import INPUT, PRIMARY_MODEL, deployment_flags, held_out_pixels, route_flag
 
-    runs: Runs = {(c, n): [] for c in CONDITIONS for n in CLIENTS}
+    runs: Runs = {(c, load): [] for c in CONDITIONS for load in loads}
     with tempfile.TemporaryDirectory(prefix="versus-bench-shadow-") as tmp, \
             DigitsStack(models_dir, Path(tmp), input_name=INPUT) as stack:
         flags = deployment_flags(stack, PRIMARY)
@@ -122,37 +161,52 @@ def measure(models_dir: Path, rounds: int, requests: int, pin: bool = False
         pixels = pixels[:64]
         calls = {c: (stack.services["vit"].target, payloads(PRIMARY_MODEL, pixels, size)) if share is None
                  else (gateway.target, payloads(route_name(share), pixels, size)) for c, share in CONDITIONS.items()}
+        pids = dict(zip(PROCESSES, (gateway.proc.pid, stack.services["vit"].proc.pid, stack.triton.proc.pid,
+                                    stack.services["ranker"].proc.pid), strict=True))
         names = list(CONDITIONS)
         for r in range(rounds):
-            for clients in CLIENTS:
+            for load in loads:
                 for c in names[r % len(names):] + names[:r % len(names)]:  # each condition in every position
                     target, reqs = calls[c]
-                    result = run_clients(target, MODEL_INFER, reqs, requests, clients, warmup=2 * clients)
-                    p50, p99 = result.p50_ms, percentile(result.latencies_ms, 99)
-                    runs[c, clients].append((p50, p99))
-                    print(f"round {r + 1} x{clients} {c}: p50 {p50:.2f} ms p99 {p99:.2f} ms ({result.rps:.0f} req/s)",
+                    warmup = 2 * load.clients
+                    cpu_before = {name: cpu_ms(pid) for name, pid in pids.items()}
+                    result = run_clients(target, MODEL_INFER, reqs, requests, load.clients, warmup=warmup,
+                                         rate=load.rate)
+                    used = {name: (cpu_ms(pid) - cpu_before[name]) / (requests + warmup) for name, pid in pids.items()}
+                    run = Run(result.p50_ms, percentile(result.latencies_ms, 99), used)
+                    runs[c, load].append(run)
+                    print(f"round {r + 1} {load} {c}: p50 {run.p50:.2f} ms p99 {run.p99:.2f} ms ({result.rps:.0f} "
+                          f"req/s; CPU ms per request: {', '.join(f'{k} {v:.2f}' for k, v in used.items())})",
                           flush=True)
         counts = mirrored_counts(gateway.target)
     return runs, counts, placement
 
 
-def ratios(runs: Runs, a: str, b: str, clients: int, k: int) -> list[float]:
-    return [x[k] / y[k] for x, y in zip(runs[a, clients], runs[b, clients], strict=True)]
+def ratios(runs: Runs, a: str, b: str, load: Load, field: str) -> list[float]:
+    return [getattr(x, field) / getattr(y, field) for x, y in zip(runs[a, load], runs[b, load], strict=True)]
 
 
 def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}–{max(values):.3f})"
 
 
-def table_rows(runs: Runs, counts: dict[str, tuple[int, int, dict[str, int]]]) -> list[str]:
+def med(runs: Runs, c: str, load: Load, field: str) -> float:
+    return statistics.median(getattr(x, field) for x in runs[c, load])
+
+
+def med_cpu(runs: Runs, c: str, load: Load, process: str) -> float:
+    return statistics.median(x.cpu_ms[process] for x in runs[c, load])
+
+
+def table_rows(runs: Runs, counts: dict[str, tuple[int, int, dict[str, int]]], loads: tuple[Load, ...]) -> list[str]:
     rows = []
-    for clients in CLIENTS:
+    for load in loads:
         for c, share in CONDITIONS.items():
-            p50 = statistics.median(x[0] for x in runs[c, clients])
-            p99 = statistics.median(x[1] for x in runs[c, clients])
-            vs0 = "—" if share is None else (f"{spread(ratios(runs, c, 'mirror 0%', clients, 0))} / "
-                                              f"{spread(ratios(runs, c, 'mirror 0%', clients, 1))}")
-            rows.append(f"| {clients} | {c} | {p50:.2f} | {p99:.2f} | {vs0} |")
+            vs0 = "—" if share is None else (f"{spread(ratios(runs, c, 'mirror 0%', load, 'p50'))} / "
+                                              f"{spread(ratios(runs, c, 'mirror 0%', load, 'p99'))}")
+            cpu = " | ".join(f"{med_cpu(runs, c, load, name):.2f}" for name in PROCESSES)
+            rows.append(f"| {load} | {c} | {med(runs, c, load, 'p50'):.2f} | {med(runs, c, load, 'p99'):.2f} | {vs0} "
+                        f"| {cpu} |")
     mirrored = []
     for c, share in CONDITIONS.items():
         if share is not None:
@@ -163,35 +217,56 @@ def table_rows(runs: Runs, counts: dict[str, tuple[int, int, dict[str, int]]]) -
             + "."]
 
 
+def mirror_cpu(runs: Runs, loads: tuple[Load, ...]) -> str:
+    """The gateway's CPU per mirror: (CPU per request at 100% − at 0%), per load (median over rounds)."""
+    parts = []
+    for load in loads:
+        pairs = zip(runs["mirror 100%", load], runs["mirror 0%", load], strict=True)
+        per_mirror = statistics.median(a.cpu_ms["gateway"] - b.cpu_ms["gateway"] for a, b in pairs)
+        parts.append(f"{load}: {per_mirror:.2f} ms")
+    return "; ".join(parts)
+
+
 def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dict[str, int]]], rounds: int,
-                 requests: int, seconds: float, loadavg: tuple[float, float], placement: str = "") -> None:
+                 requests: int, loads: tuple[Load, ...], seconds: float, loadavg: tuple[float, float],
+                 placement: str = "") -> None:
     goals, overhead = [], []
-    for clients in CLIENTS:
-        goal = ratios(runs, "mirror 100%", "mirror 0%", clients, 1)
+    for load in loads:
+        goal = ratios(runs, "mirror 100%", "mirror 0%", load, "p99")
         met = statistics.median(goal) <= 1.05
-        goals.append(f"{clients} caller(s) {spread(goal)}, {'met' if met else 'not met'}")
-        extra = statistics.median(a[0] - b[0] for a, b in zip(runs["mirror 0%", clients], runs["direct", clients],
-                                                              strict=True))
-        overhead.append(f"{clients} caller(s): p50 {spread(ratios(runs, 'mirror 0%', 'direct', clients, 0))}, p99 "
-                        f"{spread(ratios(runs, 'mirror 0%', 'direct', clients, 1))}, {extra:.2f} ms added at the p50")
+        goals.append(f"{load} {spread(goal)}, {'met' if met else 'not met'}")
+        extra = statistics.median(a.p50 - b.p50 for a, b in zip(runs["mirror 0%", load], runs["direct", load],
+                                                                strict=True))
+        overhead.append(f"{load}: p50 {spread(ratios(runs, 'mirror 0%', 'direct', load, 'p50'))}, p99 "
+                        f"{spread(ratios(runs, 'mirror 0%', 'direct', load, 'p99'))}, {extra:.2f} ms added at the p50")
+    closed = [str(load.clients) for load in loads if not load.rate]
+    opened = [f"{load.rate:g}" for load in loads if load.rate]
     lines = [
         "## Shadow routes: the primary's latency direct and through the gateway mirroring 0%, 25%, 100%"
         + (", candidate on its own CPU" if placement else ""),
         "",
         f"Command: `{command}` (commit {git_rev()}, {time.strftime('%Y-%m-%d')}, {seconds / 60:.1f} min). "
-        f"Machine: {machine()}; shared with other work (1-minute load average {loadavg[0]:.1f} at the start, "
-        f"{loadavg[1]:.1f} at the end), so the figures are medians over {rounds} rounds in which the four "
-        "conditions run in a rotated order, and the ratios are per round (median, range).",
+        f"Machine: {machine()}; 1-minute load average {loadavg[0]:.1f} at the start, {loadavg[1]:.1f} at the end; "
+        f"the figures are medians over {rounds} rounds in which the four conditions run in a rotated order, and the "
+        "ratios are per round (median, range).",
         "",
         "Primary: Versus' digits ViT (`versus serve vit`, OIP model `vit-tensor`, torch, 1 thread). Candidate: "
         "tritonserver serving the same network (ONNX in its Python backend, 1 ORT thread). One gateway with three "
         "routes on them, `mirror=0`, `mirror=0.25`, `mirror=1`, and a ranker storing the pairs, all on this machine. "
-        f"Client: `bench/loadgen.py`, 1 or 4 concurrent callers, {requests} ModelInfer requests per run, one "
-        "held-out digit (FP32 [1, 3, 32, 32]) each.",
+        f"Client: `bench/loadgen.py`, {requests} ModelInfer requests per run, one held-out digit "
+        "(FP32 [1, 3, 32, 32]) each"
+        + (f"; closed loops of {' and '.join(closed)} caller(s) (the next request when the last one returned: as "
+           "fast as the machine goes)" if closed else "")
+        + (f"; an open loop at {' and '.join(opened)} requests a second (sent on schedule whatever is outstanding, "
+           "latency from the scheduled send)" if opened else "") + ". CPU columns: the process's user + system "
+        "time over the run ÷ its requests (warm-ups included), with its children (tritonserver's Python backend "
+        "stubs); CPU that is not the request's own (a process's timers, the ranker's statistics) is spread over the "
+        "requests of the run, so a slower load shows more of it.",
         "",
-        "| callers | condition | p50 ms | p99 ms | ÷ mirror 0%: p50 / p99 (range) |",
-        "|---:|---|---:|---:|---:|",
-        *table_rows(runs, counts),
+        "| load | condition | p50 ms | p99 ms | ÷ mirror 0%: p50 / p99 (range) | CPU ms/request: gateway "
+        "| primary | candidate | ranker |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        *table_rows(runs, counts, loads),
         "",
         f"Goal: p99 at 100% mirroring ≤ 1.05 × p99 at 0%: {'; '.join(goals)}. "
         + (f"Placement (`--pin`): {placement}. Neither the candidate's compute nor the ranker's statistics take the "
@@ -201,7 +276,8 @@ def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dic
            if placement else
            "The candidate's compute and the ranker's statistics share the primary's two cores here, so the ratio "
            "holds that contention as well as the gateway's own mirroring work; `--pin` (section shadow-pinned) "
-           "separates them as far as one machine can."),
+           "separates them as far as one machine can. "),
+        f"The gateway's CPU per mirror (CPU per request at 100% − at 0%): {mirror_cpu(runs, loads)}.",
         f"The gateway's own overhead (mirror 0% ÷ direct): {'; '.join(overhead)}.",
     ]
     write_section("shadow-pinned" if placement else "shadow", "\n".join(lines))
@@ -214,6 +290,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="two rounds of 200 requests (smoke run)")
     parser.add_argument("--rounds", type=int, default=0, help="rotated rounds (default 5; --quick: 2)")
     parser.add_argument("--requests", type=int, default=0, help="requests per run (default 1000; --quick: 200)")
+    parser.add_argument("--rate", type=float, default=50.0,
+                        help="requests a second of the open-loop load (0: closed loops only; default 50)")
     parser.add_argument("--pin", action="store_true", help="candidate on the last CPU, the rest on the others "
                                                            "(section shadow-pinned)")
     args = parser.parse_args()
@@ -221,9 +299,12 @@ def main() -> None:
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     rounds = args.rounds or (2 if args.quick else 5)
     requests = args.requests or (200 if args.quick else 1000)
-    runs, counts, placement = measure(Path(args.models_dir), rounds, requests, args.pin)
+    if args.rate < 0:
+        parser.error("--rate must be >= 0")
+    loads = CLOSED + ((Load(1, args.rate),) if args.rate else ())
+    runs, counts, placement = measure(Path(args.models_dir), rounds, requests, loads, args.pin)
     command = "python bench/shadow.py " + " ".join(sys.argv[1:])
-    write_report(command.strip(), runs, counts, rounds, requests, time.perf_counter() - started,
+    write_report(command.strip(), runs, counts, rounds, requests, loads, time.perf_counter() - started,
                  (load_before, os.getloadavg()[0]), placement)
 
 

@@ -51,3 +51,45 @@ def test_oip_requests_and_failures_are_reported(server: InProcessServer) -> None
     bad = oip_request("nope", {"IMAGE": ("BYTES", np.array([b"x"], dtype=np.object_))})
     with pytest.raises(RuntimeError, match="NOT_FOUND"):
         run_clients(server.target, "/inference.GRPCInferenceService/ModelInfer", [bad], requests=2, clients=1)
+
+
+class _SlowEcho:
+    """A server whose every call takes 0.3 s and answers with the request's own bytes; it notes when each arrived."""
+
+    def __init__(self) -> None:
+        import threading
+        from concurrent import futures
+
+        import grpc
+
+        self.arrivals: list[float] = []
+        self._lock = threading.Lock()
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        handler = grpc.unary_unary_rpc_method_handler(self._echo)  # bytes in, bytes out
+        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.Slow", {"Echo": handler}),))
+        self.target = f"127.0.0.1:{self.server.add_insecure_port('127.0.0.1:0')}"
+        self.server.start()
+
+    def _echo(self, request: bytes, context: object) -> bytes:
+        import time
+
+        with self._lock:
+            self.arrivals.append(time.monotonic())
+        time.sleep(0.3)
+        return request
+
+
+def test_open_loop_sends_on_schedule_whatever_is_outstanding() -> None:
+    slow = _SlowEcho()
+    try:
+        payloads = [bytes([i]) for i in range(8)]
+        result = run_clients(slow.target, "/t.Slow/Echo", payloads, requests=8, clients=1, warmup=0, rate=40,
+                             keep_responses=True)
+    finally:
+        slow.server.stop(None)
+    # 8 calls at 40/s are sent over ~0.175 s although each takes 0.3 s: a closed loop would need 2.4 s
+    assert max(slow.arrivals) - min(slow.arrivals) < 1.0
+    assert result.wall_s < 1.5 and min(result.latencies_ms) >= 300
+    assert result.responses == payloads  # in send order
+    with pytest.raises(ValueError, match="rate"):
+        run_clients(slow.target, "/t.Slow/Echo", payloads, requests=1, clients=1, rate=-1)
