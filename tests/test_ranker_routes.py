@@ -311,6 +311,42 @@ def test_list_routes_and_a_20000_pair_route_answers_fast(stub) -> None:
     assert all(not r.agreement_history and not r.disagreements for r in listed)
 
 
+def test_a_costly_route_is_recomputed_by_writes_at_most_at_the_duty_cycle(stub, monkeypatch) -> None:
+    """Statistics cost O(pairs): a route of THROTTLE_FROM_PAIRS pairs whose computation takes 0.2 s is recomputed
+    by a write at most once per 0.2 s / WRITE_DUTY; in between a write gets the last computed state, whose pairs
+    say what it covers. A read always recomputes; a smaller route is recomputed by every write."""
+    from services.ranker import routes
+
+    real = routes.compute
+
+    def costly(*args):  # noqa: ANN002, ANN202 - compute's own signature
+        time.sleep(0.2)
+        return real(*args)
+
+    monkeypatch.setattr(routes, "compute", costly)
+    interval = 0.2 / routes.WRITE_DUTY
+    small = declaration(name="small")
+    assert send(stub, small, [pair("s0")]).state.pairs == 1
+    assert send(stub, small, [pair("s1")]).state.pairs == 2  # costly, but small: every write recomputes
+    n = routes.THROTTLE_FROM_PAIRS
+    decl = declaration(name="costly")
+    assert send(stub, decl, [pair(f"c{i}") for i in range(n)]).state.pairs == n
+    started = time.monotonic()
+    s = send(stub, decl, [pair("c-1")], requests=2).state
+    assert time.monotonic() - started < interval / 2
+    assert s.pairs == n and s.counters.requests == 2  # the last computed statistics; counters are read each time
+    read_started = time.monotonic()
+    assert state(stub, "costly").pairs == n + 1  # a read recomputes
+    assert send(stub, decl, [pair("c-2")]).state.pairs == n + 1  # within the interval of that computation
+    sent = 2
+    while s.pairs <= n + 1:  # a later write recomputes, once cost / WRITE_DUTY (>= 2 s) has passed since the read
+        assert time.monotonic() - read_started < 60, "a write never recomputed the statistics"
+        time.sleep(0.25)
+        sent += 1
+        s = send(stub, decl, [pair(f"c-{sent}")]).state
+    assert s.pairs == n + sent and time.monotonic() - read_started >= interval
+
+
 def test_an_unknown_route_is_not_found_with_its_resource(stub) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub.GetRouteState(routes_pb2.GetRouteStateRequest(name="nowhere"), timeout=10)

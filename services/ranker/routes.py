@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -35,6 +36,14 @@ from services.ranker.route_store import ROUTE_PREFIX, RouteStore, StoredPair
 
 #: Disagreeing rows shown with a route's state (the latest ones).
 MAX_DISAGREEMENTS = 50
+#: A route's statistics are recomputed from every pair of its epoch (O(pairs)). The write path (RecordRoutePairs,
+#: once a second per gateway replica) recomputes a costly route at most once per cost / WRITE_DUTY seconds, so each
+#: route's statistics take at most a tenth of the ranker's statistics thread through writes, however many pairs it
+#: holds; in between, a write is answered with the last computed state (its ``pairs`` says how many it covers).
+#: Reads (GetRouteState, ListRoutes, the pages) always recompute what changed. An epoch of fewer than
+#: THROTTLE_FROM_PAIRS pairs (some tens of ms to compute) is recomputed on every write.
+WRITE_DUTY = 0.1
+THROTTLE_FROM_PAIRS = 5_000
 #: Histogram bins of each latency distribution (over shared, log-spaced edges).
 LATENCY_BINS = 30
 _STATES = {rs.UNDECIDED: routes_pb2.DECISION_STATE_UNDECIDED, rs.HOLDS: routes_pb2.DECISION_STATE_HOLDS,
@@ -129,6 +138,13 @@ class _Cached:
     labels: dict[tuple[str, int], str]
     state: routes_pb2.RouteState
     bounds: list[BoundResult]
+    computed_at: float = 0.0  # time.monotonic() when it was computed
+    cost_s: float = 0.0  # how long reading the new pairs and computing took
+
+    def fresh_enough_for_a_write(self, epoch: int) -> bool:
+        """Whether a write may be answered with this (possibly stale) state instead of a recomputation."""
+        return (self.epoch == epoch and len(self.pairs) >= THROTTLE_FROM_PAIRS
+                and time.monotonic() - self.computed_at < self.cost_s / WRITE_DUTY)
 
 
 class RouteBook:
@@ -157,7 +173,7 @@ class RouteBook:
         declaration = json_format.MessageToJson(d, indent=None, sort_keys=True)
         key = route_key(d.name)
         result = await self._db(self.store.record_batch, key, fp, declaration, request.batch_id, pairs, counters)
-        state = await self.state_of(key, without_inputs=True)
+        state = await self.state_of(key, without_inputs=True, write=True)
         return routes_pb2.RecordRoutePairsResponse(stored=result.stored, duplicates=result.duplicates, state=state)
 
     # -- GetRouteState / ListRoutes -------------------------------------------------------------------
@@ -174,14 +190,14 @@ class RouteBook:
             states.append(state)
         return states
 
-    async def state_of(self, key: str, without_inputs: bool) -> routes_pb2.RouteState:
+    async def state_of(self, key: str, without_inputs: bool, write: bool = False) -> routes_pb2.RouteState:
         found = await self._db(self.store.declaration, key)
         if found is None:
             raise NotFound(f"no route {quote(key.removeprefix(ROUTE_PREFIX))} has recorded pairs",
                            resource_type="route", resource_name=key.removeprefix(ROUTE_PREFIX))
         epoch, declaration_json = found
         declaration = json_format.Parse(declaration_json, routes_pb2.RouteDeclaration())
-        cached = await self._computed(key, epoch, declaration)
+        cached = await self._computed(key, epoch, declaration, write)
         state = routes_pb2.RouteState()
         state.CopyFrom(cached.state)
         state.route.CopyFrom(declaration)
@@ -202,13 +218,18 @@ class RouteBook:
                 x.input = inputs.get(x.request_id, b"")
         return state
 
-    async def _computed(self, key: str, epoch: int, declaration: routes_pb2.RouteDeclaration) -> _Cached:
-        """The cached state of the route's epoch, recomputed only when its pairs or labels changed."""
+    async def _computed(self, key: str, epoch: int, declaration: routes_pb2.RouteDeclaration,
+                        write: bool = False) -> _Cached:
+        """The cached state of the route's epoch, recomputed only when its pairs or labels changed (and, for a
+        write, only at the write duty cycle: WRITE_DUTY)."""
         async with self._locks.setdefault(key, asyncio.Lock()):
             version = await self._db(self.store.version, key, epoch)
             cached = self._cache.get(key)
             if cached is not None and cached.epoch == epoch and cached.version == version:
                 return cached
+            if write and cached is not None and cached.fresh_enough_for_a_write(epoch):
+                return cached
+            started = time.monotonic()
             pairs: list[StoredPair] = []
             if cached is not None and cached.epoch == epoch:  # only the new pairs, if none committed out of order
                 new = await self._db(self.store.pairs, key, epoch, cached.version[1])
@@ -221,7 +242,8 @@ class RouteBook:
             state, bounds = await asyncio.get_running_loop().run_in_executor(
                 self._pool, compute, declaration, pairs, labels)
             version = (len(pairs), pairs[-1].id if pairs else 0, *version[2:])
-            self._cache[key] = _Cached(epoch, version, pairs, labels, state, bounds)
+            now = time.monotonic()
+            self._cache[key] = _Cached(epoch, version, pairs, labels, state, bounds, now, now - started)
             return self._cache[key]
 
     async def _decide(self, key: str, epoch: int, declaration: routes_pb2.RouteDeclaration, cached: _Cached,
