@@ -270,9 +270,10 @@ def write_report(command: str, runs: Runs, counts: dict[str, tuple[int, int, dic
         "",
         f"Goal: p99 at 100% mirroring ≤ 1.05 × p99 at 0%: {'; '.join(goals)}. "
         + (f"Placement (`--pin`): {placement}. Neither the candidate's compute nor the ranker's statistics take the "
-           "primary's CPU, so the ratio holds the gateway's own mirroring work (the second call, the digest, the "
-           "pairing, the recorder), which here runs on the CPU the primary shares with the gateway (in a cluster the "
-           "gateway is its own pod). "
+           "primary's CPU; what differs between 0% and 100% on the primary's CPU is the gateway's own mirroring work "
+           "(the second call, the digest, the pairing, the recorder: its CPU per mirror below), which here runs on the "
+           "CPU the primary shares with the gateway (in a cluster the gateway is its own pod), and when the "
+           "candidate's answers arrive, since the candidate shares its CPU with the ranker's statistics. "
            if placement else
            "The candidate's compute and the ranker's statistics share the primary's two cores here, so the ratio "
            "holds that contention as well as the gateway's own mirroring work; `--pin` (section shadow-pinned) "
