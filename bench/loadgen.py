@@ -93,12 +93,14 @@ async def _drive(spec: LoadSpec) -> LoadResult:
         responses: list[bytes] = []
         counter = iter(range(spec.requests))
 
+        def record(ms: float, reply: bytes) -> None:
+            latencies.append(ms)
+            if spec.keep_responses:
+                responses.append(reply)
+
         async def client() -> None:
             for i in counter:  # one shared iterator: each call index once, whichever client is free
-                ms, reply = await one(i)
-                latencies.append(ms)
-                if spec.keep_responses:
-                    responses.append(reply)
+                record(*await one(i))
 
         async def paced() -> None:
             start, calls = time.perf_counter(), []
@@ -107,9 +109,7 @@ async def _drive(spec: LoadSpec) -> LoadResult:
                 await asyncio.sleep(max(0.0, due - time.perf_counter()))
                 calls.append(asyncio.ensure_future(one(i, due)))
             for ms, reply in await asyncio.gather(*calls):
-                latencies.append(ms)
-                if spec.keep_responses:
-                    responses.append(reply)
+                record(ms, reply)
 
         cpu0, t0 = time.process_time(), time.perf_counter()
         await (paced() if spec.rate > 0 else asyncio.gather(*(client() for _ in range(spec.clients))))
